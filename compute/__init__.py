@@ -1,0 +1,1 @@
+"""Hosts, flavors, images, instances and operations; the drivers that act on hypervisors."""

@@ -1,0 +1,1 @@
+"""Placement, allocation policies, the admission queue and DRS; it plans, compute acts."""

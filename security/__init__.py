@@ -1,0 +1,1 @@
+"""Audit, encryption keys, backups, vulnerability scanning, patching and incidents."""

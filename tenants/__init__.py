@@ -1,0 +1,1 @@
+"""Tenants (teams), memberships and roles; later quotas, tokens and the scoping machinery."""

@@ -1,0 +1,111 @@
+"""Shared fixtures: real PostgreSQL (pytest-django), real Redis, real Celery workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from pytest_django import DjangoDbBlocker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_database_url() -> str:
+    """DATABASE_URL of the test database pytest-django created, for subprocesses."""
+    cfg = connection.settings_dict
+    if cfg["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{cfg['NAME']}"
+    auth = quote(cfg["USER"] or "", safe="")
+    if cfg["PASSWORD"]:
+        auth += ":" + quote(cfg["PASSWORD"], safe="")
+    host = cfg["HOST"] or "127.0.0.1"
+    port = f":{cfg['PORT']}" if cfg["PORT"] else ""
+    return f"postgres://{auth}@{host}{port}/{quote(cfg['NAME'], safe='')}"
+
+
+test_database_url.__test__ = False  # type: ignore[attr-defined]
+
+
+def subprocess_env(**overrides: str) -> dict[str, str]:
+    """The environment of a Nubis subprocess (manage.py, celery), pointed at the test database."""
+    env = dict(os.environ)
+    env["DATABASE_URL"] = test_database_url()
+    env["REDIS_URL"] = settings.REDIS_URL
+    env["NUBIS_DATA_DIR"] = str(settings.DATA_DIR)
+    env.update(overrides)
+    return env
+
+
+class CeleryWorker:
+    """A real `celery worker` subprocess consuming one private queue of the real Redis."""
+
+    def __init__(self, queue: str, node: str, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.queue = queue
+        self.node = node
+        self.process = process
+        self.log = log
+
+
+@pytest.fixture(scope="session")
+def celery_worker(
+    django_db_setup: None, django_db_blocker: DjangoDbBlocker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CeleryWorker]:
+    """Start a real Celery worker (solo pool) on a queue private to this test session."""
+    from portal.celery import app
+
+    with django_db_blocker.unblock():
+        env = subprocess_env()
+    queue = f"test-{uuid.uuid4().hex[:8]}"
+    node = f"{queue}@pytest"
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "portal",
+                "worker",
+                "-Q",
+                queue,
+                "-n",
+                node,
+                "--pool",
+                "solo",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "INFO",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"celery worker exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            if app.control.ping(destination=[node], timeout=0.5):
+                break
+        else:
+            pytest.fail(f"celery worker did not answer a ping in 60 s:\n{log.read_text()[-3000:]}")
+        yield CeleryWorker(queue, node, process, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,50 @@
+"""/healthz answers while the process is up; /readyz reports each real dependency on its own line."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from pytest_django import Settings as SettingsWrapper
+
+
+def test_healthz_answers_without_touching_dependencies(client: Client, settings: SettingsWrapper) -> None:
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.content == b"ok\n"
+
+
+@pytest.mark.django_db
+def test_readyz_reports_database_redis_and_libvirt_as_ok(client: Client) -> None:
+    response = client.get("/readyz")
+    body = response.content.decode()
+    assert response.status_code == 200, body
+    lines = body.splitlines()
+    assert [line.split(":", 1)[0] for line in lines] == ["database", "redis", "libvirt"]
+    assert all(": ok (" in line for line in lines), body
+    assert "postgresql" in lines[0]
+    assert "redis " in lines[1]
+    assert "QEMU" in lines[2]
+
+
+@pytest.mark.django_db
+def test_readyz_fails_with_503_naming_the_broken_dependency(
+    client: Client, settings: SettingsWrapper
+) -> None:
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    settings.LIBVIRT_URI = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"
+    response = client.get("/readyz")
+    lines = response.content.decode().splitlines()
+    assert response.status_code == 503
+    assert lines[0].startswith("database: ok")
+    assert lines[1].startswith("redis: FAIL (ConnectionError")
+    assert lines[2].startswith("libvirt: FAIL (libvirtError")
+
+
+@pytest.mark.django_db
+def test_readyz_speaks_json_on_request(client: Client) -> None:
+    response = client.get("/readyz", HTTP_ACCEPT="application/json")
+    data = response.json()
+    assert data["ready"] is True
+    assert set(data["checks"]) == {"database", "redis", "libvirt"}
+    assert all(check["ok"] for check in data["checks"].values())

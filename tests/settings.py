@@ -1,0 +1,10 @@
+"""Test settings: the real settings, with connections closed after each use.
+
+Channels runs database work in executor threads; persistent connections there would outlive
+each test and block the teardown of the test database.
+"""
+
+from portal.settings import *  # noqa: F403
+from portal.settings import DATABASES
+
+DATABASES["default"]["CONN_MAX_AGE"] = 0
