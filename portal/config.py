@@ -61,6 +61,14 @@ def env_int(name: str, default: int, *, minimum: int = 0) -> int:
     return value
 
 
+def env_choice(name: str, default: str, choices: list[str]) -> str:
+    """Parse a variable that must be one of ``choices`` (case-insensitive)."""
+    value = env_str(name, default).lower()
+    if value not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     """Parse a comma-separated list, dropping blanks."""
     raw = os.environ.get(name)

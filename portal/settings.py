@@ -25,6 +25,20 @@ LIBVIRT_URI = config.env_str("LIBVIRT_URI", "qemu:///system")
 NUBIS_HOST_NAME = config.env_str("NUBIS_HOST_NAME", socket.gethostname())
 NUBIS_HEARTBEAT_SECONDS = config.env_int("NUBIS_HEARTBEAT_SECONDS", 30, minimum=1)
 
+# Limits a new tenant starts with; admins change them per tenant in Django admin.
+NUBIS_DEFAULT_QUOTA: dict[str, int | str] = {
+    "instances": config.env_int("NUBIS_QUOTA_INSTANCES", 10),
+    "vcpus": config.env_int("NUBIS_QUOTA_VCPUS", 20),
+    "ram_mib": config.env_int("NUBIS_QUOTA_RAM_MIB", 32768),
+    "disk_gib": config.env_int("NUBIS_QUOTA_DISK_GIB", 200),
+    "containers": config.env_int("NUBIS_QUOTA_CONTAINERS", 20),
+    "snapshots": config.env_int("NUBIS_QUOTA_SNAPSHOTS", 20),
+    "backup_gib": config.env_int("NUBIS_QUOTA_BACKUP_GIB", 100),
+    "max_priority": config.env_choice(
+        "NUBIS_QUOTA_MAX_PRIORITY", "normal", ["low", "normal", "high", "critical"]
+    ),
+}
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",
@@ -53,6 +67,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "security.middleware.AuditMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -70,6 +85,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "tenants.context_processors.tenant_switcher",
             ],
         },
     },
@@ -124,8 +140,10 @@ CHANNEL_LAYERS = {
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "tenants.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
+    "EXCEPTION_HANDLER": "portal.api_errors.problem_exception_handler",
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
@@ -168,6 +186,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "portal.tasks.heartbeat",
         "schedule": float(NUBIS_HEARTBEAT_SECONDS),
         "options": {"queue": "control", "expires": float(NUBIS_HEARTBEAT_SECONDS)},
+    },
+    "quota-drift-check": {
+        "task": "tenants.tasks.quota_drift_check",
+        "schedule": float(config.env_int("NUBIS_QUOTA_DRIFT_SECONDS", 600, minimum=10)),
+        "options": {"queue": "control"},
     },
 }
 DJANGO_CELERY_BEAT_TZ_AWARE = True

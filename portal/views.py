@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from drf_spectacular.utils import extend_schema
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -17,9 +17,12 @@ from tenants.selectors import tenants_of_user
 
 @login_required
 def dashboard(request: HttpRequest) -> HttpResponse:
-    """The signed-in user's landing page: their tenants and the live event stream."""
-    tenants = tenants_of_user(request.user)
-    return render(request, "portal/dashboard.html", {"tenants": tenants})
+    """Send the user to the tenant they last worked in (or their first); explain if they have none."""
+    slugs = list(tenants_of_user(request.user).values_list("slug", flat=True))
+    if slugs:
+        last = request.session.get("tenant")
+        return redirect("tenant-home", tenant=last if last in slugs else slugs[0])
+    return render(request, "portal/dashboard.html", {"tenants": []})
 
 
 class ApiRootView(APIView):

@@ -1,6 +1,25 @@
-from django.contrib import admin
+"""Django admin for tenants, memberships, quotas (with usage bars), the claim ledger and tokens."""
 
-from tenants.models import Membership, Tenant
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import Q, QuerySet, Sum
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+
+from tenants.models import RESOURCES, ApiToken, Membership, Quota, QuotaClaim, Tenant
+
+
+class TenantOwnedAdmin(admin.ModelAdmin):
+    """Staff see every tenant's rows: the admin is the deliberate global reader."""
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        qs = self.model.objects.unscoped()
+        ordering = self.get_ordering(request)
+        return qs.order_by(*ordering) if ordering else qs
 
 
 class MembershipInline(admin.TabularInline):
@@ -24,3 +43,128 @@ class MembershipAdmin(admin.ModelAdmin):
     list_filter = ["role"]
     search_fields = ["user__username", "tenant__name"]
     autocomplete_fields = ["user", "tenant"]
+
+
+def _usage_bar(used: int, limit: int) -> str:
+    pct = 100 if limit == 0 and used else (0 if limit == 0 else min(100, round(used * 100 / limit)))
+    color = "#c53030" if pct >= 90 else "#b7791f" if pct >= 70 else "#1f8f4e"
+    return format_html(
+        '<div title="{} of {}" style="min-width:7rem">'
+        '<div style="background:#e2e8f0;border-radius:3px;height:8px">'
+        '<div style="width:{}%;background:{};height:8px;border-radius:3px"></div></div>'
+        "<small>{} / {}</small></div>",
+        used,
+        limit,
+        pct,
+        color,
+        used,
+        limit,
+    )
+
+
+def _bar_column(resource: str) -> Any:
+    def column(self: QuotaAdmin, quota: Quota) -> str:
+        return _usage_bar(int(getattr(quota, f"used_{resource}", 0) or 0), quota.limit(resource))
+
+    column.short_description = resource.replace("_", " ")  # type: ignore[attr-defined]
+    column.__name__ = f"usage_{resource}"
+    return column
+
+
+@admin.register(Quota)
+class QuotaAdmin(TenantOwnedAdmin):
+    """Each row shows the current usage against every limit as a bar."""
+
+    list_display = ["tenant", *[f"usage_{r}" for r in RESOURCES], "max_priority"]
+    list_select_related = ["tenant"]
+    search_fields = ["tenant__name", "tenant__slug"]
+    readonly_fields = ["tenant", "current_usage", "updated"]
+    fields = ["tenant", *[f"max_{r}" for r in RESOURCES], "max_priority", "current_usage", "updated"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        active = Q(tenant__quotaclaims__released_at__isnull=True)
+        sums = {f"used_{r}": Sum(f"tenant__quotaclaims__{r}", filter=active) for r in RESOURCES}
+        return super().get_queryset(request).annotate(**sums)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # every tenant gets its quota when it is created
+
+    @admin.display(description="current usage")
+    def current_usage(self, quota: Quota) -> str:
+        rows = format_html_join(
+            "",
+            "<tr><th>{}</th><td>{}</td></tr>",
+            ((r, _usage_bar(int(getattr(quota, f"used_{r}", 0) or 0), quota.limit(r))) for r in RESOURCES),
+        )
+        return format_html("<table>{}</table>", rows)
+
+
+for _resource in RESOURCES:
+    setattr(QuotaAdmin, f"usage_{_resource}", _bar_column(_resource))
+
+
+@admin.register(QuotaClaim)
+class QuotaClaimAdmin(TenantOwnedAdmin):
+    """The usage ledger; read-only, since claims change only through quota_claim and quota_release."""
+
+    list_display = ["id", "tenant", "reason", *RESOURCES, "created", "released_at"]
+    list_filter = [("released_at", admin.EmptyFieldListFilter)]
+    search_fields = ["tenant__slug", "reason"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(TenantOwnedAdmin):
+    """Tokens can be read and revoked here; they are created by their owners in the UI or API."""
+
+    list_display = [
+        "name",
+        "prefix",
+        "tenant",
+        "role",
+        "created_by",
+        "created",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+    ]
+    list_filter = ["role", ("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "prefix", "tenant__slug", "created_by__username"]
+    readonly_fields = [
+        "name",
+        "prefix",
+        "tenant",
+        "role",
+        "created_by",
+        "created",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+    ]
+    exclude = ["key_hash"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Revoke the selected tokens", permissions=["change"])
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
+        from security.audit import Actor
+        from tenants.services.tokens import token_revoke
+
+        actor = Actor.from_request(request)
+        count = 0
+        for token in queryset.filter(revoked_at__isnull=True):
+            token_revoke(actor=actor, token=token)
+            count += 1
+        self.message_user(
+            request, f"Revoked {count} token(s) at {timezone.now():%H:%M:%S}.", messages.SUCCESS
+        )

@@ -33,7 +33,10 @@ def test_admin_logs_in_and_sees_their_tenants(client: Client, admin_user: User) 
     Tenant.objects.create(name="Other", slug="other")
     response = client.post("/login/", {"username": "admin", "password": "correct-horse-battery"})
     assert response.status_code == 302
-    page = client.get("/").content.decode()
+    landing = client.get("/")
+    assert landing.status_code == 302
+    assert landing["Location"] == "/t/demo/"
+    page = client.get("/t/demo/").content.decode()
     assert "<code>demo</code>" in page
     assert "<code>other</code>" not in page
     assert client.get("/admin/").status_code == 200

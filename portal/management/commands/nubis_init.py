@@ -9,7 +9,10 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
-from tenants.models import Membership, Role, Tenant
+from security.audit import Actor, audit_log
+from security.models import Source
+from tenants.models import Tenant
+from tenants.services.members import tenant_create
 
 
 class Command(BaseCommand):
@@ -21,19 +24,20 @@ class Command(BaseCommand):
 
     @transaction.atomic
     def handle(self, *args: Any, **options: Any) -> None:
-        user_model = get_user_model()
+        actor = Actor.system("nubis_init", source=Source.CLI)
         username = options["admin"]
-        admin = user_model.objects.filter(username=username).first()
+        admin = get_user_model().objects.filter(username=username).first()
         if admin is None:
             password = secrets.token_urlsafe(12)
-            admin = user_model.objects.create_superuser(username=username, email="", password=password)
+            admin = get_user_model().objects.create_superuser(username=username, email="", password=password)
+            audit_log(actor=actor, action="user.create", target=admin, detail={"superuser": True})
             self.stdout.write(f"created admin user {username!r} with password: {password}")
-            self.stdout.write("  (shown once; change it with: manage.py changepassword " + username + ")")
+            self.stdout.write(f"  (shown once; change it with: manage.py changepassword {username})")
         else:
             self.stdout.write(f"admin user {username!r} exists; password unchanged")
         slug = options["tenant"]
-        tenant, created = Tenant.objects.get_or_create(slug=slug, defaults={"name": slug.capitalize()})
-        self.stdout.write(f"{'created' if created else 'kept'} tenant {tenant.slug!r}")
-        _, joined = Membership.objects.get_or_create(user=admin, tenant=tenant, defaults={"role": Role.OWNER})
-        if joined:
-            self.stdout.write(f"made {username!r} owner of {tenant.slug!r}")
+        if Tenant.objects.filter(slug=slug).exists():
+            self.stdout.write(f"kept tenant {slug!r}")
+        else:
+            tenant_create(actor=actor, name=slug.capitalize(), slug=slug, owner_username=username)
+            self.stdout.write(f"created tenant {slug!r} with {username!r} as its owner")

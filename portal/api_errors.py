@@ -1,0 +1,71 @@
+"""One error shape for the whole API: RFC 9457 problem details that name the field and the rule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+from tenants.errors import ServiceError
+
+PROBLEM_TYPE = "https://nubis.invalid/problems/"  # .invalid: a name, not a place to fetch
+
+
+def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
+    """Turn DRF's nested error detail into a flat list of {field, rule, message}."""
+    errors: list[dict[str, str]] = []
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            field = key if key != "non_field_errors" else ""
+            errors += _flatten(value, f"{prefix}.{field}" if prefix and field else prefix or field)
+    elif isinstance(detail, list):
+        for item in detail:
+            errors += _flatten(item, prefix)
+    else:
+        code = getattr(detail, "code", "invalid") or "invalid"
+        errors.append({"field": prefix, "rule": str(code), "message": str(detail)})
+    return errors
+
+
+def problem(
+    status_code: int, title: str, detail: str, kind: str, errors: list[dict[str, str]] | None = None
+) -> Response:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE + kind,
+        "title": title,
+        "status": status_code,
+        "detail": detail,
+    }
+    if errors:
+        body["errors"] = errors
+    return Response(body, status=status_code, content_type="application/problem+json")
+
+
+def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, ServiceError):
+        errors = [{"field": exc.field, "rule": exc.rule, "message": exc.message}]
+        title = "Conflict" if exc.status == status.HTTP_409_CONFLICT else "Invalid request"
+        return problem(exc.status, title, f"{exc.field}: {exc.message}", exc.rule, errors)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(str(exc) or "Not found.")
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied(str(exc) or None)
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        errors = _flatten(exc.detail)
+        summary = "; ".join(f"{e['field'] or 'request'}: {e['message']}" for e in errors)
+        out = problem(response.status_code, "Invalid request", summary, "validation", errors)
+    else:
+        detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
+        code = exc.default_code if isinstance(exc, exceptions.APIException) else "error"
+        out = problem(response.status_code, response.status_text, str(detail), str(code))
+    for header in ("WWW-Authenticate", "Retry-After", "Allow"):
+        if header in response:
+            out[header] = response[header]
+    return out

@@ -1,0 +1,143 @@
+"""Quota claims: a ledger in the database, serialised by a lock on the tenant's quota row."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.contenttypes.models import ContentType
+from django.db import models, transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from tenants.errors import PriorityNotAllowed, QuotaExceeded, ServiceError
+from tenants.models import RESOURCES, PriorityClass, Quota, QuotaClaim, Tenant, quota_defaults
+
+logger = logging.getLogger(__name__)
+
+
+def quota_of(tenant: Tenant) -> Quota:
+    """The tenant's quota row, created with the default limits the first time it is needed."""
+    quota, _ = Quota.objects.for_tenant(tenant).get_or_create(tenant=tenant, defaults=quota_defaults())
+    return quota
+
+
+def usage_of(tenant: Tenant | int) -> dict[str, int]:
+    """Current usage: the sum of the tenant's active claims, per resource."""
+    sums = (
+        QuotaClaim.objects.for_tenant(tenant)
+        .filter(released_at__isnull=True)
+        .aggregate(**{r: Sum(r) for r in RESOURCES})
+    )
+    return {r: int(sums[r] or 0) for r in RESOURCES}
+
+
+def _validate(resources: Mapping[str, int]) -> dict[str, int]:
+    clean: dict[str, int] = {}
+    for name, amount in resources.items():
+        if name not in RESOURCES:
+            raise ServiceError(name, "resource", f"unknown resource {name!r}; known: {', '.join(RESOURCES)}")
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
+            raise ServiceError(
+                name, "min_value", f"{name} must be a whole number of at least 0, got {amount!r}"
+            )
+        clean[name] = amount
+    return clean
+
+
+def quota_claim(
+    tenant: Tenant,
+    resources: Mapping[str, int],
+    reason: str,
+    *,
+    holder: models.Model | None = None,
+    priority: int | None = None,
+) -> QuotaClaim:
+    """Record a claim, or raise QuotaExceeded naming the limit and by how much it would be exceeded.
+
+    The tenant's quota row is locked for the rest of the caller's transaction, so concurrent
+    claims are checked one after another against the same ledger and can never overshoot.
+    """
+    amounts = _validate(resources)
+    with transaction.atomic():
+        quota_of(tenant)  # make sure the row exists before locking it
+        quota = Quota.objects.for_tenant(tenant).select_for_update().get()
+        if priority is not None and priority > quota.max_priority:
+            raise PriorityNotAllowed(PriorityClass(priority).label, PriorityClass(quota.max_priority).label)
+        in_use = usage_of(tenant)
+        for name, amount in amounts.items():
+            limit = quota.limit(name)
+            if amount and in_use[name] + amount > limit:
+                raise QuotaExceeded(name, limit, in_use[name], amount)
+        claim = QuotaClaim(tenant=tenant, reason=reason[:200], **amounts)
+        if holder is not None:
+            claim.holder_type = ContentType.objects.get_for_model(holder)
+            claim.holder_id = str(holder.pk)
+        claim.save()
+    return claim
+
+
+def quota_release(claim: QuotaClaim, reason: str = "released") -> bool:
+    """Give a claim back; returns False if it had already been released (safe to repeat)."""
+    with transaction.atomic():
+        released = (
+            QuotaClaim.objects.for_tenant(claim.tenant_id)
+            .filter(pk=claim.pk, released_at__isnull=True)
+            .update(released_at=timezone.now(), release_reason=reason[:200])
+        )
+    if released:
+        claim.refresh_from_db(fields=["released_at", "release_reason"])
+    return bool(released)
+
+
+# Other apps register how much of each resource really exists for a tenant (e.g. compute counts
+# its instances), so the drift check can compare the ledger with reality.
+UsageSource = Callable[[Tenant], dict[str, int]]
+_usage_sources: list[UsageSource] = []
+
+
+def register_usage_source(source: UsageSource) -> UsageSource:
+    if source not in _usage_sources:
+        _usage_sources.append(source)
+    return source
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A disagreement between the ledger and what really exists."""
+
+    tenant: str
+    kind: str
+    detail: dict[str, Any]
+
+    def __str__(self) -> str:
+        return f"{self.tenant}: {self.kind} {self.detail}"
+
+
+def quota_drift(tenant: Tenant) -> list[Drift]:
+    """Compare the tenant's ledger with reality: orphan claims, and totals against usage sources."""
+    drifts: list[Drift] = []
+    active = QuotaClaim.objects.for_tenant(tenant).filter(released_at__isnull=True, holder_type__isnull=False)
+    for claim in active.select_related("holder_type"):
+        model = claim.holder_type.model_class() if claim.holder_type else None
+        if model is None or not model._base_manager.filter(pk=claim.holder_id).exists():
+            drifts.append(
+                Drift(
+                    tenant.slug,
+                    "orphan-claim",
+                    {"claim": claim.pk, "holder": f"{claim.holder_type}:{claim.holder_id}"},
+                )
+            )
+    if _usage_sources:
+        real: dict[str, int] = {}
+        for source in _usage_sources:
+            for name, amount in source(tenant).items():
+                real[name] = real.get(name, 0) + amount
+        ledger = usage_of(tenant)
+        # Only resources some source reports can be compared.
+        diff = {r: {"ledger": ledger[r], "real": n} for r, n in real.items() if ledger[r] != n}
+        if diff:
+            drifts.append(Drift(tenant.slug, "usage-mismatch", diff))
+    return drifts
