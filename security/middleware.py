@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, resolve
@@ -13,7 +14,11 @@ from security.models import AuditRecord, Outcome
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def outcome_for_status(status: int) -> str:
+def outcome_for(response: HttpResponse) -> str:
+    """What an HTTP answer says about how the request ended."""
+    status = response.status_code
+    if status in (301, 302, 303) and "next=" in urlsplit(response.get("Location", "")).query:
+        return Outcome.DENIED  # sent to a login page: not allowed as who it was
     if status >= 500:
         return Outcome.ERROR
     if status in (401, 403, 404, 405):
@@ -56,7 +61,7 @@ class AuditMiddleware:
             audit_log(
                 actor=Actor.from_request(request),
                 action=route_action(request),
-                outcome=outcome_for_status(response.status_code),
+                outcome=outcome_for(response),
                 target_repr=request.path[:200],
                 detail={"method": request.method, "status": response.status_code},
             )

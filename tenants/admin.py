@@ -89,6 +89,9 @@ class QuotaAdmin(TenantOwnedAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # every tenant gets its quota when it is created
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a quota lives and dies with its tenant
+
     @admin.display(description="current usage")
     def current_usage(self, quota: Quota) -> str:
         rows = format_html_join(

@@ -8,3 +8,6 @@ from portal.settings import *  # noqa: F403
 from portal.settings import DATABASES
 
 DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+# Tests create many users; the real hasher's deliberate slowness buys nothing here.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

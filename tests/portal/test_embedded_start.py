@@ -87,7 +87,7 @@ def test_sqlite_portal_starts_and_admin_logs_in(tmp_path: Path) -> None:
         ).encode()
         request = urllib.request.Request(base + "/login/", data=form, headers={"Referer": base + "/login/"})  # noqa: S310
         dashboard = opener.open(request, timeout=10).read().decode()
-        assert "<h1>Demo <span class=\"badge\">owner</span></h1>" in dashboard
+        assert '<h1>Demo <span class="badge">owner</span></h1>' in dashboard
         assert "<code>demo</code>" in dashboard
     finally:
         web.terminate()

@@ -1,0 +1,374 @@
+"""The persona table: for every route, what each persona must get.
+
+Every URL pattern, API route, websocket route and admin view must appear here (admin views by
+the per-model rules at the bottom); test_harness fails on any route that does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tests.isolation.world import World
+
+Path = Callable[[World], str]
+
+
+@dataclass(frozen=True)
+class Case:
+    method: str
+    path: Path
+    expect: dict[str, int | str]
+    data: Callable[[World], dict[str, Any]] | None = None
+    # The same route on tenant B's object: every persona of A must get 404 there.
+    b_path: Path | None = None
+    # A list or page: nothing of B may appear in what A's personas get.
+    lists: bool = False
+    json: bool = True
+    # The audit action a successful call must record (None: a no-op, recorded generically).
+    action: str | None = None
+
+    @property
+    def mutating(self) -> bool:
+        return self.method in {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def exp(
+    anon: int | str, viewer: int, member: int, owner: int, b: int, staff: int, su: int
+) -> dict[str, int | str]:
+    return dict(
+        zip(
+            ("anon", "a_viewer", "a_member", "a_owner", "b_member", "staff", "superuser"),
+            (anon, viewer, member, owner, b, staff, su),
+            strict=True,
+        )
+    )
+
+
+def const(path: str) -> Path:
+    return lambda w: path
+
+
+def tenant_path(suffix: str = "", api: bool = True) -> tuple[Path, Path]:
+    base = "/api/v1/tenants/{}/" if api else "/t/{}/"
+    return (lambda w: base.format(w.a.slug) + suffix), (lambda w: base.format(w.b.slug) + suffix)
+
+
+def member_path(api: bool, suffix: str = "") -> tuple[Path, Path]:
+    base = "/api/v1/tenants/{}/members/{}/" if api else "/t/{}/members/{}/"
+    return (lambda w: base.format(w.a.slug, w.a_extra.pk) + suffix), (
+        lambda w: base.format(w.b.slug, w.b_extra.pk) + suffix
+    )
+
+
+def token_path(api: bool, suffix: str = "") -> tuple[Path, Path]:
+    base = "/api/v1/tenants/{}/tokens/{}/" if api else "/t/{}/tokens/{}/"
+    return (lambda w: base.format(w.a.slug, w.a_token.pk) + suffix), (
+        lambda w: base.format(w.b.slug, w.b_token.pk) + suffix
+    )
+
+
+# Common shapes.
+API_TENANT_READ = exp(401, 200, 200, 200, 404, 404, 404)
+API_OWNER_WRITE = exp(401, 403, 403, 200, 404, 404, 404)
+UI_TENANT_READ = exp(302, 200, 200, 200, 404, 404, 404)
+UI_OWNER_POST = exp(302, 403, 403, 302, 404, 404, 404)
+EVERYONE_200 = exp(200, 200, 200, 200, 200, 200, 200)
+
+_api_tenant, _api_tenant_b = tenant_path()
+_api_quota, _api_quota_b = tenant_path("quota/")
+_api_members, _api_members_b = tenant_path("members/")
+_api_member, _api_member_b = member_path(api=True)
+_api_tokens, _api_tokens_b = tenant_path("tokens/")
+_api_token, _api_token_b = token_path(api=True)
+_api_audit, _api_audit_b = tenant_path("audit/")
+_ui_home, _ui_home_b = tenant_path(api=False)
+_ui_quota, _ui_quota_b = tenant_path("quota/", api=False)
+_ui_settings, _ui_settings_b = tenant_path("settings/", api=False)
+_ui_member_add, _ui_member_add_b = tenant_path("members/add/", api=False)
+_ui_member_role, _ui_member_role_b = member_path(api=False, suffix="role/")
+_ui_member_remove, _ui_member_remove_b = member_path(api=False, suffix="remove/")
+_ui_token_create, _ui_token_create_b = tenant_path("tokens/create/", api=False)
+_ui_token_revoke, _ui_token_revoke_b = token_path(api=False, suffix="revoke/")
+_ui_audit, _ui_audit_b = tenant_path("audit/", api=False)
+
+ROUTES: dict[str, list[Case]] = {
+    # --- portal shell ---------------------------------------------------------------------
+    "dashboard": [Case("GET", const("/"), exp(302, 302, 302, 302, 302, 200, 200))],
+    "login": [
+        Case("GET", const("/login/"), exp(200, 302, 302, 302, 302, 302, 302)),
+        # Wrong credentials: the login is refused (audited as such); logged-in users are sent on.
+        Case(
+            "POST",
+            const("/login/"),
+            exp(200, 302, 302, 302, 302, 302, 302),
+            json=False,
+            data=lambda w: {"username": "x", "password": "y"},
+        ),
+    ],
+    "logout": [Case("POST", const("/logout/"), exp(302, 302, 302, 302, 302, 302, 302), json=False)],
+    "healthz": [Case("GET", const("/healthz"), EVERYONE_200)],
+    "readyz": [Case("GET", const("/readyz"), EVERYONE_200)],
+    "api-root": [Case("GET", const("/api/v1/"), EVERYONE_200)],
+    "api-schema": [Case("GET", const("/api/schema/"), EVERYONE_200)],
+    "api-docs": [Case("GET", const("/api/docs/"), EVERYONE_200)],
+    # --- tenants API ----------------------------------------------------------------------
+    "api-tenants": [
+        Case("GET", const("/api/v1/tenants/"), exp(401, 200, 200, 200, 200, 200, 200), lists=True)
+    ],
+    "api-tenant": [Case("GET", _api_tenant, API_TENANT_READ, b_path=_api_tenant_b)],
+    "api-quota": [Case("GET", _api_quota, API_TENANT_READ, b_path=_api_quota_b)],
+    "api-members": [
+        Case("GET", _api_members, API_TENANT_READ, b_path=_api_members_b, lists=True),
+        Case(
+            "POST",
+            _api_members,
+            exp(401, 403, 403, 201, 404, 404, 404),
+            b_path=_api_members_b,
+            data=lambda w: {"username": w.newcomer.username, "role": "viewer"},
+            action="member.add",
+        ),
+    ],
+    "api-member": [
+        Case("GET", _api_member, API_TENANT_READ, b_path=_api_member_b),
+        Case(
+            "PATCH",
+            _api_member,
+            API_OWNER_WRITE,
+            b_path=_api_member_b,
+            data=lambda w: {"role": "viewer"},
+            action="member.role",
+        ),
+        Case(
+            "DELETE",
+            _api_member,
+            exp(401, 403, 403, 204, 404, 404, 404),
+            b_path=_api_member_b,
+            action="member.remove",
+        ),
+    ],
+    "api-tokens": [
+        Case("GET", _api_tokens, exp(401, 403, 200, 200, 404, 404, 404), b_path=_api_tokens_b, lists=True),
+        Case(
+            "POST",
+            _api_tokens,
+            exp(401, 403, 201, 201, 404, 404, 404),
+            b_path=_api_tokens_b,
+            data=lambda w: {"name": "automation", "role": "viewer"},
+            action="token.create",
+        ),
+    ],
+    "api-token": [
+        Case("GET", _api_token, exp(401, 403, 200, 200, 404, 404, 404), b_path=_api_token_b),
+        Case(
+            "DELETE",
+            _api_token,
+            exp(401, 403, 200, 200, 404, 404, 404),
+            b_path=_api_token_b,
+            action="token.revoke",
+        ),
+    ],
+    "api-audit": [
+        Case("GET", _api_audit, exp(401, 403, 403, 200, 404, 404, 404), b_path=_api_audit_b, lists=True)
+    ],
+    "api-admin-tenants": [
+        Case("GET", const("/api/v1/admin/tenants/"), exp(401, 403, 403, 403, 403, 200, 200)),
+        Case(
+            "POST",
+            const("/api/v1/admin/tenants/"),
+            exp(401, 403, 403, 403, 403, 201, 201),
+            data=lambda w: {"name": "Tenant C", "slug": "tenant-c"},
+            action="tenant.create",
+        ),
+    ],
+    # --- tenant pages ---------------------------------------------------------------------
+    "tenant-home": [Case("GET", _ui_home, UI_TENANT_READ, b_path=_ui_home_b, lists=True)],
+    "tenant-quota": [Case("GET", _ui_quota, UI_TENANT_READ, b_path=_ui_quota_b, lists=True)],
+    "tenant-settings": [Case("GET", _ui_settings, UI_TENANT_READ, b_path=_ui_settings_b, lists=True)],
+    "tenant-member-add": [
+        Case(
+            "POST",
+            _ui_member_add,
+            UI_OWNER_POST,
+            b_path=_ui_member_add_b,
+            json=False,
+            data=lambda w: {"username": w.newcomer.username, "role": "member"},
+            action="member.add",
+        ),
+    ],
+    "tenant-member-role": [
+        Case(
+            "POST",
+            _ui_member_role,
+            UI_OWNER_POST,
+            b_path=_ui_member_role_b,
+            json=False,
+            data=lambda w: {"role": "viewer"},
+            action="member.role",
+        ),
+    ],
+    "tenant-member-remove": [
+        Case(
+            "POST",
+            _ui_member_remove,
+            UI_OWNER_POST,
+            b_path=_ui_member_remove_b,
+            json=False,
+            action="member.remove",
+        ),
+    ],
+    "tenant-token-create": [
+        Case(
+            "POST",
+            _ui_token_create,
+            exp(302, 403, 201, 201, 404, 404, 404),
+            b_path=_ui_token_create_b,
+            json=False,
+            data=lambda w: {"name": "ui token", "role": "viewer"},
+            action="token.create",
+        ),
+    ],
+    "tenant-token-revoke": [
+        Case(
+            "POST",
+            _ui_token_revoke,
+            exp(302, 403, 302, 302, 404, 404, 404),
+            b_path=_ui_token_revoke_b,
+            json=False,
+            action="token.revoke",
+        ),
+    ],
+    "tenant-audit": [
+        Case("GET", _ui_audit, exp(302, 403, 403, 200, 404, 404, 404), b_path=_ui_audit_b, lists=True)
+    ],
+}
+
+# --- websockets: "accept" or a close code; accepted sockets must join only their own tenants.
+WEBSOCKETS: dict[str, dict[str, int | str]] = {
+    "ws-events": {
+        "anon": 4401,
+        **dict.fromkeys(("a_viewer", "a_member", "a_owner", "b_member", "staff", "superuser"), "accept"),
+    },
+}
+
+# --- Django admin: every registered model, with what its ModelAdmin allows to a superuser.
+# Staff hold only view permissions (see world.py); everyone else is bounced to the admin login.
+# "protected": deleting is allowed, but what the world holds keeps the row (PROTECT foreign keys).
+ADMIN_MODELS: dict[str, dict[str, bool]] = {
+    "auth.group": {"add": True, "delete": True},
+    "auth.user": {"add": True, "delete": True},
+    "tenants.tenant": {"add": True, "delete": True, "protected": True},
+    "tenants.membership": {"add": True, "delete": True},
+    "tenants.quota": {"add": False, "delete": False},
+    "tenants.quotaclaim": {"add": False, "delete": False},
+    "tenants.apitoken": {"add": False, "delete": True},
+    "security.auditrecord": {"add": False, "delete": False},
+    "django_celery_beat.periodictask": {"add": True, "delete": True},
+    "django_celery_beat.intervalschedule": {"add": True, "delete": True},
+    "django_celery_beat.crontabschedule": {"add": True, "delete": True},
+    "django_celery_beat.solarschedule": {"add": True, "delete": True},
+    "django_celery_beat.clockedschedule": {"add": True, "delete": True},
+}
+
+ADMIN_STAFF_ONLY = exp(302, 302, 302, 302, 302, 200, 200)
+ADMIN_SUPERUSER_ONLY = exp(302, 302, 302, 302, 302, 403, 200)
+ADMIN_NOBODY = exp(302, 302, 302, 302, 302, 403, 403)
+
+# Admin views that are not per-model.
+ADMIN_SITE: dict[str, list[Case]] = {
+    "admin:index": [Case("GET", const("/admin/"), ADMIN_STAFF_ONLY, json=False)],
+    "admin:login": [Case("GET", const("/admin/login/"), exp(200, 200, 200, 200, 200, 302, 302), json=False)],
+    # LOGOUT_REDIRECT_URL sends everyone on to the portal's login page.
+    "admin:logout": [
+        Case("POST", const("/admin/logout/"), exp(302, 302, 302, 302, 302, 302, 302), json=False)
+    ],
+    "admin:password_change": [Case("GET", const("/admin/password_change/"), ADMIN_STAFF_ONLY, json=False)],
+    "admin:password_change_done": [
+        Case("GET", const("/admin/password_change/done/"), ADMIN_STAFF_ONLY, json=False)
+    ],
+    "admin:jsi18n": [Case("GET", const("/admin/jsi18n/"), ADMIN_STAFF_ONLY, json=False)],
+    "admin:autocomplete": [
+        Case("GET", const("/admin/autocomplete/"), exp(302, 302, 302, 302, 302, 403, 403), json=False)
+    ],
+    "admin:view_on_site": [
+        Case(
+            "GET",
+            lambda w: f"/admin/r/{_content_type_id('tenants', 'tenant')}/{w.a.pk}/",
+            exp(302, 302, 302, 302, 302, 404, 404),
+            json=False,
+        ),
+    ],
+    "admin:app_list": [Case("GET", const("/admin/tenants/"), ADMIN_STAFF_ONLY, json=False)],
+    "admin/(?P<url>.*)$": [
+        Case("GET", const("/admin/no-such-page/"), exp(302, 302, 302, 302, 302, 404, 404), json=False)
+    ],
+}
+
+
+def _content_type_id(app: str, model: str) -> int:
+    from django.contrib.contenttypes.models import ContentType
+
+    return ContentType.objects.get_by_natural_key(app, model).pk
+
+
+def admin_cases(label: str, allowed: dict[str, bool]) -> dict[str, list[Case]]:
+    """The cases of one model's admin views, keyed as the resolver names them."""
+    app, model = label.split(".")
+    base = f"/admin/{app}/{model}/"
+
+    def obj(w: World) -> str:
+        from django.apps import apps
+
+        cls = apps.get_model(label)
+        # Prefer tenant A's object where the model is tenant-owned; any row otherwise.
+        rows = cls._base_manager.order_by("pk")
+        if hasattr(cls, "tenant_id"):
+            rows = rows.filter(tenant_id=w.a.pk)
+        elif label == "tenants.tenant":
+            rows = rows.filter(pk=w.a.pk)
+        first = rows.first()
+        assert first is not None, f"the world has no {label} for the admin cases"
+        return str(first.pk)
+
+    add = ADMIN_SUPERUSER_ONLY if allowed["add"] else ADMIN_NOBODY
+    delete = ADMIN_SUPERUSER_ONLY if allowed["delete"] else ADMIN_NOBODY
+    # A confirmed delete redirects when done; a protected row re-shows the page saying why not.
+    deleted = exp(302, 302, 302, 302, 302, 403, 200 if allowed.get("protected") else 302)
+    delete_post = deleted if allowed["delete"] else ADMIN_NOBODY
+    cases = {
+        f"admin:{app}_{model}_changelist": [Case("GET", const(base), ADMIN_STAFF_ONLY, json=False)],
+        f"admin:{app}_{model}_add": [Case("GET", const(base + "add/"), add, json=False)],
+        f"admin:{app}_{model}_change": [
+            Case("GET", lambda w: f"{base}{obj(w)}/change/", ADMIN_STAFF_ONLY, json=False)
+        ],
+        f"admin:{app}_{model}_history": [
+            Case("GET", lambda w: f"{base}{obj(w)}/history/", ADMIN_STAFF_ONLY, json=False)
+        ],
+        f"admin:{app}_{model}_delete": [
+            Case("GET", lambda w: f"{base}{obj(w)}/delete/", delete, json=False),
+            Case(
+                "POST",
+                lambda w: f"{base}{obj(w)}/delete/",
+                delete_post,
+                json=False,
+                data=lambda w: {"post": "yes"},
+                action=None if allowed.get("protected") else f"admin.{model}.delete",
+            ),
+        ],
+        f"admin/{app}/{model}/<path:object_id>/": [
+            Case("GET", lambda w: f"{base}{obj(w)}/", exp(302, 302, 302, 302, 302, 302, 302), json=False)
+        ],
+    }
+    if label == "auth.user":
+        cases["admin:auth_user_password_change"] = [
+            Case("GET", lambda w: f"{base}{obj(w)}/password/", ADMIN_SUPERUSER_ONLY, json=False)
+        ]
+    return cases
+
+
+def all_http_cases() -> dict[str, list[Case]]:
+    cases = {**ROUTES, **ADMIN_SITE}
+    for label, allowed in ADMIN_MODELS.items():
+        cases.update(admin_cases(label, allowed))
+    return cases

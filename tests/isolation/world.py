@@ -1,0 +1,96 @@
+"""The world every isolation case runs in: tenants A and B, one user per persona, and their objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.contrib.auth.models import Permission, User
+
+from security.audit import Actor, audit_log
+from tenants.models import ApiToken, Membership, Role, Tenant
+from tenants.services.quotas import quota_claim
+from tenants.services.tokens import token_create
+from tests.factories import add_member, make_tenant, make_user
+
+PERSONAS = ("anon", "a_viewer", "a_member", "a_owner", "b_member", "staff", "superuser")
+A_PERSONAS = ("a_viewer", "a_member", "a_owner")
+
+# Strings that belong to tenant B only: none may ever show up in an answer to someone outside B.
+B_MARKERS = ("tenant-b", "b-member", "b-owner", "token-of-b", "b.secret-action")
+
+
+@dataclass
+class World:
+    a: Tenant
+    b: Tenant
+    users: dict[str, User]
+    a_extra: Membership  # a member of A that owners may change or remove
+    b_extra: Membership
+    a_token: ApiToken  # created by a_member
+    b_token: ApiToken
+    newcomer: User  # a user in no tenant, to be added
+
+
+def _token(tenant: Tenant, user: User, name: str) -> ApiToken:
+    token, _ = token_create(
+        actor=Actor.system("fixture"),
+        tenant=tenant,
+        creator_id=user.pk,
+        creator_role=Role.MEMBER,
+        name=name,
+        role=Role.VIEWER,
+    )
+    return token
+
+
+def build_world() -> World:
+    a, b = make_tenant("tenant-a"), make_tenant("tenant-b")
+    users = {
+        "a_viewer": add_member(a, make_user("a-viewer"), Role.VIEWER),
+        "a_member": add_member(a, make_user("a-member"), Role.MEMBER),
+        "a_owner": add_member(a, make_user("a-owner"), Role.OWNER),
+        "b_member": add_member(b, make_user("b-member"), Role.MEMBER),
+        "staff": make_user("staff", is_staff=True),
+        "superuser": User.objects.create_superuser("root", password="pw-for-tests-only-9d1f"),
+    }
+    # Operators read everything in admin; they change nothing there unless granted more.
+    users["staff"].user_permissions.set(Permission.objects.filter(codename__startswith="view_"))
+    add_member(b, make_user("b-owner"), Role.OWNER)
+    a_extra = Membership.objects.get(user=add_member(a, make_user("a-extra")), tenant=a)
+    b_extra = Membership.objects.get(user__username="b-owner", tenant=b)
+    world = World(
+        a=a,
+        b=b,
+        users=users,
+        a_extra=a_extra,
+        b_extra=b_extra,
+        a_token=_token(a, users["a_member"], "token-of-a"),
+        b_token=_token(b, users["b_member"], "token-of-b"),
+        newcomer=make_user("newcomer"),
+    )
+    _schedules()
+    quota_claim(a, {"instances": 1, "vcpus": 1}, "fixture")
+    quota_claim(b, {"instances": 1, "vcpus": 2}, "fixture of b")
+    audit_log(actor=Actor.system("fixture"), action="a.visible-action", tenant=a)
+    audit_log(actor=Actor.system("fixture"), action="b.secret-action", tenant=b)
+    return world
+
+
+def _schedules() -> None:
+    """One row of each beat model and an auth group, so their admin pages have something to show."""
+    from django.contrib.auth.models import Group
+    from django.utils import timezone
+    from django_celery_beat.models import (
+        ClockedSchedule,
+        CrontabSchedule,
+        IntervalSchedule,
+        PeriodicTask,
+        SolarSchedule,
+    )
+
+    Group.objects.create(name="operators")
+    every = IntervalSchedule.objects.create(every=30, period=IntervalSchedule.SECONDS)
+    CrontabSchedule.objects.create(minute="0", hour="3")
+    SolarSchedule.objects.create(event="sunrise", latitude=48.0, longitude=2.0)
+    ClockedSchedule.objects.create(clocked_time=timezone.now())
+    PeriodicTask.objects.create(name="fixture-task", task="portal.tasks.heartbeat", interval=every)
