@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import Q, QuerySet, Sum
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from tenants.models import RESOURCES, ApiToken, Membership, Quota, QuotaClaim, Tenant
+from tenants.models import RESOURCES, ApiToken, Membership, Quota, QuotaClaim, Role, Tenant
 
 
 class TenantOwnedAdmin(admin.ModelAdmin):
@@ -22,8 +23,52 @@ class TenantOwnedAdmin(admin.ModelAdmin):
         return qs.order_by(*ordering) if ordering else qs
 
 
+def _is_last_owner(membership: Membership | None) -> bool:
+    if membership is None or membership.pk is None or membership.role != Role.OWNER:
+        return False
+    owners = Membership.objects.filter(tenant_id=membership.tenant_id, role=Role.OWNER)
+    return not owners.exclude(pk=membership.pk).exists()
+
+
+class MembershipForm(forms.ModelForm):
+    """Admins may not demote a tenant's last owner either."""
+
+    class Meta:
+        model = Membership
+        fields = ["user", "tenant", "role"]
+
+    def clean_role(self) -> str:
+        role = self.cleaned_data["role"]
+        if role != Role.OWNER and _is_last_owner(self.instance):
+            raise forms.ValidationError(
+                "This is the tenant's last owner; make someone else owner first.", "last_owner"
+            )
+        return str(role)
+
+
+class MembershipInlineFormSet(forms.BaseInlineFormSet):
+    """Editing a tenant's members inline must leave it with an owner."""
+
+    def clean(self) -> None:
+        super().clean()
+        if self.instance.pk is None:
+            return
+        had_owner = Membership.objects.filter(tenant=self.instance, role=Role.OWNER).exists()
+        kept = [
+            f.cleaned_data
+            for f in self.forms
+            if f.cleaned_data
+            and not f.cleaned_data.get("DELETE")
+            and f.cleaned_data.get("role") == Role.OWNER
+        ]
+        if had_owner and not kept:
+            raise forms.ValidationError("A tenant must keep at least one owner.", "last_owner")
+
+
 class MembershipInline(admin.TabularInline):
     model = Membership
+    form = MembershipForm
+    formset = MembershipInlineFormSet
     extra = 0
     autocomplete_fields = ["user"]
 
@@ -39,10 +84,14 @@ class TenantAdmin(admin.ModelAdmin):
 
 @admin.register(Membership)
 class MembershipAdmin(admin.ModelAdmin):
+    form = MembershipForm
     list_display = ["user", "tenant", "role", "created"]
     list_filter = ["role"]
     search_fields = ["user__username", "tenant__name"]
     autocomplete_fields = ["user", "tenant"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Membership | None = None) -> bool:
+        return super().has_delete_permission(request, obj) and not _is_last_owner(obj)
 
 
 def _usage_bar(used: int, limit: int) -> str:
