@@ -89,6 +89,16 @@ def data_dir() -> Path:
     return path
 
 
+def env_path(name: str, default: Path) -> Path:
+    """A directory path from the environment (default given), created if missing."""
+    path = Path(env_str(name, str(default))).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(name, f"cannot create {path}: {exc.strerror}") from None
+    return path
+
+
 def secret_key(directory: Path) -> str:
     """Return SECRET_KEY from the environment, or one generated once into the data directory (0600)."""
     from_env = os.environ.get("SECRET_KEY", "").strip()

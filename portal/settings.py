@@ -24,6 +24,17 @@ LIBVIRT_URI = config.env_str("LIBVIRT_URI", "qemu:///system")
 # The compute host this process runs on; its Celery queue is "host.<name>".
 NUBIS_HOST_NAME = config.env_str("NUBIS_HOST_NAME", socket.gethostname())
 NUBIS_HEARTBEAT_SECONDS = config.env_int("NUBIS_HEARTBEAT_SECONDS", 30, minimum=1)
+# Compute: where images and instance disks live, and how hosts report in.
+NUBIS_IMAGE_DIR = config.env_path("NUBIS_IMAGE_DIR", DATA_DIR / "images")
+NUBIS_INSTANCE_DIR = config.env_path("NUBIS_INSTANCE_DIR", DATA_DIR / "instances")
+NUBIS_HOST_HEARTBEAT_SECONDS = config.env_int("NUBIS_HOST_HEARTBEAT_SECONDS", 5, minimum=1)
+NUBIS_HOST_HEARTBEAT_TIMEOUT = config.env_int("NUBIS_HOST_HEARTBEAT_TIMEOUT", 30, minimum=2)
+NUBIS_LIBVIRT_NETWORK = config.env_str("NUBIS_LIBVIRT_NETWORK", "default")
+NUBIS_SHUTDOWN_TIMEOUT = config.env_int("NUBIS_SHUTDOWN_TIMEOUT", 30, minimum=1)
+# Overcommit ratios for placement (the scheduler issue makes these per host and aggregate).
+NUBIS_OVERCOMMIT = {"cpu": 4.0, "ram": 1.0, "disk": 1.0}
+# How long an instance may stay in a transient state before the reconciler steps in.
+NUBIS_TRANSIENT_DEADLINE = config.env_int("NUBIS_TRANSIENT_DEADLINE", 600, minimum=10)
 
 # Limits a new tenant starts with; admins change them per tenant in Django admin.
 NUBIS_DEFAULT_QUOTA: dict[str, int | str] = {

@@ -1,0 +1,338 @@
+"""The libvirt driver: QEMU/KVM or TCG guests on one host's libvirt daemon."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from compute.drivers.base import DriverError, GuestSpec, HostFacts, VmDriver
+from compute.drivers.domain_xml import domain_xml
+
+
+def _quiet(_ctx: Any, _err: Any) -> None:
+    """libvirt prints every error to stderr by default; ours are raised as DriverError instead."""
+
+
+libvirt.registerErrorHandler(_quiet, None)
+
+_STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "running",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "running",  # shutting down, still alive
+    libvirt.VIR_DOMAIN_SHUTOFF: "stopped",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+}
+
+
+def libvirt_message(exc: libvirt.libvirtError) -> str:
+    return exc.get_error_message() or str(exc)
+
+
+class LibvirtDriver(VmDriver):
+    """One connection per process, reopened if the daemon went away."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._conn: libvirt.virConnect | None = None
+        self._lock = threading.Lock()
+
+    # -- connection --------------------------------------------------------------------------
+    def conn(self) -> libvirt.virConnect:
+        with self._lock:
+            if self._conn is None or not self._conn.isAlive():
+                try:
+                    self._conn = libvirt.open(self.uri)
+                except libvirt.libvirtError as exc:
+                    raise DriverError(f"cannot connect to {self.uri}: {libvirt_message(exc)}") from None
+            return self._conn
+
+    def _lookup(self, name: str) -> libvirt.virDomain | None:
+        try:
+            return self.conn().lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise DriverError(libvirt_message(exc)) from None
+
+    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except libvirt.libvirtError as exc:
+            raise DriverError(f"{what}: {libvirt_message(exc)}") from None
+
+    # -- host --------------------------------------------------------------------------------
+    def facts(
+        self, probe_kvm: bool = True, probe_image: GuestSpec | None = None, scratch: Path | None = None
+    ) -> HostFacts:
+        conn = self.conn()
+        model, _, cpus = conn.getInfo()[:3]
+        # libvirt's node info can report one NUMA cell's memory; the kernel's page count is the whole.
+        mem_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+        cpu_model = _cpu_model_name() or model
+        version = conn.getVersion()
+        lib = conn.getLibVersion()
+        vmm = f"{conn.getType()} {_ver(version)} / libvirt {_ver(lib)}"
+        tcg = _domain_caps_ok(conn, "qemu")
+        kvm_device = os.path.exists("/dev/kvm")
+        kvm_usable, detail = False, "no /dev/kvm"
+        if kvm_device and _domain_caps_ok(conn, "kvm"):
+            detail = "KVM is offered but not probed"
+            if probe_kvm and probe_image is not None and scratch is not None:
+                kvm_usable, detail = self._probe_kvm(probe_image, scratch)
+        elif kvm_device:
+            detail = "/dev/kvm exists but libvirt offers no kvm domain type"
+        disk = shutil.disk_usage(scratch or "/")
+        return HostFacts(
+            cpu_model=cpu_model,
+            cpus=int(cpus),
+            ram_mib=int(mem_mib),
+            disk_gib=int(disk.total // 2**30),
+            kvm_device=kvm_device,
+            kvm_usable=kvm_usable,
+            kvm_probe_detail=detail[:300],
+            tcg_available=tcg,
+            paging=_paging(kvm_usable),
+            iommu=_iommu_groups(),
+            vmm=vmm,
+        )
+
+    def _probe_kvm(self, base: GuestSpec, scratch: Path, timeout: float = 20.0) -> tuple[bool, str]:
+        """Boot the probe guest under KVM; KVM counts as usable only if it reaches its ready marker."""
+        name = f"nubis-kvm-probe-{uuid.uuid4().hex[:8]}"
+        workdir = scratch / name
+        workdir.mkdir(parents=True, exist_ok=True)
+        spec = GuestSpec(
+            name=name,
+            uuid=str(uuid.uuid4()),
+            vcpus=1,
+            ram_mib=128,
+            current_ram_mib=128,
+            cpu_mode="hardware",
+            io_model="virtio",
+            balloon=False,
+            disk_path=str(workdir / "disk.qcow2"),
+            serial_log=str(workdir / "serial.log"),
+            network="",
+            vnc_password=uuid.uuid4().hex[:8],
+            kernel=base.kernel,
+            initrd=base.initrd,
+            cmdline=base.cmdline,
+        )
+        try:
+            self.create_disk(spec, base.disk_path, 1)
+            dom = self._call("probe start", self.conn().createXML, domain_xml(spec), 0)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                log = Path(spec.serial_log)
+                if log.exists() and "NUBIS-READY" in log.read_text(errors="replace"):
+                    return (
+                        True,
+                        f"probe guest booted under KVM in {timeout - (deadline - time.monotonic()):.1f} s",
+                    )
+                if not dom.isActive():
+                    return False, "probe guest died under KVM"
+                time.sleep(0.25)
+            return False, f"probe guest did not boot under KVM within {timeout:.0f} s"
+        except DriverError as exc:
+            return False, f"probe failed: {exc}"
+        finally:
+            self.undefine(name)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    # -- guests ------------------------------------------------------------------------------
+    def create_disk(self, spec: GuestSpec, base: str, size_gib: int) -> None:
+        disk = Path(spec.disk_path)
+        if disk.exists():
+            return
+        disk.parent.mkdir(parents=True, exist_ok=True)
+        tmp = disk.with_suffix(".partial")
+        cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, str(tmp), f"{size_gib}G"]
+        for attempt in range(3):
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
+            if proc.returncode == 0:
+                break
+            # qemu-img sometimes trips over coarse CPU accounting here ("Unable to get accurate CPU usage").
+            if "accurate CPU usage" not in proc.stderr or attempt == 2:
+                tmp.unlink(missing_ok=True)
+                raise DriverError(f"create disk: {proc.stderr.strip() or proc.returncode}")
+        tmp.rename(disk)  # appears whole or not at all
+
+    def define(self, spec: GuestSpec) -> None:
+        if self._lookup(spec.name) is not None:
+            return
+        self._call("define", self.conn().defineXML, domain_xml(spec))
+
+    def start(self, name: str) -> None:
+        dom = self._lookup(name)
+        if dom is None:
+            raise DriverError(f"start: no domain {name}")
+        if not dom.isActive():
+            self._call("start", dom.create)
+
+    def shutdown(self, name: str, timeout: float) -> bool:
+        dom = self._lookup(name)
+        if dom is None or not dom.isActive():
+            return True
+        self._call("shutdown", dom.shutdownFlags, libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if not dom.isActive():
+                    return True
+            except libvirt.libvirtError:
+                return True
+            time.sleep(0.2)
+        self._destroy(dom)
+        return False
+
+    def _destroy(self, dom: libvirt.virDomain) -> None:
+        try:
+            if dom.isActive():
+                dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
+        except libvirt.libvirtError:
+            try:
+                if dom.isActive():
+                    dom.destroy()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                    raise DriverError(f"destroy: {libvirt_message(exc)}") from None
+
+    def reboot(self, name: str) -> None:
+        dom = self._lookup(name)
+        if dom is None:
+            raise DriverError(f"reboot: no domain {name}")
+        if not dom.isActive():
+            self._call("start", dom.create)
+            return
+        # A hard reset: the tiny guests have no reboot agent, and a reset is what "reboot" promises.
+        self._call("reboot", dom.reset, 0)
+
+    def set_memory(self, name: str, mib: int) -> None:
+        dom = self._lookup(name)
+        if dom is None:
+            raise DriverError(f"set memory: no domain {name}")
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0)
+        self._call("set memory", dom.setMemoryFlags, mib * 1024, flags)
+
+    def memory_stats(self, name: str) -> dict[str, int]:
+        dom = self._lookup(name)
+        if dom is None or not dom.isActive():
+            return {}
+        return {str(k): int(v) for k, v in self._call("memory stats", dom.memoryStats).items()}
+
+    def power_state(self, name: str) -> str | None:
+        dom = self._lookup(name)
+        if dom is None:
+            return None
+        state = self._call("state", dom.state)[0]
+        return _STATES.get(state, "unknown")
+
+    def undefine(self, name: str) -> None:
+        dom = self._lookup(name)
+        if dom is None:
+            return
+        self._destroy(dom)
+        flags = (
+            libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+        )
+        try:
+            dom.undefineFlags(flags)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise DriverError(f"undefine: {libvirt_message(exc)}") from None
+
+    def remove_files(self, spec_dir: str) -> None:
+        shutil.rmtree(spec_dir, ignore_errors=True)
+
+    def list_guests(self, prefix: str) -> list[str]:
+        domains = self._call("list", self.conn().listAllDomains, 0)
+        return sorted(d.name() for d in domains if d.name().startswith(prefix))
+
+    def vnc_port(self, name: str) -> int | None:
+        dom = self._lookup(name)
+        if dom is None or not dom.isActive():
+            return None
+        # The XML comes from our own libvirt daemon, not from a user.
+        graphics = ET.fromstring(dom.XMLDesc(0)).find("./devices/graphics[@type='vnc']")  # noqa: S314
+        port = graphics.get("port") if graphics is not None else None
+        return int(port) if port and port.isdigit() and int(port) > 0 else None
+
+    def ensure_network(self, name: str) -> None:
+        """Make sure the libvirt network exists and is active (defining libvirt's default if missing)."""
+        conn = self.conn()
+        try:
+            net = conn.networkLookupByName(name)
+        except libvirt.libvirtError:
+            if name != "default":
+                raise DriverError(f"network {name} does not exist on {self.uri}") from None
+            net = self._call("define network", conn.networkDefineXML, _DEFAULT_NETWORK)
+        if not net.isActive():
+            self._call(f"start network {name}", net.create)
+
+
+_DEFAULT_NETWORK = """<network>
+  <name>default</name>
+  <forward mode='nat'/>
+  <bridge name='virbr0' stp='on' delay='0'/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'>
+    <dhcp><range start='192.168.122.2' end='192.168.122.254'/></dhcp>
+  </ip>
+</network>"""
+
+
+def _ver(value: int) -> str:
+    return f"{value // 1_000_000}.{(value // 1000) % 1000}.{value % 1000}"
+
+
+def _cpu_model_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _domain_caps_ok(conn: libvirt.virConnect, virttype: str) -> bool:
+    try:
+        conn.getDomainCapabilities(None, "x86_64", None, virttype, 0)
+    except libvirt.libvirtError:
+        return False
+    return True
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def _paging(kvm_usable: bool) -> str:
+    """Nested paging (EPT/NPT) from the kvm module parameters; shadow paging when KVM runs without it."""
+    if not kvm_usable:
+        return "none"
+    if _read("/sys/module/kvm_intel/parameters/ept") in ("Y", "1"):
+        return "ept"
+    if _read("/sys/module/kvm_amd/parameters/npt") in ("Y", "1"):
+        return "npt"
+    return "shadow"
+
+
+def _iommu_groups() -> bool:
+    groups = Path("/sys/kernel/iommu_groups")
+    return groups.is_dir() and any(groups.iterdir())

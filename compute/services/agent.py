@@ -1,0 +1,242 @@
+"""What the compute agent does with an Operation: idempotent steps, recorded as they happen.
+
+Celery may deliver a task twice and the agent may die between any two steps, so every step
+checks before it acts (a disk that exists is not made again, a defined domain is not defined
+again), and the last completed step is stored on the Operation for the reconciler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from redis.exceptions import LockError
+
+from compute.drivers.base import DriverError, GuestSpec, VmDriver
+from compute.models import Image, Instance, InstanceState, Operation, OperationKind, OperationState
+from compute.services.images import ImageCorrupt, verify_image
+from compute.services.instances import _finish, instance_deleted, instance_event, instance_fail
+from portal.redis import redis_client
+
+logger = logging.getLogger(__name__)
+
+
+def instance_dir(instance: Instance) -> Path:
+    return Path(settings.NUBIS_INSTANCE_DIR) / str(instance.uuid)
+
+
+def guest_spec(instance: Instance) -> GuestSpec:
+    image: Image = instance.image
+    flavor = instance.flavor
+    workdir = instance_dir(instance)
+    return GuestSpec(
+        name=instance.domain_name,
+        uuid=str(instance.uuid),
+        vcpus=instance.vcpus,
+        ram_mib=instance.ram_mib,
+        current_ram_mib=instance.current_ram_mib,
+        cpu_mode=flavor.cpu_mode,
+        io_model=flavor.io_model,
+        balloon=flavor.balloon,
+        disk_path=str(workdir / "disk.qcow2"),
+        serial_log=str(workdir / "serial.log"),
+        network=settings.NUBIS_LIBVIRT_NETWORK,
+        vnc_password=instance.vnc_password,
+        kernel=image.kernel_path,
+        initrd=image.initrd_path,
+        cmdline=image.cmdline,
+        pci_devices=(flavor.pci_passthrough,) if flavor.pci_passthrough else (),
+    )
+
+
+def _claim(operation_id: int) -> Operation | None:
+    """Lock the Operation and mark it running; None if it is already finished (a repeated delivery)."""
+    with transaction.atomic():
+        operation = (
+            Operation.objects.unscoped()
+            .select_for_update(of=("self",))
+            .select_related("instance", "instance__flavor", "instance__image", "instance__host")
+            .filter(pk=operation_id)
+            .first()
+        )
+        if operation is None or operation.done:
+            return None
+        operation.state = OperationState.RUNNING
+        operation.attempts += 1
+        operation.started = operation.started or timezone.now()
+        operation.save(update_fields=["state", "attempts", "started"])
+        return operation
+
+
+def _step(operation: Operation, step: str, progress: int) -> None:
+    operation.step = step
+    operation.progress = progress
+    Operation.objects.unscoped().filter(pk=operation.pk).update(step=step, progress=progress)
+
+
+def _set_state(instance: Instance, state: str, **fields: Any) -> None:
+    instance.state = state
+    instance.state_deadline = None
+    for key, value in fields.items():
+        setattr(instance, key, value)
+    instance.save(update_fields=["state", "state_deadline", "updated", *fields])
+    instance_event(instance)
+
+
+def operation_lock(operation_id: int) -> Any:
+    """A Redis lock that keeps two deliveries of one Operation from running at the same time."""
+    return redis_client().lock(
+        f"nubis:operation:{operation_id}", timeout=settings.CELERY_TASK_TIME_LIMIT, blocking=False
+    )
+
+
+def execute(operation_id: int, driver: VmDriver) -> str:
+    """Run one Operation to its end; returns its final state ("skipped" or "busy" for a repeat)."""
+    lock = operation_lock(operation_id)
+    if not lock.acquire():
+        return "busy"  # another delivery is running it right now
+    try:
+        return _execute(operation_id, driver)
+    finally:
+        with contextlib.suppress(LockError):
+            lock.release()
+
+
+def _execute(operation_id: int, driver: VmDriver) -> str:
+    operation = _claim(operation_id)
+    if operation is None:
+        return "skipped"
+    instance = operation.instance
+    try:
+        handler = _HANDLERS[operation.kind]
+        handler(operation, instance, driver)
+    except (DriverError, ImageCorrupt) as exc:
+        logger.warning("operation %s (%s of %s) failed: %s", operation.pk, operation.kind, instance.uuid, exc)
+        with transaction.atomic():
+            if operation.kind == OperationKind.CREATE:
+                _cleanup(instance, driver)
+                instance_fail(instance, str(exc))
+            elif operation.kind == OperationKind.DELETE:
+                instance_fail(instance, f"delete failed: {exc}")
+            else:
+                _settle_after_failure(instance, driver, str(exc))
+            _finish(operation, OperationState.FAILED, str(exc))
+        return OperationState.FAILED
+    _finish(operation, OperationState.SUCCEEDED)
+    return OperationState.SUCCEEDED
+
+
+def _cleanup(instance: Instance, driver: VmDriver) -> None:
+    """Remove whatever a failed create left on the host: domain, disk, logs."""
+    try:
+        driver.undefine(instance.domain_name)
+    finally:
+        driver.remove_files(str(instance_dir(instance)))
+
+
+def _settle_after_failure(instance: Instance, driver: VmDriver, error: str) -> None:
+    """After a failed start/stop/reboot, set the state the hypervisor really shows, with the fault."""
+    power = driver.power_state(instance.domain_name)
+    state = {"running": InstanceState.RUNNING, "stopped": InstanceState.STOPPED}.get(
+        power or "", InstanceState.ERROR
+    )
+    instance.fault = error[:4000]
+    instance.fault_at = timezone.now()
+    _set_state(instance, state, fault=instance.fault, fault_at=instance.fault_at)
+
+
+def _create(operation: Operation, instance: Instance, driver: VmDriver) -> None:
+    if instance.state not in (InstanceState.SCHEDULED, InstanceState.BUILDING):
+        raise DriverError(f"create: the instance is {instance.state}, not scheduled")
+    _set_state(instance, InstanceState.BUILDING)
+    verify_image(instance.image)
+    _step(operation, "image", 20)
+    spec = guest_spec(instance)
+    driver.create_disk(spec, instance.image.disk_path, instance.disk_gib)
+    _step(operation, "disk", 40)
+    driver.define(spec)
+    _step(operation, "define", 60)
+    driver.start(spec.name)
+    _step(operation, "start", 90)
+    _set_state(instance, InstanceState.RUNNING, vnc_port=driver.vnc_port(spec.name), fault="")
+
+
+def _start(operation: Operation, instance: Instance, driver: VmDriver) -> None:
+    driver.start(instance.domain_name)
+    _step(operation, "start", 90)
+    _set_state(instance, InstanceState.RUNNING, vnc_port=driver.vnc_port(instance.domain_name))
+
+
+def _stop(operation: Operation, instance: Instance, driver: VmDriver) -> None:
+    clean = driver.shutdown(instance.domain_name, settings.NUBIS_SHUTDOWN_TIMEOUT)
+    _step(operation, "shutdown" if clean else "forced-off", 90)
+    _set_state(instance, InstanceState.STOPPED, vnc_port=None)
+
+
+def _reboot(operation: Operation, instance: Instance, driver: VmDriver) -> None:
+    driver.reboot(instance.domain_name)
+    _step(operation, "reset", 90)
+    _set_state(instance, InstanceState.RUNNING)
+
+
+def _delete(operation: Operation, instance: Instance, driver: VmDriver) -> None:
+    driver.undefine(instance.domain_name)
+    _step(operation, "undefine", 50)
+    driver.remove_files(str(instance_dir(instance)))
+    _step(operation, "files", 90)
+    with transaction.atomic():
+        instance_deleted(instance)
+
+
+_HANDLERS: dict[str, Any] = {
+    OperationKind.CREATE: _create,
+    OperationKind.START: _start,
+    OperationKind.STOP: _stop,
+    OperationKind.REBOOT: _reboot,
+    OperationKind.DELETE: _delete,
+}
+
+
+def guest_spec_for_probe(image: Image) -> GuestSpec:
+    """A minimal spec carrying the image's files, for the KVM probe boot."""
+    return GuestSpec(
+        name="probe",
+        uuid="",
+        vcpus=1,
+        ram_mib=128,
+        current_ram_mib=128,
+        cpu_mode="hardware",
+        io_model="virtio",
+        balloon=False,
+        disk_path=image.disk_path,
+        serial_log="",
+        network="",
+        vnc_password="",
+        kernel=image.kernel_path,
+        initrd=image.initrd_path,
+        cmdline=image.cmdline,
+    )
+
+
+def resume_interrupted(host: Any) -> int:
+    """At agent start: re-queue the host's operations that a dead agent left pending or running.
+
+    Their steps are idempotent, so running them again finishes what was cut short.
+    """
+    from compute.tasks import run_operation
+
+    ops = list(
+        Operation.objects.unscoped()
+        .filter(instance__host=host, state__in=[OperationState.PENDING, OperationState.RUNNING])
+        .values_list("pk", flat=True)
+    )
+    for op_id in ops:
+        # The agent that held these locks is gone (this one just started).
+        redis_client().delete(f"nubis:operation:{op_id}")
+        run_operation.apply_async(args=(op_id,), queue=host.queue)
+    return len(ops)

@@ -1,0 +1,60 @@
+"""The image registry: register built images and verify their checksums before use."""
+
+from __future__ import annotations
+
+import os
+
+from compute.guest.builder import GuestImage, files_sha256
+from compute.models import Image, ImageKind
+
+# (path, size, mtime) of files already verified in this process, so large images are hashed once.
+_verified: dict[tuple[str, ...], str] = {}
+
+
+class ImageCorrupt(Exception):
+    """An image's files do not match its recorded checksum."""
+
+
+def _stamp(paths: list[str]) -> tuple[str, ...]:
+    stamp: list[str] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            raise ImageCorrupt(f"image file {path} is missing") from None
+        stamp += [path, str(st.st_size), str(st.st_mtime_ns)]
+    return tuple(stamp)
+
+
+def verify_image(image: Image) -> None:
+    """Raise ImageCorrupt unless the image's files hash to its recorded SHA-256."""
+    paths = image.files()
+    stamp = _stamp(paths)
+    if _verified.get(stamp) == image.sha256:
+        return
+    actual, _ = files_sha256(paths)
+    if actual != image.sha256:
+        raise ImageCorrupt(
+            f"image {image.name} checksum mismatch: expected {image.sha256[:16]}…, got {actual[:16]}…"
+        )
+    _verified[stamp] = image.sha256
+
+
+def image_register(built: GuestImage) -> Image:
+    """Record a built guest image as a public image (updating it if rebuilt)."""
+    image, _ = Image.objects.update_or_create(
+        name=built.name,
+        defaults={
+            "kind": ImageKind.KERNEL,
+            "os_name": built.os_name,
+            "kernel_path": built.kernel,
+            "initrd_path": built.initrd,
+            "disk_path": built.disk,
+            "cmdline": built.cmdline,
+            "sha256": built.sha256,
+            "size_bytes": built.size_bytes,
+            "public": True,
+            "tenant": None,
+        },
+    )
+    return image

@@ -1,0 +1,284 @@
+"""Instance lifecycle requests: validate, claim, record an Operation, hand it to the host's agent.
+
+Each request is one transaction: the state change, the quota claim, the placement and the
+Operation row commit together, and the agent's task is enqueued only after the commit.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from compute.models import (
+    Flavor,
+    Image,
+    Instance,
+    InstanceKind,
+    InstanceState,
+    Operation,
+    OperationKind,
+    OperationState,
+)
+from compute.services.placement import NoValidHost, place
+from portal.events import publish
+from security.audit import Actor, audit_log
+from tenants.errors import Conflict, ServiceError
+from tenants.models import PriorityClass, QuotaClaim, Tenant
+from tenants.services.quotas import quota_claim, quota_release
+
+NAME_RULE = "1-63 letters, digits or hyphens, starting with a letter"
+
+
+def _valid_name(name: str) -> bool:
+    return (
+        0 < len(name) <= 63
+        and name[0].isalpha()
+        and all(c.isalnum() or c == "-" for c in name)
+        and name.isascii()
+    )
+
+
+def flavors_for(tenant: Tenant) -> Any:
+    return Flavor.objects.filter(Q(public=True) | Q(tenant=tenant))
+
+
+def images_for(tenant: Tenant) -> Any:
+    return Image.objects.filter(Q(public=True) | Q(tenant=tenant))
+
+
+def instance_event(instance: Instance, **extra: Any) -> None:
+    """Tell the tenant's browsers about the instance's new state, after commit."""
+    publish(
+        instance.tenant_id,
+        {
+            "type": "instance.state",
+            "instance": str(instance.uuid),
+            "name": instance.name,
+            "state": instance.state,
+            "fault": instance.fault,
+            **extra,
+        },
+    )
+
+
+def _deadline() -> datetime:
+    return timezone.now() + timedelta(seconds=settings.NUBIS_TRANSIENT_DEADLINE)
+
+
+def _enqueue(operation: Operation) -> None:
+    from compute.tasks import run_operation
+
+    queue = operation.instance.host.queue if operation.instance.host else None
+    if queue is None:
+        return
+    op_id = operation.pk
+    transaction.on_commit(lambda: run_operation.apply_async(args=(op_id,), queue=queue))
+
+
+def _operation(
+    instance: Instance,
+    kind: str,
+    actor: Actor,
+    params: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+) -> Operation:
+    return Operation.objects.create(
+        tenant=instance.tenant,
+        instance=instance,
+        kind=kind,
+        params=params or {},
+        requested_by_id=actor.user_id,
+        idempotency_key=idempotency_key,
+    )
+
+
+def release_claims(instance: Instance, reason: str) -> int:
+    """Give back every quota claim the instance holds."""
+    released = 0
+    for claim in QuotaClaim.objects.for_tenant(instance.tenant_id).filter(
+        holder_type__model="instance", holder_id=str(instance.pk), released_at__isnull=True
+    ):
+        released += int(quota_release(claim, reason))
+    return released
+
+
+def instance_fail(instance: Instance, fault: str) -> None:
+    """Put the instance in error with its fault recorded, and give its quota back."""
+    instance.state = InstanceState.ERROR
+    instance.fault = fault[:4000]
+    instance.fault_at = timezone.now()
+    instance.state_deadline = None
+    instance.save(update_fields=["state", "fault", "fault_at", "state_deadline", "updated"])
+    release_claims(instance, f"error: {fault[:150]}")
+    instance_event(instance)
+
+
+@transaction.atomic
+def instance_create(
+    *,
+    actor: Actor,
+    tenant: Tenant,
+    name: str,
+    flavor: str | int,
+    image: str | int,
+    kind: str = InstanceKind.VM,
+    priority: int = PriorityClass.NORMAL,
+    idempotency_key: str | None = None,
+) -> Operation:
+    """Request a new instance; returns its create Operation (already enqueued on the chosen host)."""
+    if idempotency_key:
+        existing = Operation.objects.for_tenant(tenant).filter(idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return existing
+    if not _valid_name(name):
+        raise ServiceError("name", "name", f"invalid name {name!r}: {NAME_RULE}")
+    if kind != InstanceKind.VM:
+        raise ServiceError("kind", "choice", f"kind {kind!r} is not available yet; use 'vm'")
+    if priority not in PriorityClass.values:
+        raise ServiceError("priority", "choice", f"unknown priority {priority!r}")
+    flavor_obj = _by_name_or_id(flavors_for(tenant), flavor, "flavor")
+    image_obj = _by_name_or_id(images_for(tenant), image, "image")
+    if Instance.objects.for_tenant(tenant).filter(name=name, deleted_at__isnull=True).exists():
+        raise Conflict("name", "unique", f"an instance named {name!r} already exists in {tenant.slug}")
+    try:
+        with transaction.atomic():
+            instance = Instance.objects.create(
+                tenant=tenant,
+                name=name,
+                kind=kind,
+                flavor=flavor_obj,
+                image=image_obj,
+                priority=priority,
+                vcpus=flavor_obj.vcpus,
+                ram_mib=flavor_obj.ram_mib,
+                current_ram_mib=flavor_obj.ram_mib,
+                disk_gib=flavor_obj.disk_gib,
+                vnc_password=secrets.token_hex(4),
+                created_by_id=actor.user_id,
+                state_deadline=_deadline(),
+            )
+    except IntegrityError:
+        raise Conflict(
+            "name", "unique", f"an instance named {name!r} already exists in {tenant.slug}"
+        ) from None
+    quota_claim(
+        tenant,
+        {
+            "instances": 1,
+            "vcpus": flavor_obj.vcpus,
+            "ram_mib": flavor_obj.ram_mib,
+            "disk_gib": flavor_obj.disk_gib,
+        },
+        f"instance {name}",
+        holder=instance,
+        priority=priority,
+    )
+    operation = _operation(instance, OperationKind.CREATE, actor, idempotency_key=idempotency_key)
+    try:
+        place(instance)
+    except NoValidHost as exc:
+        instance_fail(instance, str(exc))
+        _finish(operation, OperationState.FAILED, str(exc))
+        audit_log(
+            actor=actor,
+            action="instance.create",
+            target=instance,
+            outcome="error",
+            detail={"fault": str(exc)},
+        )
+        return operation
+    instance.state = InstanceState.SCHEDULED
+    instance.save(update_fields=["state", "updated"])
+    audit_log(
+        actor=actor,
+        action="instance.create",
+        target=instance,
+        detail={
+            "flavor": flavor_obj.name,
+            "image": image_obj.name,
+            "host": instance.host.name if instance.host else "",
+        },
+    )
+    instance_event(instance)
+    _enqueue(operation)
+    return operation
+
+
+def _by_name_or_id(queryset: Any, ref: str | int, field: str) -> Any:
+    lookup: dict[str, Any] = {"pk": int(ref)} if isinstance(ref, int) or str(ref).isdigit() else {"name": ref}
+    obj = queryset.filter(**lookup).first()
+    if obj is None:
+        raise ServiceError(field, "exists", f"unknown {field} {ref!r}")
+    return obj
+
+
+def _finish(operation: Operation, state: str, error: str = "") -> None:
+    operation.state = state
+    operation.error = error[:4000]
+    operation.progress = 100 if state == OperationState.SUCCEEDED else operation.progress
+    operation.finished = timezone.now()
+    operation.save(update_fields=["state", "error", "progress", "finished"])
+
+
+# state an action needs -> the transient state it moves to
+_TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    OperationKind.START: ((InstanceState.STOPPED,), InstanceState.STARTING),
+    OperationKind.STOP: ((InstanceState.RUNNING,), InstanceState.STOPPING),
+    OperationKind.REBOOT: ((InstanceState.RUNNING,), InstanceState.REBOOTING),
+}
+
+
+@transaction.atomic
+def instance_action(*, actor: Actor, instance: Instance, kind: str) -> Operation:
+    """Start, stop or reboot: check the state, move to the transient state, enqueue the Operation."""
+    allowed, transient = _TRANSITIONS[kind]
+    locked = Instance.objects.for_tenant(instance.tenant_id).select_for_update().get(pk=instance.pk)
+    if locked.state not in allowed:
+        raise Conflict(
+            "state", "state", f"cannot {kind} an instance that is {locked.state} (needs {', '.join(allowed)})"
+        )
+    locked.state = transient
+    locked.state_deadline = _deadline()
+    locked.save(update_fields=["state", "state_deadline", "updated"])
+    operation = _operation(locked, kind, actor)
+    audit_log(actor=actor, action=f"instance.{kind}", target=locked)
+    instance_event(locked)
+    _enqueue(operation)
+    return operation
+
+
+@transaction.atomic
+def instance_delete(*, actor: Actor, instance: Instance) -> Operation:
+    """Delete an instance: its domain, disk and snapshots on the host, then its claims."""
+    locked = Instance.objects.for_tenant(instance.tenant_id).select_for_update().get(pk=instance.pk)
+    if locked.state in (InstanceState.DELETING, InstanceState.DELETED):
+        raise Conflict("state", "state", f"the instance is already {locked.state}")
+    previous = locked.state
+    locked.state = InstanceState.DELETING
+    locked.state_deadline = _deadline()
+    locked.save(update_fields=["state", "state_deadline", "updated"])
+    operation = _operation(locked, OperationKind.DELETE, actor, params={"from_state": previous})
+    audit_log(actor=actor, action="instance.delete", target=locked)
+    instance_event(locked)
+    if locked.host is None:
+        # Never placed: nothing exists on any host.
+        instance_deleted(locked)
+        _finish(operation, OperationState.SUCCEEDED)
+    else:
+        _enqueue(operation)
+    return operation
+
+
+def instance_deleted(instance: Instance) -> None:
+    instance.state = InstanceState.DELETED
+    instance.deleted_at = timezone.now()
+    instance.state_deadline = None
+    instance.save(update_fields=["state", "deleted_at", "state_deadline", "updated"])
+    release_claims(instance, "deleted")
+    instance_event(instance)

@@ -1,0 +1,178 @@
+"""Real compute fixtures: the guest image built from Debian packages, and a real compute agent.
+
+Guests run under QEMU's software emulation (TCG) here: /dev/kvm exists on these machines but the
+KVM probe guest does not boot under it, so flavors use the ``emulated`` CPU mode.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+from django.conf import settings
+from pytest_django import DjangoDbBlocker
+
+from compute.guest.builder import GuestImage, build_guest_image
+from compute.models import CpuMode, Flavor, Host, Image, Instance, IoModel, Operation
+from compute.services.images import image_register
+from tests.conftest import ROOT, subprocess_env
+
+DEADLINE = 120.0  # seconds; a TCG boot takes about 5 s, several at once on 2 cores take longer
+
+
+@pytest.fixture(scope="session")
+def built_image() -> GuestImage:
+    """The tiny guest, built once and cached in NUBIS_IMAGE_DIR across runs."""
+    return build_guest_image(Path(settings.NUBIS_IMAGE_DIR), log=lambda _: None)
+
+
+@pytest.fixture
+def image(built_image: GuestImage, transactional_db: None) -> Image:
+    return image_register(built_image)
+
+
+@pytest.fixture
+def flavors(transactional_db: None) -> dict[str, Flavor]:
+    common = {"vcpus": 1, "ram_mib": 192, "disk_gib": 1, "cpu_mode": CpuMode.EMULATED}
+    return {
+        "virtio": Flavor.objects.create(name="t.virtio", io_model=IoModel.VIRTIO, min_ram_mib=96, **common),
+        "emulated": Flavor.objects.create(name="t.emulated", io_model=IoModel.EMULATED, **common),
+    }
+
+
+class Agent:
+    """A real `manage.py compute_agent` process for a host of its own."""
+
+    def __init__(self, name: str, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.name = name
+        self.process = process
+        self.log = log
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_agent(name: str, log: Path) -> subprocess.Popen[bytes]:
+    env = subprocess_env(
+        NUBIS_HOST_HEARTBEAT_SECONDS="1",
+        NUBIS_INSTANCE_DIR=str(settings.NUBIS_INSTANCE_DIR),
+        NUBIS_IMAGE_DIR=str(settings.NUBIS_IMAGE_DIR),
+        NUBIS_SHUTDOWN_TIMEOUT="20",
+    )
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "compute_agent", "--name", name, "--kvm-probe", "never"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+@pytest.fixture(scope="session")
+def agent(
+    django_db_setup: None, django_db_blocker: DjangoDbBlocker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Agent]:
+    name = f"test-{uuid.uuid4().hex[:6]}"
+    log = tmp_path_factory.mktemp("agent") / "agent.log"
+    with django_db_blocker.unblock():
+        process = start_agent(name, log)
+    agent = Agent(name, process, log)
+    try:
+        deadline = time.monotonic() + 60
+        while "ready." not in agent.text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"compute agent did not start:\n{agent.text()[-3000:]}")
+            time.sleep(0.2)
+        yield agent
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def host(agent: Agent, transactional_db: None) -> Host:
+    """The agent's host row (the agent registers it again within a second after a flush)."""
+    deadline = time.monotonic() + 15
+    while (found := Host.objects.filter(name=agent.name).first()) is None:
+        assert time.monotonic() < deadline, f"agent {agent.name} did not register:\n{agent.text()[-2000:]}"
+        time.sleep(0.2)
+    return found
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = DEADLINE) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def wait_operation(op: Operation, timeout: float = DEADLINE) -> Operation:
+    wait_for(
+        lambda: Operation.objects.unscoped().get(pk=op.pk).done, f"operation {op.kind} to finish", timeout
+    )
+    return Operation.objects.unscoped().get(pk=op.pk)
+
+
+def serial_log(instance: Instance) -> Path:
+    return Path(settings.NUBIS_INSTANCE_DIR) / str(instance.uuid) / "serial.log"
+
+
+def serial_text(instance: Instance) -> str:
+    path = serial_log(instance)
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def wait_marker(instance: Instance, marker: str, count: int = 1, timeout: float = DEADLINE) -> str:
+    wait_for(
+        lambda: serial_text(instance).count(marker) >= count, f"{marker} #{count} on {instance.name}", timeout
+    )
+    return serial_text(instance)
+
+
+def libvirt_conn() -> libvirt.virConnect:
+    return libvirt.open(settings.LIBVIRT_URI)
+
+
+def domains() -> set[str]:
+    conn = libvirt_conn()
+    try:
+        return {d.name() for d in conn.listAllDomains(0) if d.name().startswith("nubis-")}
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def no_leftovers() -> Iterator[None]:
+    """Fail the test if it leaves a domain or an instance directory behind; clean up either way."""
+    before = domains()
+    dirs_before = set(Path(settings.NUBIS_INSTANCE_DIR).iterdir())
+    yield
+    extra = domains() - before
+    extra_dirs = set(Path(settings.NUBIS_INSTANCE_DIR).iterdir()) - dirs_before
+    conn = libvirt_conn()
+    try:
+        for name in extra:
+            dom = conn.lookupByName(name)
+            if dom.isActive():
+                dom.destroy()
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    finally:
+        conn.close()
+    for path in extra_dirs:
+        subprocess.run(["rm", "-rf", str(path)], check=False)
+    assert not extra, f"left behind domains: {sorted(extra)}"
+    assert not extra_dirs, f"left behind instance directories: {sorted(map(str, extra_dirs))}"
