@@ -11,6 +11,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape
 
 import libvirt
 
@@ -172,6 +173,45 @@ class LibvirtDriver(VmDriver):
         if self._lookup(spec.name) is not None:
             return
         self._call("define", self.conn().defineXML, domain_xml(spec))
+
+    def redefine(self, spec: GuestSpec) -> None:
+        """Replace a stopped domain's definition (offline resize); the disk is kept."""
+        dom = self._lookup(spec.name)
+        if dom is not None and dom.isActive():
+            raise DriverError("redefine: the domain is running; stop it first")
+        self._call("redefine", self.conn().defineXML, domain_xml(spec))
+
+    def snapshot_create(self, name: str, snapshot: str) -> None:
+        """An internal qcow2 snapshot: disk, plus memory when the domain runs. Safe to repeat."""
+        dom = self._lookup(name)
+        if dom is None:
+            raise DriverError(f"snapshot: no domain {name}")
+        if snapshot in self._call("list snapshots", dom.snapshotListNames, 0):
+            return
+        xml = f"<domainsnapshot><name>{escape(snapshot)}</name></domainsnapshot>"
+        self._call("snapshot", dom.snapshotCreateXML, xml, 0)
+
+    def snapshot_revert(self, name: str, snapshot: str) -> str:
+        """Go back to the snapshot; returns the power state it left the domain in."""
+        dom = self._lookup(name)
+        if dom is None:
+            raise DriverError(f"revert: no domain {name}")
+        snap = self._call("find snapshot", dom.snapshotLookupByName, snapshot, 0)
+        self._call("revert", dom.revertToSnapshot, snap, 0)
+        return self.power_state(name) or "stopped"
+
+    def snapshot_delete(self, name: str, snapshot: str) -> None:
+        dom = self._lookup(name)
+        if dom is None:
+            return
+        if snapshot not in self._call("list snapshots", dom.snapshotListNames, 0):
+            return
+        snap = self._call("find snapshot", dom.snapshotLookupByName, snapshot, 0)
+        self._call("delete snapshot", snap.delete, 0)
+
+    def snapshot_names(self, name: str) -> list[str]:
+        dom = self._lookup(name)
+        return [] if dom is None else sorted(self._call("list snapshots", dom.snapshotListNames, 0))
 
     def start(self, name: str) -> None:
         dom = self._lookup(name)

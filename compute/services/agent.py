@@ -18,9 +18,15 @@ from django.utils import timezone
 from redis.exceptions import LockError
 
 from compute.drivers.base import DriverError, GuestSpec, VmDriver
-from compute.models import Image, Instance, InstanceState, Operation, OperationKind, OperationState
+from compute.models import Image, Instance, InstanceState, Operation, OperationKind, OperationState, Snapshot
 from compute.services.images import ImageCorrupt, verify_image
-from compute.services.instances import _finish, instance_deleted, instance_event, instance_fail
+from compute.services.instances import (
+    _finish,
+    instance_deleted,
+    instance_event,
+    instance_fail,
+    snapshot_forget,
+)
 from portal.redis import redis_client
 
 logger = logging.getLogger(__name__)
@@ -124,6 +130,12 @@ def _execute(operation_id: int, driver: VmDriver) -> str:
             elif operation.kind == OperationKind.DELETE:
                 instance_fail(instance, f"delete failed: {exc}")
             else:
+                if operation.kind == OperationKind.SNAPSHOT:
+                    failed = Snapshot.objects.for_tenant(instance.tenant_id).filter(
+                        pk=operation.params["snapshot"]
+                    )
+                    for snapshot in failed:
+                        snapshot_forget(snapshot, "snapshot failed")
                 _settle_after_failure(instance, driver, str(exc))
             _finish(operation, OperationState.FAILED, str(exc))
         return OperationState.FAILED
@@ -193,12 +205,49 @@ def _delete(operation: Operation, instance: Instance, driver: VmDriver) -> None:
         instance_deleted(instance)
 
 
+def _resize(operation: Operation, instance: Instance, driver: VmDriver) -> None:
+    if "memory_mib" in operation.params:
+        mib = int(operation.params["memory_mib"])
+        driver.set_memory(instance.domain_name, mib)
+        _step(operation, "balloon", 90)
+        _set_state(instance, InstanceState.RUNNING, current_ram_mib=mib)
+        return
+    driver.redefine(guest_spec(instance))
+    _step(operation, "redefine", 90)
+    _set_state(instance, InstanceState.STOPPED)
+
+
+def _snapshot(operation: Operation, instance: Instance, driver: VmDriver) -> None:
+    driver.snapshot_create(instance.domain_name, operation.params["name"])
+    _step(operation, "snapshot", 90)
+
+
+def _revert(operation: Operation, instance: Instance, driver: VmDriver) -> None:
+    power = driver.snapshot_revert(instance.domain_name, operation.params["name"])
+    _step(operation, "revert", 90)
+    state = InstanceState.RUNNING if power == "running" else InstanceState.STOPPED
+    _set_state(instance, state, vnc_port=driver.vnc_port(instance.domain_name))
+
+
+def _delete_snapshot(operation: Operation, instance: Instance, driver: VmDriver) -> None:
+    driver.snapshot_delete(instance.domain_name, operation.params["name"])
+    _step(operation, "delete", 90)
+    snapshot = Snapshot.objects.for_tenant(instance.tenant_id).filter(pk=operation.params["snapshot"]).first()
+    if snapshot is not None:
+        with transaction.atomic():
+            snapshot_forget(snapshot, "deleted")
+
+
 _HANDLERS: dict[str, Any] = {
     OperationKind.CREATE: _create,
     OperationKind.START: _start,
     OperationKind.STOP: _stop,
     OperationKind.REBOOT: _reboot,
     OperationKind.DELETE: _delete,
+    OperationKind.RESIZE: _resize,
+    OperationKind.SNAPSHOT: _snapshot,
+    OperationKind.REVERT: _revert,
+    OperationKind.DELETE_SNAPSHOT: _delete_snapshot,
 }
 
 

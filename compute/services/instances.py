@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from compute.models import (
     Flavor,
+    Host,
     Image,
     Instance,
     InstanceKind,
@@ -24,6 +25,7 @@ from compute.models import (
     Operation,
     OperationKind,
     OperationState,
+    Snapshot,
 )
 from compute.services.placement import NoValidHost, place
 from portal.events import publish
@@ -234,11 +236,24 @@ _TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
+def _lock_idle(instance: Instance) -> Instance:
+    """Lock the instance row; refuse if another operation on it has not finished yet."""
+    locked = Instance.objects.for_tenant(instance.tenant_id).select_for_update().get(pk=instance.pk)
+    busy = (
+        Operation.objects.for_tenant(instance.tenant_id)
+        .filter(instance=locked, state__in=[OperationState.PENDING, OperationState.RUNNING])
+        .first()
+    )
+    if busy is not None:
+        raise Conflict("state", "busy", f"the instance is busy with a {busy.kind} operation ({busy.uuid})")
+    return locked
+
+
 @transaction.atomic
 def instance_action(*, actor: Actor, instance: Instance, kind: str) -> Operation:
     """Start, stop or reboot: check the state, move to the transient state, enqueue the Operation."""
     allowed, transient = _TRANSITIONS[kind]
-    locked = Instance.objects.for_tenant(instance.tenant_id).select_for_update().get(pk=instance.pk)
+    locked = _lock_idle(instance)
     if locked.state not in allowed:
         raise Conflict(
             "state", "state", f"cannot {kind} an instance that is {locked.state} (needs {', '.join(allowed)})"
@@ -256,7 +271,7 @@ def instance_action(*, actor: Actor, instance: Instance, kind: str) -> Operation
 @transaction.atomic
 def instance_delete(*, actor: Actor, instance: Instance) -> Operation:
     """Delete an instance: its domain, disk and snapshots on the host, then its claims."""
-    locked = Instance.objects.for_tenant(instance.tenant_id).select_for_update().get(pk=instance.pk)
+    locked = _lock_idle(instance)
     if locked.state in (InstanceState.DELETING, InstanceState.DELETED):
         raise Conflict("state", "state", f"the instance is already {locked.state}")
     previous = locked.state
@@ -276,9 +291,145 @@ def instance_delete(*, actor: Actor, instance: Instance) -> Operation:
 
 
 def instance_deleted(instance: Instance) -> None:
+    for snapshot in Snapshot.objects.for_tenant(instance.tenant_id).filter(instance=instance):
+        snapshot_forget(snapshot, "instance deleted")
     instance.state = InstanceState.DELETED
     instance.deleted_at = timezone.now()
     instance.state_deadline = None
     instance.save(update_fields=["state", "deleted_at", "state_deadline", "updated"])
     release_claims(instance, "deleted")
     instance_event(instance)
+
+
+@transaction.atomic
+def instance_set_memory(*, actor: Actor, instance: Instance, memory_mib: int) -> Operation:
+    """Move a running VM's memory through the balloon, between the flavor's minimum and its size."""
+    locked = _lock_idle(instance)
+    flavor = locked.flavor
+    if not flavor.balloon:
+        raise ServiceError("memory_mib", "balloon", f"flavor {flavor.name} has no memory balloon")
+    if locked.state != InstanceState.RUNNING:
+        raise Conflict(
+            "state", "state", f"memory changes online only while running; the instance is {locked.state}"
+        )
+    low = flavor.min_ram_mib or locked.ram_mib
+    if not low <= memory_mib <= locked.ram_mib:
+        raise ServiceError(
+            "memory_mib",
+            "range",
+            f"memory must be between {low} and {locked.ram_mib} MiB for flavor {flavor.name}",
+        )
+    locked.state = InstanceState.RESIZING
+    locked.state_deadline = _deadline()
+    locked.save(update_fields=["state", "state_deadline", "updated"])
+    operation = _operation(
+        locked, OperationKind.RESIZE, actor, params={"memory_mib": memory_mib, "back_to": "running"}
+    )
+    audit_log(actor=actor, action="instance.memory", target=locked, detail={"memory_mib": memory_mib})
+    instance_event(locked)
+    _enqueue(operation)
+    return operation
+
+
+@transaction.atomic
+def instance_resize(*, actor: Actor, instance: Instance, vcpus: int, ram_mib: int) -> Operation:
+    """Change vCPUs and RAM of a stopped VM; quota and host capacity are claimed for the new size."""
+    from compute.services.placement import Capacity, total_of, used_on
+
+    locked = _lock_idle(instance)
+    if locked.state != InstanceState.STOPPED:
+        raise Conflict("state", "state", f"stop the instance before resizing it; it is {locked.state}")
+    if vcpus < 1:
+        raise ServiceError("vcpus", "min_value", "vcpus must be at least 1")
+    floor = locked.flavor.min_ram_mib or 64
+    if ram_mib < max(64, floor):
+        raise ServiceError("ram_mib", "min_value", f"ram_mib must be at least {max(64, floor)}")
+    host = Host.objects.select_for_update().get(pk=locked.host_id) if locked.host_id is not None else None
+    if host is not None:
+        used, total = used_on(host), total_of(host)
+        after = Capacity(
+            used.vcpus - locked.vcpus + vcpus, used.ram_mib - locked.ram_mib + ram_mib, used.disk_gib
+        )
+        if after.vcpus > total.vcpus or after.ram_mib > total.ram_mib:
+            raise Conflict(
+                "ram_mib", "capacity", f"host {host.name} has no room for {vcpus} vCPUs / {ram_mib} MiB"
+            )
+    release_claims(locked, "resized")
+    quota_claim(
+        locked.tenant,
+        {"instances": 1, "vcpus": vcpus, "ram_mib": ram_mib, "disk_gib": locked.disk_gib},
+        f"instance {locked.name} resized",
+        holder=locked,
+        priority=locked.priority,
+    )
+    old = {"vcpus": locked.vcpus, "ram_mib": locked.ram_mib}
+    locked.vcpus, locked.ram_mib, locked.current_ram_mib = vcpus, ram_mib, ram_mib
+    locked.state = InstanceState.RESIZING
+    locked.state_deadline = _deadline()
+    locked.save(update_fields=["vcpus", "ram_mib", "current_ram_mib", "state", "state_deadline", "updated"])
+    operation = _operation(locked, OperationKind.RESIZE, actor, params={"from": old, "back_to": "stopped"})
+    audit_log(
+        actor=actor,
+        action="instance.resize",
+        target=locked,
+        detail={"from": old, "vcpus": vcpus, "ram_mib": ram_mib},
+    )
+    instance_event(locked)
+    _enqueue(operation)
+    return operation
+
+
+SNAPSHOT_STATES = (InstanceState.RUNNING, InstanceState.STOPPED)
+
+
+@transaction.atomic
+def snapshot_create(*, actor: Actor, instance: Instance, name: str) -> Operation:
+    """Snapshot the VM's disk (and memory, when it runs); counts against the snapshots quota."""
+    locked = _lock_idle(instance)
+    if locked.state not in SNAPSHOT_STATES:
+        raise Conflict("state", "state", f"cannot snapshot an instance that is {locked.state}")
+    if not _valid_name(name):
+        raise ServiceError("name", "name", f"invalid snapshot name {name!r}: {NAME_RULE}")
+    if Snapshot.objects.for_tenant(locked.tenant_id).filter(instance=locked, name=name).exists():
+        raise Conflict("name", "unique", f"{locked.name} already has a snapshot named {name!r}")
+    snapshot = Snapshot.objects.create(tenant=locked.tenant, instance=locked, name=name)
+    quota_claim(locked.tenant, {"snapshots": 1}, f"snapshot {locked.name}@{name}", holder=snapshot)
+    operation = _operation(
+        locked, OperationKind.SNAPSHOT, actor, params={"snapshot": snapshot.pk, "name": name}
+    )
+    audit_log(actor=actor, action="snapshot.create", target=snapshot, tenant=locked.tenant)
+    _enqueue(operation)
+    return operation
+
+
+@transaction.atomic
+def snapshot_revert(*, actor: Actor, snapshot: Snapshot) -> Operation:
+    locked = _lock_idle(snapshot.instance)
+    if locked.state not in SNAPSHOT_STATES:
+        raise Conflict("state", "state", f"cannot revert an instance that is {locked.state}")
+    operation = _operation(
+        locked, OperationKind.REVERT, actor, params={"snapshot": snapshot.pk, "name": snapshot.name}
+    )
+    audit_log(actor=actor, action="snapshot.revert", target=snapshot, tenant=locked.tenant)
+    _enqueue(operation)
+    return operation
+
+
+@transaction.atomic
+def snapshot_delete(*, actor: Actor, snapshot: Snapshot) -> Operation:
+    locked = _lock_idle(snapshot.instance)
+    operation = _operation(
+        locked, OperationKind.DELETE_SNAPSHOT, actor, params={"snapshot": snapshot.pk, "name": snapshot.name}
+    )
+    audit_log(actor=actor, action="snapshot.delete", target=snapshot, tenant=locked.tenant)
+    _enqueue(operation)
+    return operation
+
+
+def snapshot_forget(snapshot: Snapshot, reason: str) -> None:
+    """Drop the snapshot's row and give back its quota claim."""
+    for claim in QuotaClaim.objects.for_tenant(snapshot.tenant_id).filter(
+        holder_type__model="snapshot", holder_id=str(snapshot.pk), released_at__isnull=True
+    ):
+        quota_release(claim, reason)
+    snapshot.delete()

@@ -18,19 +18,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def ctx():  # type: ignore[no-untyped-def]
+def ctx():
     tenant = make_tenant("acme", instances=2)
     user = add_member(tenant, role=Role.MEMBER)
     return tenant, Actor(user.username, "api", user.pk)
 
 
-def assert_nothing_held(tenant) -> None:  # type: ignore[no-untyped-def]
+def assert_nothing_held(tenant) -> None:
     assert usage_of(tenant) == dict.fromkeys(usage_of(tenant), 0)
     assert not QuotaClaim.objects.for_tenant(tenant).filter(released_at__isnull=True).exists()
 
 
 @pytest.mark.parametrize(("field", "kwargs"), [("flavor", {"flavor": "nope"}), ("image", {"image": "nope"})])
-def test_unknown_flavor_or_image_is_named_and_nothing_is_created(ctx, host, image, flavors, field, kwargs) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_flavor_or_image_is_named_and_nothing_is_created(
+    ctx, host, image, flavors, field, kwargs
+) -> None:
     tenant, actor = ctx
     args = {"flavor": "t.virtio", "image": image.name, **kwargs}
     with pytest.raises(ServiceError) as exc:
@@ -41,7 +43,7 @@ def test_unknown_flavor_or_image_is_named_and_nothing_is_created(ctx, host, imag
     assert_nothing_held(tenant)
 
 
-def test_private_flavor_of_another_tenant_is_unknown(ctx, host, image) -> None:  # type: ignore[no-untyped-def]
+def test_private_flavor_of_another_tenant_is_unknown(ctx, host, image) -> None:
     tenant, actor = ctx
     other = make_tenant("other")
     Flavor.objects.create(name="secret", vcpus=1, ram_mib=128, disk_gib=1, public=False, tenant=other)
@@ -49,7 +51,7 @@ def test_private_flavor_of_another_tenant_is_unknown(ctx, host, image) -> None: 
         instance_create(actor=actor, tenant=tenant, name="x", flavor="secret", image=image.name)
 
 
-def test_quota_exceeded_creates_nothing(ctx, host, image, flavors) -> None:  # type: ignore[no-untyped-def]
+def test_quota_exceeded_creates_nothing(ctx, host, image, flavors) -> None:
     tenant, actor = ctx
     big = Flavor.objects.create(name="big", vcpus=64, ram_mib=128, disk_gib=1)
     with pytest.raises(QuotaExceeded, match="quota exceeded for vcpus"):
@@ -58,13 +60,21 @@ def test_quota_exceeded_creates_nothing(ctx, host, image, flavors) -> None:  # t
     assert_nothing_held(tenant)
 
 
-def test_image_checksum_mismatch_ends_in_error(ctx, host, image, flavors, no_leftovers) -> None:  # type: ignore[no-untyped-def]
+def test_image_checksum_mismatch_ends_in_error(ctx, host, image, flavors, no_leftovers) -> None:
     tenant, actor = ctx
     tampered = Image.objects.create(
-        name="tampered", kind=image.kind, os_name=image.os_name, kernel_path=image.kernel_path,
-        initrd_path=image.initrd_path, disk_path=image.disk_path, cmdline=image.cmdline, sha256="0" * 64,
+        name="tampered",
+        kind=image.kind,
+        os_name=image.os_name,
+        kernel_path=image.kernel_path,
+        initrd_path=image.initrd_path,
+        disk_path=image.disk_path,
+        cmdline=image.cmdline,
+        sha256="0" * 64,
     )
-    op = wait_operation(instance_create(actor=actor, tenant=tenant, name="x", flavor="t.virtio", image=tampered.name))
+    op = wait_operation(
+        instance_create(actor=actor, tenant=tenant, name="x", flavor="t.virtio", image=tampered.name)
+    )
     assert op.state == OperationState.FAILED
     assert "checksum mismatch" in op.error
     instance = Instance.objects.for_tenant(tenant).get(pk=op.instance_id)
@@ -74,16 +84,23 @@ def test_image_checksum_mismatch_ends_in_error(ctx, host, image, flavors, no_lef
     assert_nothing_held(tenant)
 
 
-def test_libvirt_error_from_the_host_ends_in_error_with_its_message(ctx, host, image, no_leftovers) -> None:  # type: ignore[no-untyped-def]
+def test_libvirt_error_from_the_host_ends_in_error_with_its_message(ctx, host, image, no_leftovers) -> None:
     tenant, actor = ctx
     # The host claims an IOMMU, so placement lets a passthrough flavor through; libvirt then refuses
     # the PCI device that does not exist.
     Host.objects.filter(pk=host.pk).update(iommu=True)
     Flavor.objects.create(
-        name="t.passthrough", vcpus=1, ram_mib=128, disk_gib=1, cpu_mode=CpuMode.EMULATED, io_model=IoModel.VIRTIO,
+        name="t.passthrough",
+        vcpus=1,
+        ram_mib=128,
+        disk_gib=1,
+        cpu_mode=CpuMode.EMULATED,
+        io_model=IoModel.VIRTIO,
         pci_passthrough="0000:7f:1f.7",
     )
-    op = wait_operation(instance_create(actor=actor, tenant=tenant, name="x", flavor="t.passthrough", image=image.name))
+    op = wait_operation(
+        instance_create(actor=actor, tenant=tenant, name="x", flavor="t.passthrough", image=image.name)
+    )
     assert op.state == OperationState.FAILED
     instance = Instance.objects.for_tenant(tenant).get(pk=op.instance_id)
     assert instance.state == InstanceState.ERROR
@@ -94,7 +111,7 @@ def test_libvirt_error_from_the_host_ends_in_error_with_its_message(ctx, host, i
     assert_nothing_held(tenant)
 
 
-def test_passthrough_without_iommu_is_refused_at_placement(ctx, host, image) -> None:  # type: ignore[no-untyped-def]
+def test_passthrough_without_iommu_is_refused_at_placement(ctx, host, image) -> None:
     tenant, actor = ctx
     Flavor.objects.create(name="t.pt", vcpus=1, ram_mib=128, disk_gib=1, pci_passthrough="0000:00:1f.0")
     op = instance_create(actor=actor, tenant=tenant, name="x", flavor="t.pt", image=image.name)
@@ -105,7 +122,7 @@ def test_passthrough_without_iommu_is_refused_at_placement(ctx, host, image) -> 
     assert_nothing_held(tenant)
 
 
-def test_hardware_flavor_needs_a_host_whose_kvm_probe_passed(ctx, host, image) -> None:  # type: ignore[no-untyped-def]
+def test_hardware_flavor_needs_a_host_whose_kvm_probe_passed(ctx, host, image) -> None:
     tenant, actor = ctx
     Flavor.objects.create(name="t.kvm", vcpus=1, ram_mib=128, disk_gib=1, cpu_mode=CpuMode.HARDWARE)
     op = instance_create(actor=actor, tenant=tenant, name="x", flavor="t.kvm", image=image.name)
@@ -115,7 +132,7 @@ def test_hardware_flavor_needs_a_host_whose_kvm_probe_passed(ctx, host, image) -
     assert "no working KVM" in instance.fault
 
 
-def test_invalid_name_is_refused(ctx, host, image, flavors) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_name_is_refused(ctx, host, image, flavors) -> None:
     tenant, actor = ctx
     with pytest.raises(ServiceError) as exc:
         instance_create(actor=actor, tenant=tenant, name="-bad name", flavor="t.virtio", image=image.name)
