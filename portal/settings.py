@@ -34,7 +34,12 @@ NUBIS_SHUTDOWN_TIMEOUT = config.env_int("NUBIS_SHUTDOWN_TIMEOUT", 30, minimum=1)
 # Overcommit ratios for placement (the scheduler issue makes these per host and aggregate).
 NUBIS_OVERCOMMIT = {"cpu": 4.0, "ram": 1.0, "disk": 1.0}
 # How long an instance may stay in a transient state before the reconciler steps in.
-NUBIS_TRANSIENT_DEADLINE = config.env_int("NUBIS_TRANSIENT_DEADLINE", 600, minimum=10)
+NUBIS_TRANSIENT_DEADLINE = config.env_int("NUBIS_TRANSIENT_DEADLINE", 600, minimum=1)
+# The agent reconciles its host this often; orphans are removed after staying orphaned this long.
+NUBIS_RECONCILE_SECONDS = config.env_int("NUBIS_RECONCILE_SECONDS", 30, minimum=1)
+NUBIS_ORPHAN_GRACE = config.env_int("NUBIS_ORPHAN_GRACE", 300, minimum=0)
+# Fault injection for crash tests: the agent kills itself (SIGKILL) right after this create step.
+NUBIS_FAULT_CRASH_AFTER = config.env_str("NUBIS_FAULT_CRASH_AFTER", "")
 
 # Limits a new tenant starts with; admins change them per tenant in Django admin.
 NUBIS_DEFAULT_QUOTA: dict[str, int | str] = {

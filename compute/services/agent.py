@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,14 @@ def _step(operation: Operation, step: str, progress: int) -> None:
     operation.step = step
     operation.progress = progress
     Operation.objects.unscoped().filter(pk=operation.pk).update(step=step, progress=progress)
+    crash_point(step)
+
+
+def crash_point(step: str) -> None:
+    """Fault injection for the crash tests: die like kill -9 right after the named step."""
+    if settings.NUBIS_FAULT_CRASH_AFTER and step == settings.NUBIS_FAULT_CRASH_AFTER:
+        logger.warning("fault injection: SIGKILL after step %s", step)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _set_state(instance: Instance, state: str, **fields: Any) -> None:
@@ -117,6 +127,7 @@ def _execute(operation_id: int, driver: VmDriver) -> str:
     operation = _claim(operation_id)
     if operation is None:
         return "skipped"
+    crash_point("claim")
     instance = operation.instance
     try:
         handler = _HANDLERS[operation.kind]

@@ -58,12 +58,14 @@ class Agent:
         return self.log.read_text(errors="replace")
 
 
-def start_agent(name: str, log: Path) -> subprocess.Popen[bytes]:
+def start_agent(name: str, log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
     env = subprocess_env(
         NUBIS_HOST_HEARTBEAT_SECONDS="1",
         NUBIS_INSTANCE_DIR=str(settings.NUBIS_INSTANCE_DIR),
         NUBIS_IMAGE_DIR=str(settings.NUBIS_IMAGE_DIR),
         NUBIS_SHUTDOWN_TIMEOUT="20",
+        NUBIS_RECONCILE_SECONDS="2",
+        **extra_env,
     )
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -127,8 +129,12 @@ def wait_operation(op: Operation, timeout: float = DEADLINE) -> Operation:
     return Operation.objects.unscoped().get(pk=op.pk)
 
 
+def instance_dir_of(instance: Instance) -> Path:
+    return Path(settings.NUBIS_INSTANCE_DIR) / str(instance.uuid)
+
+
 def serial_log(instance: Instance) -> Path:
-    return Path(settings.NUBIS_INSTANCE_DIR) / str(instance.uuid) / "serial.log"
+    return instance_dir_of(instance) / "serial.log"
 
 
 def serial_text(instance: Instance) -> str:

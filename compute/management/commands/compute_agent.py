@@ -10,31 +10,19 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
-from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from compute.drivers.base import DriverError, HostFacts
+from compute.agent_threads import start_threads
+from compute.drivers.base import DriverError
 from compute.models import Host, Image
 from compute.services.agent import guest_spec_for_probe, resume_interrupted
-from compute.services.hosts import host_heartbeat, host_register
+from compute.services.hosts import host_register
+from compute.services.reconcile import reconcile_host
 from compute.tasks import local_driver
 from portal import preflight
 from portal.celery import app, host_queue
 
 logger = logging.getLogger("nubis.agent")
-
-
-def _heartbeat(name: str, facts: HostFacts, every: float, stop: threading.Event) -> None:
-    while not stop.wait(every):
-        try:
-            if not host_heartbeat(name):
-                # The row was deleted (by an admin, say): the host is still here, so register again.
-                host_register(name=name, uri=settings.LIBVIRT_URI, facts=facts)
-        except Exception:  # the next beat retries; a missed beat only ages the host
-            logger.exception("heartbeat of %s failed", name)
-        finally:
-            close_old_connections()
-            connection.close()
 
 
 class Command(BaseCommand):
@@ -88,11 +76,10 @@ class Command(BaseCommand):
         resumed = resume_interrupted(host)
         if resumed:
             self.stdout.write(f"agent {name}: re-queued {resumed} interrupted operation(s)")
+        report = reconcile_host(host, driver)
+        self.stdout.write(f"agent {name}: reconciled at start: {report.as_dict()}")
         stop = threading.Event()
-        beat = threading.Thread(
-            target=_heartbeat, args=(name, facts, settings.NUBIS_HOST_HEARTBEAT_SECONDS, stop), daemon=True
-        )
-        beat.start()
+        start_threads(name, facts, stop)
         try:
             app.worker_main(
                 argv=[

@@ -1,0 +1,99 @@
+"""Background threads of the compute agent: heartbeat, reconciler, and the libvirt event listener."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+import libvirt
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from compute.drivers.base import DriverError, HostFacts
+from compute.models import Host, Instance
+from compute.services.hosts import host_heartbeat, host_register
+from compute.services.reconcile import PREFIX, _domain_uuid, reconcile_host, sync_power
+from compute.tasks import local_driver
+
+logger = logging.getLogger("nubis.agent")
+
+
+def _db_safely(what: str, fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except Exception:  # a failed round is retried on the next one
+        logger.exception("%s failed", what)
+    finally:
+        close_old_connections()
+        connection.close()
+
+
+def heartbeat_loop(name: str, facts: HostFacts, every: float, stop: threading.Event) -> None:
+    def beat() -> None:
+        if not host_heartbeat(name):
+            # The row was deleted (by an admin, say): the host is still here, so register again.
+            host_register(name=name, uri=settings.LIBVIRT_URI, facts=facts)
+
+    while not stop.wait(every):
+        _db_safely("heartbeat", beat)
+
+
+def reconcile_loop(name: str, every: float, stop: threading.Event) -> None:
+    def once() -> None:
+        host = Host.objects.filter(name=name).first()
+        if host is not None:
+            reconcile_host(host, local_driver())
+
+    while not stop.wait(every):
+        _db_safely("reconcile", once)
+
+
+def event_loop(name: str, stop: threading.Event) -> None:
+    """Turn libvirt lifecycle events into state changes (and so into websocket events)."""
+    pending: queue.Queue[str] = queue.Queue()
+
+    def on_lifecycle(_conn: object, dom: libvirt.virDomain, event: int, detail: int, _opaque: object) -> None:
+        if dom.name().startswith(PREFIX):
+            pending.put(dom.name())
+
+    def handle(domain: str) -> None:
+        uid = _domain_uuid(domain)
+        instance = Instance.objects.unscoped().filter(uuid=uid).first() if uid else None
+        if instance is not None:
+            sync_power(instance, local_driver())
+
+    def apply() -> None:
+        while not stop.is_set():
+            try:
+                domain = pending.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            _db_safely("event", functools.partial(handle, domain))
+
+    threading.Thread(target=apply, name="libvirt-events-apply", daemon=True).start()
+    conn = libvirt.openReadOnly(settings.LIBVIRT_URI)
+    conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_lifecycle, None)
+    conn.setKeepAlive(5, 3)
+    while not stop.is_set():
+        libvirt.virEventRunDefaultImpl()
+
+
+def start_threads(name: str, facts: HostFacts, stop: threading.Event) -> None:
+    # The event implementation must be registered before the connection that listens for events.
+    libvirt.virEventRegisterDefaultImpl()
+    threads = [
+        threading.Thread(
+            target=heartbeat_loop, args=(name, facts, settings.NUBIS_HOST_HEARTBEAT_SECONDS, stop)
+        ),
+        threading.Thread(target=reconcile_loop, args=(name, settings.NUBIS_RECONCILE_SECONDS, stop)),
+        threading.Thread(target=event_loop, args=(name, stop)),
+    ]
+    for thread in threads:
+        thread.daemon = True
+        thread.start()
+
+
+__all__ = ["DriverError", "start_threads"]

@@ -1,0 +1,204 @@
+"""The reconciler: bring the database and the hypervisor of one host back into agreement.
+
+- Power state: a running or stopped instance follows what libvirt reports (a guest that powered
+  itself off is stopped; a domain that vanished puts the instance in error).
+- Stuck transient states: past its deadline, an instance is completed if the host shows the
+  work done, and otherwise moved to error with a fault (its create leftovers removed).
+- Orphans: a domain or instance directory with no live instance row is reported, then removed
+  once it has stayed orphaned for the grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from compute.drivers.base import DriverError, VmDriver
+from compute.models import (
+    TRANSIENT_STATES,
+    Host,
+    Instance,
+    InstanceState,
+    Operation,
+    OperationKind,
+    OperationState,
+)
+from compute.services.instances import _finish, instance_event, instance_fail
+from portal.redis import redis_client
+from security.audit import Actor, audit_log
+
+logger = logging.getLogger(__name__)
+PREFIX = "nubis-"
+
+
+@dataclass
+class Report:
+    synced: list[str] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    orphans_seen: list[str] = field(default_factory=list)
+    orphans_removed: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return dict(self.__dict__)
+
+
+def _domain_uuid(name: str) -> str | None:
+    try:
+        return str(uuidlib.UUID(name.removeprefix(PREFIX)))
+    except ValueError:
+        return None
+
+
+def sync_power(instance: Instance, driver: VmDriver, report: Report | None = None) -> None:
+    """Make a running/stopped instance follow the hypervisor (used by events and the reconciler)."""
+    with transaction.atomic():
+        locked = Instance.objects.unscoped().select_for_update().filter(pk=instance.pk).first()
+        if locked is None or locked.state not in (InstanceState.RUNNING, InstanceState.STOPPED):
+            return
+        power = driver.power_state(locked.domain_name)
+        if power is None:
+            instance_fail(locked, "the domain vanished from the host")
+            if report is not None:
+                report.failed.append(locked.name)
+            return
+        target = {"running": InstanceState.RUNNING, "stopped": InstanceState.STOPPED}.get(power)
+        if target is None or target == locked.state:
+            return
+        locked.state = target
+        locked.save(update_fields=["state", "updated"])
+        instance_event(locked, reason="hypervisor")
+        if report is not None:
+            report.synced.append(f"{locked.name}:{target}")
+
+
+def _settle_stuck(instance: Instance, driver: VmDriver, report: Report) -> None:
+    """An instance past its transient-state deadline: finish it if the host shows it done, else fail it."""
+    op = (
+        Operation.objects.for_tenant(instance.tenant_id)
+        .filter(instance=instance, state__in=[OperationState.PENDING, OperationState.RUNNING])
+        .order_by("-created")
+        .first()
+    )
+    power = driver.power_state(instance.domain_name)
+    done_when: dict[str, bool] = {
+        InstanceState.BUILDING: power == "running",
+        InstanceState.SCHEDULED: power == "running",
+        InstanceState.STARTING: power == "running",
+        InstanceState.REBOOTING: power == "running",
+        InstanceState.STOPPING: power == "stopped",
+        InstanceState.DELETING: power is None,
+    }
+    done = done_when.get(instance.state, False)
+    with transaction.atomic():
+        if done:
+            if instance.state == InstanceState.DELETING:
+                from compute.services.instances import instance_deleted
+
+                instance_deleted(instance)
+            else:
+                instance.state = InstanceState.RUNNING if power == "running" else InstanceState.STOPPED
+                instance.state_deadline = None
+                instance.save(update_fields=["state", "state_deadline", "updated"])
+                instance_event(instance, reason="reconciler")
+            if op is not None:
+                _finish(op, OperationState.SUCCEEDED)
+            report.completed.append(instance.name)
+            return
+        fault = f"stuck in {instance.state} past its deadline; the reconciler gave up on it"
+        if op is not None and op.kind == OperationKind.CREATE:
+            try:
+                driver.undefine(instance.domain_name)
+            finally:
+                driver.remove_files(str(Path(settings.NUBIS_INSTANCE_DIR) / str(instance.uuid)))
+        instance_fail(instance, fault)
+        if op is not None:
+            _finish(op, OperationState.FAILED, fault)
+        report.failed.append(instance.name)
+
+
+def _orphan_key(host: Host, kind: str, name: str) -> str:
+    return f"nubis:orphan:{host.name}:{kind}:{name}"
+
+
+def _orphan(host: Host, kind: str, name: str, report: Report) -> bool:
+    """Record when an orphan was first seen; True once it has outlived the grace period."""
+    client = redis_client()
+    key = _orphan_key(host, kind, name)
+    now = time.time()
+    first = client.get(key)
+    if first is None:
+        client.set(key, now, ex=7 * 86400)
+        report.orphans_seen.append(f"{kind}:{name}")
+        audit_log(
+            actor=Actor.system(f"reconciler@{host.name}"),
+            action="host.orphan",
+            outcome="error",
+            target_type=kind,
+            target_id=name,
+            target_repr=f"{kind} {name} on {host.name}",
+            detail={"grace_seconds": settings.NUBIS_ORPHAN_GRACE},
+        )
+        return settings.NUBIS_ORPHAN_GRACE == 0
+    return now - float(first) >= settings.NUBIS_ORPHAN_GRACE
+
+
+def reconcile_host(host: Host, driver: VmDriver) -> Report:
+    """One reconciler pass over this host."""
+    report = Report()
+    now = timezone.now()
+    instances = list(
+        Instance.objects.unscoped()
+        .filter(host=host)
+        .exclude(state=InstanceState.DELETED)
+        .select_related("flavor")
+    )
+    for instance in instances:
+        try:
+            if instance.state in (InstanceState.RUNNING, InstanceState.STOPPED):
+                sync_power(instance, driver, report)
+            elif (
+                instance.state in TRANSIENT_STATES
+                and instance.state_deadline
+                and instance.state_deadline < now
+            ):
+                _settle_stuck(instance, driver, report)
+        except DriverError as exc:
+            logger.warning("reconcile %s: %s", instance.uuid, exc)
+
+    live = {
+        str(u)
+        for u in Instance.objects.unscoped()
+        .filter(host=host)
+        .exclude(state=InstanceState.DELETED)
+        .values_list("uuid", flat=True)
+    }
+    for name in driver.list_guests(PREFIX):
+        uid = _domain_uuid(name)
+        if uid is None or uid in live:
+            continue
+        if _orphan(host, "domain", name, report):
+            driver.undefine(name)
+            redis_client().delete(_orphan_key(host, "domain", name))
+            report.orphans_removed.append(f"domain:{name}")
+    root = Path(settings.NUBIS_INSTANCE_DIR)
+    for path in sorted(root.iterdir()) if root.exists() else []:
+        uid = _domain_uuid(PREFIX + path.name)
+        if uid is None or uid in live or not path.is_dir():
+            continue
+        if f"{PREFIX}{uid}" in driver.list_guests(PREFIX):
+            continue  # its domain is handled above first
+        if _orphan(host, "disk", path.name, report):
+            driver.remove_files(str(path))
+            redis_client().delete(_orphan_key(host, "disk", path.name))
+            report.orphans_removed.append(f"disk:{path.name}")
+    if any(report.as_dict().values()):
+        logger.info("reconcile %s: %s", host.name, report.as_dict())
+    return report
