@@ -19,6 +19,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", views.ApiRootView.as_view(), name="api-root"),
     path("api/v1/", include("tenants.api_urls")),
+    path("api/v1/tenants/<slug:tenant>/", include("compute.api_urls")),
     path("t/<slug:tenant>/", include("tenants.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

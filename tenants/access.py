@@ -51,11 +51,16 @@ def tenant_for_request(request: HttpRequest, slug: str, need: Role = Role.VIEWER
     role = request_role(request, tenant) if tenant is not None else None
     if tenant is None or role is None:
         raise Http404("No such tenant.")
+    require_role(role, need, tenant)
+    return tenant, role
+
+
+def require_role(role: Role, need: Role, tenant: Tenant) -> None:
+    """403 naming the role needed, when the request's role in the tenant is below it."""
     if not role.at_least(need):
         raise PermissionDenied(
             f"This needs the {need.label.lower()} role in {tenant.slug}; you are {role.label.lower()}."
         )
-    return tenant, role
 
 
 def tenants_for_request(request: HttpRequest) -> list[tuple[Tenant, Role]]:

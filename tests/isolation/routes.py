@@ -23,6 +23,8 @@ class Case:
     data: Callable[[World], dict[str, Any]] | None = None
     # The same route on tenant B's object: every persona of A must get 404 there.
     b_path: Path | None = None
+    # A's tenant URL naming B's object (a guessed id): every persona of A must get 404 there too.
+    idor_path: Path | None = None
     # A list or page: nothing of B may appear in what A's personas get.
     lists: bool = False
     json: bool = True
@@ -243,6 +245,129 @@ ROUTES: dict[str, list[Case]] = {
         Case("GET", _ui_audit, exp(302, 403, 403, 200, 404, 404, 404), b_path=_ui_audit_b, lists=True)
     ],
 }
+
+
+def vm_path(vm: str, suffix: str = "", tenant: str = "a") -> Path:
+    def build(w: World) -> str:
+        slug = w.a.slug if tenant == "a" else w.b.slug
+        return f"/api/v1/tenants/{slug}/instances/{w.vms[vm].uuid}/{suffix}"
+
+    return build
+
+
+def _snap(vm: str, snap: str, tenant: str, suffix: str) -> Path:
+    def build(w: World) -> str:
+        slug = (w.a if tenant == "a" else w.b).slug
+        return f"/api/v1/tenants/{slug}/instances/{w.vms[vm].uuid}/snapshots/{w.snaps[snap].pk}/{suffix}"
+
+    return build
+
+
+def _snap_case(method: str, expect: dict[str, int | str], suffix: str = "", **kw: Any) -> Case:
+    """The case on A's snapshot, with B's snapshot under B's URL and under A's URL."""
+    return Case(
+        method,
+        _snap("a-vm", "a-snap", "a", suffix),
+        expect,
+        b_path=_snap("b-vm", "b-snap", "b", suffix),
+        idor_path=_snap("a-vm", "b-snap", "a", suffix),
+        **kw,
+    )
+
+
+def _op(vm: str, tenant: str) -> Path:
+    return lambda w: f"/api/v1/tenants/{(w.a if tenant == 'a' else w.b).slug}/operations/{w.ops[vm].uuid}/"
+
+
+API_MEMBER_ACT = exp(401, 403, 202, 202, 404, 404, 404)
+API_MEMBER_READ = exp(401, 403, 200, 200, 404, 404, 404)
+_api_flavors, _api_flavors_b = tenant_path("flavors/")
+_api_images, _api_images_b = tenant_path("images/")
+_api_instances, _api_instances_b = tenant_path("instances/")
+_api_operations, _api_operations_b = tenant_path("operations/")
+
+
+def _vm_case(
+    method: str, expect: dict[str, int | str], a_vm: str, b_vm: str, suffix: str = "", **kw: Any
+) -> Case:
+    """The case on A's VM, with B's VM under B's URL and under A's URL."""
+    return Case(
+        method,
+        vm_path(a_vm, suffix),
+        expect,
+        b_path=vm_path(b_vm, suffix, "b"),
+        idor_path=vm_path(b_vm, suffix),
+        **kw,
+    )
+
+
+ROUTES.update(
+    {
+        "api-flavors": [Case("GET", _api_flavors, API_TENANT_READ, b_path=_api_flavors_b, lists=True)],
+        "api-images": [Case("GET", _api_images, API_TENANT_READ, b_path=_api_images_b, lists=True)],
+        "api-instances": [
+            Case("GET", _api_instances, API_TENANT_READ, b_path=_api_instances_b, lists=True),
+            Case(
+                "POST",
+                _api_instances,
+                API_MEMBER_ACT,
+                b_path=_api_instances_b,
+                action="instance.create",
+                data=lambda w: {"name": "new-vm", "flavor": "h.small", "image": "h-image"},
+            ),
+        ],
+        "api-instance": [
+            _vm_case("GET", API_TENANT_READ, "a-vm", "b-vm"),
+            _vm_case("DELETE", API_MEMBER_ACT, "a-vm", "b-vm", action="instance.delete"),
+        ],
+        "api-instance-start": [
+            _vm_case("POST", API_MEMBER_ACT, "a-off", "b-off", "start/", action="instance.start")
+        ],
+        "api-instance-stop": [
+            _vm_case("POST", API_MEMBER_ACT, "a-vm", "b-vm", "stop/", action="instance.stop")
+        ],
+        "api-instance-reboot": [
+            _vm_case("POST", API_MEMBER_ACT, "a-vm", "b-vm", "reboot/", action="instance.reboot")
+        ],
+        "api-instance-resize": [
+            _vm_case(
+                "POST",
+                API_MEMBER_ACT,
+                "a-vm",
+                "b-vm",
+                "resize/",
+                action="instance.memory",
+                data=lambda w: {"memory_mib": 96},
+            ),
+        ],
+        "api-instance-serial": [_vm_case("GET", API_MEMBER_READ, "a-vm", "b-vm", "console/serial/")],
+        "api-snapshots": [
+            _vm_case("GET", API_TENANT_READ, "a-vm", "b-vm", "snapshots/", lists=True),
+            _vm_case(
+                "POST",
+                API_MEMBER_ACT,
+                "a-vm",
+                "b-vm",
+                "snapshots/",
+                action="snapshot.create",
+                data=lambda w: {"name": "snap2"},
+            ),
+        ],
+        "api-snapshot": [
+            _snap_case("GET", API_TENANT_READ),
+            _snap_case("DELETE", API_MEMBER_ACT, action="snapshot.delete"),
+        ],
+        "api-snapshot-revert": [_snap_case("POST", API_MEMBER_ACT, "revert/", action="snapshot.revert")],
+        "api-operations": [
+            Case("GET", _api_operations, API_TENANT_READ, b_path=_api_operations_b, lists=True)
+        ],
+        "api-operation": [
+            Case(
+                "GET", _op("a-vm", "a"), API_TENANT_READ, b_path=_op("b-vm", "b"), idor_path=_op("b-vm", "a")
+            )
+        ],
+    }
+)
 
 # --- websockets: "accept" or a close code; accepted sockets must join only their own tenants.
 WEBSOCKETS: dict[str, dict[str, int | str]] = {

@@ -6,6 +6,19 @@ from dataclasses import dataclass
 
 from django.contrib.auth.models import Permission, User
 
+from compute.models import (
+    CpuMode,
+    Flavor,
+    Host,
+    Image,
+    ImageKind,
+    Instance,
+    InstanceState,
+    Operation,
+    OperationKind,
+    OperationState,
+    Snapshot,
+)
 from security.audit import Actor, audit_log
 from tenants.models import ApiToken, Membership, Role, Tenant
 from tenants.services.quotas import quota_claim
@@ -16,7 +29,17 @@ PERSONAS = ("anon", "a_viewer", "a_member", "a_owner", "b_member", "staff", "sup
 A_PERSONAS = ("a_viewer", "a_member", "a_owner")
 
 # Strings that belong to tenant B only: none may ever show up in an answer to someone outside B.
-B_MARKERS = ("tenant-b", "b-member", "b-owner", "token-of-b", "b.secret-action")
+B_MARKERS = (
+    "tenant-b",
+    "b-member",
+    "b-owner",
+    "token-of-b",
+    "b.secret-action",
+    "b-vm",
+    "b-snap",
+    "b-private-flavor",
+    "b-private-image",
+)
 
 
 @dataclass
@@ -29,6 +52,9 @@ class World:
     a_token: ApiToken  # created by a_member
     b_token: ApiToken
     newcomer: User  # a user in no tenant, to be added
+    vms: dict[str, Instance]  # a-vm (running), a-off (stopped), b-vm, b-off
+    snaps: dict[str, Snapshot]  # a-snap, b-snap
+    ops: dict[str, Operation]  # the create operation of a-vm and of b-vm
 
 
 def _token(tenant: Tenant, user: User, name: str) -> ApiToken:
@@ -58,7 +84,11 @@ def build_world() -> World:
     add_member(b, make_user("b-owner"), Role.OWNER)
     a_extra = Membership.objects.get(user=add_member(a, make_user("a-extra")), tenant=a)
     b_extra = Membership.objects.get(user__username="b-owner", tenant=b)
+    vms, snaps, ops = _compute(a, b)
     world = World(
+        vms=vms,
+        snaps=snaps,
+        ops=ops,
         a=a,
         b=b,
         users=users,
@@ -94,3 +124,61 @@ def _schedules() -> None:
     SolarSchedule.objects.create(event="sunrise", latitude=48.0, longitude=2.0)
     ClockedSchedule.objects.create(clocked_time=timezone.now())
     PeriodicTask.objects.create(name="fixture-task", task="portal.tasks.heartbeat", interval=every)
+
+
+def _compute(a: Tenant, b: Tenant) -> tuple[dict[str, Instance], dict[str, Snapshot], dict[str, Operation]]:
+    """Rows only: the harness checks who may reach what; tasks it enqueues go to a queue nobody serves."""
+    from django.utils import timezone
+
+    host = Host.objects.create(
+        name="harness-host",
+        uri="qemu:///system",
+        cpus=64,
+        ram_mib=65536,
+        disk_gib=1000,
+        heartbeat_at=timezone.now(),
+    )
+    flavor = Flavor.objects.create(
+        name="h.small", vcpus=1, ram_mib=128, disk_gib=1, min_ram_mib=64, cpu_mode=CpuMode.EMULATED
+    )
+    Flavor.objects.create(name="b-private-flavor", vcpus=1, ram_mib=128, disk_gib=1, public=False, tenant=b)
+    image = Image.objects.create(
+        name="h-image", kind=ImageKind.KERNEL, os_name="test", disk_path="/nonexistent", sha256="0" * 64
+    )
+    Image.objects.create(
+        name="b-private-image",
+        kind=ImageKind.KERNEL,
+        os_name="test",
+        disk_path="/nonexistent",
+        sha256="1" * 64,
+        public=False,
+        tenant=b,
+    )
+    vms: dict[str, Instance] = {}
+    ops: dict[str, Operation] = {}
+    for tenant, name, state in (
+        (a, "a-vm", InstanceState.RUNNING),
+        (a, "a-off", InstanceState.STOPPED),
+        (b, "b-vm", InstanceState.RUNNING),
+        (b, "b-off", InstanceState.STOPPED),
+    ):
+        vms[name] = Instance.objects.create(
+            tenant=tenant,
+            name=name,
+            flavor=flavor,
+            image=image,
+            host=host,
+            state=state,
+            vcpus=1,
+            ram_mib=128,
+            current_ram_mib=128,
+            disk_gib=1,
+        )
+        ops[name] = Operation.objects.create(
+            tenant=tenant, instance=vms[name], kind=OperationKind.CREATE, state=OperationState.SUCCEEDED
+        )
+    snaps = {
+        "a-snap": Snapshot.objects.create(tenant=a, instance=vms["a-vm"], name="a-snap"),
+        "b-snap": Snapshot.objects.create(tenant=b, instance=vms["b-vm"], name="b-snap"),
+    }
+    return vms, snaps, ops

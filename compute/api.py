@@ -1,0 +1,368 @@
+"""REST API of the compute app: flavors, images, instances, their actions, snapshots and operations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from compute.models import Flavor, Image, Instance, InstanceKind, InstanceState, Operation, Snapshot
+from compute.services import instances as svc
+from security.audit import Actor
+from tenants.access import require_role, tenant_for_request
+from tenants.models import PriorityClass, Role, Tenant
+
+# ---- serializers ---------------------------------------------------------------------------
+
+
+class FlavorSerializer(serializers.ModelSerializer[Flavor]):
+    class Meta:
+        model = Flavor
+        fields = [
+            "id",
+            "name",
+            "vcpus",
+            "ram_mib",
+            "disk_gib",
+            "cpu_mode",
+            "io_model",
+            "balloon",
+            "min_ram_mib",
+            "public",
+        ]
+
+
+class ImageSerializer(serializers.ModelSerializer[Image]):
+    class Meta:
+        model = Image
+        fields = ["id", "name", "kind", "os_name", "sha256", "size_bytes", "public", "created"]
+
+
+class InstanceSerializer(serializers.ModelSerializer[Instance]):
+    id = serializers.UUIDField(source="uuid", read_only=True)
+    flavor = serializers.CharField(source="flavor.name", read_only=True)
+    image = serializers.CharField(source="image.name", read_only=True)
+    priority = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Instance
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "state",
+            "flavor",
+            "image",
+            "priority",
+            "vcpus",
+            "ram_mib",
+            "current_ram_mib",
+            "disk_gib",
+            "ip_address",
+            "fault",
+            "created",
+            "updated",
+        ]
+
+    def get_priority(self, obj: Instance) -> str:
+        return PriorityClass(obj.priority).label.lower()
+
+
+class InstanceCreateSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField(max_length=63)
+    flavor = serializers.CharField(help_text="Flavor name or id.")
+    image = serializers.CharField(help_text="Image name or id.")
+    kind = serializers.ChoiceField(choices=InstanceKind.choices, default=InstanceKind.VM)
+    priority = serializers.ChoiceField(choices=[c.label.lower() for c in PriorityClass], default="normal")
+
+
+class ResizeSerializer(serializers.Serializer[Any]):
+    memory_mib = serializers.IntegerField(required=False, min_value=1, help_text="Online: balloon target.")
+    vcpus = serializers.IntegerField(required=False, min_value=1, help_text="Offline, with ram_mib.")
+    ram_mib = serializers.IntegerField(required=False, min_value=1, help_text="Offline, with vcpus.")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        online = "memory_mib" in attrs
+        offline = "vcpus" in attrs or "ram_mib" in attrs
+        if online == offline:
+            raise serializers.ValidationError(
+                "give either memory_mib (online) or vcpus and ram_mib (offline)", "shape"
+            )
+        if offline and not ("vcpus" in attrs and "ram_mib" in attrs):
+            raise serializers.ValidationError("an offline resize needs both vcpus and ram_mib", "shape")
+        return attrs
+
+
+class OperationSerializer(serializers.ModelSerializer[Operation]):
+    id = serializers.UUIDField(source="uuid", read_only=True)
+    # Not named "instance": that would shadow the serializer's own .instance.
+    instance_id = serializers.UUIDField(source="instance.uuid", read_only=True)
+
+    class Meta:
+        model = Operation
+        fields = [
+            "id",
+            "kind",
+            "state",
+            "progress",
+            "step",
+            "error",
+            "instance_id",
+            "params",
+            "created",
+            "started",
+            "finished",
+        ]
+
+
+class SnapshotSerializer(serializers.ModelSerializer[Snapshot]):
+    instance_id = serializers.UUIDField(source="instance.uuid", read_only=True)
+
+    class Meta:
+        model = Snapshot
+        fields = ["id", "name", "instance_id", "created"]
+
+
+class SnapshotCreateSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField(max_length=63)
+
+
+class ConsoleSerializer(serializers.Serializer[Any]):
+    lines = serializers.ListField(child=serializers.CharField())
+    size = serializers.IntegerField()
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+
+def accepted(operation: Operation) -> Response:
+    """Asynchronous actions answer 202 with their Operation (which may already have failed)."""
+    return Response(OperationSerializer(operation).data, status=status.HTTP_202_ACCEPTED)
+
+
+def instance_of(tenant: Tenant, pk: Any) -> Instance:
+    return get_object_or_404(
+        Instance.objects.for_tenant(tenant)
+        .select_related("flavor", "image")
+        .exclude(state=InstanceState.DELETED),
+        uuid=pk,
+    )
+
+
+class TenantView(APIView):
+    permission_classes = [IsAuthenticated]
+
+    def tenant(self, request: Request, slug: str, need: Role = Role.VIEWER) -> Tenant:
+        tenant, _ = tenant_for_request(request, slug, need)
+        return tenant
+
+    def instance(self, request: Request, slug: str, pk: Any, need: Role = Role.VIEWER) -> Instance:
+        """The tenant's instance: 404 for anything not the tenant's, then 403 if the role is too low.
+
+        Looking the object up before checking the role means another tenant's object answers 404
+        to everyone here, whatever their role.
+        """
+        tenant, role = tenant_for_request(request, slug, Role.VIEWER)
+        instance = instance_of(tenant, pk)
+        require_role(role, need, tenant)
+        return instance
+
+    def snapshot(
+        self, request: Request, slug: str, pk: Any, snapshot: int, need: Role = Role.VIEWER
+    ) -> Snapshot:
+        instance = self.instance(request, slug, pk)
+        snap = get_object_or_404(
+            Snapshot.objects.for_tenant(instance.tenant_id).select_related("instance"),
+            instance=instance,
+            pk=snapshot,
+        )
+        _, role = tenant_for_request(request, slug, Role.VIEWER)
+        require_role(role, need, instance.tenant)
+        return snap
+
+
+# ---- views ---------------------------------------------------------------------------------
+
+
+class FlavorListView(TenantView):
+    @extend_schema(responses=FlavorSerializer(many=True))
+    def get(self, request: Request, tenant: str) -> Response:
+        return Response(FlavorSerializer(svc.flavors_for(self.tenant(request, tenant)), many=True).data)
+
+
+class ImageListView(TenantView):
+    @extend_schema(responses=ImageSerializer(many=True))
+    def get(self, request: Request, tenant: str) -> Response:
+        return Response(ImageSerializer(svc.images_for(self.tenant(request, tenant)), many=True).data)
+
+
+class InstanceListView(TenantView):
+    @extend_schema(responses=InstanceSerializer(many=True))
+    def get(self, request: Request, tenant: str) -> Response:
+        obj = self.tenant(request, tenant)
+        rows = (
+            Instance.objects.for_tenant(obj)
+            .exclude(state=InstanceState.DELETED)
+            .select_related("flavor", "image")
+        )
+        return Response(InstanceSerializer(rows, many=True).data)
+
+    @extend_schema(request=InstanceCreateSerializer, responses={202: OperationSerializer})
+    def post(self, request: Request, tenant: str) -> Response:
+        obj = self.tenant(request, tenant, Role.MEMBER)
+        body = InstanceCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        operation = svc.instance_create(
+            actor=Actor.from_request(request),
+            tenant=obj,
+            name=data["name"],
+            flavor=data["flavor"],
+            image=data["image"],
+            kind=data["kind"],
+            priority=int(PriorityClass[data["priority"].upper()]),
+            idempotency_key=request.headers.get("Idempotency-Key") or None,
+        )
+        return accepted(operation)
+
+
+class InstanceDetailView(TenantView):
+    @extend_schema(responses=InstanceSerializer)
+    def get(self, request: Request, tenant: str, pk: str) -> Response:
+        return Response(InstanceSerializer(self.instance(request, tenant, pk)).data)
+
+    @extend_schema(responses={202: OperationSerializer})
+    def delete(self, request: Request, tenant: str, pk: str) -> Response:
+        instance = self.instance(request, tenant, pk, Role.MEMBER)
+        return accepted(svc.instance_delete(actor=Actor.from_request(request), instance=instance))
+
+
+def _action_view(kind: str) -> type[TenantView]:
+    class ActionView(TenantView):
+        @extend_schema(request=None, responses={202: OperationSerializer}, operation_id=f"instance_{kind}")
+        def post(self, request: Request, tenant: str, pk: str) -> Response:
+            instance = self.instance(request, tenant, pk, Role.MEMBER)
+            return accepted(
+                svc.instance_action(actor=Actor.from_request(request), instance=instance, kind=kind)
+            )
+
+    ActionView.__name__ = f"Instance{kind.capitalize()}View"
+    ActionView.__doc__ = f"{kind.capitalize()} the instance (asynchronous: answers 202 with the Operation)."
+    return ActionView
+
+
+InstanceStartView = _action_view("start")
+InstanceStopView = _action_view("stop")
+InstanceRebootView = _action_view("reboot")
+
+
+class InstanceResizeView(TenantView):
+    """Online: move memory through the balloon. Offline (stopped): change vCPUs and RAM."""
+
+    @extend_schema(request=ResizeSerializer, responses={202: OperationSerializer})
+    def post(self, request: Request, tenant: str, pk: str) -> Response:
+        instance = self.instance(request, tenant, pk, Role.MEMBER)
+        body = ResizeSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        actor = Actor.from_request(request)
+        data = body.validated_data
+        if "memory_mib" in data:
+            return accepted(
+                svc.instance_set_memory(actor=actor, instance=instance, memory_mib=data["memory_mib"])
+            )
+        return accepted(
+            svc.instance_resize(actor=actor, instance=instance, vcpus=data["vcpus"], ram_mib=data["ram_mib"])
+        )
+
+
+class SnapshotListView(TenantView):
+    @extend_schema(responses=SnapshotSerializer(many=True))
+    def get(self, request: Request, tenant: str, pk: str) -> Response:
+        instance = self.instance(request, tenant, pk)
+        return Response(
+            SnapshotSerializer(
+                Snapshot.objects.for_tenant(instance.tenant_id).filter(instance=instance), many=True
+            ).data
+        )
+
+    @extend_schema(request=SnapshotCreateSerializer, responses={202: OperationSerializer})
+    def post(self, request: Request, tenant: str, pk: str) -> Response:
+        instance = self.instance(request, tenant, pk, Role.MEMBER)
+        body = SnapshotCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        return accepted(
+            svc.snapshot_create(
+                actor=Actor.from_request(request), instance=instance, name=body.validated_data["name"]
+            )
+        )
+
+
+class SnapshotDetailView(TenantView):
+    @extend_schema(responses=SnapshotSerializer)
+    def get(self, request: Request, tenant: str, pk: str, snapshot: int) -> Response:
+        return Response(SnapshotSerializer(self.snapshot(request, tenant, pk, snapshot)).data)
+
+    @extend_schema(responses={202: OperationSerializer})
+    def delete(self, request: Request, tenant: str, pk: str, snapshot: int) -> Response:
+        snap = self.snapshot(request, tenant, pk, snapshot, Role.MEMBER)
+        return accepted(svc.snapshot_delete(actor=Actor.from_request(request), snapshot=snap))
+
+
+class SnapshotRevertView(TenantView):
+    @extend_schema(request=None, responses={202: OperationSerializer})
+    def post(self, request: Request, tenant: str, pk: str, snapshot: int) -> Response:
+        snap = self.snapshot(request, tenant, pk, snapshot, Role.MEMBER)
+        return accepted(svc.snapshot_revert(actor=Actor.from_request(request), snapshot=snap))
+
+
+def serial_tail(instance: Instance, lines: int) -> tuple[list[str], int]:
+    """The last ``lines`` lines of the instance's serial console log, and the log's size."""
+    path = Path(settings.NUBIS_INSTANCE_DIR) / str(instance.uuid) / "serial.log"
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            handle.seek(max(0, size - 64 * 1024))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return [], 0
+    return text.splitlines()[-lines:], size
+
+
+class SerialConsoleView(TenantView):
+    """The tail of the serial console log."""
+
+    @extend_schema(
+        parameters=[OpenApiParameter("lines", int, description="How many lines (1-1000, default 100).")],
+        responses=ConsoleSerializer,
+    )
+    def get(self, request: Request, tenant: str, pk: str) -> Response:
+        instance = self.instance(request, tenant, pk, Role.MEMBER)
+        raw = request.query_params.get("lines", "100")
+        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+            raise serializers.ValidationError({"lines": ["must be a whole number from 1 to 1000"]})
+        lines, size = serial_tail(instance, int(raw))
+        return Response({"lines": lines, "size": size})
+
+
+class OperationListView(TenantView):
+    @extend_schema(responses=OperationSerializer(many=True))
+    def get(self, request: Request, tenant: str) -> Response:
+        obj = self.tenant(request, tenant)
+        rows = Operation.objects.for_tenant(obj).select_related("instance").order_by("-created")[:100]
+        return Response(OperationSerializer(rows, many=True).data)
+
+
+class OperationDetailView(TenantView):
+    @extend_schema(responses=OperationSerializer)
+    def get(self, request: Request, tenant: str, pk: str) -> Response:
+        obj = self.tenant(request, tenant)
+        operation = get_object_or_404(Operation.objects.for_tenant(obj).select_related("instance"), uuid=pk)
+        return Response(OperationSerializer(operation).data)

@@ -1,0 +1,28 @@
+"""API routes of the compute app, mounted under /api/v1/tenants/<tenant>/."""
+
+from django.urls import path
+
+from compute import api
+
+urlpatterns = [
+    path("flavors/", api.FlavorListView.as_view(), name="api-flavors"),
+    path("images/", api.ImageListView.as_view(), name="api-images"),
+    path("instances/", api.InstanceListView.as_view(), name="api-instances"),
+    path("instances/<uuid:pk>/", api.InstanceDetailView.as_view(), name="api-instance"),
+    path("instances/<uuid:pk>/start/", api.InstanceStartView.as_view(), name="api-instance-start"),
+    path("instances/<uuid:pk>/stop/", api.InstanceStopView.as_view(), name="api-instance-stop"),
+    path("instances/<uuid:pk>/reboot/", api.InstanceRebootView.as_view(), name="api-instance-reboot"),
+    path("instances/<uuid:pk>/resize/", api.InstanceResizeView.as_view(), name="api-instance-resize"),
+    path("instances/<uuid:pk>/console/serial/", api.SerialConsoleView.as_view(), name="api-instance-serial"),
+    path("instances/<uuid:pk>/snapshots/", api.SnapshotListView.as_view(), name="api-snapshots"),
+    path(
+        "instances/<uuid:pk>/snapshots/<int:snapshot>/", api.SnapshotDetailView.as_view(), name="api-snapshot"
+    ),
+    path(
+        "instances/<uuid:pk>/snapshots/<int:snapshot>/revert/",
+        api.SnapshotRevertView.as_view(),
+        name="api-snapshot-revert",
+    ),
+    path("operations/", api.OperationListView.as_view(), name="api-operations"),
+    path("operations/<uuid:pk>/", api.OperationDetailView.as_view(), name="api-operation"),
+]
