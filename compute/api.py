@@ -16,8 +16,9 @@ from rest_framework.views import APIView
 
 from compute.models import Flavor, Image, Instance, InstanceKind, InstanceState, Operation, Snapshot
 from compute.services import instances as svc
-from security.audit import Actor
+from security.audit import Actor, audit_log
 from tenants.access import require_role, tenant_for_request
+from tenants.errors import Conflict
 from tenants.models import PriorityClass, Role, Tenant
 
 # ---- serializers ---------------------------------------------------------------------------
@@ -350,6 +351,35 @@ class SerialConsoleView(TenantView):
             raise serializers.ValidationError({"lines": ["must be a whole number from 1 to 1000"]})
         lines, size = serial_tail(instance, int(raw))
         return Response({"lines": lines, "size": size})
+
+
+class VncTokenSerializer(serializers.Serializer[Any]):
+    token = serializers.CharField()
+    url = serializers.CharField(help_text="Websocket path; add ?token=… (binary subprotocol).")
+    password = serializers.CharField(help_text="The VNC password of this instance.")
+    expires_in = serializers.IntegerField()
+
+
+class VncConsoleView(TenantView):
+    """Issue a single-use VNC token for this instance and this user (valid for a minute)."""
+
+    @extend_schema(request=None, responses=VncTokenSerializer)
+    def post(self, request: Request, tenant: str, pk: str) -> Response:
+        from compute.consoles import TOKEN_TTL, vnc_token_issue
+
+        instance = self.instance(request, tenant, pk, Role.MEMBER)
+        if instance.state != InstanceState.RUNNING:
+            raise Conflict("state", "state", f"the console needs a running instance; it is {instance.state}")
+        token = vnc_token_issue(instance, int(request.user.pk or 0))
+        audit_log(actor=Actor.from_request(request), action="instance.console", target=instance)
+        return Response(
+            {
+                "token": token,
+                "url": f"/ws/instances/{instance.uuid}/vnc/",
+                "password": instance.vnc_password,
+                "expires_in": TOKEN_TTL,
+            }
+        )
 
 
 class OperationListView(TenantView):

@@ -14,6 +14,7 @@ urlpatterns = [
     path("instances/<uuid:pk>/reboot/", api.InstanceRebootView.as_view(), name="api-instance-reboot"),
     path("instances/<uuid:pk>/resize/", api.InstanceResizeView.as_view(), name="api-instance-resize"),
     path("instances/<uuid:pk>/console/serial/", api.SerialConsoleView.as_view(), name="api-instance-serial"),
+    path("instances/<uuid:pk>/console/vnc/", api.VncConsoleView.as_view(), name="api-instance-vnc"),
     path("instances/<uuid:pk>/snapshots/", api.SnapshotListView.as_view(), name="api-snapshots"),
     path(
         "instances/<uuid:pk>/snapshots/<int:snapshot>/", api.SnapshotDetailView.as_view(), name="api-snapshot"

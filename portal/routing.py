@@ -2,8 +2,11 @@
 
 from django.urls import path
 
+from compute.consoles import SerialConsoleConsumer, VncProxyConsumer
 from portal.consumers import EventsConsumer
 
 websocket_urlpatterns = [
     path("ws/events/", EventsConsumer.as_asgi(), name="ws-events"),
+    path("ws/instances/<uuid:uuid>/serial/", SerialConsoleConsumer.as_asgi(), name="ws-serial"),
+    path("ws/instances/<uuid:uuid>/vnc/", VncProxyConsumer.as_asgi(), name="ws-vnc"),
 ]

@@ -2,6 +2,7 @@
 
 from django.urls import path
 
+from compute import views as compute_views
 from tenants import views
 
 urlpatterns = [
@@ -14,4 +15,5 @@ urlpatterns = [
     path("tokens/create/", views.token_create, name="tenant-token-create"),
     path("tokens/<int:pk>/revoke/", views.token_revoke, name="tenant-token-revoke"),
     path("audit/", views.audit_page, name="tenant-audit"),
+    path("instances/<uuid:pk>/console/", compute_views.instance_console, name="instance-console"),
 ]

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tests.isolation.world import PERSONAS as PERSONAS_ALL
 from tests.isolation.world import World
 
 Path = Callable[[World], str]
@@ -241,6 +242,15 @@ ROUTES: dict[str, list[Case]] = {
             action="token.revoke",
         ),
     ],
+    "instance-console": [
+        Case(
+            "GET",
+            lambda w: f"/t/{w.a.slug}/instances/{w.vms['a-vm'].uuid}/console/",
+            exp(302, 403, 200, 200, 404, 404, 404),
+            b_path=lambda w: f"/t/{w.b.slug}/instances/{w.vms['b-vm'].uuid}/console/",
+            idor_path=lambda w: f"/t/{w.a.slug}/instances/{w.vms['b-vm'].uuid}/console/",
+        ),
+    ],
     "tenant-audit": [
         Case("GET", _ui_audit, exp(302, 403, 403, 200, 404, 404, 404), b_path=_ui_audit_b, lists=True)
     ],
@@ -340,6 +350,9 @@ ROUTES.update(
                 data=lambda w: {"memory_mib": 96},
             ),
         ],
+        "api-instance-vnc": [
+            _vm_case("POST", API_MEMBER_READ, "a-vm", "b-vm", "console/vnc/", action="instance.console")
+        ],
         "api-instance-serial": [_vm_case("GET", API_MEMBER_READ, "a-vm", "b-vm", "console/serial/")],
         "api-snapshots": [
             _vm_case("GET", API_TENANT_READ, "a-vm", "b-vm", "snapshots/", lists=True),
@@ -375,6 +388,10 @@ WEBSOCKETS: dict[str, dict[str, int | str]] = {
         "anon": 4401,
         **dict.fromkeys(("a_viewer", "a_member", "a_owner", "b_member", "staff", "superuser"), "accept"),
     },
+    # Serial console of A's VM: members and owners of A only.
+    "ws-serial": {**dict.fromkeys(PERSONAS_ALL, 4403), "a_member": "accept", "a_owner": "accept"},
+    # VNC of A's VM with a token a_member got for it: only a_member passes (then finds no VNC server: 4409).
+    "ws-vnc": {**dict.fromkeys(PERSONAS_ALL, 4403), "a_member": 4409},
 }
 
 # --- Django admin: every registered model, with what its ModelAdmin allows to a superuser.

@@ -151,13 +151,39 @@ def test_writes(key: str, index: int, case: Case, persona: str) -> None:
             assert AuditRecord.objects.count() == before + 1
 
 
+def _ws(path: str, cookie: tuple[bytes, bytes] | None) -> tuple[bool, Any]:
+    """Connect; return (accepted, first message) or (False, close code)."""
+    from portal.asgi import application
+
+    headers = [(b"origin", b"http://127.0.0.1:8000")] + ([cookie] if cookie else [])
+
+    async def run() -> tuple[bool, Any]:
+        ws = WebsocketCommunicator(application, path, headers=headers, subprotocols=["binary"])
+        connected, code = await ws.connect(timeout=10)
+        first = (
+            (await ws.receive_json_from(timeout=5) if path == "/ws/events/" else None) if connected else code
+        )
+        await ws.disconnect()
+        return connected, first
+
+    return asyncio.run(run())
+
+
+def _cookie(world: World, persona: str) -> tuple[bytes, bytes] | None:
+    if persona == "anon":
+        return None
+    client = Client()
+    client.force_login(world.users[persona])
+    return (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("route", sorted(WEBSOCKETS))
 def test_websockets(route: str) -> None:
-    from portal.asgi import application
+    from compute.consoles import vnc_token_issue
 
     world = build_world()
-    path = {"ws-events": "/ws/events/"}[route]
+    vm, b_vm = world.vms["a-vm"], world.vms["b-vm"]
     expected_groups = {
         "a_viewer": [world.a.pk],
         "a_member": [world.a.pk],
@@ -167,23 +193,24 @@ def test_websockets(route: str) -> None:
         "superuser": [],
     }
     for persona, expect in WEBSOCKETS[route].items():
-        headers = [(b"origin", b"http://127.0.0.1:8000")]
-        if persona != "anon":
-            client = Client()
-            client.force_login(world.users[persona])
-            headers.append((b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()))
-
-        async def connect(headers: list[tuple[bytes, bytes]] = headers) -> tuple[bool, Any]:
-            ws = WebsocketCommunicator(application, path, headers=headers)
-            connected, code = await ws.connect(timeout=10)
-            hello = await ws.receive_json_from(timeout=5) if connected else code
-            await ws.disconnect()
-            return connected, hello
-
-        connected, hello = asyncio.run(connect())
+        cookie = _cookie(world, persona)
+        if route == "ws-events":
+            path = "/ws/events/"
+        elif route == "ws-serial":
+            path = f"/ws/instances/{vm.uuid}/serial/"
+        else:
+            token = vnc_token_issue(vm, world.users["a_member"].pk)
+            path = f"/ws/instances/{vm.uuid}/vnc/?token={token}"
+        connected, first = _ws(path, cookie)
         if expect == "accept":
             assert connected, persona
-            assert hello == {"type": "hello", "tenants": expected_groups[persona]}, persona
+            if route == "ws-events":
+                assert first == {"type": "hello", "tenants": expected_groups[persona]}, persona
         else:
-            assert not connected, persona
-            assert hello == expect, persona
+            assert (connected, first) == (False, expect), persona
+        if persona in A_PERSONAS and route != "ws-events":
+            # Tenant B's VM, whatever the token: refused as if it did not exist.
+            other = f"/ws/instances/{b_vm.uuid}/{'serial' if route == 'ws-serial' else 'vnc'}/"
+            if route == "ws-vnc":
+                other += f"?token={vnc_token_issue(b_vm, world.users[persona].pk)}"
+            assert _ws(other, cookie) == (False, 4403), persona
