@@ -406,6 +406,12 @@ ADMIN_MODELS: dict[str, dict[str, bool]] = {
     "tenants.quotaclaim": {"add": False, "delete": False},
     "tenants.apitoken": {"add": False, "delete": True},
     "security.auditrecord": {"add": False, "delete": False},
+    "compute.host": {"add": False, "delete": True, "protected": True},
+    "compute.flavor": {"add": True, "delete": True, "protected": True},
+    "compute.image": {"add": True, "delete": True, "protected": True},
+    "compute.instance": {"add": False, "delete": False},
+    "compute.operation": {"add": False, "delete": False},
+    "compute.snapshot": {"add": False, "delete": False},
     "django_celery_beat.periodictask": {"add": True, "delete": True},
     "django_celery_beat.intervalschedule": {"add": True, "delete": True},
     "django_celery_beat.crontabschedule": {"add": True, "delete": True},
@@ -465,7 +471,9 @@ def admin_cases(label: str, allowed: dict[str, bool]) -> dict[str, list[Case]]:
         cls = apps.get_model(label)
         # Prefer tenant A's object where the model is tenant-owned; any row otherwise.
         rows = cls._base_manager.order_by("pk")
-        if hasattr(cls, "tenant_id"):
+        if label in ("compute.flavor", "compute.image"):
+            rows = rows.filter(public=True)  # the shared catalogue
+        elif hasattr(cls, "tenant_id"):
             rows = rows.filter(tenant_id=w.a.pk)
         elif label == "tenants.tenant":
             rows = rows.filter(pk=w.a.pk)

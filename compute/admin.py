@@ -1,0 +1,137 @@
+"""Django admin for hosts (with their capability probe), flavors, images, instances and operations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from compute.models import Flavor, Host, Image, Instance, Operation, Snapshot
+from tenants.admin import TenantOwnedAdmin
+
+
+class ReadOnlyMixin:
+    """Rows that only the system writes: staff read them here, and change them through the portal."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Host)
+class HostAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "state",
+        "cpus",
+        "ram_mib",
+        "disk_gib",
+        "kvm_usable",
+        "tcg_available",
+        "paging",
+        "iommu",
+        "vmm",
+        "heartbeat_at",
+        "simulated",
+    ]
+    list_filter = ["state", "kvm_usable", "paging", "iommu", "simulated"]
+    list_editable = ["state"]
+    search_fields = ["name"]
+    readonly_fields = [
+        "uri",
+        "cpu_model",
+        "cpus",
+        "ram_mib",
+        "disk_gib",
+        "kvm_device",
+        "kvm_usable",
+        "kvm_probe_detail",
+        "tcg_available",
+        "paging",
+        "iommu",
+        "vmm",
+        "probed_at",
+        "heartbeat_at",
+        "registered_at",
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # hosts register themselves when their agent starts
+
+
+@admin.register(Flavor)
+class FlavorAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "vcpus",
+        "ram_mib",
+        "disk_gib",
+        "cpu_mode",
+        "io_model",
+        "balloon",
+        "min_ram_mib",
+        "pci_passthrough",
+        "public",
+        "tenant",
+    ]
+    list_filter = ["cpu_mode", "io_model", "balloon", "public"]
+    search_fields = ["name"]
+    autocomplete_fields = ["tenant"]
+
+
+@admin.register(Image)
+class ImageAdmin(admin.ModelAdmin):
+    list_display = ["name", "kind", "os_name", "size_bytes", "public", "tenant", "created"]
+    list_filter = ["kind", "public"]
+    search_fields = ["name", "os_name", "sha256"]
+    autocomplete_fields = ["tenant"]
+
+
+@admin.register(Instance)
+class InstanceAdmin(ReadOnlyMixin, TenantOwnedAdmin):
+    list_display = [
+        "name",
+        "tenant",
+        "kind",
+        "state",
+        "host",
+        "flavor",
+        "image",
+        "vcpus",
+        "current_ram_mib",
+        "created",
+    ]
+    list_filter = ["state", "kind", "host"]
+    search_fields = ["name", "uuid", "tenant__slug"]
+    list_select_related = ["tenant", "host", "flavor", "image"]
+
+
+@admin.register(Operation)
+class OperationAdmin(ReadOnlyMixin, TenantOwnedAdmin):
+    list_display = [
+        "uuid",
+        "tenant",
+        "kind",
+        "instance",
+        "state",
+        "step",
+        "progress",
+        "attempts",
+        "created",
+        "finished",
+    ]
+    list_filter = ["state", "kind"]
+    search_fields = ["uuid", "instance__name", "tenant__slug"]
+    list_select_related = ["tenant", "instance"]
+
+
+@admin.register(Snapshot)
+class SnapshotAdmin(ReadOnlyMixin, TenantOwnedAdmin):
+    list_display = ["name", "instance", "tenant", "created"]
+    search_fields = ["name", "instance__name"]
