@@ -20,3 +20,11 @@ def local_driver() -> LibvirtDriver:
 def run_operation(operation_id: int) -> str:
     """Carry out one Operation on this host; a repeated delivery of a finished one does nothing."""
     return agent.execute(operation_id, local_driver())
+
+
+@shared_task(name="compute.hosts_check")
+def hosts_check() -> list[str]:
+    """Periodic (control queue): hosts whose heartbeat went stale are marked down."""
+    from compute.services.hosts import hosts_mark_down
+
+    return hosts_mark_down()

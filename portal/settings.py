@@ -203,6 +203,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(NUBIS_HEARTBEAT_SECONDS),
         "options": {"queue": "control", "expires": float(NUBIS_HEARTBEAT_SECONDS)},
     },
+    "hosts-check": {
+        "task": "compute.hosts_check",
+        "schedule": 15.0,
+        "options": {"queue": "control", "expires": 15.0},
+    },
     "quota-drift-check": {
         "task": "tenants.tasks.quota_drift_check",
         "schedule": float(config.env_int("NUBIS_QUOTA_DRIFT_SECONDS", 600, minimum=10)),

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from compute.drivers.base import HostFacts
@@ -28,5 +31,19 @@ def host_register(*, name: str, uri: str, facts: HostFacts) -> Host:
 
 
 def host_heartbeat(name: str) -> bool:
-    """Record that the host's agent is alive; False if the host is not registered."""
-    return bool(Host.objects.filter(name=name).update(heartbeat_at=timezone.now()))
+    """Record that the host's agent is alive (a host marked down comes back); False if not registered."""
+    now = timezone.now()
+    found = bool(Host.objects.filter(name=name).update(heartbeat_at=now))
+    Host.objects.filter(name=name, state=HostState.DOWN).update(state=HostState.ENABLED)
+    return found
+
+
+def hosts_mark_down() -> list[str]:
+    """Mark enabled hosts whose agent stopped beating as down; placement skips them."""
+    cutoff = timezone.now() - timedelta(seconds=settings.NUBIS_HOST_HEARTBEAT_TIMEOUT)
+    stale = Host.objects.filter(state=HostState.ENABLED, simulated=False).filter(
+        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True)
+    )
+    names = list(stale.values_list("name", flat=True))
+    Host.objects.filter(name__in=names).update(state=HostState.DOWN)
+    return names
