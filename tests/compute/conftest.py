@@ -161,14 +161,20 @@ def domains() -> set[str]:
         conn.close()
 
 
+def _ours(names: set[str]) -> set[str]:
+    """Only what belongs to this test database's instances: other runs may share the libvirt daemon."""
+    uuids = {str(u) for u in Instance.objects.unscoped().values_list("uuid", flat=True)}
+    return {n for n in names if n.removeprefix("nubis-") in uuids}
+
+
 @pytest.fixture
 def no_leftovers() -> Iterator[None]:
-    """Fail the test if it leaves a domain or an instance directory behind; clean up either way."""
-    before = domains()
-    dirs_before = set(Path(settings.NUBIS_INSTANCE_DIR).iterdir())
+    """Fail the test if its instances leave a domain or a directory behind; clean up either way."""
     yield
-    extra = domains() - before
-    extra_dirs = set(Path(settings.NUBIS_INSTANCE_DIR).iterdir()) - dirs_before
+    extra = _ours(domains())
+    root = Path(settings.NUBIS_INSTANCE_DIR)
+    uuids = {str(u) for u in Instance.objects.unscoped().values_list("uuid", flat=True)}
+    extra_dirs = {p for p in root.iterdir() if p.name in uuids} if root.exists() else set()
     conn = libvirt_conn()
     try:
         for name in extra:

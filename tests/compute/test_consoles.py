@@ -71,7 +71,7 @@ async def rfb_greeting(communicator: WebsocketCommunicator) -> bytes:
     return await communicator.receive_from(timeout=10)
 
 
-def test_vnc_proxy_reaches_the_guests_vnc_server(two_vms, no_leftovers) -> None:
+def test_vnc_proxy_reaches_the_guests_vnc_server(no_leftovers, two_vms) -> None:
     _, member, (one, _) = two_vms
     grant = vnc_token(member, one)
     assert len(grant["password"]) == 8
@@ -81,7 +81,7 @@ def test_vnc_proxy_reaches_the_guests_vnc_server(two_vms, no_leftovers) -> None:
     assert ws(f"{grant['url']}?token={grant['token']}", member, rfb_greeting) == ("closed", 4403)
 
 
-def test_a_token_for_vm_one_never_opens_vm_two(two_vms, no_leftovers) -> None:
+def test_a_token_for_vm_one_never_opens_vm_two(no_leftovers, two_vms) -> None:
     _, member, (one, two) = two_vms
     grant = vnc_token(member, one)
     assert ws(f"/ws/instances/{two.uuid}/vnc/?token={grant['token']}", member, rfb_greeting) == (
@@ -90,14 +90,14 @@ def test_a_token_for_vm_one_never_opens_vm_two(two_vms, no_leftovers) -> None:
     )
 
 
-def test_a_token_works_only_for_the_user_it_was_issued_to(two_vms, no_leftovers) -> None:
+def test_a_token_works_only_for_the_user_it_was_issued_to(no_leftovers, two_vms) -> None:
     tenant, member, (one, _) = two_vms
     colleague = add_member(tenant, role=Role.MEMBER)
     grant = vnc_token(member, one)
     assert ws(f"{grant['url']}?token={grant['token']}", colleague, rfb_greeting) == ("closed", 4403)
 
 
-def test_serial_stream_shows_the_ready_marker(two_vms, no_leftovers) -> None:
+def test_serial_stream_shows_the_ready_marker(no_leftovers, two_vms) -> None:
     _, member, (one, _) = two_vms
     wait_marker(one, "NUBIS-READY")
 

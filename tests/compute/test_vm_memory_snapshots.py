@@ -51,7 +51,7 @@ def guest_mem_kib(text: str) -> int:
     return int(re.findall(r"mem_kib=(\d+)", text)[-1])
 
 
-def test_balloon_lowers_memory_seen_by_libvirt_and_the_guest(running, no_leftovers) -> None:
+def test_balloon_lowers_memory_seen_by_libvirt_and_the_guest(no_leftovers, running) -> None:
     _, actor, instance = running
     before = guest_mem_kib(serial_text(instance))
     with pytest.raises(ServiceError, match="between 96 and 192 MiB"):
@@ -69,7 +69,7 @@ def test_balloon_lowers_memory_seen_by_libvirt_and_the_guest(running, no_leftove
     assert before - after >= 70 * 1024, (before, after)  # MemTotal in the guest dropped by about 80 MiB
 
 
-def test_offline_resize_changes_vcpus_and_ram(running, no_leftovers) -> None:
+def test_offline_resize_changes_vcpus_and_ram(no_leftovers, running) -> None:
     tenant, actor, instance = running
     with pytest.raises(Conflict, match="stop the instance before resizing"):
         instance_resize(actor=actor, instance=instance, vcpus=2, ram_mib=256)
@@ -89,7 +89,7 @@ def test_offline_resize_changes_vcpus_and_ram(running, no_leftovers) -> None:
     assert guest_mem_kib(text) > 200 * 1024
 
 
-def test_snapshot_revert_and_delete(running, no_leftovers) -> None:
+def test_snapshot_revert_and_delete(no_leftovers, running) -> None:
     tenant, actor, instance = running
     op = wait_operation(snapshot_create(actor=actor, instance=instance, name="before"))
     assert op.state == OperationState.SUCCEEDED, op.error
@@ -118,7 +118,7 @@ def test_snapshot_revert_and_delete(running, no_leftovers) -> None:
     assert not Snapshot.objects.for_tenant(tenant).exists()
 
 
-def test_delete_removes_snapshots_too(running, no_leftovers) -> None:
+def test_delete_removes_snapshots_too(no_leftovers, running) -> None:
     tenant, actor, instance = running
     assert wait_operation(snapshot_create(actor=actor, instance=instance, name="s1")).state == "succeeded"
     assert wait_operation(instance_delete(actor=actor, instance=instance)).state == "succeeded"

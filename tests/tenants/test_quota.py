@@ -177,7 +177,8 @@ def test_admin_quota_list_shows_usage_bars(admin_client: Client) -> None:
 def test_drift_check_reports_claims_whose_holder_is_gone() -> None:
     tenant = make_tenant("drifty")
     holder = make_user()  # any row can hold a claim; compute will use its instances
-    claim = quota_claim(tenant, {"instances": 1}, "held", holder=holder)
+    # backup_gib: a resource no usage source reports yet, so only the orphan check applies here.
+    claim = quota_claim(tenant, {"backup_gib": 1}, "held", holder=holder)
     assert quota_drift(tenant) == []
     holder.delete()
     drifts = quota_drift(tenant)
@@ -186,3 +187,13 @@ def test_drift_check_reports_claims_whose_holder_is_gone() -> None:
     report = quota_drift_check()
     assert report["tenants_with_drift"] == 1
     assert report["drift"]["drifty"][0]["kind"] == "orphan-claim"
+
+
+@pytest.mark.django_db
+def test_drift_check_compares_the_ledger_with_real_instances() -> None:
+    tenant = make_tenant("ghostly")
+    quota_claim(tenant, {"instances": 1, "vcpus": 2}, "an instance that was never made")
+    [drift] = quota_drift(tenant)
+    assert drift.kind == "usage-mismatch"
+    assert drift.detail["instances"] == {"ledger": 1, "real": 0}
+    assert drift.detail["vcpus"] == {"ledger": 2, "real": 0}
