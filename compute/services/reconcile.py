@@ -173,10 +173,11 @@ def reconcile_host(host: Host, driver: VmDriver) -> Report:
         except DriverError as exc:
             logger.warning("reconcile %s: %s", instance.uuid, exc)
 
+    # A domain is an orphan only if no live instance anywhere claims it: agents of several hosts
+    # may share one libvirt daemon (the lab, the tests), and each must leave the others' guests be.
     live = {
         str(u)
         for u in Instance.objects.unscoped()
-        .filter(host=host)
         .exclude(state=InstanceState.DELETED)
         .values_list("uuid", flat=True)
     }
