@@ -15,7 +15,7 @@ from django.db import close_old_connections, connection
 from compute.drivers.base import DriverError, HostFacts
 from compute.models import Host, Instance
 from compute.services.hosts import host_heartbeat, host_register
-from compute.services.reconcile import PREFIX, _domain_uuid, reconcile_host, sync_power
+from compute.services.reconcile import domain_uuid, reconcile_host, sync_power
 from compute.tasks import local_driver
 
 logger = logging.getLogger("nubis.agent")
@@ -56,11 +56,11 @@ def event_loop(name: str, stop: threading.Event) -> None:
     pending: queue.Queue[str] = queue.Queue()
 
     def on_lifecycle(_conn: object, dom: libvirt.virDomain, event: int, detail: int, _opaque: object) -> None:
-        if dom.name().startswith(PREFIX):
+        if domain_uuid(dom.name()) is not None:
             pending.put(dom.name())
 
     def handle(domain: str) -> None:
-        uid = _domain_uuid(domain)
+        uid = domain_uuid(domain)
         instance = Instance.objects.unscoped().filter(uuid=uid).first() if uid else None
         if instance is not None:
             sync_power(instance, local_driver())

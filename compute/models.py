@@ -259,7 +259,7 @@ class Instance(TenantOwned):
     @property
     def domain_name(self) -> str:
         """Name of the libvirt domain (or container) on the host."""
-        return f"nubis-{self.uuid}"
+        return f"{settings.NUBIS_DOMAIN_PREFIX}{self.uuid}"
 
 
 class OperationKind(models.TextChoices):

@@ -30,6 +30,8 @@ NUBIS_INSTANCE_DIR = config.env_path("NUBIS_INSTANCE_DIR", DATA_DIR / "instances
 NUBIS_HOST_HEARTBEAT_SECONDS = config.env_int("NUBIS_HOST_HEARTBEAT_SECONDS", 5, minimum=1)
 NUBIS_HOST_HEARTBEAT_TIMEOUT = config.env_int("NUBIS_HOST_HEARTBEAT_TIMEOUT", 30, minimum=2)
 NUBIS_LIBVIRT_NETWORK = config.env_str("NUBIS_LIBVIRT_NETWORK", "default")
+# Domains this deployment owns are named <prefix><instance uuid>; others on the daemon are left alone.
+NUBIS_DOMAIN_PREFIX = config.env_str("NUBIS_DOMAIN_PREFIX", "nubis-")
 NUBIS_SHUTDOWN_TIMEOUT = config.env_int("NUBIS_SHUTDOWN_TIMEOUT", 30, minimum=1)
 # Overcommit ratios for placement (the scheduler issue makes these per host and aggregate).
 NUBIS_OVERCOMMIT = {"cpu": 4.0, "ram": 1.0, "disk": 1.0}

@@ -23,10 +23,10 @@ from compute.drivers.base import DriverError, GuestSpec, VmDriver
 from compute.models import Image, Instance, InstanceState, Operation, OperationKind, OperationState, Snapshot
 from compute.services.images import ImageCorrupt, verify_image
 from compute.services.instances import (
-    _finish,
     instance_deleted,
     instance_event,
     instance_fail,
+    operation_finish,
     snapshot_forget,
 )
 from portal.redis import redis_client
@@ -148,9 +148,9 @@ def _execute(operation_id: int, driver: VmDriver) -> str:
                     for snapshot in failed:
                         snapshot_forget(snapshot, "snapshot failed")
                 _settle_after_failure(instance, driver, str(exc))
-            _finish(operation, OperationState.FAILED, str(exc))
+            operation_finish(operation, OperationState.FAILED, str(exc))
         return OperationState.FAILED
-    _finish(operation, OperationState.SUCCEEDED)
+    operation_finish(operation, OperationState.SUCCEEDED)
     return OperationState.SUCCEEDED
 
 

@@ -186,7 +186,7 @@ def instance_create(
         place(instance)
     except NoValidHost as exc:
         instance_fail(instance, str(exc))
-        _finish(operation, OperationState.FAILED, str(exc))
+        operation_finish(operation, OperationState.FAILED, str(exc))
         audit_log(
             actor=actor,
             action="instance.create",
@@ -220,7 +220,8 @@ def _by_name_or_id(queryset: Any, ref: str | int, field: str) -> Any:
     return obj
 
 
-def _finish(operation: Operation, state: str, error: str = "") -> None:
+def operation_finish(operation: Operation, state: str, error: str = "") -> None:
+    """Record how an Operation ended."""
     operation.state = state
     operation.error = error[:4000]
     operation.progress = 100 if state == OperationState.SUCCEEDED else operation.progress
@@ -284,7 +285,7 @@ def instance_delete(*, actor: Actor, instance: Instance) -> Operation:
     if locked.host is None:
         # Never placed: nothing exists on any host.
         instance_deleted(locked)
-        _finish(operation, OperationState.SUCCEEDED)
+        operation_finish(operation, OperationState.SUCCEEDED)
     else:
         _enqueue(operation)
     return operation

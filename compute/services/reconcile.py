@@ -30,12 +30,11 @@ from compute.models import (
     OperationKind,
     OperationState,
 )
-from compute.services.instances import _finish, instance_event, instance_fail
+from compute.services.instances import instance_event, instance_fail, operation_finish
 from portal.redis import redis_client
 from security.audit import Actor, audit_log
 
 logger = logging.getLogger(__name__)
-PREFIX = "nubis-"
 
 
 @dataclass
@@ -50,9 +49,13 @@ class Report:
         return dict(self.__dict__)
 
 
-def _domain_uuid(name: str) -> str | None:
+def domain_uuid(name: str) -> str | None:
+    """The instance UUID in one of our domain names (None for anyone else's domain)."""
+    prefix = settings.NUBIS_DOMAIN_PREFIX
+    if not name.startswith(prefix):
+        return None
     try:
-        return str(uuidlib.UUID(name.removeprefix(PREFIX)))
+        return str(uuidlib.UUID(name.removeprefix(prefix)))
     except ValueError:
         return None
 
@@ -109,7 +112,7 @@ def _settle_stuck(instance: Instance, driver: VmDriver, report: Report) -> None:
                 instance.save(update_fields=["state", "state_deadline", "updated"])
                 instance_event(instance, reason="reconciler")
             if op is not None:
-                _finish(op, OperationState.SUCCEEDED)
+                operation_finish(op, OperationState.SUCCEEDED)
             report.completed.append(instance.name)
             return
         fault = f"stuck in {instance.state} past its deadline; the reconciler gave up on it"
@@ -120,7 +123,7 @@ def _settle_stuck(instance: Instance, driver: VmDriver, report: Report) -> None:
                 driver.remove_files(str(Path(settings.NUBIS_INSTANCE_DIR) / str(instance.uuid)))
         instance_fail(instance, fault)
         if op is not None:
-            _finish(op, OperationState.FAILED, fault)
+            operation_finish(op, OperationState.FAILED, fault)
         report.failed.append(instance.name)
 
 
@@ -181,8 +184,9 @@ def reconcile_host(host: Host, driver: VmDriver) -> Report:
         .exclude(state=InstanceState.DELETED)
         .values_list("uuid", flat=True)
     }
-    for name in driver.list_guests(PREFIX):
-        uid = _domain_uuid(name)
+    prefix = settings.NUBIS_DOMAIN_PREFIX
+    for name in driver.list_guests(prefix):
+        uid = domain_uuid(name)
         if uid is None or uid in live:
             continue
         if _orphan(host, "domain", name, report):
@@ -191,10 +195,10 @@ def reconcile_host(host: Host, driver: VmDriver) -> Report:
             report.orphans_removed.append(f"domain:{name}")
     root = Path(settings.NUBIS_INSTANCE_DIR)
     for path in sorted(root.iterdir()) if root.exists() else []:
-        uid = _domain_uuid(PREFIX + path.name)
+        uid = domain_uuid(prefix + path.name)
         if uid is None or uid in live or not path.is_dir():
             continue
-        if f"{PREFIX}{uid}" in driver.list_guests(PREFIX):
+        if f"{prefix}{uid}" in driver.list_guests(prefix):
             continue  # its domain is handled above first
         if _orphan(host, "disk", path.name, report):
             driver.remove_files(str(path))

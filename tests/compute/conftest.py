@@ -156,7 +156,8 @@ def libvirt_conn() -> libvirt.virConnect:
 def domains() -> set[str]:
     conn = libvirt_conn()
     try:
-        return {d.name() for d in conn.listAllDomains(0) if d.name().startswith("nubis-")}
+        prefix = settings.NUBIS_DOMAIN_PREFIX
+        return {d.name() for d in conn.listAllDomains(0) if d.name().startswith(prefix)}
     finally:
         conn.close()
 
@@ -164,7 +165,7 @@ def domains() -> set[str]:
 def _ours(names: set[str]) -> set[str]:
     """Only what belongs to this test database's instances: other runs may share the libvirt daemon."""
     uuids = {str(u) for u in Instance.objects.unscoped().values_list("uuid", flat=True)}
-    return {n for n in names if n.removeprefix("nubis-") in uuids}
+    return {n for n in names if n.removeprefix(settings.NUBIS_DOMAIN_PREFIX) in uuids}
 
 
 @pytest.fixture

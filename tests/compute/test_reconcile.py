@@ -58,7 +58,7 @@ def stray_domain(name: str, directory: Path) -> None:
 
 def test_orphans_are_reported_then_removed_after_the_grace_period(host: Host, settings) -> None:
     orphan_uuid = str(uuid.uuid4())
-    name = f"nubis-{orphan_uuid}"
+    name = f"{settings.NUBIS_DOMAIN_PREFIX}{orphan_uuid}"
     stray_domain(name, Path(settings.NUBIS_INSTANCE_DIR) / orphan_uuid)
     stray_disk = Path(settings.NUBIS_INSTANCE_DIR) / str(uuid.uuid4())
     stray_disk.mkdir()
