@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 
 from compute.models import Flavor, Image, Instance, InstanceKind, InstanceState, Operation, Snapshot
 from compute.services import instances as svc
+from compute.services import resize, snapshots
 from security.audit import Actor, audit_log
 from tenants.access import require_role, tenant_for_request
 from tenants.errors import Conflict
@@ -277,10 +278,12 @@ class InstanceResizeView(TenantView):
         data = body.validated_data
         if "memory_mib" in data:
             return accepted(
-                svc.instance_set_memory(actor=actor, instance=instance, memory_mib=data["memory_mib"])
+                resize.instance_set_memory(actor=actor, instance=instance, memory_mib=data["memory_mib"])
             )
         return accepted(
-            svc.instance_resize(actor=actor, instance=instance, vcpus=data["vcpus"], ram_mib=data["ram_mib"])
+            resize.instance_resize(
+                actor=actor, instance=instance, vcpus=data["vcpus"], ram_mib=data["ram_mib"]
+            )
         )
 
 
@@ -300,7 +303,7 @@ class SnapshotListView(TenantView):
         body = SnapshotCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         return accepted(
-            svc.snapshot_create(
+            snapshots.snapshot_create(
                 actor=Actor.from_request(request), instance=instance, name=body.validated_data["name"]
             )
         )
@@ -314,14 +317,14 @@ class SnapshotDetailView(TenantView):
     @extend_schema(responses={202: OperationSerializer})
     def delete(self, request: Request, tenant: str, pk: str, snapshot: int) -> Response:
         snap = self.snapshot(request, tenant, pk, snapshot, Role.MEMBER)
-        return accepted(svc.snapshot_delete(actor=Actor.from_request(request), snapshot=snap))
+        return accepted(snapshots.snapshot_delete(actor=Actor.from_request(request), snapshot=snap))
 
 
 class SnapshotRevertView(TenantView):
     @extend_schema(request=None, responses={202: OperationSerializer})
     def post(self, request: Request, tenant: str, pk: str, snapshot: int) -> Response:
         snap = self.snapshot(request, tenant, pk, snapshot, Role.MEMBER)
-        return accepted(svc.snapshot_revert(actor=Actor.from_request(request), snapshot=snap))
+        return accepted(snapshots.snapshot_revert(actor=Actor.from_request(request), snapshot=snap))
 
 
 def serial_tail(instance: Instance, lines: int) -> tuple[list[str], int]:

@@ -27,8 +27,8 @@ from compute.services.instances import (
     instance_event,
     instance_fail,
     operation_finish,
-    snapshot_forget,
 )
+from compute.services.snapshots import snapshot_forget
 from portal.redis import redis_client
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,6 @@ from django.utils import timezone
 
 from compute.models import (
     Flavor,
-    Host,
     Image,
     Instance,
     InstanceKind,
@@ -37,7 +36,7 @@ from tenants.services.quotas import quota_claim, quota_release
 NAME_RULE = "1-63 letters, digits or hyphens, starting with a letter"
 
 
-def _valid_name(name: str) -> bool:
+def name_is_valid(name: str) -> bool:
     return (
         0 < len(name) <= 63
         and name[0].isalpha()
@@ -69,11 +68,11 @@ def instance_event(instance: Instance, **extra: Any) -> None:
     )
 
 
-def _deadline() -> datetime:
+def deadline() -> datetime:
     return timezone.now() + timedelta(seconds=settings.NUBIS_TRANSIENT_DEADLINE)
 
 
-def _enqueue(operation: Operation) -> None:
+def operation_enqueue(operation: Operation) -> None:
     from compute.tasks import run_operation
 
     queue = operation.instance.host.queue if operation.instance.host else None
@@ -83,7 +82,7 @@ def _enqueue(operation: Operation) -> None:
     transaction.on_commit(lambda: run_operation.apply_async(args=(op_id,), queue=queue))
 
 
-def _operation(
+def operation_record(
     instance: Instance,
     kind: str,
     actor: Actor,
@@ -138,7 +137,7 @@ def instance_create(
         existing = Operation.objects.for_tenant(tenant).filter(idempotency_key=idempotency_key).first()
         if existing is not None:
             return existing
-    if not _valid_name(name):
+    if not name_is_valid(name):
         raise ServiceError("name", "name", f"invalid name {name!r}: {NAME_RULE}")
     if kind != InstanceKind.VM:
         raise ServiceError("kind", "choice", f"kind {kind!r} is not available yet; use 'vm'")
@@ -163,7 +162,7 @@ def instance_create(
                 disk_gib=flavor_obj.disk_gib,
                 vnc_password=secrets.token_hex(4),
                 created_by_id=actor.user_id,
-                state_deadline=_deadline(),
+                state_deadline=deadline(),
             )
     except IntegrityError:
         raise Conflict(
@@ -181,7 +180,7 @@ def instance_create(
         holder=instance,
         priority=priority,
     )
-    operation = _operation(instance, OperationKind.CREATE, actor, idempotency_key=idempotency_key)
+    operation = operation_record(instance, OperationKind.CREATE, actor, idempotency_key=idempotency_key)
     try:
         place(instance)
     except NoValidHost as exc:
@@ -208,7 +207,7 @@ def instance_create(
         },
     )
     instance_event(instance)
-    _enqueue(operation)
+    operation_enqueue(operation)
     return operation
 
 
@@ -237,7 +236,7 @@ _TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-def _lock_idle(instance: Instance) -> Instance:
+def instance_lock_idle(instance: Instance) -> Instance:
     """Lock the instance row; refuse if another operation on it has not finished yet."""
     locked = Instance.objects.for_tenant(instance.tenant_id).select_for_update().get(pk=instance.pk)
     busy = (
@@ -254,32 +253,32 @@ def _lock_idle(instance: Instance) -> Instance:
 def instance_action(*, actor: Actor, instance: Instance, kind: str) -> Operation:
     """Start, stop or reboot: check the state, move to the transient state, enqueue the Operation."""
     allowed, transient = _TRANSITIONS[kind]
-    locked = _lock_idle(instance)
+    locked = instance_lock_idle(instance)
     if locked.state not in allowed:
         raise Conflict(
             "state", "state", f"cannot {kind} an instance that is {locked.state} (needs {', '.join(allowed)})"
         )
     locked.state = transient
-    locked.state_deadline = _deadline()
+    locked.state_deadline = deadline()
     locked.save(update_fields=["state", "state_deadline", "updated"])
-    operation = _operation(locked, kind, actor)
+    operation = operation_record(locked, kind, actor)
     audit_log(actor=actor, action=f"instance.{kind}", target=locked)
     instance_event(locked)
-    _enqueue(operation)
+    operation_enqueue(operation)
     return operation
 
 
 @transaction.atomic
 def instance_delete(*, actor: Actor, instance: Instance) -> Operation:
     """Delete an instance: its domain, disk and snapshots on the host, then its claims."""
-    locked = _lock_idle(instance)
+    locked = instance_lock_idle(instance)
     if locked.state in (InstanceState.DELETING, InstanceState.DELETED):
         raise Conflict("state", "state", f"the instance is already {locked.state}")
     previous = locked.state
     locked.state = InstanceState.DELETING
-    locked.state_deadline = _deadline()
+    locked.state_deadline = deadline()
     locked.save(update_fields=["state", "state_deadline", "updated"])
-    operation = _operation(locked, OperationKind.DELETE, actor, params={"from_state": previous})
+    operation = operation_record(locked, OperationKind.DELETE, actor, params={"from_state": previous})
     audit_log(actor=actor, action="instance.delete", target=locked)
     instance_event(locked)
     if locked.host is None:
@@ -287,11 +286,13 @@ def instance_delete(*, actor: Actor, instance: Instance) -> Operation:
         instance_deleted(locked)
         operation_finish(operation, OperationState.SUCCEEDED)
     else:
-        _enqueue(operation)
+        operation_enqueue(operation)
     return operation
 
 
 def instance_deleted(instance: Instance) -> None:
+    from compute.services.snapshots import snapshot_forget
+
     for snapshot in Snapshot.objects.for_tenant(instance.tenant_id).filter(instance=instance):
         snapshot_forget(snapshot, "instance deleted")
     instance.state = InstanceState.DELETED
@@ -300,137 +301,3 @@ def instance_deleted(instance: Instance) -> None:
     instance.save(update_fields=["state", "deleted_at", "state_deadline", "updated"])
     release_claims(instance, "deleted")
     instance_event(instance)
-
-
-@transaction.atomic
-def instance_set_memory(*, actor: Actor, instance: Instance, memory_mib: int) -> Operation:
-    """Move a running VM's memory through the balloon, between the flavor's minimum and its size."""
-    locked = _lock_idle(instance)
-    flavor = locked.flavor
-    if not flavor.balloon:
-        raise ServiceError("memory_mib", "balloon", f"flavor {flavor.name} has no memory balloon")
-    if locked.state != InstanceState.RUNNING:
-        raise Conflict(
-            "state", "state", f"memory changes online only while running; the instance is {locked.state}"
-        )
-    low = flavor.min_ram_mib or locked.ram_mib
-    if not low <= memory_mib <= locked.ram_mib:
-        raise ServiceError(
-            "memory_mib",
-            "range",
-            f"memory must be between {low} and {locked.ram_mib} MiB for flavor {flavor.name}",
-        )
-    locked.state = InstanceState.RESIZING
-    locked.state_deadline = _deadline()
-    locked.save(update_fields=["state", "state_deadline", "updated"])
-    operation = _operation(
-        locked, OperationKind.RESIZE, actor, params={"memory_mib": memory_mib, "back_to": "running"}
-    )
-    audit_log(actor=actor, action="instance.memory", target=locked, detail={"memory_mib": memory_mib})
-    instance_event(locked)
-    _enqueue(operation)
-    return operation
-
-
-@transaction.atomic
-def instance_resize(*, actor: Actor, instance: Instance, vcpus: int, ram_mib: int) -> Operation:
-    """Change vCPUs and RAM of a stopped VM; quota and host capacity are claimed for the new size."""
-    from compute.services.placement import Capacity, total_of, used_on
-
-    locked = _lock_idle(instance)
-    if locked.state != InstanceState.STOPPED:
-        raise Conflict("state", "state", f"stop the instance before resizing it; it is {locked.state}")
-    if vcpus < 1:
-        raise ServiceError("vcpus", "min_value", "vcpus must be at least 1")
-    floor = locked.flavor.min_ram_mib or 64
-    if ram_mib < max(64, floor):
-        raise ServiceError("ram_mib", "min_value", f"ram_mib must be at least {max(64, floor)}")
-    host = Host.objects.select_for_update().get(pk=locked.host_id) if locked.host_id is not None else None
-    if host is not None:
-        used, total = used_on(host), total_of(host)
-        after = Capacity(
-            used.vcpus - locked.vcpus + vcpus, used.ram_mib - locked.ram_mib + ram_mib, used.disk_gib
-        )
-        if after.vcpus > total.vcpus or after.ram_mib > total.ram_mib:
-            raise Conflict(
-                "ram_mib", "capacity", f"host {host.name} has no room for {vcpus} vCPUs / {ram_mib} MiB"
-            )
-    release_claims(locked, "resized")
-    quota_claim(
-        locked.tenant,
-        {"instances": 1, "vcpus": vcpus, "ram_mib": ram_mib, "disk_gib": locked.disk_gib},
-        f"instance {locked.name} resized",
-        holder=locked,
-        priority=locked.priority,
-    )
-    old = {"vcpus": locked.vcpus, "ram_mib": locked.ram_mib}
-    locked.vcpus, locked.ram_mib, locked.current_ram_mib = vcpus, ram_mib, ram_mib
-    locked.state = InstanceState.RESIZING
-    locked.state_deadline = _deadline()
-    locked.save(update_fields=["vcpus", "ram_mib", "current_ram_mib", "state", "state_deadline", "updated"])
-    operation = _operation(locked, OperationKind.RESIZE, actor, params={"from": old, "back_to": "stopped"})
-    audit_log(
-        actor=actor,
-        action="instance.resize",
-        target=locked,
-        detail={"from": old, "vcpus": vcpus, "ram_mib": ram_mib},
-    )
-    instance_event(locked)
-    _enqueue(operation)
-    return operation
-
-
-SNAPSHOT_STATES = (InstanceState.RUNNING, InstanceState.STOPPED)
-
-
-@transaction.atomic
-def snapshot_create(*, actor: Actor, instance: Instance, name: str) -> Operation:
-    """Snapshot the VM's disk (and memory, when it runs); counts against the snapshots quota."""
-    locked = _lock_idle(instance)
-    if locked.state not in SNAPSHOT_STATES:
-        raise Conflict("state", "state", f"cannot snapshot an instance that is {locked.state}")
-    if not _valid_name(name):
-        raise ServiceError("name", "name", f"invalid snapshot name {name!r}: {NAME_RULE}")
-    if Snapshot.objects.for_tenant(locked.tenant_id).filter(instance=locked, name=name).exists():
-        raise Conflict("name", "unique", f"{locked.name} already has a snapshot named {name!r}")
-    snapshot = Snapshot.objects.create(tenant=locked.tenant, instance=locked, name=name)
-    quota_claim(locked.tenant, {"snapshots": 1}, f"snapshot {locked.name}@{name}", holder=snapshot)
-    operation = _operation(
-        locked, OperationKind.SNAPSHOT, actor, params={"snapshot": snapshot.pk, "name": name}
-    )
-    audit_log(actor=actor, action="snapshot.create", target=snapshot, tenant=locked.tenant)
-    _enqueue(operation)
-    return operation
-
-
-@transaction.atomic
-def snapshot_revert(*, actor: Actor, snapshot: Snapshot) -> Operation:
-    locked = _lock_idle(snapshot.instance)
-    if locked.state not in SNAPSHOT_STATES:
-        raise Conflict("state", "state", f"cannot revert an instance that is {locked.state}")
-    operation = _operation(
-        locked, OperationKind.REVERT, actor, params={"snapshot": snapshot.pk, "name": snapshot.name}
-    )
-    audit_log(actor=actor, action="snapshot.revert", target=snapshot, tenant=locked.tenant)
-    _enqueue(operation)
-    return operation
-
-
-@transaction.atomic
-def snapshot_delete(*, actor: Actor, snapshot: Snapshot) -> Operation:
-    locked = _lock_idle(snapshot.instance)
-    operation = _operation(
-        locked, OperationKind.DELETE_SNAPSHOT, actor, params={"snapshot": snapshot.pk, "name": snapshot.name}
-    )
-    audit_log(actor=actor, action="snapshot.delete", target=snapshot, tenant=locked.tenant)
-    _enqueue(operation)
-    return operation
-
-
-def snapshot_forget(snapshot: Snapshot, reason: str) -> None:
-    """Drop the snapshot's row and give back its quota claim."""
-    for claim in QuotaClaim.objects.for_tenant(snapshot.tenant_id).filter(
-        holder_type__model="snapshot", holder_id=str(snapshot.pk), released_at__isnull=True
-    ):
-        quota_release(claim, reason)
-    snapshot.delete()

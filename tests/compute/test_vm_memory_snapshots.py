@@ -11,12 +11,9 @@ from compute.services.instances import (
     instance_action,
     instance_create,
     instance_delete,
-    instance_resize,
-    instance_set_memory,
-    snapshot_create,
-    snapshot_delete,
-    snapshot_revert,
 )
+from compute.services.resize import instance_resize, instance_set_memory
+from compute.services.snapshots import snapshot_create, snapshot_delete, snapshot_revert
 from compute.tasks import local_driver
 from security.audit import Actor
 from tenants.errors import Conflict, ServiceError

@@ -1,0 +1,98 @@
+"""Resizing VMs: memory online through the balloon, vCPUs and RAM offline with new claims."""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from compute.models import Host, Instance, InstanceState, Operation, OperationKind
+from compute.services.instances import (
+    deadline,
+    instance_event,
+    instance_lock_idle,
+    operation_enqueue,
+    operation_record,
+    release_claims,
+)
+from security.audit import Actor, audit_log
+from tenants.errors import Conflict, ServiceError
+from tenants.services.quotas import quota_claim
+
+
+@transaction.atomic
+def instance_set_memory(*, actor: Actor, instance: Instance, memory_mib: int) -> Operation:
+    """Move a running VM's memory through the balloon, between the flavor's minimum and its size."""
+    locked = instance_lock_idle(instance)
+    flavor = locked.flavor
+    if not flavor.balloon:
+        raise ServiceError("memory_mib", "balloon", f"flavor {flavor.name} has no memory balloon")
+    if locked.state != InstanceState.RUNNING:
+        raise Conflict(
+            "state", "state", f"memory changes online only while running; the instance is {locked.state}"
+        )
+    low = flavor.min_ram_mib or locked.ram_mib
+    if not low <= memory_mib <= locked.ram_mib:
+        raise ServiceError(
+            "memory_mib",
+            "range",
+            f"memory must be between {low} and {locked.ram_mib} MiB for flavor {flavor.name}",
+        )
+    locked.state = InstanceState.RESIZING
+    locked.state_deadline = deadline()
+    locked.save(update_fields=["state", "state_deadline", "updated"])
+    operation = operation_record(
+        locked, OperationKind.RESIZE, actor, params={"memory_mib": memory_mib, "back_to": "running"}
+    )
+    audit_log(actor=actor, action="instance.memory", target=locked, detail={"memory_mib": memory_mib})
+    instance_event(locked)
+    operation_enqueue(operation)
+    return operation
+
+
+@transaction.atomic
+def instance_resize(*, actor: Actor, instance: Instance, vcpus: int, ram_mib: int) -> Operation:
+    """Change vCPUs and RAM of a stopped VM; quota and host capacity are claimed for the new size."""
+    from compute.services.placement import Capacity, total_of, used_on
+
+    locked = instance_lock_idle(instance)
+    if locked.state != InstanceState.STOPPED:
+        raise Conflict("state", "state", f"stop the instance before resizing it; it is {locked.state}")
+    if vcpus < 1:
+        raise ServiceError("vcpus", "min_value", "vcpus must be at least 1")
+    floor = locked.flavor.min_ram_mib or 64
+    if ram_mib < max(64, floor):
+        raise ServiceError("ram_mib", "min_value", f"ram_mib must be at least {max(64, floor)}")
+    host = Host.objects.select_for_update().get(pk=locked.host_id) if locked.host_id is not None else None
+    if host is not None:
+        used, total = used_on(host), total_of(host)
+        after = Capacity(
+            used.vcpus - locked.vcpus + vcpus, used.ram_mib - locked.ram_mib + ram_mib, used.disk_gib
+        )
+        if after.vcpus > total.vcpus or after.ram_mib > total.ram_mib:
+            raise Conflict(
+                "ram_mib", "capacity", f"host {host.name} has no room for {vcpus} vCPUs / {ram_mib} MiB"
+            )
+    release_claims(locked, "resized")
+    quota_claim(
+        locked.tenant,
+        {"instances": 1, "vcpus": vcpus, "ram_mib": ram_mib, "disk_gib": locked.disk_gib},
+        f"instance {locked.name} resized",
+        holder=locked,
+        priority=locked.priority,
+    )
+    old = {"vcpus": locked.vcpus, "ram_mib": locked.ram_mib}
+    locked.vcpus, locked.ram_mib, locked.current_ram_mib = vcpus, ram_mib, ram_mib
+    locked.state = InstanceState.RESIZING
+    locked.state_deadline = deadline()
+    locked.save(update_fields=["vcpus", "ram_mib", "current_ram_mib", "state", "state_deadline", "updated"])
+    operation = operation_record(
+        locked, OperationKind.RESIZE, actor, params={"from": old, "back_to": "stopped"}
+    )
+    audit_log(
+        actor=actor,
+        action="instance.resize",
+        target=locked,
+        detail={"from": old, "vcpus": vcpus, "ram_mib": ram_mib},
+    )
+    instance_event(locked)
+    operation_enqueue(operation)
+    return operation
