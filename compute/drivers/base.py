@@ -104,3 +104,6 @@ class VmDriver(abc.ABC):
 
     @abc.abstractmethod
     def vnc_port(self, name: str) -> int | None: ...
+
+    @abc.abstractmethod
+    def ip_address(self, name: str) -> str | None: ...

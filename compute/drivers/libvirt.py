@@ -310,6 +310,21 @@ class LibvirtDriver(VmDriver):
         port = graphics.get("port") if graphics is not None else None
         return int(port) if port and port.isdigit() and int(port) > 0 else None
 
+    def ip_address(self, name: str) -> str | None:
+        """The guest's IPv4 address from the network's DHCP lease (None until it has one)."""
+        dom = self._lookup(name)
+        if dom is None or not dom.isActive():
+            return None
+        try:
+            interfaces = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0)
+        except libvirt.libvirtError:
+            return None
+        for iface in interfaces.values():
+            for addr in iface.get("addrs") or []:
+                if addr.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4:
+                    return str(addr["addr"])
+        return None
+
     def ensure_network(self, name: str) -> None:
         """Make sure the libvirt network exists and is active (defining libvirt's default if missing)."""
         conn = self.conn()

@@ -198,7 +198,7 @@ def _start(operation: Operation, instance: Instance, driver: VmDriver) -> None:
 def _stop(operation: Operation, instance: Instance, driver: VmDriver) -> None:
     clean = driver.shutdown(instance.domain_name, settings.NUBIS_SHUTDOWN_TIMEOUT)
     _step(operation, "shutdown" if clean else "forced-off", 90)
-    _set_state(instance, InstanceState.STOPPED, vnc_port=None)
+    _set_state(instance, InstanceState.STOPPED, vnc_port=None, ip_address=None)
 
 
 def _reboot(operation: Operation, instance: Instance, driver: VmDriver) -> None:

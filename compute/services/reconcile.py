@@ -82,6 +82,15 @@ def sync_power(instance: Instance, driver: VmDriver, report: Report | None = Non
             report.synced.append(f"{locked.name}:{target}")
 
 
+def _learn_address(instance: Instance, driver: VmDriver) -> None:
+    """Record the address the guest got by DHCP, once it has one."""
+    address = driver.ip_address(instance.domain_name)
+    if address is not None:
+        Instance.objects.unscoped().filter(pk=instance.pk, ip_address__isnull=True).update(ip_address=address)
+        instance.ip_address = address
+        instance_event(instance, ip_address=address)
+
+
 def _settle_stuck(instance: Instance, driver: VmDriver, report: Report) -> None:
     """An instance past its transient-state deadline: finish it if the host shows it done, else fail it."""
     op = (
@@ -167,6 +176,8 @@ def reconcile_host(host: Host, driver: VmDriver) -> Report:
         try:
             if instance.state in (InstanceState.RUNNING, InstanceState.STOPPED):
                 sync_power(instance, driver, report)
+                if instance.state == InstanceState.RUNNING and instance.ip_address is None:
+                    _learn_address(instance, driver)
             elif (
                 instance.state in TRANSIENT_STATES
                 and instance.state_deadline

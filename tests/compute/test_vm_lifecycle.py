@@ -14,7 +14,8 @@ from django.contrib.auth.models import User
 
 from compute.models import Flavor, Host, Image, Instance, InstanceState, OperationState
 from compute.services.instances import instance_action, instance_create, instance_delete
-from compute.tasks import run_operation
+from compute.services.reconcile import reconcile_host
+from compute.tasks import local_driver, run_operation
 from security.audit import Actor
 from tenants.models import Role, Tenant
 from tenants.services.quotas import usage_of
@@ -71,6 +72,9 @@ def test_vm_lifecycle_end_to_end(
     assert ready["name"] == instance.domain_name
     assert re.fullmatch(r"\d+\.\d+\.\d+\.\d+", ready["ip"]), ready
     assert ready["boots"] == "1"
+    reconcile_host(host, local_driver())  # learns the DHCP address
+    instance.refresh_from_db()
+    assert instance.ip_address == ready["ip"]
     ping = subprocess.run(["ping", "-c", "1", "-W", "2", ready["ip"]], capture_output=True, check=False)
     assert ping.returncode == 0, ping.stdout
 

@@ -53,6 +53,8 @@ def test_sqlite_portal_starts_and_admin_logs_in(tmp_path: Path) -> None:
     assert "exists; password unchanged" in second
     assert "password:" not in second
     assert "kept tenant 'demo'" in second
+    assert "created flavor 'm1.tiny'" in first
+    assert "kept flavor 'm1.tiny'" in second
 
     port = free_port()
     log = (tmp_path / "web.log").open("wb")

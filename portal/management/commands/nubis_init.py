@@ -9,10 +9,41 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
+from compute.models import CpuMode, Flavor, IoModel
 from security.audit import Actor, audit_log
 from security.models import Source
 from tenants.models import Tenant
 from tenants.services.members import tenant_create
+
+# A starting catalogue that shows each technique; admins edit or replace it in Django admin.
+DEFAULT_FLAVORS: dict[str, dict[str, object]] = {
+    "m1.tiny": {
+        "vcpus": 1,
+        "ram_mib": 256,
+        "disk_gib": 1,
+        "cpu_mode": CpuMode.EMULATED,
+        "io_model": IoModel.VIRTIO,
+        "balloon": True,
+        "min_ram_mib": 128,
+    },
+    "m1.tiny-legacy": {
+        "vcpus": 1,
+        "ram_mib": 256,
+        "disk_gib": 1,
+        "cpu_mode": CpuMode.EMULATED,
+        "io_model": IoModel.EMULATED,
+        "balloon": False,
+    },
+    "m1.small-kvm": {
+        "vcpus": 2,
+        "ram_mib": 1024,
+        "disk_gib": 5,
+        "cpu_mode": CpuMode.HARDWARE,
+        "io_model": IoModel.VIRTIO,
+        "balloon": True,
+        "min_ram_mib": 512,
+    },
+}
 
 
 class Command(BaseCommand):
@@ -35,6 +66,9 @@ class Command(BaseCommand):
             self.stdout.write(f"  (shown once; change it with: manage.py changepassword {username})")
         else:
             self.stdout.write(f"admin user {username!r} exists; password unchanged")
+        for name, spec in DEFAULT_FLAVORS.items():
+            _, made = Flavor.objects.get_or_create(name=name, defaults=spec)
+            self.stdout.write(f"{'created' if made else 'kept'} flavor {name!r}")
         slug = options["tenant"]
         if Tenant.objects.filter(slug=slug).exists():
             self.stdout.write(f"kept tenant {slug!r}")
