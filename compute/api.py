@@ -172,23 +172,27 @@ class TenantView(APIView):
         Looking the object up before checking the role means another tenant's object answers 404
         to everyone here, whatever their role.
         """
-        tenant, role = tenant_for_request(request, slug, Role.VIEWER)
-        instance = instance_of(tenant, pk)
-        require_role(role, need, tenant)
+        instance, _ = self._instance_and_role(request, slug, pk, need)
         return instance
 
     def snapshot(
         self, request: Request, slug: str, pk: Any, snapshot: int, need: Role = Role.VIEWER
     ) -> Snapshot:
-        instance = self.instance(request, slug, pk)
+        """The instance's snapshot, with the same 404-before-403 order."""
+        instance, role = self._instance_and_role(request, slug, pk, Role.VIEWER)
         snap = get_object_or_404(
             Snapshot.objects.for_tenant(instance.tenant_id).select_related("instance"),
             instance=instance,
             pk=snapshot,
         )
-        _, role = tenant_for_request(request, slug, Role.VIEWER)
         require_role(role, need, instance.tenant)
         return snap
+
+    def _instance_and_role(self, request: Request, slug: str, pk: Any, need: Role) -> tuple[Instance, Role]:
+        tenant, role = tenant_for_request(request, slug, Role.VIEWER)
+        instance = instance_of(tenant, pk)
+        require_role(role, need, tenant)
+        return instance, role
 
 
 # ---- views ---------------------------------------------------------------------------------
