@@ -1,0 +1,1 @@
+"""Container groundwork: busybox root filesystems and OCI runtime specs for runc."""

@@ -1,0 +1,98 @@
+"""Build a minimal busybox root filesystem, pack it into a tarball and check it against its manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Any
+
+BUSYBOX = Path("/bin/busybox")
+DIRECTORIES = ("bin", "proc", "sys", "dev", "tmp", "etc", "root", "mnt")
+
+
+class RootfsError(RuntimeError):
+    """A root filesystem could not be built, or a tarball does not match its manifest."""
+
+
+def _applets(busybox: Path) -> list[str]:
+    """The applet names this busybox binary provides, as `busybox --list` prints them."""
+    try:
+        out = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise RootfsError(f"{busybox} --list: {exc}") from None
+    # Names with a slash could escape bin/; busybox never prints them, but the list is input.
+    return [name for name in out.split() if name and "/" not in name and name != "busybox"]
+
+
+def build_busybox_rootfs(dest: Path, busybox: Path = BUSYBOX) -> Path:
+    """Make ``dest`` a root filesystem: static busybox, its applet links and the usual mount points."""
+    dest.mkdir(mode=0o755, parents=True, exist_ok=True)
+    for name in DIRECTORIES:
+        (dest / name).mkdir(mode=0o755, exist_ok=True)
+    # /tmp is world-writable with the sticky bit, like on any Linux.
+    (dest / "tmp").chmod(0o1777)
+    (dest / "root").chmod(0o700)
+    target = dest / "bin" / "busybox"
+    shutil.copy2(busybox, target)
+    target.chmod(0o755)
+    for applet in _applets(busybox):
+        link = dest / "bin" / applet
+        if not link.is_symlink() and not link.exists():
+            link.symlink_to("busybox")
+    etc = dest / "etc"
+    (etc / "hostname").write_text("nubis\n")
+    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
+    (etc / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    return dest
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Owner root, fixed mtime: the same tree gives the same tarball and hash."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    info.mtime = 0
+    return info
+
+
+def pack(rootfs: Path, tarball: Path) -> dict[str, Any]:
+    """Pack ``rootfs`` into ``tarball`` and write manifest.json beside it; return the manifest."""
+    tarball.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tarball, "w:gz", compresslevel=6) as tar:
+        # Sorted so the archive order, and so the hash, does not depend on directory order.
+        for path in sorted(rootfs.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(rootfs)), recursive=False, filter=_normalise)
+    manifest: dict[str, Any] = {
+        "tarball": tarball.name,
+        "sha256": sha256_of(tarball),
+        "size_bytes": tarball.stat().st_size,
+    }
+    (tarball.parent / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def verify(tarball: Path, manifest: dict[str, Any] | Path) -> None:
+    """Raise RootfsError unless ``tarball`` has the size and SHA-256 its manifest records."""
+    data = json.loads(manifest.read_text()) if isinstance(manifest, Path) else manifest
+    try:
+        size = os.stat(tarball).st_size
+    except OSError as exc:
+        raise RootfsError(f"{tarball}: {exc.strerror}") from None
+    if size != data["size_bytes"]:
+        raise RootfsError(f"{tarball}: size {size} does not match the manifest's {data['size_bytes']}")
+    digest = sha256_of(tarball)
+    if digest != data["sha256"]:
+        raise RootfsError(f"{tarball}: sha256 {digest} does not match the manifest's {data['sha256']}")

@@ -1,0 +1,238 @@
+"""The OCI driver: containers made of namespaces and cgroups, run by runc on one host."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from compute.drivers.base import DriverError
+
+RUNC = "/usr/bin/runc"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+STOP_TIMEOUT = 10.0  # seconds to wait for a killed container to stop
+
+
+def _cgroup_dir(controller: str, config: dict[str, Any]) -> Path:
+    """Where runc puts the container's cgroup for one v1 controller, or in the v2 hierarchy."""
+    inner = config["linux"]["cgroupsPath"]
+    if (CGROUP_ROOT / "cgroup.controllers").exists():  # pure v2
+        return CGROUP_ROOT / inner.lstrip("/")
+    if inner.startswith("/"):
+        return CGROUP_ROOT / controller / inner.lstrip("/")
+    # A relative path nests under the caller's own cgroup of that controller.
+    own = "/"
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            own = path
+    return CGROUP_ROOT / controller / own.lstrip("/") / inner
+
+
+class OciDriver:
+    """Containers of one host through runc. Every method is safe to call twice."""
+
+    def __init__(self, runc_root: Path | None = None, runc: str = RUNC) -> None:
+        self.runc = runc
+        self.runc_root = runc_root
+        self._bundles: dict[str, Path] = {}
+        self._configs: dict[str, dict[str, Any]] = {}
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _cmd(self, *args: str) -> list[str]:
+        root = ["--root", str(self.runc_root)] if self.runc_root else []
+        return [self.runc, *root, *args]
+
+    def _run(self, what: str, *args: str, timeout: float = 30.0) -> str:
+        """Run one runc command to its end; its own stderr becomes the DriverError message."""
+        # Files, not pipes, so nothing the container inherits can keep us waiting (LAB.md section 5).
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.run(
+                    self._cmd(*args), stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=timeout
+                )
+            except subprocess.TimeoutExpired:
+                raise DriverError(f"{what}: runc {args[0]} timed out after {timeout:g} s") from None
+            except OSError as exc:
+                raise DriverError(f"{what}: {exc.strerror}") from None
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        if proc.returncode != 0:
+            raise DriverError(f"{what}: {stderr.strip() or stdout.strip() or f'exit {proc.returncode}'}")
+        return stdout
+
+    def _config(self, name: str) -> dict[str, Any] | None:
+        if name in self._configs:
+            return self._configs[name]
+        bundle = self._bundle(name)
+        if bundle is None or not (bundle / "config.json").exists():
+            return None
+        config: dict[str, Any] = json.loads((bundle / "config.json").read_text())
+        return config
+
+    def _bundle(self, name: str) -> Path | None:
+        if name in self._bundles:
+            return self._bundles[name]
+        info = self.inspect(name)
+        return Path(info["bundle"]) if info else None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def create(self, name: str, bundle_dir: Path, rootfs: Path, config: dict[str, Any]) -> None:
+        """Copy ``rootfs`` into the bundle, write config.json and start the container detached."""
+        if self.state(name) is not None:
+            return
+        bundle_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        target = bundle_dir / config["root"]["path"]
+        if not target.exists():
+            shutil.copytree(rootfs, target, symlinks=True)
+        mappings = config["linux"].get("uidMappings")
+        if mappings:
+            # Root in the container is uid_base on the host; it must own its files (LAB.md section 5).
+            gid = config["linux"]["gidMappings"][0]["hostID"]
+            _chown_tree(target, mappings[0]["hostID"], gid)
+        (bundle_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        self._bundles[name] = bundle_dir
+        self._configs[name] = config
+        # runc run -d keeps the stdio it is given for the container's life: files, never pipes.
+        with (bundle_dir / "stdout.log").open("ab") as out, (bundle_dir / "stderr.log").open("ab") as err:
+            try:
+                proc = subprocess.run(
+                    self._cmd("run", "-d", "--bundle", str(bundle_dir), name),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    timeout=30,
+                )
+            except subprocess.TimeoutExpired:
+                raise DriverError(f"create {name}: runc run timed out") from None
+        if proc.returncode != 0:
+            tail = (bundle_dir / "stderr.log").read_text(errors="replace").strip().splitlines()[-3:]
+            raise DriverError(f"create {name}: {' '.join(tail) or f'runc exit {proc.returncode}'}")
+
+    def inspect(self, name: str) -> dict[str, Any] | None:
+        """`runc state` as a dict, or None when no such container exists."""
+        try:
+            info: dict[str, Any] = json.loads(self._run(f"state {name}", "state", name))
+        except DriverError as exc:
+            if "does not exist" in str(exc):
+                return None
+            raise
+        return info
+
+    def state(self, name: str) -> str | None:
+        """'created', 'running', 'paused', 'stopped', or None when no such container exists."""
+        info = self.inspect(name)
+        return str(info["status"]) if info else None
+
+    def pid(self, name: str) -> int | None:
+        """Host pid of the container's init, while it runs."""
+        info = self.inspect(name)
+        return int(info["pid"]) if info and info.get("pid") and info["status"] != "stopped" else None
+
+    def exec(self, name: str, argv: list[str], timeout: float = 30.0) -> tuple[int, str, str]:
+        """Run ``argv`` in the running container; (exit code, stdout, stderr). Killed after ``timeout``."""
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            # Files again: background children of argv may keep stdout open after argv exits.
+            proc = subprocess.Popen(
+                self._cmd("exec", name, *argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err
+            )
+            try:
+                rc = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise DriverError(f"exec in {name}: {argv[0]} still running after {timeout:g} s") from None
+            out.seek(0)
+            err.seek(0)
+            return rc, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+
+    def update(
+        self,
+        name: str,
+        memory_bytes: int | None = None,
+        swap_bytes: int | None = None,
+        cpu_quota: int | None = None,
+        cpu_period: int | None = None,
+        cpu_shares: int | None = None,
+        pids_max: int | None = None,
+        blkio_weight: int | None = None,
+    ) -> None:
+        """Change limits of a running container; swap_bytes is on top of memory, as in oci_config."""
+        args: list[str] = []
+        if memory_bytes is not None:
+            args += ["--memory", str(memory_bytes)]
+            # Without --memory-swap the memsw limit stays where it was (LAB.md section 5).
+            args += ["--memory-swap", str(memory_bytes + (swap_bytes or 0))]
+        for flag, value in (
+            ("--cpu-quota", cpu_quota),
+            ("--cpu-period", cpu_period),
+            ("--cpu-share", cpu_shares),
+            ("--pids-limit", pids_max),
+            ("--blkio-weight", blkio_weight),
+        ):
+            if value is not None:
+                args += [flag, str(value)]
+        if args:
+            self._run(f"update {name}", "update", *args, name)
+
+    def kill(self, name: str, signal: str = "TERM") -> None:
+        """Send ``signal`` to the container's init; nothing if the container is gone or stopped."""
+        if self.state(name) in (None, "stopped"):
+            return
+        try:
+            self._run(f"kill {name}", "kill", name, signal)
+        except DriverError:
+            # It may have stopped between the two calls; only a live container is an error.
+            if self.state(name) not in (None, "stopped"):
+                raise
+
+    def delete(self, name: str, bundle_dir: Path | None = None) -> None:
+        """Kill, wait until stopped, `runc delete --force`, remove the bundle. Safe to call twice."""
+        bundle = bundle_dir or self._bundle(name)
+        if self.state(name) is not None:
+            self.kill(name, "KILL")
+            deadline = time.monotonic() + STOP_TIMEOUT
+            # Waiting here is quicker than delete --force's own 100 ms polling (LAB.md section 5).
+            while self.state(name) not in (None, "stopped") and time.monotonic() < deadline:
+                time.sleep(0.01)
+            try:
+                self._run(f"delete {name}", "delete", "--force", name)
+            except DriverError:
+                if self.state(name) is not None:
+                    raise
+        if bundle is not None and bundle.exists():
+            shutil.rmtree(bundle)
+        self._bundles.pop(name, None)
+        self._configs.pop(name, None)
+
+    # -- cgroups ------------------------------------------------------------------------------
+    def cgroup_dir(self, name: str, controller: str) -> Path:
+        """The container's cgroup directory for ``controller`` (v1) or its v2 directory."""
+        config = self._config(name)
+        if config is None:
+            raise DriverError(f"{name}: no such container")
+        return _cgroup_dir(controller, config)
+
+    def oom_killed(self, name: str) -> bool:
+        """True once the kernel's OOM killer has killed a process of this container's cgroup."""
+        directory = self.cgroup_dir(name, "memory")
+        for filename in ("memory.oom_control", "memory.events"):  # v1, v2
+            path = directory / filename
+            if path.exists():
+                counters = dict(line.split() for line in path.read_text().splitlines() if line.strip())
+                return int(counters.get("oom_kill", "0")) > 0
+        raise DriverError(f"{name}: no memory cgroup at {directory}")
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    """chown -R -h: links themselves, never what they point to."""
+    os.lchown(root, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for entry in (*dirnames, *filenames):
+            os.lchown(os.path.join(dirpath, entry), uid, gid)
