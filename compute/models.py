@@ -140,6 +140,7 @@ class Flavor(models.Model):
 class ImageKind(models.TextChoices):
     KERNEL = "kernel", "Kernel + initramfs (with a base disk)"
     DISK = "disk", "Bootable qcow2 disk"
+    ROOTFS = "rootfs", "Container root filesystem (tarball)"
 
 
 class Image(models.Model):

@@ -18,6 +18,7 @@ from django.utils import timezone
 from compute.models import (
     Flavor,
     Image,
+    ImageKind,
     Instance,
     InstanceKind,
     InstanceState,
@@ -145,6 +146,10 @@ def instance_create(
         raise ServiceError("priority", "choice", f"unknown priority {priority!r}")
     flavor_obj = _by_name_or_id(flavors_for(tenant), flavor, "flavor")
     image_obj = _by_name_or_id(images_for(tenant), image, "image")
+    if image_obj.kind == ImageKind.ROOTFS:
+        raise ServiceError(
+            "image", "kind", f"image {image_obj.name!r} is a container root filesystem; it cannot boot a VM"
+        )
     if Instance.objects.for_tenant(tenant).filter(name=name, deleted_at__isnull=True).exists():
         raise Conflict("name", "unique", f"an instance named {name!r} already exists in {tenant.slug}")
     try:

@@ -1,0 +1,58 @@
+"""Build the busybox container root filesystem (cached) and register it in the image registry."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from compute.containers.rootfs import RootfsError, build_busybox_rootfs, pack, verify
+from compute.models import Image, ImageKind
+
+
+class Command(BaseCommand):
+    help = "Build a busybox root filesystem tarball with its manifest, and register it as a container image."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--name", default="busybox", help="image name (default busybox)")
+        parser.add_argument("--force", action="store_true", help="rebuild even if a verified build exists")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        name = options["name"]
+        directory = Path(settings.NUBIS_IMAGE_DIR) / f"{name}-rootfs"
+        tarball, manifest_path = directory / "rootfs.tar.gz", directory / "manifest.json"
+        try:
+            if options["force"] or not manifest_path.exists():
+                raise RootfsError("no cached build")
+            verify(tarball, manifest_path)
+            self.stdout.write(f"using cached root filesystem {tarball}")
+        except RootfsError:
+            with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=settings.NUBIS_IMAGE_DIR) as tmp:
+                try:
+                    rootfs = build_busybox_rootfs(Path(tmp) / "rootfs")
+                    pack(rootfs, tarball)
+                except (RootfsError, OSError) as exc:
+                    raise CommandError(f"build {name}: {exc}") from None
+            self.stdout.write(f"built root filesystem {tarball}")
+        manifest = json.loads(manifest_path.read_text())
+        version = subprocess.run(
+            ["/bin/busybox"], capture_output=True, text=True, check=False
+        ).stdout.splitlines()[0:1]
+        image, _ = Image.objects.update_or_create(
+            name=name,
+            defaults={
+                "kind": ImageKind.ROOTFS,
+                "os_name": version[0][:100] if version else "busybox",
+                "disk_path": str(tarball),
+                "sha256": manifest["sha256"],
+                "size_bytes": manifest["size_bytes"],
+                "public": True,
+                "tenant": None,
+            },
+        )
+        self.stdout.write(f"registered image {image.name!r} (id {image.pk}, sha256 {image.sha256[:12]}…)")
