@@ -107,3 +107,7 @@ class VmDriver(abc.ABC):
 
     @abc.abstractmethod
     def ip_address(self, name: str) -> str | None: ...
+
+    def remove_stale_probes(self, older_than: float = 300.0) -> list[str]:
+        """Remove capability-probe guests left by an agent that died mid-probe (none by default)."""
+        return []

@@ -36,6 +36,9 @@ _STATES = {
 }
 
 
+PROBE_PREFIX = "nubis-kvm-probe-"
+
+
 def libvirt_message(exc: libvirt.libvirtError) -> str:
     return exc.get_error_message() or str(exc)
 
@@ -110,7 +113,9 @@ class LibvirtDriver(VmDriver):
 
     def _probe_kvm(self, base: GuestSpec, scratch: Path, timeout: float = 20.0) -> tuple[bool, str]:
         """Boot the probe guest under KVM; KVM counts as usable only if it reaches its ready marker."""
-        name = f"nubis-kvm-probe-{uuid.uuid4().hex[:8]}"
+        # The start time is in the name, so a probe left by an agent killed mid-probe can be
+        # recognised as stale and removed (see remove_stale_probes).
+        name = f"{PROBE_PREFIX}{int(time.time())}-{uuid.uuid4().hex[:6]}"
         workdir = scratch / name
         workdir.mkdir(parents=True, exist_ok=True)
         spec = GuestSpec(
@@ -324,6 +329,16 @@ class LibvirtDriver(VmDriver):
                 if addr.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4:
                     return str(addr["addr"])
         return None
+
+    def remove_stale_probes(self, older_than: float = 300.0) -> list[str]:
+        """Destroy KVM probe guests left behind by an agent that died while probing."""
+        removed = []
+        for name in self.list_guests(PROBE_PREFIX):
+            started = name.removeprefix(PROBE_PREFIX).split("-", 1)[0]
+            if started.isdigit() and time.time() - int(started) > older_than:
+                self.undefine(name)
+                removed.append(name)
+        return removed
 
     def ensure_network(self, name: str) -> None:
         """Make sure the libvirt network exists and is active (defining libvirt's default if missing)."""

@@ -21,6 +21,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from compute.drivers.base import DriverError, VmDriver
+from compute.drivers.libvirt import PROBE_PREFIX
 from compute.models import (
     TRANSIENT_STATES,
     Host,
@@ -204,7 +205,12 @@ def reconcile_host(host: Host, driver: VmDriver) -> Report:
             driver.undefine(name)
             redis_client().delete(_orphan_key(host, "domain", name))
             report.orphans_removed.append(f"domain:{name}")
+    report.orphans_removed += [f"probe:{name}" for name in driver.remove_stale_probes()]
     root = Path(settings.NUBIS_INSTANCE_DIR)
+    for path in root.glob(f"{PROBE_PREFIX}*") if root.exists() else []:
+        if time.time() - path.stat().st_mtime > 300:
+            driver.remove_files(str(path))
+            report.orphans_removed.append(f"probe-disk:{path.name}")
     for path in sorted(root.iterdir()) if root.exists() else []:
         uid = domain_uuid(prefix + path.name)
         if uid is None or uid in live or not path.is_dir():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -76,6 +78,27 @@ def test_orphans_are_reported_then_removed_after_the_grace_period(host: Host, se
     assert f"disk:{stray_disk.name}" in second.orphans_removed
     assert name not in domains()
     assert not stray_disk.exists()
+
+
+def test_probe_guests_left_by_a_dead_agent_are_removed(host: Host) -> None:
+    from compute.drivers.libvirt import PROBE_PREFIX
+
+    stale = f"{PROBE_PREFIX}{int(time.time()) - 3600}-abcdef"
+    fresh = f"{PROBE_PREFIX}{int(time.time())}-abcdef"
+    directory = Path(settings.NUBIS_INSTANCE_DIR) / stale
+    for name in (stale, fresh):
+        stray_domain(name, Path(settings.NUBIS_INSTANCE_DIR) / name)
+    os.utime(directory, (time.time() - 3600, time.time() - 3600))
+    try:
+        report = reconcile_host(host, local_driver())
+        assert f"probe:{stale}" in report.orphans_removed
+        assert f"probe-disk:{stale}" in report.orphans_removed
+        assert stale not in local_driver().list_guests(PROBE_PREFIX)
+        assert fresh in local_driver().list_guests(PROBE_PREFIX)  # may still be probing
+        assert not directory.exists()
+    finally:
+        local_driver().undefine(fresh)
+        local_driver().remove_files(str(Path(settings.NUBIS_INSTANCE_DIR) / fresh))
 
 
 def test_stuck_instance_without_a_domain_goes_to_error_and_frees_its_quota(ctx, host, image, flavors) -> None:
