@@ -211,12 +211,14 @@ def reconcile_host(host: Host, driver: VmDriver) -> Report:
         if time.time() - path.stat().st_mtime > 300:
             driver.remove_files(str(path))
             report.orphans_removed.append(f"probe-disk:{path.name}")
+    # Listed once, after the domain pass: a directory whose domain still exists waits for it.
+    remaining = set(driver.list_guests(prefix))
     for path in sorted(root.iterdir()) if root.exists() else []:
         uid = domain_uuid(prefix + path.name)
         if uid is None or uid in live or not path.is_dir():
             continue
-        if f"{prefix}{uid}" in driver.list_guests(prefix):
-            continue  # its domain is handled above first
+        if f"{prefix}{uid}" in remaining:
+            continue
         if _orphan(host, "disk", path.name, report):
             driver.remove_files(str(path))
             redis_client().delete(_orphan_key(host, "disk", path.name))
