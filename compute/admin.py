@@ -7,7 +7,17 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from compute.models import Flavor, Host, Image, Instance, Operation, Snapshot
+from compute.models import (
+    Flavor,
+    Host,
+    Image,
+    Instance,
+    Network,
+    Operation,
+    SecurityGroup,
+    SecurityRule,
+    Snapshot,
+)
 from tenants.admin import TenantOwnedAdmin
 
 
@@ -77,6 +87,8 @@ class FlavorAdmin(admin.ModelAdmin):
         "balloon",
         "min_ram_mib",
         "pci_passthrough",
+        "cpu_limit_pct",
+        "pids_max",
         "public",
         "tenant",
     ]
@@ -105,11 +117,21 @@ class InstanceAdmin(ReadOnlyMixin, TenantOwnedAdmin):
         "image",
         "vcpus",
         "current_ram_mib",
+        "network",
+        "ip_address",
+        "oom_kills",
         "created",
     ]
     list_filter = ["state", "kind", "host"]
     search_fields = ["name", "uuid", "tenant__slug"]
     list_select_related = ["tenant", "host", "flavor", "image"]
+    # The M2M widget would read the groups unscoped; show them read-only instead.
+    exclude = ["security_groups"]
+    readonly_fields = ["security_group_names"]
+
+    @admin.display(description="security groups")
+    def security_group_names(self, obj: Instance) -> str:
+        return ", ".join(g.name for g in obj.groups()) or "-"
 
 
 @admin.register(Operation)
@@ -135,3 +157,28 @@ class OperationAdmin(ReadOnlyMixin, TenantOwnedAdmin):
 class SnapshotAdmin(ReadOnlyMixin, TenantOwnedAdmin):
     list_display = ["name", "instance", "tenant", "created"]
     search_fields = ["name", "instance__name"]
+
+
+@admin.register(Network)
+class NetworkAdmin(ReadOnlyMixin, TenantOwnedAdmin):
+    list_display = ["name", "tenant", "cidr", "gateway", "nat_egress", "bridge", "created", "deleted_at"]
+    list_filter = ["nat_egress"]
+    search_fields = ["name", "cidr", "uuid", "tenant__slug"]
+    list_select_related = ["tenant"]
+
+
+class SecurityRuleInline(ReadOnlyMixin, admin.TabularInline):
+    model = SecurityRule
+    fields = ["protocol", "port_min", "port_max", "cidr", "created"]
+    extra = 0
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return SecurityRule.objects.unscoped()  # narrowed to the group by the formset
+
+
+@admin.register(SecurityGroup)
+class SecurityGroupAdmin(ReadOnlyMixin, TenantOwnedAdmin):
+    list_display = ["name", "tenant", "description", "created"]
+    search_fields = ["name", "tenant__slug"]
+    list_select_related = ["tenant"]
+    inlines = [SecurityRuleInline]

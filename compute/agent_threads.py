@@ -51,6 +51,52 @@ def reconcile_loop(name: str, every: float, stop: threading.Event) -> None:
         _db_safely("reconcile", once)
 
 
+def containers_loop(name: str, every: float, stop: threading.Event) -> None:
+    """runc sends no events to a detached supervisor: watch this host's containers for OOM kills
+    and exits instead (reading two cgroup files and `runc state` per container)."""
+    from compute.models import InstanceKind, InstanceState
+    from compute.services.containers import container_driver
+    from compute.services.reconcile import container_check
+
+    def once() -> None:
+        driver = container_driver()
+        running = Instance.objects.unscoped().filter(
+            host__name=name, kind=InstanceKind.CONTAINER, state=InstanceState.RUNNING
+        )
+        for instance in running.select_related("host"):
+            try:
+                container_check(instance, driver)
+            except DriverError as exc:
+                logger.warning("container %s: %s", instance.uuid, exc)
+
+    while not stop.wait(every):
+        _db_safely("containers", once)
+
+
+def metrics_loop(name: str, every: float, stop: threading.Event) -> None:
+    """Sample this host and its running instances into the usage time series."""
+    from compute.metrics import Sampler, metrics_collect
+
+    sampler = Sampler()
+    conn: libvirt.virConnect | None = None
+
+    def once() -> None:
+        nonlocal conn
+        host = Host.objects.filter(name=name).first()
+        if host is None:
+            return
+        try:
+            if conn is None or not conn.isAlive():
+                conn = libvirt.openReadOnly(settings.LIBVIRT_URI)
+        except libvirt.libvirtError as exc:
+            logger.warning("metrics: libvirt: %s", exc)
+            conn = None
+        metrics_collect(host, sampler, conn)
+
+    while not stop.wait(every):
+        _db_safely("metrics", once)
+
+
 def event_loop(name: str, stop: threading.Event) -> None:
     """Turn libvirt lifecycle events into state changes (and so into websocket events)."""
     pending: queue.Queue[str] = queue.Queue()
@@ -90,6 +136,8 @@ def start_threads(name: str, facts: HostFacts, stop: threading.Event) -> None:
         ),
         threading.Thread(target=reconcile_loop, args=(name, settings.NUBIS_RECONCILE_SECONDS, stop)),
         threading.Thread(target=event_loop, args=(name, stop)),
+        threading.Thread(target=metrics_loop, args=(name, settings.NUBIS_METRICS_SECONDS, stop)),
+        threading.Thread(target=containers_loop, args=(name, settings.NUBIS_CONTAINER_WATCH_SECONDS, stop)),
     ]
     for thread in threads:
         thread.daemon = True

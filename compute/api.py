@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
@@ -14,12 +15,21 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from compute.models import Flavor, Image, Instance, InstanceKind, InstanceState, Operation, Snapshot
+from compute.models import (
+    Flavor,
+    Image,
+    Instance,
+    InstanceKind,
+    InstanceState,
+    Operation,
+    SecurityGroup,
+    Snapshot,
+)
 from compute.services import instances as svc
 from compute.services import resize, snapshots
 from security.audit import Actor, audit_log
 from tenants.access import require_role, tenant_for_request
-from tenants.errors import Conflict
+from tenants.errors import Conflict, ServiceError
 from tenants.models import PriorityClass, Role, Tenant
 
 # ---- serializers ---------------------------------------------------------------------------
@@ -53,6 +63,8 @@ class InstanceSerializer(serializers.ModelSerializer[Instance]):
     flavor = serializers.CharField(source="flavor.name", read_only=True)
     image = serializers.CharField(source="image.name", read_only=True)
     priority = serializers.SerializerMethodField()
+    network = serializers.CharField(source="network.name", read_only=True, allow_null=True, default=None)
+    security_groups = serializers.SerializerMethodField()
 
     class Meta:
         model = Instance
@@ -68,11 +80,18 @@ class InstanceSerializer(serializers.ModelSerializer[Instance]):
             "ram_mib",
             "current_ram_mib",
             "disk_gib",
+            "network",
+            "security_groups",
+            "mac_address",
             "ip_address",
+            "oom_kills",
             "fault",
             "created",
             "updated",
         ]
+
+    def get_security_groups(self, obj: Instance) -> list[str]:
+        return [g.name for g in obj.groups()]
 
     def get_priority(self, obj: Instance) -> str:
         return PriorityClass(obj.priority).label.lower()
@@ -84,6 +103,14 @@ class InstanceCreateSerializer(serializers.Serializer[Any]):
     image = serializers.CharField(help_text="Image name or id.")
     kind = serializers.ChoiceField(choices=InstanceKind.choices, default=InstanceKind.VM)
     priority = serializers.ChoiceField(choices=[c.label.lower() for c in PriorityClass], default="normal")
+    network = serializers.CharField(
+        required=False,
+        allow_null=True,
+        help_text="Tenant network name or id; none: libvirt's NAT (VMs) or loopback only (containers).",
+    )
+    security_groups = serializers.ListField(
+        child=serializers.CharField(), required=False, help_text="Security group names or ids."
+    )
 
 
 class ResizeSerializer(serializers.Serializer[Any]):
@@ -166,6 +193,13 @@ class TenantView(APIView):
         tenant, _ = tenant_for_request(request, slug, need)
         return tenant
 
+    def tenant_and_role(self, request: Request, slug: str) -> tuple[Tenant, Role]:
+        """For object views: look the object up first (404), then ``require`` the role (403)."""
+        return tenant_for_request(request, slug, Role.VIEWER)
+
+    def require(self, role: Role, need: Role, tenant: Tenant) -> None:
+        require_role(role, need, tenant)
+
     def instance(self, request: Request, slug: str, pk: Any, need: Role = Role.VIEWER) -> Instance:
         """The tenant's instance: 404 for anything not the tenant's, then 403 if the role is too low.
 
@@ -217,7 +251,8 @@ class InstanceListView(TenantView):
         rows = (
             Instance.objects.for_tenant(obj)
             .exclude(state=InstanceState.DELETED)
-            .select_related("flavor", "image")
+            .select_related("flavor", "image", "network")
+            .prefetch_related(Prefetch("security_groups", queryset=SecurityGroup.objects.for_tenant(obj)))
         )
         return Response(InstanceSerializer(rows, many=True).data)
 
@@ -236,6 +271,8 @@ class InstanceListView(TenantView):
             kind=data["kind"],
             priority=int(PriorityClass[data["priority"].upper()]),
             idempotency_key=request.headers.get("Idempotency-Key") or None,
+            network=data.get("network"),
+            security_groups=data.get("security_groups"),
         )
         return accepted(operation)
 
@@ -403,3 +440,65 @@ class OperationDetailView(TenantView):
         obj = self.tenant(request, tenant)
         operation = get_object_or_404(Operation.objects.for_tenant(obj).select_related("instance"), uuid=pk)
         return Response(OperationSerializer(operation).data)
+
+
+class LogsSerializer(serializers.Serializer[Any]):
+    text = serializers.CharField(help_text="The end of the container's stdout and stderr.")
+
+
+class ContainerLogsView(TenantView):
+    """The end of a container's output (members and owners)."""
+
+    @extend_schema(
+        parameters=[OpenApiParameter("bytes", int, description="How much (1-1048576, default 65536).")],
+        responses=LogsSerializer,
+    )
+    def get(self, request: Request, tenant: str, pk: str) -> Response:
+        from compute.services.containers import container_driver
+
+        instance = self.instance(request, tenant, pk, Role.MEMBER)
+        if instance.kind != InstanceKind.CONTAINER:
+            raise ServiceError("kind", "kind", "logs are for containers; a VM has its serial console")
+        raw = request.query_params.get("bytes", "65536")
+        if not raw.isdigit() or not 1 <= int(raw) <= 1 << 20:
+            raise serializers.ValidationError({"bytes": ["must be a whole number from 1 to 1048576"]})
+        return Response({"text": container_driver().logs(instance.domain_name, int(raw))})
+
+
+class ExecSerializer(serializers.Serializer[Any]):
+    argv = serializers.ListField(child=serializers.CharField(max_length=4096), min_length=1, max_length=256)
+    timeout = serializers.IntegerField(min_value=1, max_value=60, default=10)
+
+
+class ExecResultSerializer(serializers.Serializer[Any]):
+    exit_code = serializers.IntegerField()
+    stdout = serializers.CharField()
+    stderr = serializers.CharField()
+
+
+class ContainerExecView(TenantView):
+    """Run a command in a running container, on its host, and return its output (members and owners)."""
+
+    @extend_schema(request=ExecSerializer, responses=ExecResultSerializer)
+    def post(self, request: Request, tenant: str, pk: str) -> Response:
+        from compute.tasks import container_exec
+
+        instance = self.instance(request, tenant, pk, Role.MEMBER)
+        if instance.kind != InstanceKind.CONTAINER:
+            raise ServiceError("kind", "kind", "exec is for containers")
+        body = ExecSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        if instance.state != InstanceState.RUNNING or instance.host is None:
+            raise Conflict("state", "state", f"exec needs a running container; it is {instance.state}")
+        argv, timeout = body.validated_data["argv"], body.validated_data["timeout"]
+        audit_log(
+            actor=Actor.from_request(request), action="instance.exec", target=instance, detail={"argv": argv}
+        )
+        result = container_exec.apply_async(
+            args=(str(instance.uuid), argv, timeout), queue=instance.host.queue
+        )
+        try:
+            rc, out, err = result.get(timeout=timeout + 15)
+        except Exception as exc:  # the host's answer: a DriverError, or no answer at all
+            raise Conflict("state", "exec", f"exec failed: {exc}") from None
+        return Response({"exit_code": rc, "stdout": out[-(1 << 20) :], "stderr": err[-(1 << 20) :]})

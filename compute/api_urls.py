@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from compute import api
+from compute import api, api_networks
 
 urlpatterns = [
     path("flavors/", api.FlavorListView.as_view(), name="api-flavors"),
@@ -23,6 +23,28 @@ urlpatterns = [
         "instances/<uuid:pk>/snapshots/<int:snapshot>/revert/",
         api.SnapshotRevertView.as_view(),
         name="api-snapshot-revert",
+    ),
+    path("instances/<uuid:pk>/logs/", api.ContainerLogsView.as_view(), name="api-instance-logs"),
+    path("instances/<uuid:pk>/exec/", api.ContainerExecView.as_view(), name="api-instance-exec"),
+    path(
+        "instances/<uuid:pk>/metrics/",
+        api_networks.InstanceMetricsView.as_view(),
+        name="api-instance-metrics",
+    ),
+    path(
+        "instances/<uuid:pk>/security-groups/",
+        api_networks.InstanceGroupsView.as_view(),
+        name="api-instance-groups",
+    ),
+    path("networks/", api_networks.NetworkListView.as_view(), name="api-networks"),
+    path("networks/<uuid:pk>/", api_networks.NetworkDetailView.as_view(), name="api-network"),
+    path("security-groups/", api_networks.SecurityGroupListView.as_view(), name="api-secgroups"),
+    path("security-groups/<int:pk>/", api_networks.SecurityGroupDetailView.as_view(), name="api-secgroup"),
+    path("security-groups/<int:pk>/rules/", api_networks.RuleListView.as_view(), name="api-secgroup-rules"),
+    path(
+        "security-groups/<int:pk>/rules/<int:rule>/",
+        api_networks.RuleDetailView.as_view(),
+        name="api-secgroup-rule",
     ),
     path("operations/", api.OperationListView.as_view(), name="api-operations"),
     path("operations/<uuid:pk>/", api.OperationDetailView.as_view(), name="api-operation"),

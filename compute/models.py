@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -85,12 +86,22 @@ class IoModel(models.TextChoices):
     EMULATED = "emulated", "Emulated devices (e1000 NIC, SATA disk)"
 
 
+# Below this a VM's kernel does not boot; below the other runc's own init cannot start.
+VM_MIN_RAM_MIB = 64
+CONTAINER_MIN_RAM_MIB = 8
+
+
 class Flavor(models.Model):
     """Size and virtualization settings of an instance; public, or private to one tenant."""
 
     name = models.CharField(max_length=64, unique=True)
     vcpus = models.PositiveIntegerField(validators=[MinValueValidator(1)])
-    ram_mib = models.PositiveIntegerField("RAM (MiB)", validators=[MinValueValidator(64)])
+    ram_mib = models.PositiveIntegerField(
+        "RAM (MiB)",
+        validators=[MinValueValidator(CONTAINER_MIN_RAM_MIB)],
+        help_text=f"At least {VM_MIN_RAM_MIB} MiB for a VM; a container may go down to the runtime's "
+        f"minimum of {CONTAINER_MIN_RAM_MIB} MiB.",
+    )
     disk_gib = models.PositiveIntegerField("disk (GiB)", validators=[MinValueValidator(1)])
     cpu_mode = models.CharField(max_length=10, choices=CpuMode.choices, default=CpuMode.EMULATED)
     io_model = models.CharField(max_length=10, choices=IoModel.choices, default=IoModel.VIRTIO)
@@ -104,6 +115,25 @@ class Flavor(models.Model):
         blank=True,
         default="",
         help_text="Host PCI address (0000:03:00.0), attached by VFIO; needs a host with an IOMMU.",
+    )
+    # Container limits (cgroups); a VM is confined by its vCPUs and RAM instead.
+    cpu_limit_pct = models.PositiveIntegerField(
+        "container CPU cap (% of one CPU)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="CFS quota of a container; empty means vCPUs x 100%.",
+    )
+    pids_max = models.PositiveIntegerField(
+        "container process limit", default=512, validators=[MinValueValidator(8)]
+    )
+    swap_mib = models.PositiveIntegerField("container swap (MiB)", default=0)
+    blkio_weight = models.PositiveSmallIntegerField(
+        "container block I/O weight",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(10), MaxValueValidator(1000)],
+        help_text="Proportional weight (10-1000); needs a host whose I/O scheduler offers weights.",
     )
     public = models.BooleanField(default=True)
     tenant = models.ForeignKey(
@@ -125,6 +155,11 @@ class Flavor(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def cpu_cap_pct(self) -> int:
+        """A container's CPU cap in percent of one CPU."""
+        return self.cpu_limit_pct or self.vcpus * 100
 
     def clean(self) -> None:
         if self.public and self.tenant_id:
@@ -233,7 +268,15 @@ class Instance(TenantOwned):
     state_deadline = models.DateTimeField(
         null=True, blank=True, help_text="When a transient state counts as stuck for the reconciler."
     )
+    network = models.ForeignKey(
+        "Network", null=True, blank=True, on_delete=models.PROTECT, related_name="instances"
+    )
+    security_groups: models.ManyToManyField[SecurityGroup, Any] = models.ManyToManyField(
+        "SecurityGroup", blank=True, related_name="instances"
+    )
+    mac_address = models.CharField(max_length=17, blank=True, default="")
     ip_address = models.GenericIPAddressField(null=True, blank=True)
+    oom_kills = models.PositiveIntegerField(default=0, help_text="Processes the kernel's OOM killer killed.")
     vnc_port = models.PositiveIntegerField(null=True, blank=True)
     vnc_password = models.CharField(max_length=8, blank=True, default="")
     created_by = models.ForeignKey(
@@ -261,6 +304,29 @@ class Instance(TenantOwned):
     def domain_name(self) -> str:
         """Name of the libvirt domain (or container) on the host."""
         return f"{settings.NUBIS_DOMAIN_PREFIX}{self.uuid}"
+
+    @property
+    def port_name(self) -> str:
+        """Host-side interface on the network's bridge: a VM's tap or a container's veth end."""
+        return f"{'nt' if self.kind == InstanceKind.VM else 'nv'}{self.uuid.hex[:12]}"
+
+    def groups(self) -> list[SecurityGroup]:
+        """Its security groups (the tenant-scoped way: the M2M manager itself is not scoped)."""
+        cache = getattr(self, "_prefetched_objects_cache", {})
+        if "security_groups" in cache:
+            return list(cache["security_groups"])
+        return list(SecurityGroup.objects.for_tenant(self.tenant_id).filter(instances=self))
+
+    def groups_set(self, groups: list[SecurityGroup]) -> None:
+        """Replace its security groups (through rows: the M2M manager itself is not scoped)."""
+        through = Instance.security_groups.through
+        through.objects.filter(instance_id=self.pk).delete()
+        through.objects.bulk_create([through(instance_id=self.pk, securitygroup_id=g.pk) for g in groups])
+
+    @property
+    def netns_name(self) -> str:
+        """The network namespace a container joins (named like its runc container)."""
+        return self.domain_name
 
 
 class OperationKind(models.TextChoices):
@@ -333,3 +399,121 @@ class Snapshot(TenantOwned):
 
     def __str__(self) -> str:
         return f"{self.instance}@{self.name}"
+
+
+class Network(TenantOwned):
+    """A tenant's isolated L2 segment: a bridge on each host it is used on, DHCP from its subnet."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=63)
+    cidr = models.CharField("subnet (CIDR)", max_length=18, help_text="An IPv4 subnet, /16 to /29.")
+    gateway = models.GenericIPAddressField(protocol="IPv4")
+    nat_egress = models.BooleanField(
+        "NAT egress", default=False, help_text="Let instances reach outside networks through the host (NAT)."
+    )
+    created = models.DateTimeField(default=timezone.now)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "name"],
+                condition=Q(deleted_at__isnull=True),
+                name="network_unique_live_name",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def bridge(self) -> str:
+        """The Linux bridge on a host (interface names are at most 15 characters)."""
+        return f"nbr{self.uuid.hex[:12]}"
+
+
+class SecurityGroup(TenantOwned):
+    """Named set of ingress allow rules; an instance accepts what any of its groups allows."""
+
+    name = models.CharField(max_length=63)
+    description = models.CharField(max_length=200, blank=True, default="")
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="securitygroup_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Protocol(models.TextChoices):
+    TCP = "tcp", "TCP"
+    UDP = "udp", "UDP"
+    ICMP = "icmp", "ICMP"
+    ANY = "any", "Any protocol"
+
+
+class SecurityRule(TenantOwned):
+    """Allow ingress of ``protocol`` (to ports port_min..port_max) from ``cidr``."""
+
+    group = models.ForeignKey(SecurityGroup, on_delete=models.CASCADE, related_name="rules")
+    protocol = models.CharField(max_length=4, choices=Protocol.choices)
+    port_min = models.PositiveIntegerField(null=True, blank=True)
+    port_max = models.PositiveIntegerField(null=True, blank=True)
+    cidr = models.CharField("source (CIDR)", max_length=18)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created", "pk"]
+
+    def __str__(self) -> str:
+        ports = "" if self.port_min is None else f":{self.port_min}-{self.port_max}"
+        return f"{self.protocol}{ports} from {self.cidr}"
+
+
+class SampleResolution(models.IntegerChoices):
+    RAW = 10, "10 seconds"
+    MINUTE = 60, "1 minute"
+    HOUR = 3600, "1 hour"
+
+
+class UsageSample(models.Model):
+    """One point of an instance's or a host's usage time series (rates over the sample's interval).
+
+    Raw samples are rolled up into minute and hour averages and then dropped (see compute.metrics).
+    """
+
+    host = models.ForeignKey(Host, null=True, blank=True, on_delete=models.CASCADE, related_name="samples")
+    instance = models.ForeignKey(
+        Instance, null=True, blank=True, on_delete=models.CASCADE, related_name="samples"
+    )
+    resolution = models.PositiveIntegerField(choices=SampleResolution.choices, default=SampleResolution.RAW)
+    at = models.DateTimeField()
+    cpu_pct = models.FloatField(help_text="Percent of one CPU (an instance) or of all CPUs (a host).")
+    mem_bytes = models.BigIntegerField()
+    mem_peak_bytes = models.BigIntegerField(null=True, blank=True)
+    pids = models.PositiveIntegerField(null=True, blank=True)
+    blk_read_bps = models.FloatField(default=0.0)
+    blk_write_bps = models.FloatField(default=0.0)
+    net_rx_bps = models.FloatField(default=0.0)
+    net_tx_bps = models.FloatField(default=0.0)
+
+    class Meta:
+        ordering = ["at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(host__isnull=True, instance__isnull=False)
+                | Q(host__isnull=False, instance__isnull=True),
+                name="usagesample_host_xor_instance",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["instance", "resolution", "at"], name="sample_instance_res_at"),
+            models.Index(fields=["host", "resolution", "at"], name="sample_host_res_at"),
+            models.Index(fields=["resolution", "at"], name="sample_res_at"),  # for the rollup
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.instance_id or self.host_id}@{self.at:%Y-%m-%d %H:%M:%S}/{self.resolution}s"

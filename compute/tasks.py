@@ -28,3 +28,29 @@ def hosts_check() -> list[str]:
     from compute.services.hosts import hosts_mark_down
 
     return hosts_mark_down()
+
+
+@shared_task(name="compute.networks_sync")
+def networks_sync(host_name: str) -> dict[str, list[str]]:
+    """On a host's queue: bring its bridges, DHCP, NAT and port rules in line with the database."""
+    from compute.models import Host
+    from compute.services.ports import host_networks_sync
+
+    host = Host.objects.filter(name=host_name).first()
+    return host_networks_sync(host) if host is not None else {}
+
+
+@shared_task(name="compute.container_exec")
+def container_exec(instance_uuid: str, argv: list[str], timeout: int) -> tuple[int, str, str]:
+    """On the container's host: run ``argv`` in it (the API waits for this result)."""
+    from compute.services.containers import container_driver
+
+    return container_driver().exec(f"{settings.NUBIS_DOMAIN_PREFIX}{instance_uuid}", argv, float(timeout))
+
+
+@shared_task(name="compute.metrics_rollup")
+def metrics_rollup() -> dict[str, int]:
+    """Periodic (control queue): down-sample usage series (raw -> minutes -> hours) and expire them."""
+    from compute.metrics import metrics_rollup as rollup
+
+    return rollup()

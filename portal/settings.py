@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from datetime import timedelta
+from pathlib import Path
 
 from portal import config
 
@@ -40,6 +41,22 @@ NUBIS_TRANSIENT_DEADLINE = config.env_int("NUBIS_TRANSIENT_DEADLINE", 600, minim
 # The agent reconciles its host this often; orphans are removed after staying orphaned this long.
 NUBIS_RECONCILE_SECONDS = config.env_int("NUBIS_RECONCILE_SECONDS", 30, minimum=1)
 NUBIS_ORPHAN_GRACE = config.env_int("NUBIS_ORPHAN_GRACE", 300, minimum=0)
+# Containers: unpacked read-only root filesystems (shared per image and uid range), user
+# namespaces (root in a container is an unprivileged uid range of its tenant on the host), and
+# how long a container gets between SIGTERM and SIGKILL.
+NUBIS_ROOTFS_DIR = config.env_path("NUBIS_ROOTFS_DIR", NUBIS_IMAGE_DIR / "unpacked")
+NUBIS_CONTAINER_USERNS = config.env_bool("NUBIS_CONTAINER_USERNS", True)
+NUBIS_CONTAINER_STOP_TIMEOUT = config.env_int("NUBIS_CONTAINER_STOP_TIMEOUT", 10, minimum=1)
+# Each agent samples its host and instances this often (the UI's sparklines, the scheduler's load).
+NUBIS_METRICS_SECONDS = config.env_int("NUBIS_METRICS_SECONDS", 10, minimum=1)
+NUBIS_CONTAINER_WATCH_SECONDS = config.env_int("NUBIS_CONTAINER_WATCH_SECONDS", 1, minimum=1)
+# Tenant networks: per-network dnsmasq state on each host. dnsmasq reads it as "nobody", so every
+# directory above must be searchable by others; it is rebuilt from the database, so /run will do.
+NUBIS_NETWORK_STATE_DIR = config.env_path("NUBIS_NETWORK_STATE_DIR", Path("/run/nubis/networks"))
+# Subnets tenants may not use (comma-separated): by default libvirt's own NAT network.
+NUBIS_RESERVED_SUBNETS = [
+    s.strip() for s in config.env_str("NUBIS_RESERVED_SUBNETS", "192.168.122.0/24").split(",") if s.strip()
+]
 # Fault injection for crash tests: the agent kills itself (SIGKILL) right after this create step.
 NUBIS_FAULT_CRASH_AFTER = config.env_str("NUBIS_FAULT_CRASH_AFTER", "")
 
@@ -209,6 +226,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "compute.hosts_check",
         "schedule": 15.0,
         "options": {"queue": "control", "expires": 15.0},
+    },
+    "metrics-rollup": {
+        "task": "compute.metrics_rollup",
+        "schedule": 300.0,
+        "options": {"queue": "control", "expires": 300.0},
     },
     "quota-drift-check": {
         "task": "tenants.tasks.quota_drift_check",

@@ -7,9 +7,11 @@ from typing import Any
 USERNS_SIZE = 65536
 ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm", "HOME=/root")
 NAMESPACES = ("pid", "mount", "uts", "ipc", "network", "cgroup")
-# What `runc spec` grants; CAP_SYS_ADMIN is absent on purpose (mount, unshare, setns, ...), and
-# inside a user namespace it would still allow tmpfs and proc mounts (LAB.md section 5).
-CAPABILITIES = ("CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE")
+# What `runc spec` grants, plus CAP_NET_RAW (as Docker does) so ping works: it is scoped to the
+# container's own network namespace, where the port's anti-spoofing rules still apply.
+# CAP_SYS_ADMIN is absent on purpose (mount, unshare, setns, ...): inside a user namespace it
+# would still allow tmpfs and proc mounts (LAB.md section 5).
+CAPABILITIES = ("CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW")
 MASKED_PATHS = (
     "/proc/acpi",
     "/proc/asound",
@@ -243,7 +245,7 @@ SECCOMP_ALLOW: tuple[str, ...] = (
 
 
 def _mounts() -> list[dict[str, Any]]:
-    """`runc spec`'s mounts, plus a tmpfs on /tmp: the root itself is read-only."""
+    """`runc spec`'s mounts, plus tmpfs on /tmp and /run: the root itself is read-only."""
     return [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {
@@ -289,6 +291,12 @@ def _mounts() -> list[dict[str, Any]]:
             "source": "tmpfs",
             "options": ["nosuid", "nodev", "mode=1777"],
         },
+        {
+            "destination": "/run",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "nodev", "mode=755"],
+        },
     ]
 
 
@@ -331,9 +339,19 @@ def oci_config(
     blkio_weight: int | None = None,
     user_namespace: bool,
     uid_base: int = 100_000,
+    netns_path: str | None = None,
 ) -> dict[str, Any]:
-    """A runc config.json for container ``name`` running ``args`` on ``rootfs`` (relative to the bundle)."""
-    namespaces = [{"type": kind} for kind in NAMESPACES]
+    """A runc config.json for container ``name`` running ``args`` on ``rootfs``.
+
+    ``rootfs`` is relative to the bundle or absolute (a read-only tree shared by containers).
+    With ``netns_path`` the container joins that network namespace (its port on a tenant
+    network); without it, it gets a new one holding only loopback.
+    """
+    namespaces: list[dict[str, str]] = [{"type": kind} for kind in NAMESPACES]
+    if netns_path:
+        namespaces = [
+            {"type": "network", "path": netns_path} if ns["type"] == "network" else ns for ns in namespaces
+        ]
     linux: dict[str, Any] = {
         # Absolute, so the cgroup lands at <controller>/nubis/<name> wherever the agent itself runs;
         # a relative path would nest under the caller's own cgroup.

@@ -12,7 +12,20 @@ from pathlib import Path
 from typing import Any
 
 BUSYBOX = Path("/bin/busybox")
-DIRECTORIES = ("bin", "proc", "sys", "dev", "tmp", "etc", "root", "mnt")
+DIRECTORIES = ("bin", "sbin", "proc", "sys", "dev", "tmp", "run", "etc", "root", "mnt")
+# Bumped whenever the tree below changes, so a cached build of an older recipe is rebuilt.
+RECIPE = 2
+INIT = "/sbin/nubis-init"
+# PID 1 of a Nubis container: says it is ready (the logs show it), exits on SIGTERM (a PID 1
+# without a handler ignores it), and reaps children while it waits.
+INIT_SCRIPT = """#!/bin/sh
+trap 'echo "nubis: container stopping"; exit 0' TERM INT
+echo "nubis: container ready ($(hostname))"
+while :; do
+    sleep 3600 &
+    wait $!
+done
+"""
 
 
 class RootfsError(RuntimeError):
@@ -48,6 +61,9 @@ def build_busybox_rootfs(dest: Path, busybox: Path = BUSYBOX) -> Path:
     (etc / "hostname").write_text("nubis\n")
     (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
     (etc / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    init = dest / INIT.lstrip("/")
+    init.write_text(INIT_SCRIPT)
+    init.chmod(0o755)
     return dest
 
 
@@ -76,6 +92,8 @@ def pack(rootfs: Path, tarball: Path) -> dict[str, Any]:
         for path in sorted(rootfs.rglob("*")):
             tar.add(path, arcname=str(path.relative_to(rootfs)), recursive=False, filter=_normalise)
     manifest: dict[str, Any] = {
+        "recipe": RECIPE,
+        "init": INIT,
         "tarball": tarball.name,
         "sha256": sha256_of(tarball),
         "size_bytes": tarball.stat().st_size,
@@ -96,3 +114,32 @@ def verify(tarball: Path, manifest: dict[str, Any] | Path) -> None:
     digest = sha256_of(tarball)
     if digest != data["sha256"]:
         raise RootfsError(f"{tarball}: sha256 {digest} does not match the manifest's {data['sha256']}")
+
+
+def unpack(tarball: Path, dest: Path, uid: int = 0, gid: int = 0) -> Path:
+    """Extract ``tarball`` into ``dest`` (made atomically: a half-extracted tree is never seen there).
+
+    Entries are checked by tarfile's ``data`` filter (no absolute paths, no escaping links, no
+    device nodes); the tree is then owned by ``uid``:``gid``, the container's mapped root.
+    """
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        with tarfile.open(tarball, "r:*") as tar:
+            tar.extractall(partial, filter="data")
+        partial.chmod(0o755)
+        if uid or gid:
+            os.lchown(partial, uid, gid)
+            for dirpath, dirnames, filenames in os.walk(partial):
+                for entry in (*dirnames, *filenames):
+                    os.lchown(os.path.join(dirpath, entry), uid, gid)
+        partial.rename(dest)
+    except (OSError, tarfile.TarError) as exc:
+        if not dest.exists():  # else another worker finished the same tree first
+            raise RootfsError(f"unpack {tarball.name}: {exc}") from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return dest

@@ -48,6 +48,10 @@ class GuestSpec:
     initrd: str = ""
     cmdline: str = ""
     pci_devices: tuple[str, ...] = field(default=())
+    # On a tenant network: the bridge to join, the tap's name and the MAC (else ``network``).
+    bridge: str = ""
+    port: str = ""
+    mac: str = ""
 
 
 class VmDriver(abc.ABC):

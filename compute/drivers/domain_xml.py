@@ -62,7 +62,14 @@ def domain_xml(spec: GuestSpec) -> str:
     _sub(disk, "driver", name="qemu", type="qcow2", cache="none" if hardware else "writeback")
     _sub(disk, "source", file=spec.disk_path)
     _sub(disk, "target", dev="vda" if virtio else "sda", bus="virtio" if virtio else "sata")
-    if spec.network:
+    if spec.bridge:
+        # A tenant network: the tap gets the port's name, so its firewall rules find it.
+        iface = _sub(devices, "interface", type="bridge")
+        _sub(iface, "source", bridge=spec.bridge)
+        _sub(iface, "target", dev=spec.port)
+        _sub(iface, "mac", address=spec.mac)
+        _sub(iface, "model", type="virtio" if virtio else "e1000")
+    elif spec.network:
         iface = _sub(devices, "interface", type="network")
         _sub(iface, "source", network=spec.network)
         _sub(iface, "model", type="virtio" if virtio else "e1000")

@@ -83,22 +83,30 @@ class OciDriver:
         return Path(info["bundle"]) if info else None
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def create(self, name: str, bundle_dir: Path, rootfs: Path, config: dict[str, Any]) -> None:
-        """Copy ``rootfs`` into the bundle, write config.json and start the container detached."""
+    def create(self, name: str, bundle_dir: Path, rootfs: Path | None, config: dict[str, Any]) -> None:
+        """Write the bundle and start the container detached.
+
+        With ``rootfs``, that tree is copied into the bundle (and given to the mapped root); with
+        None, config's root.path already names a prepared tree, shared read-only.
+        """
         if self.state(name) is not None:
             return
         bundle_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        target = bundle_dir / config["root"]["path"]
-        if not target.exists():
-            shutil.copytree(rootfs, target, symlinks=True)
-        mappings = config["linux"].get("uidMappings")
-        if mappings:
-            # Root in the container is uid_base on the host; it must own its files (LAB.md section 5).
-            gid = config["linux"]["gidMappings"][0]["hostID"]
-            _chown_tree(target, mappings[0]["hostID"], gid)
+        if rootfs is not None:
+            target = bundle_dir / config["root"]["path"]
+            if not target.exists():
+                shutil.copytree(rootfs, target, symlinks=True)
+            mappings = config["linux"].get("uidMappings")
+            if mappings:
+                # Root in the container is uid_base on the host; it must own its files (LAB.md section 5).
+                gid = config["linux"]["gidMappings"][0]["hostID"]
+                _chown_tree(target, mappings[0]["hostID"], gid)
         (bundle_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         self._bundles[name] = bundle_dir
         self._configs[name] = config
+        self._run_detached(name, bundle_dir)
+
+    def _run_detached(self, name: str, bundle_dir: Path) -> None:
         # runc run -d keeps the stdio it is given for the container's life: files, never pipes.
         with (bundle_dir / "stdout.log").open("ab") as out, (bundle_dir / "stderr.log").open("ab") as err:
             try:
@@ -114,6 +122,48 @@ class OciDriver:
         if proc.returncode != 0:
             tail = (bundle_dir / "stderr.log").read_text(errors="replace").strip().splitlines()[-3:]
             raise DriverError(f"create {name}: {' '.join(tail) or f'runc exit {proc.returncode}'}")
+
+    def start(self, name: str, bundle_dir: Path) -> None:
+        """Run a stopped container again from its bundle (runc cannot restart a stopped one)."""
+        state = self.state(name)
+        if state == "running":
+            return
+        if state is not None:
+            self._run(f"delete {name}", "delete", "--force", name)
+        if not (bundle_dir / "config.json").exists():
+            raise DriverError(f"start {name}: its bundle is gone")
+        self._bundles[name] = bundle_dir
+        self._run_detached(name, bundle_dir)
+
+    def stop(self, name: str, timeout: float) -> bool:
+        """SIGTERM, then SIGKILL after ``timeout``; then release the container (the bundle stays).
+
+        True if it stopped on SIGTERM.
+        """
+        clean = True
+        if self.state(name) not in (None, "stopped"):
+            self.kill(name, "TERM")
+            if not self._wait_stopped(name, timeout):
+                clean = False
+                self.kill(name, "KILL")
+                self._wait_stopped(name, STOP_TIMEOUT)
+        if self.state(name) is not None:
+            self._run(f"delete {name}", "delete", "--force", name)
+        return clean
+
+    def _wait_stopped(self, name: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        # Waiting here is quicker than delete --force's own 100 ms polling (LAB.md section 5).
+        while self.state(name) not in (None, "stopped"):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def list_containers(self, prefix: str = "") -> list[str]:
+        """Names of the containers runc knows (in this root), starting with ``prefix``."""
+        listing = json.loads(self._run("list", "list", "--format", "json") or "null") or []
+        return sorted(str(c["id"]) for c in listing if str(c["id"]).startswith(prefix))
 
     def inspect(self, name: str) -> dict[str, Any] | None:
         """`runc state` as a dict, or None when no such container exists."""
@@ -197,10 +247,7 @@ class OciDriver:
         bundle = bundle_dir or self._bundle(name)
         if self.state(name) is not None:
             self.kill(name, "KILL")
-            deadline = time.monotonic() + STOP_TIMEOUT
-            # Waiting here is quicker than delete --force's own 100 ms polling (LAB.md section 5).
-            while self.state(name) not in (None, "stopped") and time.monotonic() < deadline:
-                time.sleep(0.01)
+            self._wait_stopped(name, STOP_TIMEOUT)
             try:
                 self._run(f"delete {name}", "delete", "--force", name)
             except DriverError:
@@ -221,13 +268,27 @@ class OciDriver:
 
     def oom_killed(self, name: str) -> bool:
         """True once the kernel's OOM killer has killed a process of this container's cgroup."""
-        directory = self.cgroup_dir(name, "memory")
+        count = self.oom_kills(name)
+        if count is None:
+            raise DriverError(f"{name}: no memory cgroup")
+        return count > 0
+
+    def oom_kills(self, name: str) -> int | None:
+        """Processes of the container the OOM killer killed (None once its cgroup is gone).
+
+        ``memory.oom_control`` counts them until the cgroup is deleted; ``memory.failcnt`` does
+        not move here, so it is not used (LAB.md section 5).
+        """
+        config = self._config(name) or {"linux": {"cgroupsPath": f"/nubis/{name}"}}
+        directory = _cgroup_dir("memory", config)
         for filename in ("memory.oom_control", "memory.events"):  # v1, v2
-            path = directory / filename
-            if path.exists():
-                counters = dict(line.split() for line in path.read_text().splitlines() if line.strip())
-                return int(counters.get("oom_kill", "0")) > 0
-        raise DriverError(f"{name}: no memory cgroup at {directory}")
+            try:
+                text = (directory / filename).read_text()
+            except OSError:
+                continue
+            counters = dict(line.split() for line in text.splitlines() if line.strip())
+            return int(counters.get("oom_kill", "0"))
+        return None
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:

@@ -51,6 +51,11 @@ MEM=$(awk '/MemTotal/ {print $2}' /proc/meminfo)
 echo "NUBIS-DEVICES net=$NET_DRIVER disks=$DISKS disk_bus=$DISK_BUS"
 echo "NUBIS-READY name=$NAME ip=$IP mem_kib=$MEM boots=${BOOTS:-0}"
 
+# Test images only (kernel argument nubis.shell=PORT): a shell on that TCP port, so tests can
+# make the guest itself reach out (ping a neighbour). Never set by the default image.
+SHELL_PORT=$(arg shell)
+if [ -n "$SHELL_PORT" ]; then nc -ll -p "$SHELL_PORT" -e /bin/sh & fi
+
 # Report MemTotal whenever the balloon changes it.
 LAST=$MEM
 while true; do

@@ -8,6 +8,7 @@ again), and the last completed step is stored on the Operation for the reconcile
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -20,7 +21,18 @@ from django.utils import timezone
 from redis.exceptions import LockError
 
 from compute.drivers.base import DriverError, GuestSpec, VmDriver
-from compute.models import Image, Instance, InstanceState, Operation, OperationKind, OperationState, Snapshot
+from compute.models import (
+    Image,
+    Instance,
+    InstanceKind,
+    InstanceState,
+    Operation,
+    OperationKind,
+    OperationState,
+    Snapshot,
+)
+from compute.services import ports
+from compute.services.containers import container_config, container_driver, limits_of, prepared_rootfs
 from compute.services.images import ImageCorrupt, verify_image
 from compute.services.instances import (
     instance_deleted,
@@ -59,6 +71,9 @@ def guest_spec(instance: Instance) -> GuestSpec:
         initrd=image.initrd_path,
         cmdline=image.cmdline,
         pci_devices=(flavor.pci_passthrough,) if flavor.pci_passthrough else (),
+        bridge=instance.network.bridge if instance.network else "",
+        port=instance.port_name if instance.network else "",
+        mac=instance.mac_address,
     )
 
 
@@ -68,7 +83,9 @@ def _claim(operation_id: int) -> Operation | None:
         operation = (
             Operation.objects.unscoped()
             .select_for_update(of=("self",))
-            .select_related("instance", "instance__flavor", "instance__image", "instance__host")
+            .select_related(
+                "instance", "instance__flavor", "instance__image", "instance__host", "instance__network"
+            )
             .filter(pk=operation_id)
             .first()
         )
@@ -129,8 +146,12 @@ def _execute(operation_id: int, driver: VmDriver) -> str:
         return "skipped"
     crash_point("claim")
     instance = operation.instance
+    if instance.kind == InstanceKind.CONTAINER:
+        driver = container_driver()
     try:
-        handler = _HANDLERS[operation.kind]
+        handler = (_CONTAINER_HANDLERS if instance.kind == InstanceKind.CONTAINER else _HANDLERS)[
+            operation.kind
+        ]
         handler(operation, instance, driver)
     except (DriverError, ImageCorrupt) as exc:
         logger.warning("operation %s (%s of %s) failed: %s", operation.pk, operation.kind, instance.uuid, exc)
@@ -155,9 +176,10 @@ def _execute(operation_id: int, driver: VmDriver) -> str:
 
 
 def _cleanup(instance: Instance, driver: VmDriver) -> None:
-    """Remove whatever a failed create left on the host: domain, disk, logs."""
+    """Remove whatever a failed create left on the host: domain or container, port, disk, logs."""
     try:
         driver.undefine(instance.domain_name)
+        ports.port_detach(instance)
     finally:
         driver.remove_files(str(instance_dir(instance)))
 
@@ -182,6 +204,8 @@ def _create(operation: Operation, instance: Instance, driver: VmDriver) -> None:
     spec = guest_spec(instance)
     driver.create_disk(spec, instance.image.disk_path, instance.disk_gib)
     _step(operation, "disk", 40)
+    ports.port_attach(instance)
+    _step(operation, "network", 50)
     driver.define(spec)
     _step(operation, "define", 60)
     driver.start(spec.name)
@@ -191,25 +215,37 @@ def _create(operation: Operation, instance: Instance, driver: VmDriver) -> None:
 
 def _start(operation: Operation, instance: Instance, driver: VmDriver) -> None:
     driver.start(instance.domain_name)
+    if instance.kind == InstanceKind.CONTAINER:
+        _container_port(instance)
     _step(operation, "start", 90)
     _set_state(instance, InstanceState.RUNNING, vnc_port=driver.vnc_port(instance.domain_name))
 
 
 def _stop(operation: Operation, instance: Instance, driver: VmDriver) -> None:
-    clean = driver.shutdown(instance.domain_name, settings.NUBIS_SHUTDOWN_TIMEOUT)
+    container = instance.kind == InstanceKind.CONTAINER
+    timeout = settings.NUBIS_CONTAINER_STOP_TIMEOUT if container else settings.NUBIS_SHUTDOWN_TIMEOUT
+    clean = driver.shutdown(instance.domain_name, timeout)
+    if container:
+        ports.port_detach(instance)  # its namespace is gone; the next start makes a new one
     _step(operation, "shutdown" if clean else "forced-off", 90)
-    _set_state(instance, InstanceState.STOPPED, vnc_port=None, ip_address=None)
+    # An address on a tenant network is the instance's own; one learnt from libvirt's DHCP is not.
+    address = instance.ip_address if instance.network_id else None
+    _set_state(instance, InstanceState.STOPPED, vnc_port=None, ip_address=address)
 
 
 def _reboot(operation: Operation, instance: Instance, driver: VmDriver) -> None:
     driver.reboot(instance.domain_name)
+    if instance.kind == InstanceKind.CONTAINER:
+        _container_port(instance)
     _step(operation, "reset", 90)
     _set_state(instance, InstanceState.RUNNING)
 
 
 def _delete(operation: Operation, instance: Instance, driver: VmDriver) -> None:
     driver.undefine(instance.domain_name)
-    _step(operation, "undefine", 50)
+    _step(operation, "undefine", 40)
+    ports.port_detach(instance)
+    _step(operation, "network", 60)
     driver.remove_files(str(instance_dir(instance)))
     _step(operation, "files", 90)
     with transaction.atomic():
@@ -249,6 +285,52 @@ def _delete_snapshot(operation: Operation, instance: Instance, driver: VmDriver)
             snapshot_forget(snapshot, "deleted")
 
 
+def _container_create(operation: Operation, instance: Instance, driver: VmDriver) -> None:
+    """Verified root filesystem, bundle and `runc run`, then its port on the tenant network."""
+    if instance.state not in (InstanceState.SCHEDULED, InstanceState.BUILDING):
+        raise DriverError(f"create: the instance is {instance.state}, not scheduled")
+    _set_state(instance, InstanceState.BUILDING)
+    rootfs = prepared_rootfs(instance)
+    _step(operation, "image", 20)
+    containers = container_driver()
+    containers.create(instance.domain_name, container_config(instance, rootfs))
+    _step(operation, "start", 60)
+    _container_port(instance)
+    _step(operation, "network", 90)
+    _set_state(instance, InstanceState.RUNNING, fault="")
+
+
+def _container_port(instance: Instance) -> None:
+    """Plug a container that just started into its network (runc made it a fresh namespace)."""
+    if instance.network_id is None:
+        return
+    pid = container_driver().oci.pid(instance.domain_name)
+    if pid is None:
+        raise DriverError(f"{instance.name} stopped right after it started; see its logs")
+    ports.port_attach(instance, pid)
+
+
+def _container_resize(operation: Operation, instance: Instance, driver: VmDriver) -> None:
+    """New limits, live, through `runc update` (the bundle keeps them for the next start)."""
+    if "memory_mib" in operation.params:
+        instance.current_ram_mib = int(operation.params["memory_mib"])
+    limits = limits_of(instance)
+    if driver.power_state(instance.domain_name) == "running":
+        container_driver().update(instance.domain_name, **limits)
+    _step(operation, "limits", 80)
+    bundle = container_driver().bundle_dir(instance.domain_name)
+    config = container_config(instance, prepared_rootfs(instance))
+    (bundle / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    _step(operation, "bundle", 90)
+    power = driver.power_state(instance.domain_name)
+    state = InstanceState.RUNNING if power == "running" else InstanceState.STOPPED
+    _set_state(instance, state, current_ram_mib=instance.current_ram_mib)
+
+
+def _no_snapshots(operation: Operation, instance: Instance, driver: VmDriver) -> None:
+    raise DriverError("containers have no snapshots")
+
+
 _HANDLERS: dict[str, Any] = {
     OperationKind.CREATE: _create,
     OperationKind.START: _start,
@@ -259,6 +341,16 @@ _HANDLERS: dict[str, Any] = {
     OperationKind.SNAPSHOT: _snapshot,
     OperationKind.REVERT: _revert,
     OperationKind.DELETE_SNAPSHOT: _delete_snapshot,
+}
+
+
+_CONTAINER_HANDLERS: dict[str, Any] = {
+    **_HANDLERS,
+    OperationKind.CREATE: _container_create,
+    OperationKind.RESIZE: _container_resize,
+    OperationKind.SNAPSHOT: _no_snapshots,
+    OperationKind.REVERT: _no_snapshots,
+    OperationKind.DELETE_SNAPSHOT: _no_snapshots,
 }
 
 

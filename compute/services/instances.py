@@ -16,6 +16,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from compute.models import (
+    VM_MIN_RAM_MIB,
     Flavor,
     Image,
     ImageKind,
@@ -25,6 +26,7 @@ from compute.models import (
     Operation,
     OperationKind,
     OperationState,
+    SecurityGroup,
     Snapshot,
 )
 from compute.services.placement import NoValidHost, place
@@ -132,24 +134,46 @@ def instance_create(
     kind: str = InstanceKind.VM,
     priority: int = PriorityClass.NORMAL,
     idempotency_key: str | None = None,
+    network: str | int | None = None,
+    security_groups: list[str | int] | None = None,
 ) -> Operation:
-    """Request a new instance; returns its create Operation (already enqueued on the chosen host)."""
+    """Request a new VM or container; returns its create Operation (enqueued on the chosen host)."""
+    from compute.services.networks import attach_to_network, networks_for
+
     if idempotency_key:
         existing = Operation.objects.for_tenant(tenant).filter(idempotency_key=idempotency_key).first()
         if existing is not None:
             return existing
     if not name_is_valid(name):
         raise ServiceError("name", "name", f"invalid name {name!r}: {NAME_RULE}")
-    if kind != InstanceKind.VM:
-        raise ServiceError("kind", "choice", f"kind {kind!r} is not available yet; use 'vm'")
+    if kind not in InstanceKind.values:
+        raise ServiceError("kind", "choice", f"kind must be one of {', '.join(InstanceKind.values)}")
+    container = kind == InstanceKind.CONTAINER
     if priority not in PriorityClass.values:
         raise ServiceError("priority", "choice", f"unknown priority {priority!r}")
     flavor_obj = _by_name_or_id(flavors_for(tenant), flavor, "flavor")
     image_obj = _by_name_or_id(images_for(tenant), image, "image")
-    if image_obj.kind == ImageKind.ROOTFS:
+    if not container and image_obj.kind == ImageKind.ROOTFS:
         raise ServiceError(
             "image", "kind", f"image {image_obj.name!r} is a container root filesystem; it cannot boot a VM"
         )
+    if container and image_obj.kind != ImageKind.ROOTFS:
+        raise ServiceError(
+            "image", "kind", f"image {image_obj.name!r} is a VM image; a container needs a root filesystem"
+        )
+    if not container and flavor_obj.ram_mib < VM_MIN_RAM_MIB:
+        raise ServiceError(
+            "flavor",
+            "min_ram",
+            f"flavor {flavor_obj.name} has {flavor_obj.ram_mib} MiB; a VM needs {VM_MIN_RAM_MIB}",
+        )
+    network_obj = _by_name_or_id(networks_for(tenant), network, "network") if network else None
+    groups = [
+        _by_name_or_id(SecurityGroup.objects.for_tenant(tenant), ref, "security_groups")
+        for ref in security_groups or []
+    ]
+    if groups and network_obj is None:
+        raise ServiceError("security_groups", "network", "security groups apply to ports on a tenant network")
     if Instance.objects.for_tenant(tenant).filter(name=name, deleted_at__isnull=True).exists():
         raise Conflict("name", "unique", f"an instance named {name!r} already exists in {tenant.slug}")
     try:
@@ -164,7 +188,7 @@ def instance_create(
                 vcpus=flavor_obj.vcpus,
                 ram_mib=flavor_obj.ram_mib,
                 current_ram_mib=flavor_obj.ram_mib,
-                disk_gib=flavor_obj.disk_gib,
+                disk_gib=0 if container else flavor_obj.disk_gib,
                 vnc_password=secrets.token_hex(4),
                 created_by_id=actor.user_id,
                 state_deadline=deadline(),
@@ -173,18 +197,18 @@ def instance_create(
         raise Conflict(
             "name", "unique", f"an instance named {name!r} already exists in {tenant.slug}"
         ) from None
-    quota_claim(
-        tenant,
-        {
-            "instances": 1,
-            "vcpus": flavor_obj.vcpus,
-            "ram_mib": flavor_obj.ram_mib,
-            "disk_gib": flavor_obj.disk_gib,
-        },
-        f"instance {name}",
-        holder=instance,
-        priority=priority,
-    )
+    # A container has no disk: its root is a shared read-only tree, /tmp is charged to its memory.
+    amounts = {
+        "containers" if container else "instances": 1,
+        "vcpus": flavor_obj.vcpus,
+        "ram_mib": flavor_obj.ram_mib,
+    }
+    if not container:
+        amounts["disk_gib"] = flavor_obj.disk_gib
+    quota_claim(tenant, amounts, f"{kind} {name}", holder=instance, priority=priority)
+    attach_to_network(instance, network_obj)
+    if groups:
+        instance.groups_set(groups)
     operation = operation_record(instance, OperationKind.CREATE, actor, idempotency_key=idempotency_key)
     try:
         place(instance)
@@ -206,8 +230,10 @@ def instance_create(
         action="instance.create",
         target=instance,
         detail={
+            "kind": kind,
             "flavor": flavor_obj.name,
             "image": image_obj.name,
+            "network": network_obj.name if network_obj else "",
             "host": instance.host.name if instance.host else "",
         },
     )

@@ -13,7 +13,7 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from compute.models import CpuMode, Flavor, Host, HostState, Instance, InstanceState
+from compute.models import CpuMode, Host, HostState, Instance, InstanceState
 
 # Instances in these states hold no capacity on their host.
 FREE_STATES = (InstanceState.DELETED, InstanceState.ERROR)
@@ -48,12 +48,12 @@ def total_of(host: Host) -> Capacity:
     )
 
 
-def _fits(host: Host, flavor: Flavor) -> bool:
+def _fits(host: Host, want: Instance) -> bool:
     used, total = used_on(host), total_of(host)
     return (
-        used.vcpus + flavor.vcpus <= total.vcpus
-        and used.ram_mib + flavor.ram_mib <= total.ram_mib
-        and used.disk_gib + flavor.disk_gib <= total.disk_gib
+        used.vcpus + want.vcpus <= total.vcpus
+        and used.ram_mib + want.ram_mib <= total.ram_mib
+        and used.disk_gib + want.disk_gib <= total.disk_gib
     )
 
 
@@ -67,7 +67,7 @@ def place(instance: Instance) -> Host:
         ("heartbeat", lambda h: h.heartbeat_fresh(now), "agent heartbeat is stale"),
         ("kvm", lambda h: flavor.cpu_mode != CpuMode.HARDWARE or h.kvm_usable, "no working KVM"),
         ("iommu", lambda h: not flavor.pci_passthrough or h.iommu, "no IOMMU for PCI passthrough"),
-        ("capacity", lambda h: _fits(h, flavor), "not enough free vCPU, RAM or disk"),
+        ("capacity", lambda h: _fits(h, instance), "not enough free vCPU, RAM or disk"),
     ]
     if not candidates:
         raise NoValidHost("no valid host: no compute host is registered")
@@ -83,7 +83,7 @@ def place(instance: Instance) -> Host:
     for host in candidates:
         with transaction.atomic():
             locked = Host.objects.select_for_update().get(pk=host.pk)
-            if _fits(locked, flavor):
+            if _fits(locked, instance):
                 instance.host = locked
                 instance.save(update_fields=["host", "updated"])
                 return locked

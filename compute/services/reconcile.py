@@ -21,17 +21,21 @@ from django.db import transaction
 from django.utils import timezone
 
 from compute.drivers.base import DriverError, VmDriver
+from compute.drivers.container import ContainerDriver
 from compute.drivers.libvirt import PROBE_PREFIX
 from compute.models import (
     TRANSIENT_STATES,
     Host,
     Instance,
+    InstanceKind,
     InstanceState,
     Operation,
     OperationKind,
     OperationState,
 )
+from compute.network.plumbing import PlumbingError
 from compute.services.instances import instance_event, instance_fail, operation_finish
+from compute.services.ports import host_networks_sync, port_detach
 from portal.redis import redis_client
 from security.audit import Actor, audit_log
 
@@ -83,6 +87,32 @@ def sync_power(instance: Instance, driver: VmDriver, report: Report | None = Non
             report.synced.append(f"{locked.name}:{target}")
 
 
+def container_check(instance: Instance, driver: ContainerDriver) -> None:
+    """Record OOM kills of a container (the kernel counts them in its memory cgroup), then follow
+    its power state: a container whose init died, OOM-killed or not, is stopped."""
+    kills = driver.oom_kills(instance.domain_name)
+    if kills is not None and kills > instance.oom_kills:
+        new = kills - instance.oom_kills
+        fault = (
+            f"out of memory: the kernel's OOM killer killed {new} process(es) at the container's "
+            f"{instance.current_ram_mib} MiB limit ({kills} in all)"
+        )
+        now = timezone.now()
+        Instance.objects.unscoped().filter(pk=instance.pk).update(
+            oom_kills=kills, fault=fault, fault_at=now, updated=now
+        )
+        instance.oom_kills, instance.fault, instance.fault_at = kills, fault, now
+        instance_event(instance, reason="oom", oom_kills=kills)
+        audit_log(
+            actor=Actor.system(f"agent@{instance.host.name if instance.host else '?'}"),
+            action="instance.oom",
+            outcome="error",
+            target=instance,
+            detail={"oom_kills": kills, "limit_mib": instance.current_ram_mib},
+        )
+    sync_power(instance, driver)
+
+
 def _learn_address(instance: Instance, driver: VmDriver) -> None:
     """Record the address the guest got by DHCP, once it has one."""
     address = driver.ip_address(instance.domain_name)
@@ -129,6 +159,7 @@ def _settle_stuck(instance: Instance, driver: VmDriver, report: Report) -> None:
         if op is not None and op.kind == OperationKind.CREATE:
             try:
                 driver.undefine(instance.domain_name)
+                port_detach(instance)
             finally:
                 driver.remove_files(str(Path(settings.NUBIS_INSTANCE_DIR) / str(instance.uuid)))
         instance_fail(instance, fault)
@@ -163,8 +194,11 @@ def _orphan(host: Host, kind: str, name: str, report: Report) -> bool:
     return now - float(first) >= settings.NUBIS_ORPHAN_GRACE
 
 
-def reconcile_host(host: Host, driver: VmDriver) -> Report:
-    """One reconciler pass over this host."""
+def reconcile_host(host: Host, driver: VmDriver, containers: ContainerDriver | None = None) -> Report:
+    """One reconciler pass over this host: its VMs through ``driver``, its containers through runc."""
+    from compute.services.containers import container_driver
+
+    containers = containers or container_driver()
     report = Report()
     now = timezone.now()
     instances = list(
@@ -174,17 +208,20 @@ def reconcile_host(host: Host, driver: VmDriver) -> Report:
         .select_related("flavor")
     )
     for instance in instances:
+        own: VmDriver = containers if instance.kind == InstanceKind.CONTAINER else driver
         try:
             if instance.state in (InstanceState.RUNNING, InstanceState.STOPPED):
-                sync_power(instance, driver, report)
+                if instance.kind == InstanceKind.CONTAINER:
+                    container_check(instance, containers)
+                sync_power(instance, own, report)
                 if instance.state == InstanceState.RUNNING and instance.ip_address is None:
-                    _learn_address(instance, driver)
+                    _learn_address(instance, own)
             elif (
                 instance.state in TRANSIENT_STATES
                 and instance.state_deadline
                 and instance.state_deadline < now
             ):
-                _settle_stuck(instance, driver, report)
+                _settle_stuck(instance, own, report)
         except DriverError as exc:
             logger.warning("reconcile %s: %s", instance.uuid, exc)
 
@@ -197,14 +234,15 @@ def reconcile_host(host: Host, driver: VmDriver) -> Report:
         .values_list("uuid", flat=True)
     }
     prefix = settings.NUBIS_DOMAIN_PREFIX
-    for name in driver.list_guests(prefix):
-        uid = domain_uuid(name)
-        if uid is None or uid in live:
-            continue
-        if _orphan(host, "domain", name, report):
-            driver.undefine(name)
-            redis_client().delete(_orphan_key(host, "domain", name))
-            report.orphans_removed.append(f"domain:{name}")
+    for kind, own in (("domain", driver), ("container", containers)):
+        for name in own.list_guests(prefix):
+            uid = domain_uuid(name)
+            if uid is None or uid in live:
+                continue
+            if _orphan(host, kind, name, report):
+                own.undefine(name)
+                redis_client().delete(_orphan_key(host, kind, name))
+                report.orphans_removed.append(f"{kind}:{name}")
     report.orphans_removed += [f"probe:{name}" for name in driver.remove_stale_probes()]
     root = Path(settings.NUBIS_INSTANCE_DIR)
     for path in root.glob(f"{PROBE_PREFIX}*") if root.exists() else []:
@@ -212,7 +250,7 @@ def reconcile_host(host: Host, driver: VmDriver) -> Report:
             driver.remove_files(str(path))
             report.orphans_removed.append(f"probe-disk:{path.name}")
     # Listed once, after the domain pass: a directory whose domain still exists waits for it.
-    remaining = set(driver.list_guests(prefix))
+    remaining = set(driver.list_guests(prefix)) | set(containers.list_guests(prefix))
     for path in sorted(root.iterdir()) if root.exists() else []:
         uid = domain_uuid(prefix + path.name)
         if uid is None or uid in live or not path.is_dir():
@@ -223,6 +261,12 @@ def reconcile_host(host: Host, driver: VmDriver) -> Report:
             driver.remove_files(str(path))
             redis_client().delete(_orphan_key(host, "disk", path.name))
             report.orphans_removed.append(f"disk:{path.name}")
+    try:
+        networks = host_networks_sync(host)
+        report.orphans_removed += [f"bridge:{b}" for b in networks["removed_bridges"]]
+        report.orphans_removed += [f"port:{p}" for p in networks["removed_ports"]]
+    except PlumbingError as exc:
+        logger.warning("reconcile %s: networks: %s", host.name, exc)
     if any(report.as_dict().values()):
         logger.info("reconcile %s: %s", host.name, report.as_dict())
     return report

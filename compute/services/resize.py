@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from compute.models import Host, Instance, InstanceState, Operation, OperationKind
+from compute.models import (
+    CONTAINER_MIN_RAM_MIB,
+    VM_MIN_RAM_MIB,
+    Host,
+    Instance,
+    InstanceKind,
+    InstanceState,
+    Operation,
+    OperationKind,
+)
 from compute.services.instances import (
     deadline,
     instance_event,
@@ -20,16 +29,30 @@ from tenants.services.quotas import quota_claim
 
 @transaction.atomic
 def instance_set_memory(*, actor: Actor, instance: Instance, memory_mib: int) -> Operation:
-    """Move a running VM's memory through the balloon, between the flavor's minimum and its size."""
+    """Move a running instance's memory between the flavor's minimum and its size, online.
+
+    A VM's goes through the balloon; a container's is its memory cgroup limit (`runc update`).
+    """
     locked = instance_lock_idle(instance)
     flavor = locked.flavor
-    if not flavor.balloon:
+    container = locked.kind == InstanceKind.CONTAINER
+    if not container and not flavor.balloon:
         raise ServiceError("memory_mib", "balloon", f"flavor {flavor.name} has no memory balloon")
     if locked.state != InstanceState.RUNNING:
         raise Conflict(
             "state", "state", f"memory changes online only while running; the instance is {locked.state}"
         )
-    low = flavor.min_ram_mib or locked.ram_mib
+    if container and memory_mib < CONTAINER_MIN_RAM_MIB:
+        raise ServiceError(
+            "memory_mib",
+            "min_value",
+            f"memory_mib {memory_mib} is below the container runtime's minimum "
+            f"of {CONTAINER_MIN_RAM_MIB} MiB",
+        )
+    if container:
+        low = max(flavor.min_ram_mib or CONTAINER_MIN_RAM_MIB, CONTAINER_MIN_RAM_MIB)
+    else:
+        low = flavor.min_ram_mib or locked.ram_mib
     if not low <= memory_mib <= locked.ram_mib:
         raise ServiceError(
             "memory_mib",
@@ -50,17 +73,29 @@ def instance_set_memory(*, actor: Actor, instance: Instance, memory_mib: int) ->
 
 @transaction.atomic
 def instance_resize(*, actor: Actor, instance: Instance, vcpus: int, ram_mib: int) -> Operation:
-    """Change vCPUs and RAM of a stopped VM; quota and host capacity are claimed for the new size."""
+    """Change vCPUs and RAM; quota and host capacity are claimed for the new size.
+
+    A VM must be stopped; a container changes live (its cgroup limits), running or stopped.
+    """
     from compute.services.placement import Capacity, total_of, used_on
 
     locked = instance_lock_idle(instance)
-    if locked.state != InstanceState.STOPPED:
+    container = locked.kind == InstanceKind.CONTAINER
+    allowed = (InstanceState.STOPPED, InstanceState.RUNNING) if container else (InstanceState.STOPPED,)
+    if locked.state not in allowed:
         raise Conflict("state", "state", f"stop the instance before resizing it; it is {locked.state}")
     if vcpus < 1:
         raise ServiceError("vcpus", "min_value", "vcpus must be at least 1")
-    floor = locked.flavor.min_ram_mib or 64
-    if ram_mib < max(64, floor):
-        raise ServiceError("ram_mib", "min_value", f"ram_mib must be at least {max(64, floor)}")
+    if container and ram_mib < CONTAINER_MIN_RAM_MIB:
+        raise ServiceError(
+            "ram_mib",
+            "min_value",
+            f"ram_mib {ram_mib} is below the container runtime's minimum of {CONTAINER_MIN_RAM_MIB} MiB",
+        )
+    floor = max(VM_MIN_RAM_MIB, locked.flavor.min_ram_mib or 0)
+    if not container and ram_mib < floor:
+        raise ServiceError("ram_mib", "min_value", f"ram_mib must be at least {floor}")
+    back_to = locked.state
     host = Host.objects.select_for_update().get(pk=locked.host_id) if locked.host_id is not None else None
     if host is not None:
         used, total = used_on(host), total_of(host)
@@ -74,7 +109,8 @@ def instance_resize(*, actor: Actor, instance: Instance, vcpus: int, ram_mib: in
     release_claims(locked, "resized")
     quota_claim(
         locked.tenant,
-        {"instances": 1, "vcpus": vcpus, "ram_mib": ram_mib, "disk_gib": locked.disk_gib},
+        {"containers" if container else "instances": 1, "vcpus": vcpus, "ram_mib": ram_mib}
+        | ({} if container else {"disk_gib": locked.disk_gib}),
         f"instance {locked.name} resized",
         holder=locked,
         priority=locked.priority,
@@ -85,7 +121,7 @@ def instance_resize(*, actor: Actor, instance: Instance, vcpus: int, ram_mib: in
     locked.state_deadline = deadline()
     locked.save(update_fields=["vcpus", "ram_mib", "current_ram_mib", "state", "state_deadline", "updated"])
     operation = operation_record(
-        locked, OperationKind.RESIZE, actor, params={"from": old, "back_to": "stopped"}
+        locked, OperationKind.RESIZE, actor, params={"from": old, "back_to": back_to}
     )
     audit_log(
         actor=actor,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from compute.models import Instance, InstanceState, Operation, OperationKind, Snapshot
+from compute.models import Instance, InstanceKind, InstanceState, Operation, OperationKind, Snapshot
 from compute.services.instances import (
     NAME_RULE,
     instance_lock_idle,
@@ -24,6 +24,8 @@ SNAPSHOT_STATES = (InstanceState.RUNNING, InstanceState.STOPPED)
 def snapshot_create(*, actor: Actor, instance: Instance, name: str) -> Operation:
     """Snapshot the VM's disk (and memory, when it runs); counts against the snapshots quota."""
     locked = instance_lock_idle(instance)
+    if locked.kind == InstanceKind.CONTAINER:
+        raise Conflict("kind", "kind", "containers have no snapshots: their root is a read-only image")
     if locked.state not in SNAPSHOT_STATES:
         raise Conflict("state", "state", f"cannot snapshot an instance that is {locked.state}")
     if not name_is_valid(name):

@@ -6,6 +6,7 @@ KVM probe guest does not boot under it, so flavors use the ``emulated`` CPU mode
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import time
@@ -43,6 +44,26 @@ def flavors(transactional_db: None) -> dict[str, Flavor]:
     return {
         "virtio": Flavor.objects.create(name="t.virtio", io_model=IoModel.VIRTIO, min_ram_mib=96, **common),
         "emulated": Flavor.objects.create(name="t.emulated", io_model=IoModel.EMULATED, **common),
+    }
+
+
+@pytest.fixture
+def rootfs_image(transactional_db: None) -> Image:
+    """The busybox container image (built once, cached in NUBIS_IMAGE_DIR) in the registry."""
+    from django.core.management import call_command
+
+    call_command("build_container_image", stdout=io.StringIO())
+    return Image.objects.get(name="busybox")
+
+
+@pytest.fixture
+def cflavors(transactional_db: None) -> dict[str, Flavor]:
+    """Container flavors: 64 MiB with 64 processes at 20% of a CPU, and a roomier one."""
+    return {
+        "small": Flavor.objects.create(
+            name="c.small", vcpus=1, ram_mib=64, disk_gib=1, cpu_limit_pct=20, pids_max=64
+        ),
+        "medium": Flavor.objects.create(name="c.medium", vcpus=1, ram_mib=128, disk_gib=1, pids_max=128),
     }
 
 
@@ -168,10 +189,45 @@ def _ours(names: set[str]) -> set[str]:
     return {n for n in names if n.removeprefix(settings.NUBIS_DOMAIN_PREFIX) in uuids}
 
 
+def containers() -> set[str]:
+    """runc containers of this deployment (any test run's)."""
+    out = subprocess.run(["runc", "list", "-q"], capture_output=True, text=True, check=True).stdout
+    return {n for n in out.split() if n.startswith(settings.NUBIS_DOMAIN_PREFIX)}
+
+
+def container_traces(instance: Instance) -> list[str]:
+    """What a container leaves on the host while it exists: runc state, cgroups, netns, veth, bundle."""
+    name = instance.domain_name
+    found = []
+    if name in containers():
+        found.append(f"runc container {name}")
+    for controller in ("memory", "cpu", "pids", "cpuacct", "blkio"):
+        path = Path("/sys/fs/cgroup") / controller / "nubis" / name
+        if path.exists():
+            found.append(f"cgroup {path}")
+    if (Path("/var/run/netns") / name).exists():
+        found.append(f"netns {name}")
+    if Path(f"/sys/class/net/{instance.port_name}").exists():
+        found.append(f"interface {instance.port_name}")
+    if instance_dir_of(instance).exists():
+        found.append(f"bundle {instance_dir_of(instance)}")
+    return found
+
+
 @pytest.fixture
 def no_leftovers() -> Iterator[None]:
-    """Fail the test if its instances leave a domain or a directory behind; clean up either way."""
+    """Fail the test if its instances leave a domain, a container or a directory behind; clean up."""
     yield
+    leftover_containers = _ours(containers())
+    for name in leftover_containers:
+        subprocess.run(["runc", "delete", "--force", name], capture_output=True, check=False)
+    netns = _ours(
+        {p.name for p in Path("/var/run/netns").iterdir()} if Path("/var/run/netns").exists() else set()
+    )
+    for name in netns:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+    assert not leftover_containers, f"left behind containers: {sorted(leftover_containers)}"
+    assert not netns, f"left behind network namespaces: {sorted(netns)}"
     extra = _ours(domains())
     root = Path(settings.NUBIS_INSTANCE_DIR)
     uuids = {str(u) for u in Instance.objects.unscoped().values_list("uuid", flat=True)}

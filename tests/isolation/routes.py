@@ -290,11 +290,57 @@ def _op(vm: str, tenant: str) -> Path:
 
 
 API_MEMBER_ACT = exp(401, 403, 202, 202, 404, 404, 404)
+API_MEMBER_CREATE = exp(401, 403, 201, 201, 404, 404, 404)
+API_MEMBER_OK = exp(401, 403, 200, 200, 404, 404, 404)
+API_MEMBER_GONE = exp(401, 403, 204, 204, 404, 404, 404)
+API_MEMBER_CONFLICT = exp(401, 403, 409, 409, 404, 404, 404)
 API_MEMBER_READ = exp(401, 403, 200, 200, 404, 404, 404)
 _api_flavors, _api_flavors_b = tenant_path("flavors/")
 _api_images, _api_images_b = tenant_path("images/")
 _api_instances, _api_instances_b = tenant_path("instances/")
 _api_operations, _api_operations_b = tenant_path("operations/")
+
+
+_api_networks, _api_networks_b = tenant_path("networks/")
+_api_groups, _api_groups_b = tenant_path("security-groups/")
+
+
+def _net_case(method: str, expect: dict[str, int | str], which: str, **kw: Any) -> Case:
+    """The case on A's network ``a-<which>``, with B's under B's URL and under A's URL."""
+
+    def build(tenant: str, net: str) -> Path:
+        return lambda w: (
+            f"/api/v1/tenants/{(w.a if tenant == 'a' else w.b).slug}/networks/{w.nets[net].uuid}/"
+        )
+
+    return Case(
+        method,
+        build("a", f"a-{which}"),
+        expect,
+        b_path=build("b", f"b-{which}"),
+        idor_path=build("a", f"b-{which}"),
+        **kw,
+    )
+
+
+def _group_case(method: str, expect: dict[str, int | str], which: str, suffix: str = "", **kw: Any) -> Case:
+    """The case on A's security group ``a-<which>``, with B's under B's URL and under A's URL."""
+
+    def build(tenant: str, group: str) -> Path:
+        def path(w: World) -> str:
+            slug = (w.a if tenant == "a" else w.b).slug
+            return f"/api/v1/tenants/{slug}/security-groups/{w.groups[group].pk}/{suffix}"
+
+        return path
+
+    return Case(
+        method,
+        build("a", f"a-{which}"),
+        expect,
+        b_path=build("b", f"b-{which}"),
+        idor_path=build("a", f"b-{which}"),
+        **kw,
+    )
 
 
 def _vm_case(
@@ -374,6 +420,86 @@ ROUTES.update(
         "api-operations": [
             Case("GET", _api_operations, API_TENANT_READ, b_path=_api_operations_b, lists=True)
         ],
+        "api-instance-logs": [_vm_case("GET", API_MEMBER_READ, "a-box", "b-box", "logs/")],
+        # a-box is stopped: members get as far as the state check.
+        "api-instance-exec": [
+            _vm_case(
+                "POST", API_MEMBER_CONFLICT, "a-box", "b-box", "exec/", data=lambda w: {"argv": ["true"]}
+            )
+        ],
+        "api-instance-metrics": [_vm_case("GET", API_TENANT_READ, "a-vm", "b-vm", "metrics/", lists=True)],
+        "api-instance-groups": [
+            Case(
+                "PUT",
+                vm_path("a-box", "security-groups/"),
+                API_MEMBER_OK,
+                b_path=vm_path("b-box", "security-groups/", "b"),
+                idor_path=vm_path("b-box", "security-groups/"),
+                data=lambda w: {"security_groups": ["a-sg", "a-spare"]},
+                action="instance.security_groups",
+            )
+        ],
+        "api-networks": [
+            Case("GET", _api_networks, API_TENANT_READ, b_path=_api_networks_b, lists=True),
+            Case(
+                "POST",
+                _api_networks,
+                API_MEMBER_CREATE,
+                b_path=_api_networks_b,
+                data=lambda w: {"name": "new-net", "cidr": "10.97.0.0/24"},
+                action="network.create",
+            ),
+        ],
+        "api-network": [
+            _net_case("GET", API_TENANT_READ, "net"),
+            _net_case(
+                "PATCH", API_MEMBER_OK, "net", data=lambda w: {"nat_egress": True}, action="network.update"
+            ),
+            _net_case("DELETE", API_MEMBER_GONE, "spare", action="network.delete"),
+            _net_case("DELETE", API_MEMBER_CONFLICT, "net"),  # a-box is on it
+        ],
+        "api-secgroups": [
+            Case("GET", _api_groups, API_TENANT_READ, b_path=_api_groups_b, lists=True),
+            Case(
+                "POST",
+                _api_groups,
+                API_MEMBER_CREATE,
+                b_path=_api_groups_b,
+                data=lambda w: {"name": "new-sg", "description": "web"},
+                action="secgroup.create",
+            ),
+        ],
+        "api-secgroup": [
+            _group_case("GET", API_TENANT_READ, "sg"),
+            _group_case("DELETE", API_MEMBER_GONE, "spare", action="secgroup.delete"),
+            _group_case("DELETE", API_MEMBER_CONFLICT, "sg"),  # a-box uses it
+        ],
+        "api-secgroup-rules": [
+            _group_case(
+                "POST",
+                API_MEMBER_CREATE,
+                "sg",
+                "rules/",
+                data=lambda w: {"protocol": "tcp", "port_min": 80, "cidr": "0.0.0.0/0"},
+                action="secgroup.rule_create",
+            )
+        ],
+        "api-secgroup-rule": [
+            Case(
+                "DELETE",
+                lambda w: (
+                    f"/api/v1/tenants/{w.a.slug}/security-groups/{w.groups['a-sg'].pk}/rules/{w.rules['a-rule'].pk}/"
+                ),
+                API_MEMBER_GONE,
+                b_path=lambda w: (
+                    f"/api/v1/tenants/{w.b.slug}/security-groups/{w.groups['b-sg'].pk}/rules/{w.rules['b-rule'].pk}/"
+                ),
+                idor_path=lambda w: (
+                    f"/api/v1/tenants/{w.a.slug}/security-groups/{w.groups['a-sg'].pk}/rules/{w.rules['b-rule'].pk}/"
+                ),
+                action="secgroup.rule_delete",
+            )
+        ],
         "api-operation": [
             Case(
                 "GET", _op("a-vm", "a"), API_TENANT_READ, b_path=_op("b-vm", "b"), idor_path=_op("b-vm", "a")
@@ -412,6 +538,8 @@ ADMIN_MODELS: dict[str, dict[str, bool]] = {
     "compute.instance": {"add": False, "delete": False},
     "compute.operation": {"add": False, "delete": False},
     "compute.snapshot": {"add": False, "delete": False},
+    "compute.network": {"add": False, "delete": False},
+    "compute.securitygroup": {"add": False, "delete": False},
     "django_celery_beat.periodictask": {"add": True, "delete": True},
     "django_celery_beat.intervalschedule": {"add": True, "delete": True},
     "django_celery_beat.crontabschedule": {"add": True, "delete": True},

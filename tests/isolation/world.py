@@ -13,10 +13,14 @@ from compute.models import (
     Image,
     ImageKind,
     Instance,
+    InstanceKind,
     InstanceState,
+    Network,
     Operation,
     OperationKind,
     OperationState,
+    SecurityGroup,
+    SecurityRule,
     Snapshot,
 )
 from security.audit import Actor, audit_log
@@ -39,6 +43,11 @@ B_MARKERS = (
     "b-snap",
     "b-private-flavor",
     "b-private-image",
+    "b-net",
+    "b-sg",
+    "b-box",
+    "b-spare",
+    "10.99.",
 )
 
 
@@ -55,6 +64,9 @@ class World:
     vms: dict[str, Instance]  # a-vm (running), a-off (stopped), b-vm, b-off
     snaps: dict[str, Snapshot]  # a-snap, b-snap
     ops: dict[str, Operation]  # the create operation of a-vm and of b-vm
+    nets: dict[str, Network]  # a-net, b-net (with a-box and b-box, stopped containers, on them)
+    groups: dict[str, SecurityGroup]  # a-sg, b-sg, one rule each
+    rules: dict[str, SecurityRule]
 
 
 def _token(tenant: Tenant, user: User, name: str) -> ApiToken:
@@ -85,7 +97,11 @@ def build_world() -> World:
     a_extra = Membership.objects.get(user=add_member(a, make_user("a-extra")), tenant=a)
     b_extra = Membership.objects.get(user__username="b-owner", tenant=b)
     vms, snaps, ops = _compute(a, b)
+    nets, groups, rules = _networks(a, b, vms)
     world = World(
+        nets=nets,
+        groups=groups,
+        rules=rules,
         vms=vms,
         snaps=snaps,
         ops=ops,
@@ -124,6 +140,49 @@ def _schedules() -> None:
     SolarSchedule.objects.create(event="sunrise", latitude=48.0, longitude=2.0)
     ClockedSchedule.objects.create(clocked_time=timezone.now())
     PeriodicTask.objects.create(name="fixture-task", task="portal.tasks.heartbeat", interval=every)
+
+
+def _networks(
+    a: Tenant, b: Tenant, vms: dict[str, Instance]
+) -> tuple[dict[str, Network], dict[str, SecurityGroup], dict[str, SecurityRule]]:
+    """A network and a security group per tenant, and a stopped container on each network."""
+    rootfs = Image.objects.create(
+        name="h-rootfs", kind=ImageKind.ROOTFS, os_name="test", disk_path="/nonexistent", sha256="2" * 64
+    )
+    nets, groups, rules = {}, {}, {}
+    for tenant, prefix, cidr in ((a, "a", "10.98.0.0/24"), (b, "b", "10.99.0.0/24")):
+        net = nets[f"{prefix}-net"] = Network.objects.create(
+            tenant=tenant, name=f"{prefix}-net", cidr=cidr, gateway=cidr.replace("0/24", "1")
+        )
+        group = groups[f"{prefix}-sg"] = SecurityGroup.objects.create(tenant=tenant, name=f"{prefix}-sg")
+        rules[f"{prefix}-rule"] = SecurityRule.objects.create(
+            tenant=tenant, group=group, protocol="tcp", port_min=22, port_max=22, cidr=cidr
+        )
+        template = vms[f"{prefix}-off"]
+        box = vms[f"{prefix}-box"] = Instance.objects.create(
+            tenant=tenant,
+            name=f"{prefix}-box",
+            kind=InstanceKind.CONTAINER,
+            flavor=template.flavor,
+            image=rootfs,
+            host=template.host,
+            state=InstanceState.STOPPED,
+            network=net,
+            ip_address=cidr.replace("0/24", "2"),
+            ram_mib=128,
+            current_ram_mib=128,
+            disk_gib=0,
+        )
+        box.groups_set([group])
+        # Unused ones, which can be deleted.
+        nets[f"{prefix}-spare"] = Network.objects.create(
+            tenant=tenant,
+            name=f"{prefix}-spare",
+            cidr=cidr.replace(".0.0/", ".1.0/"),
+            gateway=cidr.replace(".0.0/24", ".1.1"),
+        )
+        groups[f"{prefix}-spare"] = SecurityGroup.objects.create(tenant=tenant, name=f"{prefix}-spare")
+    return nets, groups, rules
 
 
 def _compute(a: Tenant, b: Tenant) -> tuple[dict[str, Instance], dict[str, Snapshot], dict[str, Operation]]:

@@ -11,7 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from compute.containers.rootfs import RootfsError, build_busybox_rootfs, pack, verify
+from compute.containers.rootfs import INIT, RECIPE, RootfsError, build_busybox_rootfs, pack, verify
 from compute.models import Image, ImageKind
 
 
@@ -30,6 +30,8 @@ class Command(BaseCommand):
             if options["force"] or not manifest_path.exists():
                 raise RootfsError("no cached build")
             verify(tarball, manifest_path)
+            if json.loads(manifest_path.read_text()).get("recipe") != RECIPE:
+                raise RootfsError("cached build is of an older recipe")
             self.stdout.write(f"using cached root filesystem {tarball}")
         except RootfsError:
             with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=settings.NUBIS_IMAGE_DIR) as tmp:
@@ -49,6 +51,7 @@ class Command(BaseCommand):
                 "kind": ImageKind.ROOTFS,
                 "os_name": version[0][:100] if version else "busybox",
                 "disk_path": str(tarball),
+                "cmdline": INIT,
                 "sha256": manifest["sha256"],
                 "size_bytes": manifest["size_bytes"],
                 "public": True,

@@ -15,8 +15,10 @@ from django.utils import timezone
 from compute.agent_threads import start_threads
 from compute.drivers.base import DriverError
 from compute.models import Host, Image
+from compute.network.plumbing import PlumbingError
 from compute.services.agent import guest_spec_for_probe, resume_interrupted
 from compute.services.hosts import host_register
+from compute.services.ports import host_networks_sync
 from compute.services.reconcile import reconcile_host
 from compute.tasks import local_driver
 from portal import preflight
@@ -78,6 +80,10 @@ class Command(BaseCommand):
             self.stdout.write(f"agent {name}: re-queued {resumed} interrupted operation(s)")
         report = reconcile_host(host, driver)
         self.stdout.write(f"agent {name}: reconciled at start: {report.as_dict()}")
+        try:
+            self.stdout.write(f"agent {name}: networks: {host_networks_sync(host)}")
+        except PlumbingError as exc:
+            raise SystemExit(f"nubis: tenant networks: {exc}") from None
         stop = threading.Event()
         start_threads(name, facts, stop)
         try:

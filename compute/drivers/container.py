@@ -1,0 +1,126 @@
+"""Containers behind the same driver interface as VMs, so the agent's steps and the reconciler
+treat both alike: start, stop, reboot, power state, undefine, listing.
+
+A container's bundle lives in the instance directory (``<instance dir>/<uuid>``): config.json and
+the stdout/stderr logs. Its root filesystem is a read-only tree shared by the containers of one
+image and one uid range; its network namespace is named like the container.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid as uuidlib
+from pathlib import Path
+from typing import Any
+
+from compute.drivers.base import DriverError, GuestSpec, HostFacts, VmDriver
+from compute.drivers.oci import OciDriver
+
+NOT_FOR_CONTAINERS = "containers have no disk, snapshots or hypervisor definition"
+
+
+class ContainerDriver(VmDriver):
+    """runc containers of one host, addressed by name (``<prefix><uuid>``)."""
+
+    def __init__(self, instance_dir: Path, prefix: str, oci: OciDriver | None = None) -> None:
+        self.instance_dir = Path(instance_dir)
+        self.prefix = prefix
+        self.oci = oci or OciDriver()
+
+    def bundle_dir(self, name: str) -> Path:
+        try:
+            uid = uuidlib.UUID(name.removeprefix(self.prefix))
+        except ValueError:
+            raise DriverError(f"{name}: not a container of this cloud") from None
+        return self.instance_dir / str(uid)
+
+    # -- what containers do ---------------------------------------------------------------------
+    def create(self, name: str, config: dict[str, Any]) -> None:
+        self.oci.create(name, self.bundle_dir(name), None, config)
+
+    def start(self, name: str) -> None:
+        self.oci.start(name, self.bundle_dir(name))
+
+    def shutdown(self, name: str, timeout: float) -> bool:
+        return self.oci.stop(name, timeout)
+
+    def reboot(self, name: str) -> None:
+        self.oci.stop(name, 10.0)
+        self.start(name)
+
+    def update(self, name: str, **limits: Any) -> None:
+        self.oci.update(name, **limits)
+
+    def set_memory(self, name: str, mib: int) -> None:
+        self.oci.update(name, memory_bytes=mib << 20)
+
+    def power_state(self, name: str) -> str | None:
+        """'running'; 'stopped' while the bundle exists but nothing runs; None when it is gone."""
+        state = self.oci.state(name)
+        if state in ("running", "created", "paused"):
+            return "running" if state == "running" else state
+        bundle = self.bundle_dir(name)
+        return "stopped" if state == "stopped" or (bundle / "config.json").exists() else None
+
+    def undefine(self, name: str) -> None:
+        """Stop and forget the container; the bundle directory stays for remove_files."""
+        self.oci.delete(name, bundle_dir=None)
+
+    def remove_files(self, spec_dir: str) -> None:
+        shutil.rmtree(spec_dir, ignore_errors=True)
+
+    def list_guests(self, prefix: str) -> list[str]:
+        return self.oci.list_containers(prefix)
+
+    def oom_kills(self, name: str) -> int | None:
+        return self.oci.oom_kills(name)
+
+    def exec(self, name: str, argv: list[str], timeout: float) -> tuple[int, str, str]:
+        if self.oci.state(name) != "running":
+            raise DriverError(f"{name} is not running")
+        return self.oci.exec(name, argv, timeout)
+
+    def logs(self, name: str, max_bytes: int) -> str:
+        """The end of the container's stdout and stderr, oldest first (at most ``max_bytes``)."""
+        bundle = self.bundle_dir(name)
+        parts: list[str] = []
+        for filename in ("stdout.log", "stderr.log"):
+            path = bundle / filename
+            try:
+                with path.open("rb") as fh:
+                    size = fh.seek(0, 2)
+                    fh.seek(max(0, size - max_bytes))
+                    parts.append(fh.read().decode(errors="replace"))
+            except OSError:
+                continue
+        return "".join(parts)[-max_bytes:]
+
+    def vnc_port(self, name: str) -> int | None:
+        return None
+
+    def ip_address(self, name: str) -> str | None:
+        return None  # assigned by Nubis when the port is made, never learnt
+
+    # -- VM-only parts of the interface -----------------------------------------------------------
+    def facts(
+        self, probe_kvm: bool = True, probe_image: GuestSpec | None = None, scratch: Path | None = None
+    ) -> HostFacts:
+        raise DriverError(NOT_FOR_CONTAINERS)
+
+    def create_disk(self, spec: GuestSpec, base: str, size_gib: int) -> None:
+        raise DriverError(NOT_FOR_CONTAINERS)
+
+    def define(self, spec: GuestSpec) -> None:
+        raise DriverError(NOT_FOR_CONTAINERS)
+
+    def redefine(self, spec: GuestSpec) -> None:
+        raise DriverError(NOT_FOR_CONTAINERS)
+
+    def snapshot_create(self, name: str, snapshot: str) -> None:
+        raise DriverError(NOT_FOR_CONTAINERS)
+
+    def snapshot_revert(self, name: str, snapshot: str) -> str:
+        raise DriverError(NOT_FOR_CONTAINERS)
+
+    def snapshot_delete(self, name: str, snapshot: str) -> None:
+        raise DriverError(NOT_FOR_CONTAINERS)

@@ -1,0 +1,289 @@
+"""Tenant networks and security groups on the control side: validation, addresses, and telling hosts.
+
+A network is an isolated L2 segment with an IPv4 subnet; its gateway is the first address and
+instances get the next free ones (reserved for their MAC in the network's DHCP server). A
+security group is a set of ingress allow rules; an instance in no group accepts traffic from its
+own network only.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from compute.models import (
+    Host,
+    Instance,
+    InstanceState,
+    Network,
+    Protocol,
+    SecurityGroup,
+    SecurityRule,
+)
+from security.audit import Actor, audit_log
+from tenants.errors import Conflict, ServiceError
+from tenants.models import Tenant
+
+NETWORK_PREFIXES = (16, 29)  # smallest and largest prefix length a tenant subnet may have
+# Ranges no tenant subnet may overlap: this host's own, and what is never routable.
+ALWAYS_RESERVED = ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4")
+NOT_LIVE = (InstanceState.DELETED,)
+
+
+def _name_ok(name: str) -> bool:
+    return 0 < len(name) <= 63 and name[0].isalpha() and all(c.isalnum() or c in "-_" for c in name)
+
+
+def parse_cidr(value: str, field: str, prefixes: tuple[int, int] = (0, 32)) -> ipaddress.IPv4Network:
+    """An IPv4 network in CIDR form, or a ServiceError saying what is wrong with it."""
+    text = str(value or "").strip()
+    try:
+        net = ipaddress.IPv4Network(text, strict=False)
+    except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError) as exc:
+        raise ServiceError(field, "cidr", f"invalid CIDR {text!r}: {exc}") from None
+    if "/" not in text:
+        raise ServiceError(field, "cidr", f"invalid CIDR {text!r}: give the prefix length, as in {net}")
+    if str(net) != text:
+        raise ServiceError(field, "cidr", f"invalid CIDR {text!r}: it has host bits set; did you mean {net}?")
+    low, high = prefixes
+    if not low <= net.prefixlen <= high:
+        raise ServiceError(field, "cidr", f"invalid CIDR {text!r}: the prefix must be /{low} to /{high}")
+    return net
+
+
+def _reserved() -> list[ipaddress.IPv4Network]:
+    extra = [s for s in settings.NUBIS_RESERVED_SUBNETS if s]
+    return [ipaddress.IPv4Network(s) for s in (*ALWAYS_RESERVED, *extra)]
+
+
+def _check_overlap(tenant: Tenant, net: ipaddress.IPv4Network) -> None:
+    for reserved in _reserved():
+        if net.overlaps(reserved):
+            raise ServiceError("cidr", "reserved", f"subnet {net} overlaps {reserved}, which is reserved")
+    live = Network.objects.unscoped().filter(deleted_at__isnull=True).values_list("tenant_id", "name", "cidr")
+    for owner, name, cidr in live:
+        if not net.overlaps(ipaddress.IPv4Network(cidr)):
+            continue
+        if owner == tenant.pk:
+            raise Conflict(
+                "cidr", "overlap", f"subnet {net} overlaps network {name!r} ({cidr}) of this tenant"
+            )
+        # Bridges of all tenants share each host's routing table, so subnets are unique cloud-wide;
+        # the other tenant is not named.
+        raise Conflict("cidr", "overlap", f"subnet {net} overlaps a subnet already in use; choose another")
+
+
+@transaction.atomic
+def network_create(
+    *, actor: Actor, tenant: Tenant, name: str, cidr: str, nat_egress: bool = False
+) -> Network:
+    if not _name_ok(name):
+        raise ServiceError("name", "name", f"invalid name {name!r}: 1-63 letters, digits, - or _")
+    net = parse_cidr(cidr, "cidr", NETWORK_PREFIXES)
+    # Serialise creations, so two overlapping subnets cannot both pass the check.
+    Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
+    list(Network.objects.unscoped().select_for_update().filter(deleted_at__isnull=True).values("pk"))
+    _check_overlap(tenant, net)
+    try:
+        with transaction.atomic():
+            network = Network.objects.create(
+                tenant=tenant,
+                name=name,
+                cidr=str(net),
+                gateway=str(net.network_address + 1),
+                nat_egress=bool(nat_egress),
+            )
+    except IntegrityError:
+        raise Conflict("name", "unique", f"a network named {name!r} already exists") from None
+    audit_log(actor=actor, action="network.create", target=network, detail={"cidr": str(net)})
+    return network
+
+
+@transaction.atomic
+def network_update(*, actor: Actor, network: Network, nat_egress: bool | None = None) -> Network:
+    locked = Network.objects.for_tenant(network.tenant_id).select_for_update().get(pk=network.pk)
+    if nat_egress is not None and nat_egress != locked.nat_egress:
+        locked.nat_egress = nat_egress
+        locked.save(update_fields=["nat_egress"])
+        audit_log(actor=actor, action="network.update", target=locked, detail={"nat_egress": nat_egress})
+        hosts_sync(_hosts_of(Instance.objects.for_tenant(locked.tenant_id).filter(network=locked)))
+    return locked
+
+
+@transaction.atomic
+def network_delete(*, actor: Actor, network: Network) -> None:
+    locked = Network.objects.for_tenant(network.tenant_id).select_for_update().get(pk=network.pk)
+    users = list(
+        Instance.objects.for_tenant(locked.tenant_id)
+        .filter(network=locked)
+        .exclude(state__in=NOT_LIVE)
+        .values_list("name", flat=True)[:5]
+    )
+    if users:
+        raise Conflict("network", "in_use", f"network {locked.name!r} is in use by {', '.join(users)}")
+    from django.utils import timezone
+
+    locked.deleted_at = timezone.now()
+    locked.save(update_fields=["deleted_at"])
+    audit_log(actor=actor, action="network.delete", target=locked)
+    hosts_sync(Host.objects.filter(simulated=False))
+
+
+def networks_for(tenant: Tenant) -> Any:
+    return Network.objects.for_tenant(tenant).filter(deleted_at__isnull=True)
+
+
+def address_allocate(network: Network, instance: Instance) -> str:
+    """The lowest free address of the subnet after the gateway (caller holds the network's row lock)."""
+    net = ipaddress.IPv4Network(network.cidr)
+    taken = set(
+        Instance.objects.for_tenant(network.tenant_id)
+        .filter(network=network, ip_address__isnull=False)
+        .exclude(state__in=NOT_LIVE)
+        .exclude(pk=instance.pk)
+        .values_list("ip_address", flat=True)
+    )
+    taken.add(network.gateway)
+    for address in net.hosts():
+        if str(address) not in taken:
+            return str(address)
+    raise Conflict("network", "full", f"network {network.name!r} ({network.cidr}) has no free address")
+
+
+def mac_for(instance: Instance) -> str:
+    """A locally administered MAC in QEMU's range, derived from the instance UUID."""
+    tail = instance.uuid.bytes[-3:]
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in tail)
+
+
+def attach_to_network(instance: Instance, network: Network | None) -> None:
+    """Give a new instance its port: MAC and address on ``network`` (inside the create transaction)."""
+    instance.mac_address = mac_for(instance)
+    if network is None:
+        instance.save(update_fields=["mac_address", "updated"])
+        return
+    locked = Network.objects.for_tenant(network.tenant_id).select_for_update().get(pk=network.pk)
+    instance.network = locked
+    instance.ip_address = address_allocate(locked, instance)
+    instance.save(update_fields=["network", "ip_address", "mac_address", "updated"])
+
+
+# -- security groups ---------------------------------------------------------------------------
+def group_by_ref(tenant: Tenant, ref: str | int) -> SecurityGroup:
+    lookup: dict[str, Any] = {"pk": int(ref)} if str(ref).isdigit() else {"name": ref}
+    group = SecurityGroup.objects.for_tenant(tenant).filter(**lookup).first()
+    if group is None:
+        raise ServiceError("security_groups", "exists", f"unknown security group {ref!r}")
+    return group
+
+
+@transaction.atomic
+def group_create(*, actor: Actor, tenant: Tenant, name: str, description: str = "") -> SecurityGroup:
+    if not _name_ok(name):
+        raise ServiceError("name", "name", f"invalid name {name!r}: 1-63 letters, digits, - or _")
+    try:
+        with transaction.atomic():
+            group = SecurityGroup.objects.create(tenant=tenant, name=name, description=description[:200])
+    except IntegrityError:
+        raise Conflict("name", "unique", f"a security group named {name!r} already exists") from None
+    audit_log(actor=actor, action="secgroup.create", target=group)
+    return group
+
+
+@transaction.atomic
+def group_delete(*, actor: Actor, group: SecurityGroup) -> None:
+    users = list(
+        Instance.objects.for_tenant(group.tenant_id)
+        .filter(security_groups=group)
+        .exclude(state__in=NOT_LIVE)
+        .values_list("name", flat=True)[:5]
+    )
+    if users:
+        raise Conflict("group", "in_use", f"security group {group.name!r} is used by {', '.join(users)}")
+    audit_log(actor=actor, action="secgroup.delete", target=group)
+    group.delete()
+
+
+def _port(value: Any, field: str) -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise ServiceError(field, "port", f"{field} must be a port number, not {value!r}") from None
+    if not 1 <= port <= 65535:
+        raise ServiceError(field, "port", f"{field} must be between 1 and 65535, not {port}")
+    return port
+
+
+@transaction.atomic
+def rule_create(
+    *,
+    actor: Actor,
+    group: SecurityGroup,
+    protocol: str,
+    cidr: str,
+    port_min: Any = None,
+    port_max: Any = None,
+) -> SecurityRule:
+    if protocol not in Protocol.values:
+        raise ServiceError("protocol", "choice", f"protocol must be one of {', '.join(Protocol.values)}")
+    net = parse_cidr(cidr, "cidr")
+    low: int | None = None
+    high: int | None = None
+    if protocol in (Protocol.TCP, Protocol.UDP):
+        if port_min in (None, ""):
+            raise ServiceError("port_min", "required", f"a {protocol} rule needs port_min")
+        low = _port(port_min, "port_min")
+        high = _port(port_max, "port_max") if port_max not in (None, "") else low
+        if high < low:
+            raise ServiceError("port_max", "range", f"port_max {high} is below port_min {low}")
+    elif port_min not in (None, "") or port_max not in (None, ""):
+        raise ServiceError("port_min", "ports", f"a {protocol} rule has no ports")
+    rule = SecurityRule.objects.create(
+        tenant_id=group.tenant_id, group=group, protocol=protocol, cidr=str(net), port_min=low, port_max=high
+    )
+    audit_log(actor=actor, action="secgroup.rule_create", target=group, detail={"rule": str(rule)})
+    hosts_sync(_hosts_of(Instance.objects.for_tenant(group.tenant_id).filter(security_groups=group).all()))
+    return rule
+
+
+@transaction.atomic
+def rule_delete(*, actor: Actor, rule: SecurityRule) -> None:
+    group = rule.group
+    audit_log(actor=actor, action="secgroup.rule_delete", target=group, detail={"rule": str(rule)})
+    rule.delete()
+    hosts_sync(_hosts_of(Instance.objects.for_tenant(group.tenant_id).filter(security_groups=group).all()))
+
+
+@transaction.atomic
+def instance_groups_set(*, actor: Actor, instance: Instance, groups: list[SecurityGroup]) -> None:
+    for group in groups:
+        if group.tenant_id != instance.tenant_id:
+            raise ServiceError("security_groups", "exists", f"unknown security group {group.pk}")
+    instance.groups_set(groups)
+    audit_log(
+        actor=actor,
+        action="instance.security_groups",
+        target=instance,
+        detail={"groups": [g.name for g in groups]},
+    )
+    hosts_sync(_hosts_of(Instance.objects.for_tenant(instance.tenant_id).filter(pk=instance.pk)))
+
+
+def _hosts_of(instances: Any) -> Any:
+    host_ids = instances.exclude(state__in=NOT_LIVE).exclude(host=None).values("host_id")
+    return Host.objects.filter(pk__in=host_ids)
+
+
+def hosts_sync(hosts: Any) -> None:
+    """Ask each host's agent to bring its bridges, DHCP and port rules in line, after commit."""
+    from compute.tasks import networks_sync
+
+    def send(name: str, queue: str) -> None:
+        networks_sync.apply_async(args=(name,), queue=queue)
+
+    for host in hosts:
+        transaction.on_commit(functools.partial(send, host.name, host.queue))

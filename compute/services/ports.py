@@ -1,0 +1,190 @@
+"""Agent-side tenant networking: each instance's port, its network's bridge and DHCP, its rules.
+
+Everything here is idempotent and derived from the database, so ``host_networks_sync`` (run by
+the reconciler and after every network or security-group change) can always redo it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+from django.conf import settings
+from django.db.models import Prefetch
+
+from compute.drivers.base import DriverError
+from compute.models import Host, Instance, InstanceKind, InstanceState, Network, SecurityGroup, SecurityRule
+from compute.network import plumbing
+from compute.network.plumbing import NetSpec, PlumbingError, Rule
+
+logger = logging.getLogger(__name__)
+
+NETNS_DIR = Path("/var/run/netns")
+
+
+def tag_prefix() -> str:
+    """Bridges and ports this deployment made carry ``nubis:<domain prefix>`` in their alias."""
+    return f"nubis:{settings.NUBIS_DOMAIN_PREFIX}"
+
+
+def net_spec(network: Network) -> NetSpec:
+    return NetSpec(
+        bridge=network.bridge,
+        cidr=network.cidr,
+        gateway=network.gateway,
+        nat=network.nat_egress,
+        tag=f"{tag_prefix()}{network.uuid}",
+        state_dir=Path(settings.NUBIS_NETWORK_STATE_DIR) / network.bridge,
+    )
+
+
+def rules_of(instance: Instance) -> list[Rule]:
+    """What the instance's security groups allow in; without groups, its own network only."""
+    if instance.network is None:
+        return []
+    groups = instance.groups()
+    if not groups:
+        return [Rule(protocol="any", port_min=None, port_max=None, cidr=instance.network.cidr)]
+    rules = SecurityRule.objects.for_tenant(instance.tenant_id).filter(group__in=groups).order_by("pk")
+    return [Rule(protocol=r.protocol, port_min=r.port_min, port_max=r.port_max, cidr=r.cidr) for r in rules]
+
+
+def _on_host(network: Network, host: Host) -> list[Instance]:
+    return list(
+        Instance.objects.unscoped()
+        .filter(network=network, host=host)
+        .exclude(state__in=[InstanceState.DELETED, InstanceState.ERROR])
+        .exclude(ip_address=None)
+    )
+
+
+def _dhcp(network: Network, host: Host) -> None:
+    hosts = [(i.mac_address, str(i.ip_address), i.name) for i in _on_host(network, host)]
+    plumbing.dhcp_hosts_set(net_spec(network), hosts)
+
+
+def _bind_netns(name: str, pid: int) -> None:
+    """Name the running container's own network namespace /var/run/netns/<name>.
+
+    runc makes the namespace, inside the container's user namespace: one made beforehand by the
+    host (``ip netns add``) would belong to the host's user namespace, and the container could
+    not mount its /sys. A namespace left under that name by an earlier run is replaced.
+    """
+    target = NETNS_DIR / name
+    try:
+        current = os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError as exc:
+        raise PlumbingError(f"container {name}: no process {pid}: {exc.strerror}") from None
+    try:
+        if target.stat().st_ino == current:
+            return
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False, timeout=30)
+    except OSError:
+        pass
+    argv = ["ip", "netns", "attach", name, str(pid)]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+    if proc.returncode != 0:
+        raise PlumbingError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+
+
+def port_attach(instance: Instance, pid: int | None = None) -> None:
+    """Bridge, DHCP reservation, the port's rules and, for a running container (``pid``), its veth.
+
+    A VM's tap is made by libvirt when it starts, named after the port; its rules wait for it.
+    """
+    network = instance.network
+    if network is None or instance.host is None:
+        return
+    spec = net_spec(network)
+    try:
+        plumbing.firewall_base_ensure()
+        plumbing.network_ensure(spec)
+        _dhcp(network, instance.host)
+        if instance.kind == InstanceKind.CONTAINER and pid is not None:
+            _bind_netns(instance.netns_name, pid)
+            prefix = ipaddress.IPv4Network(network.cidr).prefixlen
+            plumbing.port_attach_netns(
+                instance.netns_name,
+                spec.bridge,
+                instance.port_name,
+                instance.mac_address,
+                f"{instance.ip_address}/{prefix}",
+                network.gateway if network.nat_egress else None,
+                f"{tag_prefix()}{instance.uuid}",
+            )
+        plumbing.port_rules_set(instance.port_name, str(instance.ip_address), rules_of(instance))
+    except PlumbingError as exc:
+        raise DriverError(f"network {network.name}: {exc}") from None
+
+
+def port_detach(instance: Instance) -> None:
+    """Remove the instance's veth, namespace and rules, and its DHCP reservation."""
+    try:
+        plumbing.port_rules_remove(instance.port_name)
+        if instance.kind == InstanceKind.CONTAINER:
+            plumbing.port_detach_netns(instance.netns_name, instance.port_name)
+        if instance.network is not None and instance.host is not None:
+            _dhcp(instance.network, instance.host)
+    except PlumbingError as exc:
+        raise DriverError(f"network port of {instance.name}: {exc}") from None
+
+
+def host_networks_sync(host: Host) -> dict[str, list[str]]:
+    """Bring this host's bridges, DHCP, NAT and port rules in line with the database.
+
+    Bridges and ports of this deployment whose network or instance is gone are removed.
+    """
+    done: dict[str, list[str]] = {"networks": [], "removed_bridges": [], "removed_ports": []}
+    plumbing.firewall_base_ensure()
+    live = (
+        Instance.objects.unscoped()
+        .filter(host=host)
+        .exclude(network=None)
+        .exclude(state__in=[InstanceState.DELETED, InstanceState.ERROR])
+        .select_related("network")
+        .prefetch_related(Prefetch("security_groups", queryset=SecurityGroup.objects.unscoped()))
+    )
+    networks: dict[int, Network] = {}
+    for instance in live:
+        if instance.network is None:
+            continue
+        if instance.network.pk not in networks:
+            networks[instance.network.pk] = instance.network
+            plumbing.network_ensure(net_spec(instance.network))
+            _dhcp(instance.network, host)
+            done["networks"].append(instance.network.name)
+        plumbing.port_rules_set(instance.port_name, str(instance.ip_address), rules_of(instance))
+    prefix = tag_prefix()
+    live_networks = {
+        str(u)
+        for u in Network.objects.unscoped().filter(deleted_at__isnull=True).values_list("uuid", flat=True)
+    }
+    for bridge, alias in plumbing.bridges_list(prefix).items():
+        if alias.removeprefix(prefix) not in live_networks:
+            plumbing.network_remove(
+                NetSpec(  # removal needs only the bridge and its state directory
+                    bridge=bridge,
+                    cidr="",
+                    gateway="",
+                    nat=False,
+                    tag=alias,
+                    state_dir=Path(settings.NUBIS_NETWORK_STATE_DIR) / bridge,
+                )
+            )
+            done["removed_bridges"].append(bridge)
+    live_instances = {
+        str(u)
+        for u in Instance.objects.unscoped()
+        .exclude(state=InstanceState.DELETED)
+        .values_list("uuid", flat=True)
+    }
+    for port, alias in plumbing.ports_list(prefix).items():
+        uid = alias.removeprefix(prefix)
+        if uid not in live_instances:
+            plumbing.port_rules_remove(port)
+            plumbing.port_detach_netns(f"{settings.NUBIS_DOMAIN_PREFIX}{uid}", port)
+            done["removed_ports"].append(port)
+    return done
