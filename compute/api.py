@@ -106,7 +106,8 @@ class InstanceCreateSerializer(serializers.Serializer[Any]):
     network = serializers.CharField(
         required=False,
         allow_null=True,
-        help_text="Tenant network name or id; none: libvirt's NAT (VMs) or loopback only (containers).",
+        help_text="Tenant network name or id. Left out: the tenant's network 'default' (made on first "
+        "use). null: none (a VM gets the host's NAT network, a container loopback only).",
     )
     security_groups = serializers.ListField(
         child=serializers.CharField(), required=False, help_text="Security group names or ids."
@@ -271,7 +272,7 @@ class InstanceListView(TenantView):
             kind=data["kind"],
             priority=int(PriorityClass[data["priority"].upper()]),
             idempotency_key=request.headers.get("Idempotency-Key") or None,
-            network=data.get("network"),
+            network=data.get("network", svc.DEFAULT_NETWORK),
             security_groups=data.get("security_groups"),
         )
         return accepted(operation)
@@ -369,8 +370,9 @@ class SnapshotRevertView(TenantView):
 
 
 def serial_tail(instance: Instance, lines: int) -> tuple[list[str], int]:
-    """The last ``lines`` lines of the instance's serial console log, and the log's size."""
-    path = Path(settings.NUBIS_INSTANCE_DIR) / str(instance.uuid) / "serial.log"
+    """The last ``lines`` lines of the instance's serial console log (a container's output), and
+    the log's size."""
+    path = Path(settings.NUBIS_INSTANCE_DIR) / str(instance.uuid) / instance.console_log
     try:
         size = path.stat().st_size
         with path.open("rb") as handle:
@@ -412,6 +414,8 @@ class VncConsoleView(TenantView):
         from compute.consoles import TOKEN_TTL, vnc_token_issue
 
         instance = self.instance(request, tenant, pk, Role.MEMBER)
+        if instance.kind != InstanceKind.VM:
+            raise ServiceError("kind", "kind", "a container has no screen; follow its output instead")
         if instance.state != InstanceState.RUNNING:
             raise Conflict("state", "state", f"the console needs a running instance; it is {instance.state}")
         token = vnc_token_issue(instance, int(request.user.pk or 0))

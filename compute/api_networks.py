@@ -219,14 +219,15 @@ class InstanceMetricsView(TenantView):
     """The instance's usage time series (finest resolution that covers the period)."""
 
     @extend_schema(
-        parameters=[OpenApiParameter("seconds", int, description="How far back (60-2592000, default 3600).")],
+        parameters=[OpenApiParameter("seconds", int, description="How far back (60-2592000, default 900).")],
         responses=SampleSerializer(many=True),
     )
     def get(self, request: Request, tenant: str, pk: str) -> Response:
         from compute.metrics import series
 
         instance = self.instance(request, tenant, pk)
-        raw = request.query_params.get("seconds", "3600")
+        # Up to an hour back the points are the 10 s samples; further back, minute or hour means.
+        raw = request.query_params.get("seconds", "900")
         if not raw.isdigit() or not 60 <= int(raw) <= 30 * 86400:
             raise serializers.ValidationError({"seconds": ["must be a whole number from 60 to 2592000"]})
         points = series(instance=instance, since=timezone.now() - timedelta(seconds=int(raw)))

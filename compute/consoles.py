@@ -70,7 +70,7 @@ class SerialConsoleConsumer(AsyncJsonWebsocketConsumer):
         if instance is None:
             await self.close(code=CLOSE_UNAUTHORISED)
             return
-        self.path = Path(settings.NUBIS_INSTANCE_DIR) / str(instance.uuid) / "serial.log"
+        self.path = Path(settings.NUBIS_INSTANCE_DIR) / str(instance.uuid) / instance.console_log
         await self.accept()
         self.task = asyncio.get_running_loop().create_task(self._follow())
 

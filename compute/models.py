@@ -306,6 +306,11 @@ class Instance(TenantOwned):
         return f"{settings.NUBIS_DOMAIN_PREFIX}{self.uuid}"
 
     @property
+    def console_log(self) -> str:
+        """Relative to its instance directory: a VM's serial console, or a container's stdout."""
+        return "serial.log" if self.kind == InstanceKind.VM else "stdout.log"
+
+    @property
     def port_name(self) -> str:
         """Host-side interface on the network's bridge: a VM's tap or a container's veth end."""
         return f"{'nt' if self.kind == InstanceKind.VM else 'nv'}{self.uuid.hex[:12]}"

@@ -53,6 +53,8 @@ NUBIS_CONTAINER_WATCH_SECONDS = config.env_int("NUBIS_CONTAINER_WATCH_SECONDS", 
 # Tenant networks: per-network dnsmasq state on each host. dnsmasq reads it as "nobody", so every
 # directory above must be searchable by others; it is rebuilt from the database, so /run will do.
 NUBIS_NETWORK_STATE_DIR = config.env_path("NUBIS_NETWORK_STATE_DIR", Path("/run/nubis/networks"))
+# Each tenant's "default" network (made on its first instance) takes the first free /24 of this.
+NUBIS_NETWORK_POOL = config.env_str("NUBIS_NETWORK_POOL", "10.128.0.0/9")
 # Subnets tenants may not use (comma-separated): by default libvirt's own NAT network.
 NUBIS_RESERVED_SUBNETS = [
     s.strip() for s in config.env_str("NUBIS_RESERVED_SUBNETS", "192.168.122.0/24").split(",") if s.strip()

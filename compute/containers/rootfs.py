@@ -67,6 +67,59 @@ def build_busybox_rootfs(dest: Path, busybox: Path = BUSYBOX) -> Path:
     return dest
 
 
+DEBOOTSTRAP = Path("/usr/sbin/debootstrap")
+DEBIAN_SUITE = "bookworm"
+
+
+def apt_mirror() -> str:
+    """The Debian mirror this machine's apt already uses (none is written into the project)."""
+    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    for path in sources:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            words = line.split()
+            # one-line format ("deb URL suite ...") and deb822 ("URIs: URL")
+            candidates = words[1:2] if words[:1] == ["deb"] else words[1:] if words[:1] == ["URIs:"] else []
+            for url in candidates:
+                if url.rstrip("/").endswith("/debian"):
+                    return url
+    raise RootfsError("no Debian mirror in /etc/apt/sources.list*: debootstrap needs one")
+
+
+def build_debian_rootfs(dest: Path, suite: str = DEBIAN_SUITE, log: Any = print) -> Path:
+    """A minimal Debian (debootstrap --variant=minbase) with the Nubis init, at ``dest``."""
+    if not DEBOOTSTRAP.exists():
+        raise RootfsError(f"{DEBOOTSTRAP} is not installed (apt-get install debootstrap)")
+    mirror = apt_mirror()
+    log(f"debootstrap {suite} from {mirror} (a few minutes the first time)")
+    proc = subprocess.run(
+        [str(DEBOOTSTRAP), "--variant=minbase", suite, str(dest), mirror],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RootfsError(f"debootstrap failed: {' '.join(tail)}")
+    # What a container gets from the host and its runtime is not part of the image.
+    for transient in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        for entry in (dest / transient).glob("*"):
+            if entry.is_file():
+                entry.unlink()
+    for device in (dest / "dev").iterdir():
+        if device.is_dir() and not device.is_symlink():
+            shutil.rmtree(device)
+        else:
+            device.unlink()
+    init = dest / INIT.lstrip("/")
+    init.write_text(INIT_SCRIPT)
+    init.chmod(0o755)
+    return dest
+
+
 def sha256_of(path: Path) -> str:
     """SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
@@ -84,7 +137,7 @@ def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def pack(rootfs: Path, tarball: Path) -> dict[str, Any]:
+def pack(rootfs: Path, tarball: Path, recipe: str | int = RECIPE) -> dict[str, Any]:
     """Pack ``rootfs`` into ``tarball`` and write manifest.json beside it; return the manifest."""
     tarball.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(tarball, "w:gz", compresslevel=6) as tar:
@@ -92,7 +145,7 @@ def pack(rootfs: Path, tarball: Path) -> dict[str, Any]:
         for path in sorted(rootfs.rglob("*")):
             tar.add(path, arcname=str(path.relative_to(rootfs)), recursive=False, filter=_normalise)
     manifest: dict[str, Any] = {
-        "recipe": RECIPE,
+        "recipe": recipe,
         "init": INIT,
         "tarball": tarball.name,
         "sha256": sha256_of(tarball),
@@ -119,8 +172,9 @@ def verify(tarball: Path, manifest: dict[str, Any] | Path) -> None:
 def unpack(tarball: Path, dest: Path, uid: int = 0, gid: int = 0) -> Path:
     """Extract ``tarball`` into ``dest`` (made atomically: a half-extracted tree is never seen there).
 
-    Entries are checked by tarfile's ``data`` filter (no absolute paths, no escaping links, no
-    device nodes); the tree is then owned by ``uid``:``gid``, the container's mapped root.
+    Entries are checked by tarfile's ``tar`` filter: nothing lands outside ``dest``, even through
+    a link, and set-id bits are dropped (absolute symlinks stay: a Debian tree has them, and they
+    resolve inside the container). The tree is then owned by ``uid``:``gid``, the mapped root.
     """
     if dest.exists():
         return dest
@@ -129,7 +183,7 @@ def unpack(tarball: Path, dest: Path, uid: int = 0, gid: int = 0) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     try:
         with tarfile.open(tarball, "r:*") as tar:
-            tar.extractall(partial, filter="data")
+            tar.extractall(partial, filter="tar")
         partial.chmod(0o755)
         if uid or gid:
             os.lchown(partial, uid, gid)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,30 @@ from typing import Any
 from compute.drivers.base import DriverError
 
 RUNC = "/usr/bin/runc"
+RUNC_ROOT = Path("/run/runc")  # runc's default state directory when run as root
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 STOP_TIMEOUT = 10.0  # seconds to wait for a killed container to stop
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """Wait for ``proc`` to exit; None if it had to be killed after ``timeout`` seconds.
+
+    A blocking wait, with a timer to kill: subprocess's own timed wait polls with sleeps that
+    double up to 50 ms, so it notices a 30 ms `runc run` only about 64 ms after it started.
+    """
+    expired = threading.Event()
+
+    def kill() -> None:
+        expired.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    try:
+        rc = proc.wait()
+    finally:
+        timer.cancel()
+    return None if expired.is_set() else rc
 
 
 def _cgroup_dir(controller: str, config: dict[str, Any]) -> Path:
@@ -53,18 +76,17 @@ class OciDriver:
         # Files, not pipes, so nothing the container inherits can keep us waiting (LAB.md section 5).
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
-                proc = subprocess.run(
-                    self._cmd(*args), stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=timeout
-                )
-            except subprocess.TimeoutExpired:
-                raise DriverError(f"{what}: runc {args[0]} timed out after {timeout:g} s") from None
+                proc = subprocess.Popen(self._cmd(*args), stdin=subprocess.DEVNULL, stdout=out, stderr=err)
             except OSError as exc:
                 raise DriverError(f"{what}: {exc.strerror}") from None
+            rc = _wait(proc, timeout)
+            if rc is None:
+                raise DriverError(f"{what}: runc {args[0]} timed out after {timeout:g} s")
             out.seek(0)
             err.seek(0)
             stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-        if proc.returncode != 0:
-            raise DriverError(f"{what}: {stderr.strip() or stdout.strip() or f'exit {proc.returncode}'}")
+        if rc != 0:
+            raise DriverError(f"{what}: {stderr.strip() or stdout.strip() or f'exit {rc}'}")
         return stdout
 
     def _config(self, name: str) -> dict[str, Any] | None:
@@ -89,7 +111,8 @@ class OciDriver:
         With ``rootfs``, that tree is copied into the bundle (and given to the mapped root); with
         None, config's root.path already names a prepared tree, shared read-only.
         """
-        if self.state(name) is not None:
+        # runc's own state file says whether it exists (cheaper than a `runc state` process).
+        if ((self.runc_root or RUNC_ROOT) / name / "state.json").exists():
             return
         bundle_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         if rootfs is not None:
@@ -109,19 +132,18 @@ class OciDriver:
     def _run_detached(self, name: str, bundle_dir: Path) -> None:
         # runc run -d keeps the stdio it is given for the container's life: files, never pipes.
         with (bundle_dir / "stdout.log").open("ab") as out, (bundle_dir / "stderr.log").open("ab") as err:
-            try:
-                proc = subprocess.run(
-                    self._cmd("run", "-d", "--bundle", str(bundle_dir), name),
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    timeout=30,
-                )
-            except subprocess.TimeoutExpired:
-                raise DriverError(f"create {name}: runc run timed out") from None
-        if proc.returncode != 0:
+            proc = subprocess.Popen(
+                self._cmd("run", "-d", "--bundle", str(bundle_dir), name),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+            )
+            rc = _wait(proc, 30.0)
+        if rc is None:
+            raise DriverError(f"create {name}: runc run timed out")
+        if rc != 0:
             tail = (bundle_dir / "stderr.log").read_text(errors="replace").strip().splitlines()[-3:]
-            raise DriverError(f"create {name}: {' '.join(tail) or f'runc exit {proc.returncode}'}")
+            raise DriverError(f"create {name}: {' '.join(tail) or f'runc exit {rc}'}")
 
     def start(self, name: str, bundle_dir: Path) -> None:
         """Run a stopped container again from its bundle (runc cannot restart a stopped one)."""

@@ -295,8 +295,9 @@ def _container_create(operation: Operation, instance: Instance, driver: VmDriver
     containers = container_driver()
     containers.create(instance.domain_name, container_config(instance, rootfs))
     _step(operation, "start", 60)
-    _container_port(instance)
-    _step(operation, "network", 90)
+    if instance.network_id is not None:
+        _container_port(instance)
+        _step(operation, "network", 90)
     _set_state(instance, InstanceState.RUNNING, fault="")
 
 

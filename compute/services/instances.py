@@ -37,6 +37,8 @@ from tenants.models import PriorityClass, QuotaClaim, Tenant
 from tenants.services.quotas import quota_claim, quota_release
 
 NAME_RULE = "1-63 letters, digits or hyphens, starting with a letter"
+# instance_create's network when the caller names none: the tenant's own default network.
+DEFAULT_NETWORK = "\x00default"
 
 
 def name_is_valid(name: str) -> bool:
@@ -134,11 +136,11 @@ def instance_create(
     kind: str = InstanceKind.VM,
     priority: int = PriorityClass.NORMAL,
     idempotency_key: str | None = None,
-    network: str | int | None = None,
+    network: str | int | None = DEFAULT_NETWORK,
     security_groups: list[str | int] | None = None,
 ) -> Operation:
     """Request a new VM or container; returns its create Operation (enqueued on the chosen host)."""
-    from compute.services.networks import attach_to_network, networks_for
+    from compute.services.networks import attach_to_network, default_network, networks_for
 
     if idempotency_key:
         existing = Operation.objects.for_tenant(tenant).filter(idempotency_key=idempotency_key).first()
@@ -167,7 +169,12 @@ def instance_create(
             "min_ram",
             f"flavor {flavor_obj.name} has {flavor_obj.ram_mib} MiB; a VM needs {VM_MIN_RAM_MIB}",
         )
-    network_obj = _by_name_or_id(networks_for(tenant), network, "network") if network else None
+    if network == DEFAULT_NETWORK:
+        network_obj = default_network(tenant, actor)
+    elif network is None or network == "":
+        network_obj = None  # a VM on the host's NAT network, a container with loopback only
+    else:
+        network_obj = _by_name_or_id(networks_for(tenant), network, "network")
     groups = [
         _by_name_or_id(SecurityGroup.objects.for_tenant(tenant), ref, "security_groups")
         for ref in security_groups or []

@@ -79,8 +79,9 @@ def _check_overlap(tenant: Tenant, net: ipaddress.IPv4Network) -> None:
 
 @transaction.atomic
 def network_create(
-    *, actor: Actor, tenant: Tenant, name: str, cidr: str, nat_egress: bool = False
+    *, actor: Actor, tenant: Tenant, name: str, cidr: str, nat_egress: bool = False, audit: bool = True
 ) -> Network:
+    """A new network; ``audit=False`` when it is part of another recorded action (a default network)."""
     if not _name_ok(name):
         raise ServiceError("name", "name", f"invalid name {name!r}: 1-63 letters, digits, - or _")
     net = parse_cidr(cidr, "cidr", NETWORK_PREFIXES)
@@ -99,7 +100,8 @@ def network_create(
             )
     except IntegrityError:
         raise Conflict("name", "unique", f"a network named {name!r} already exists") from None
-    audit_log(actor=actor, action="network.create", target=network, detail={"cidr": str(net)})
+    if audit:
+        audit_log(actor=actor, action="network.create", target=network, detail={"cidr": str(net)})
     return network
 
 
@@ -131,6 +133,33 @@ def network_delete(*, actor: Actor, network: Network) -> None:
     locked.save(update_fields=["deleted_at"])
     audit_log(actor=actor, action="network.delete", target=locked)
     hosts_sync(Host.objects.filter(simulated=False))
+
+
+DEFAULT_NAME = "default"
+
+
+def default_network(tenant: Tenant, actor: Actor) -> Network:
+    """The tenant's network named "default", made on first use with the first free /24 of the pool."""
+    found = networks_for(tenant).filter(name=DEFAULT_NAME).first()
+    if found is not None:
+        return found
+    Tenant.objects.select_for_update().filter(pk=tenant.pk).first()  # one creator per tenant
+    found = networks_for(tenant).filter(name=DEFAULT_NAME).first()
+    if found is not None:
+        return found
+    list(Network.objects.unscoped().select_for_update().filter(deleted_at__isnull=True).values("pk"))
+    used = [
+        ipaddress.IPv4Network(c)
+        for c in Network.objects.unscoped().filter(deleted_at__isnull=True).values_list("cidr", flat=True)
+    ] + _reserved()
+    pool = ipaddress.IPv4Network(settings.NUBIS_NETWORK_POOL)
+    for subnet in pool.subnets(new_prefix=max(24, pool.prefixlen)):
+        if not any(subnet.overlaps(u) for u in used):
+            # Recorded with the instance.create that needs it (its detail names the network).
+            return network_create(
+                actor=actor, tenant=tenant, name=DEFAULT_NAME, cidr=str(subnet), audit=False
+            )
+    raise Conflict("network", "pool", f"no free /24 is left in the network pool {pool}")
 
 
 def networks_for(tenant: Tenant) -> Any:

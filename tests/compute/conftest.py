@@ -86,6 +86,7 @@ def start_agent(name: str, log: Path, **extra_env: str) -> subprocess.Popen[byte
         NUBIS_IMAGE_DIR=str(settings.NUBIS_IMAGE_DIR),
         NUBIS_SHUTDOWN_TIMEOUT="20",
         NUBIS_RECONCILE_SECONDS="2",
+        NUBIS_METRICS_SECONDS="1",
         **extra_env,
     )
     with log.open("ab") as out:

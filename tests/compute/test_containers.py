@@ -6,6 +6,7 @@ the limits below are the kernel's, read back from the cgroup files and felt by r
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -137,6 +138,20 @@ def test_container_lifecycle_and_isolation_through_the_api(
     logs = client.get(f"/api/v1/tenants/{tenant.slug}/instances/{instance.uuid}/logs/")
     assert logs.status_code == 200
     assert "nubis: container ready (box-1)" in logs.json()["text"]
+    # Its output is its console; it has no screen.
+    base = f"/api/v1/tenants/{tenant.slug}/instances/{instance.uuid}"
+    assert "nubis: container ready (box-1)" in client.get(f"{base}/console/serial/").json()["lines"]
+    vnc = client.post(f"{base}/console/vnc/")
+    assert vnc.status_code == 400
+    assert vnc.json()["errors"][0]["field"] == "kind"
+
+    # The agent samples it: CPU, memory and pids from its cgroup, as a time series.
+    wait_for(lambda: len(client.get(f"{base}/metrics/").json()) >= 2, "two usage samples", 15)
+    point = client.get(f"{base}/metrics/").json()[-1]
+    assert point["resolution"] == 10
+    assert 0 < point["mem_bytes"] <= 64 << 20
+    assert point["pids"] >= 1
+    assert point["cpu_pct"] >= 0
 
     # Stop (SIGTERM reaches its init), start again, reboot.
     op = wait_operation(instance_action(actor=actor, instance=instance, kind="stop"), timeout=60)
@@ -339,3 +354,26 @@ def test_agent_killed_mid_container_create_recovers(
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         Host.objects.filter(pk=host.pk).update(state=HostState.ENABLED)
+
+
+def test_debian_container_from_a_debootstrap_image(ctx, host: Host, cflavors, no_leftovers) -> None:
+    """build_container_image --debian (debootstrap, cached) gives an image containers run from."""
+    from django.core.management import call_command
+
+    tenant, user, actor = ctx
+    call_command("build_container_image", "--debian", stdout=io.StringIO())
+    image = Image.objects.get(name="debian-12")
+    manifest = json.loads((Path(image.disk_path).parent / "manifest.json").read_text())
+    assert manifest["sha256"] == image.sha256
+    instance = running(tenant, user, "deb", "c.medium", image)
+    client = APIClient()
+    client.force_authenticate(user)
+    assert api_exec(client, tenant, instance, "cat", "/etc/debian_version")["stdout"].startswith("12.")
+    assert api_exec(client, tenant, instance, "hostname")["stdout"].strip() == "deb"
+    # Its absolute symlinks resolve inside the container, not on the host.
+    assert (
+        api_exec(client, tenant, instance, "readlink", "-f", "/bin/sh")["stdout"].strip() == "/usr/bin/dash"
+    )
+    op = wait_operation(instance_delete(actor=actor, instance=instance), timeout=60)
+    assert op.state == OperationState.SUCCEEDED, op.error
+    assert container_traces(instance) == []

@@ -6,6 +6,7 @@ portal's services and a real agent. Every address here is on bridges and namespa
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import threading
 import time
@@ -209,7 +210,8 @@ def test_tenant_networks_connect_a_tenant_and_isolate_it(
     network_delete(actor=a.actor, network=net_a)
     network_delete(actor=b.actor, network=net_b)
     for net in (net_a, net_b):
-        wait_for(lambda n=net: not Path(f"/sys/class/net/{n.bridge}").exists(), f"{net.bridge} to go", 30)
+        gone = Path(f"/sys/class/net/{net.bridge}")
+        wait_for(functools.partial(lambda path: not path.exists(), gone), f"{net.bridge} to go", 30)
     assert Network.objects.for_tenant(a.tenant).get(pk=net_a.pk).deleted_at is not None
 
 
@@ -256,7 +258,7 @@ def test_network_bad_input_names_the_field(host: Host) -> None:
 
     group = member.client.post(f"{base}/security-groups/", {"name": "web"}, format="json").json()
     rules = f"{base}/security-groups/{group['id']}/rules/"
-    for body, field, text in [
+    rule_cases: list[tuple[dict[str, object], str, str]] = [
         ({"protocol": "tcp", "port_min": 80, "cidr": "10.0.0.0/40"}, "cidr", "invalid CIDR"),
         ({"protocol": "tcp", "port_min": 80, "cidr": "0.0.0.1/0"}, "cidr", "host bits set"),
         ({"protocol": "gre", "cidr": "0.0.0.0/0"}, "protocol", "one of tcp, udp, icmp, any"),
@@ -268,12 +270,13 @@ def test_network_bad_input_names_the_field(host: Host) -> None:
         ),
         ({"protocol": "udp", "port_min": 70000, "cidr": "0.0.0.0/0"}, "port_min", "between 1 and 65535"),
         ({"protocol": "icmp", "port_min": 1, "cidr": "0.0.0.0/0"}, "port_min", "has no ports"),
-    ]:
-        response = member.client.post(rules, body, format="json")
-        assert response.status_code == 400, (body, response.content)
+    ]
+    for rule_body, field, text in rule_cases:
+        response = member.client.post(rules, rule_body, format="json")
+        assert response.status_code == 400, (rule_body, response.content)
         error = response.json()["errors"][0]
-        assert error["field"] == field, (body, error)
-        assert text in error["message"], (body, error)
+        assert error["field"] == field, (rule_body, error)
+        assert text in error["message"], (rule_body, error)
     created = member.client.post(
         rules, {"protocol": "tcp", "port_min": 80, "cidr": "0.0.0.0/0"}, format="json"
     )

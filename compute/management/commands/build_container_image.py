@@ -1,4 +1,7 @@
-"""Build the busybox container root filesystem (cached) and register it in the image registry."""
+"""Build a container root filesystem (cached) and register it in the image registry.
+
+The busybox one always; with --debian, a minimal Debian made by debootstrap where it is installed.
+"""
 
 from __future__ import annotations
 
@@ -11,40 +14,61 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from compute.containers.rootfs import INIT, RECIPE, RootfsError, build_busybox_rootfs, pack, verify
+from compute.containers.rootfs import (
+    DEBIAN_SUITE,
+    INIT,
+    RECIPE,
+    RootfsError,
+    build_busybox_rootfs,
+    build_debian_rootfs,
+    pack,
+    verify,
+)
 from compute.models import Image, ImageKind
 
 
 class Command(BaseCommand):
-    help = "Build a busybox root filesystem tarball with its manifest, and register it as a container image."
+    help = "Build a root filesystem tarball with its manifest, and register it as a container image."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--name", default="busybox", help="image name (default busybox)")
+        parser.add_argument("--name", help="image name (default busybox, or debian-12 with --debian)")
+        parser.add_argument(
+            "--debian", action="store_true", help=f"a minimal Debian {DEBIAN_SUITE} by debootstrap"
+        )
         parser.add_argument("--force", action="store_true", help="rebuild even if a verified build exists")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        name = options["name"]
+        debian = options["debian"]
+        name = options["name"] or ("debian-12" if debian else "busybox")
+        recipe = f"debian-{DEBIAN_SUITE}-{RECIPE}" if debian else RECIPE
         directory = Path(settings.NUBIS_IMAGE_DIR) / f"{name}-rootfs"
         tarball, manifest_path = directory / "rootfs.tar.gz", directory / "manifest.json"
         try:
             if options["force"] or not manifest_path.exists():
                 raise RootfsError("no cached build")
             verify(tarball, manifest_path)
-            if json.loads(manifest_path.read_text()).get("recipe") != RECIPE:
+            if json.loads(manifest_path.read_text()).get("recipe") != recipe:
                 raise RootfsError("cached build is of an older recipe")
             self.stdout.write(f"using cached root filesystem {tarball}")
         except RootfsError:
             with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=settings.NUBIS_IMAGE_DIR) as tmp:
                 try:
-                    rootfs = build_busybox_rootfs(Path(tmp) / "rootfs")
-                    pack(rootfs, tarball)
+                    target = Path(tmp) / "rootfs"
+                    if debian:
+                        rootfs = build_debian_rootfs(target, log=self.stdout.write)
+                    else:
+                        rootfs = build_busybox_rootfs(target)
+                    pack(rootfs, tarball, recipe)
                 except (RootfsError, OSError) as exc:
                     raise CommandError(f"build {name}: {exc}") from None
             self.stdout.write(f"built root filesystem {tarball}")
         manifest = json.loads(manifest_path.read_text())
-        version = subprocess.run(
-            ["/bin/busybox"], capture_output=True, text=True, check=False
-        ).stdout.splitlines()[0:1]
+        if debian:
+            version = [f"Debian {DEBIAN_SUITE} (minbase)"]
+        else:
+            version = subprocess.run(
+                ["/bin/busybox"], capture_output=True, text=True, check=False
+            ).stdout.splitlines()[0:1]
         image, _ = Image.objects.update_or_create(
             name=name,
             defaults={
