@@ -48,12 +48,14 @@ class HostAdmin(admin.ModelAdmin):
         "iommu",
         "vmm",
         "heartbeat_at",
+        "load",
         "simulated",
     ]
     list_filter = ["state", "kvm_usable", "paging", "iommu", "simulated"]
     list_editable = ["state"]
     search_fields = ["name"]
     readonly_fields = [
+        "load",
         "uri",
         "cpu_model",
         "cpus",
@@ -71,8 +73,26 @@ class HostAdmin(admin.ModelAdmin):
         "registered_at",
     ]
 
+    @admin.display(description="load (last minute)")
+    def load(self, obj: Host) -> str:
+        return _load_text(obj)
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # hosts register themselves when their agent starts
+
+
+def _load_text(host: Host) -> str:
+    from compute.metrics import host_load
+
+    load = host_load(host)
+    if load is None:
+        return "no samples in the last minute"
+    mib = 1 << 20
+    return (
+        f"CPU {load['cpu_pct']:.0f}%, memory {load['mem_bytes'] / mib:.0f} MiB, "
+        f"disk {(load['blk_read_bps'] + load['blk_write_bps']) / mib:.1f} MiB/s, "
+        f"network {(load['net_rx_bps'] + load['net_tx_bps']) / mib:.1f} MiB/s"
+    )
 
 
 @admin.register(Flavor)

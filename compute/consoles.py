@@ -42,7 +42,7 @@ def vnc_token_consume(token: str, instance_uuid: str, user_id: int | None) -> bo
     """True if the token was issued for this instance and user; it is used up either way."""
     if not token or user_id is None:
         return False
-    raw = redis_client().getdel(_token_key(token))
+    raw: bytes | None = redis_client().getdel(_token_key(token))  # type: ignore[assignment]
     if raw is None:
         return False
     data = json.loads(raw)

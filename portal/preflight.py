@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db import connection
@@ -60,7 +61,8 @@ def check_redis() -> CheckResult:
         client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
         try:
             client.ping()
-            version = client.info("server").get("redis_version", "?")
+            info: dict[str, Any] = client.info("server")  # type: ignore[assignment]
+            version = info.get("redis_version", "?")
         finally:
             client.close()
         return f"redis {version} at {config.redact(settings.REDIS_URL)}"

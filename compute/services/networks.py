@@ -32,6 +32,7 @@ NETWORK_PREFIXES = (16, 29)  # smallest and largest prefix length a tenant subne
 # Ranges no tenant subnet may overlap: this host's own, and what is never routable.
 ALWAYS_RESERVED = ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4")
 NOT_LIVE = (InstanceState.DELETED,)
+SYNC_EXPIRES = 300.0  # seconds; the reconciler re-applies everything anyway
 
 
 def _name_ok(name: str) -> bool:
@@ -308,11 +309,16 @@ def _hosts_of(instances: Any) -> Any:
 
 
 def hosts_sync(hosts: Any) -> None:
-    """Ask each host's agent to bring its bridges, DHCP and port rules in line, after commit."""
+    """Ask each live host's agent to bring its bridges, DHCP and port rules in line, after commit.
+
+    A host whose agent is silent is skipped (it syncs when its agent starts), and a request
+    expires unread after SYNC_EXPIRES, so no queue of a dead host fills up.
+    """
     from compute.tasks import networks_sync
 
     def send(name: str, queue: str) -> None:
-        networks_sync.apply_async(args=(name,), queue=queue)
+        networks_sync.apply_async(args=(name,), queue=queue, expires=SYNC_EXPIRES)
 
     for host in hosts:
-        transaction.on_commit(functools.partial(send, host.name, host.queue))
+        if host.heartbeat_fresh():
+            transaction.on_commit(functools.partial(send, host.name, host.queue))

@@ -48,8 +48,8 @@ def total_of(host: Host) -> Capacity:
     )
 
 
-def _fits(host: Host, want: Instance) -> bool:
-    used, total = used_on(host), total_of(host)
+def _fits(host: Host, want: Instance, used: Capacity | None = None) -> bool:
+    used, total = used or used_on(host), total_of(host)
     return (
         used.vcpus + want.vcpus <= total.vcpus
         and used.ram_mib + want.ram_mib <= total.ram_mib
@@ -62,12 +62,20 @@ def place(instance: Instance) -> Host:
     flavor = instance.flavor
     now = timezone.now()
     candidates = list(Host.objects.filter(simulated=False).order_by("name"))
+    # What each host holds, read once (one query per host) for the filter and the ordering.
+    used: dict[int, Capacity] = {}
+
+    def used_by(host: Host) -> Capacity:
+        if host.pk not in used:
+            used[host.pk] = used_on(host)
+        return used[host.pk]
+
     steps = [
         ("state", lambda h: h.state == HostState.ENABLED, "not enabled"),
         ("heartbeat", lambda h: h.heartbeat_fresh(now), "agent heartbeat is stale"),
         ("kvm", lambda h: flavor.cpu_mode != CpuMode.HARDWARE or h.kvm_usable, "no working KVM"),
         ("iommu", lambda h: not flavor.pci_passthrough or h.iommu, "no IOMMU for PCI passthrough"),
-        ("capacity", lambda h: _fits(h, instance), "not enough free vCPU, RAM or disk"),
+        ("capacity", lambda h: _fits(h, instance, used_by(h)), "not enough free vCPU, RAM or disk"),
     ]
     if not candidates:
         raise NoValidHost("no valid host: no compute host is registered")
@@ -79,7 +87,7 @@ def place(instance: Instance) -> Host:
             )
         candidates = remaining
     # Spread: most free RAM first. Claim under a lock; if the host filled up meanwhile, try the next.
-    candidates.sort(key=lambda h: total_of(h).ram_mib - used_on(h).ram_mib, reverse=True)
+    candidates.sort(key=lambda h: total_of(h).ram_mib - used_by(h).ram_mib, reverse=True)
     for host in candidates:
         with transaction.atomic():
             locked = Host.objects.select_for_update().get(pk=host.pk)

@@ -177,7 +177,7 @@ def _orphan(host: Host, kind: str, name: str, report: Report) -> bool:
     client = redis_client()
     key = _orphan_key(host, kind, name)
     now = time.time()
-    first = client.get(key)
+    first: bytes | None = client.get(key)  # type: ignore[assignment]
     if first is None:
         client.set(key, now, ex=7 * 86400)
         report.orphans_seen.append(f"{kind}:{name}")
