@@ -100,8 +100,10 @@ def port_attach(instance: Instance, pid: int | None = None) -> None:
         return
     spec = net_spec(network)
     try:
-        plumbing.firewall_base_ensure()
-        plumbing.network_ensure(spec)
+        # The network's first instance on this host brings up its bridge; for the others the
+        # reconciler and the networks_sync task keep it in line, so a create need not check it all.
+        if not Path(f"/sys/class/net/{spec.bridge}").exists():
+            plumbing.network_ensure(spec)
         _dhcp(network, instance.host)
         if instance.kind == InstanceKind.CONTAINER and pid is not None:
             _bind_netns(instance.netns_name, pid)
