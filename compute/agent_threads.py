@@ -13,9 +13,9 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from compute.drivers.base import DriverError, HostFacts
-from compute.models import Host, Instance
+from compute.models import Host, Instance, domain_uuid
 from compute.services.hosts import host_heartbeat, host_register
-from compute.services.reconcile import domain_uuid, reconcile_host, sync_power
+from compute.services.reconcile import reconcile_host, sync_power
 from compute.tasks import local_driver
 
 logger = logging.getLogger("nubis.agent")

@@ -213,6 +213,17 @@ class Image(models.Model):
         return [p for p in (self.kernel_path, self.initrd_path, self.disk_path) if p]
 
 
+def domain_uuid(name: str) -> str | None:
+    """The instance UUID in one of our domain, container or namespace names (None for others')."""
+    prefix = settings.NUBIS_DOMAIN_PREFIX
+    if not name.startswith(prefix):
+        return None
+    try:
+        return str(uuid.UUID(name.removeprefix(prefix)))
+    except ValueError:
+        return None
+
+
 class InstanceKind(models.TextChoices):
     VM = "vm", "Virtual machine"
     CONTAINER = "container", "Container"

@@ -226,7 +226,7 @@ def _stop(operation: Operation, instance: Instance, driver: VmDriver) -> None:
     timeout = settings.NUBIS_CONTAINER_STOP_TIMEOUT if container else settings.NUBIS_SHUTDOWN_TIMEOUT
     clean = driver.shutdown(instance.domain_name, timeout)
     if container:
-        ports.port_detach(instance)  # its namespace is gone; the next start makes a new one
+        ports.port_detach(instance, forget=False)  # the next start makes a new namespace
     _step(operation, "shutdown" if clean else "forced-off", 90)
     # An address on a tenant network is the instance's own; one learnt from libvirt's DHCP is not.
     address = instance.ip_address if instance.network_id else None

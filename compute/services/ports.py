@@ -16,7 +16,16 @@ from django.conf import settings
 from django.db.models import Prefetch
 
 from compute.drivers.base import DriverError
-from compute.models import Host, Instance, InstanceKind, InstanceState, Network, SecurityGroup, SecurityRule
+from compute.models import (
+    Host,
+    Instance,
+    InstanceKind,
+    InstanceState,
+    Network,
+    SecurityGroup,
+    SecurityRule,
+    domain_uuid,
+)
 from compute.network import plumbing
 from compute.network.plumbing import NetSpec, PlumbingError, Rule
 
@@ -61,8 +70,13 @@ def _on_host(network: Network, host: Host) -> list[Instance]:
     )
 
 
-def _dhcp(network: Network, host: Host) -> None:
-    hosts = [(i.mac_address, str(i.ip_address), i.name) for i in _on_host(network, host)]
+def _dhcp(network: Network, host: Host, without: Instance | None = None) -> None:
+    """Reserve each instance's address for its MAC in the network's DHCP server on this host."""
+    hosts = [
+        (i.mac_address, str(i.ip_address), i.name)
+        for i in _on_host(network, host)
+        if without is None or i.pk != without.pk
+    ]
     plumbing.dhcp_hosts_set(net_spec(network), hosts)
 
 
@@ -122,14 +136,15 @@ def port_attach(instance: Instance, pid: int | None = None) -> None:
         raise DriverError(f"network {network.name}: {exc}") from None
 
 
-def port_detach(instance: Instance) -> None:
-    """Remove the instance's veth, namespace and rules, and its DHCP reservation."""
+def port_detach(instance: Instance, forget: bool = True) -> None:
+    """Remove the instance's veth, namespace and rules and, unless only stopping (``forget`` is
+    False: it keeps its address), its DHCP reservation."""
     try:
         plumbing.port_rules_remove(instance.port_name)
         if instance.kind == InstanceKind.CONTAINER:
             plumbing.port_detach_netns(instance.netns_name, instance.port_name)
-        if instance.network is not None and instance.host is not None:
-            _dhcp(instance.network, instance.host)
+        if forget and instance.network is not None and instance.host is not None:
+            _dhcp(instance.network, instance.host, without=instance)
     except PlumbingError as exc:
         raise DriverError(f"network port of {instance.name}: {exc}") from None
 
@@ -189,4 +204,11 @@ def host_networks_sync(host: Host) -> dict[str, list[str]]:
             plumbing.port_rules_remove(port)
             plumbing.port_detach_netns(f"{settings.NUBIS_DOMAIN_PREFIX}{uid}", port)
             done["removed_ports"].append(port)
+    # A namespace named for a container whose veth was never made (an agent killed in between).
+    names = sorted(p.name for p in NETNS_DIR.iterdir()) if NETNS_DIR.exists() else []
+    for name in names:
+        owner = domain_uuid(name)
+        if owner is not None and owner not in live_instances:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False, timeout=30)
+            done["removed_ports"].append(f"netns:{name}")
     return done

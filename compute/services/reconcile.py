@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from compute.models import (
     Operation,
     OperationKind,
     OperationState,
+    domain_uuid,
 )
 from compute.network.plumbing import PlumbingError
 from compute.services.instances import instance_event, instance_fail, operation_finish
@@ -52,17 +52,6 @@ class Report:
 
     def as_dict(self) -> dict[str, list[str]]:
         return dict(self.__dict__)
-
-
-def domain_uuid(name: str) -> str | None:
-    """The instance UUID in one of our domain names (None for anyone else's domain)."""
-    prefix = settings.NUBIS_DOMAIN_PREFIX
-    if not name.startswith(prefix):
-        return None
-    try:
-        return str(uuidlib.UUID(name.removeprefix(prefix)))
-    except ValueError:
-        return None
 
 
 def sync_power(instance: Instance, driver: VmDriver, report: Report | None = None) -> None:

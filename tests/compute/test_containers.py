@@ -377,3 +377,44 @@ def test_debian_container_from_a_debootstrap_image(ctx, host: Host, cflavors, no
     op = wait_operation(instance_delete(actor=actor, instance=instance), timeout=60)
     assert op.state == OperationState.SUCCEEDED, op.error
     assert container_traces(instance) == []
+
+
+def test_orphan_container_and_namespace_are_reconciled_away(
+    host: Host, rootfs_image: Image, settings
+) -> None:
+    """A container, bundle and named namespace of this cloud that no instance owns are removed."""
+    from compute.containers.oci_spec import oci_config
+    from compute.containers.rootfs import unpack
+    from compute.drivers.oci import OciDriver
+    from compute.services.reconcile import reconcile_host
+    from compute.tasks import local_driver
+
+    settings.NUBIS_ORPHAN_GRACE = 0
+    orphan = uuid.uuid4()
+    name = f"{settings.NUBIS_DOMAIN_PREFIX}{orphan}"
+    bundle = Path(settings.NUBIS_INSTANCE_DIR) / str(orphan)
+    rootfs = unpack(Path(rootfs_image.disk_path), bundle / "rootfs")
+    config = oci_config(
+        name=name,
+        hostname="orphan",
+        args=["/sbin/nubis-init"],
+        rootfs=str(rootfs),
+        memory_bytes=32 << 20,
+        cpu_quota=10_000,
+        pids_max=16,
+        user_namespace=False,
+    )
+    OciDriver().create(name, bundle, None, config)
+    lost = f"{settings.NUBIS_DOMAIN_PREFIX}{uuid.uuid4()}"
+    subprocess.run(["ip", "netns", "add", lost], check=True)
+    try:
+        assert name in containers()
+        report = reconcile_host(host, local_driver())
+        assert f"container:{name}" in report.orphans_removed
+        assert f"port:netns:{lost}" in report.orphans_removed
+        assert name not in containers()
+        assert not bundle.exists()
+        assert not (Path("/var/run/netns") / lost).exists()
+    finally:
+        subprocess.run(["runc", "delete", "--force", name], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", lost], capture_output=True, check=False)
