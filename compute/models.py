@@ -214,14 +214,20 @@ class Image(models.Model):
 
 
 def domain_uuid(name: str) -> str | None:
-    """The instance UUID in one of our domain, container or namespace names (None for others')."""
+    """The instance UUID in one of our domain, container or namespace names (None for others').
+
+    Only a canonical UUID right after the prefix counts: a deployment whose prefix merely starts
+    with ours ("nubis-t42-" against "nubis-") is someone else.
+    """
     prefix = settings.NUBIS_DOMAIN_PREFIX
     if not name.startswith(prefix):
         return None
+    rest = name.removeprefix(prefix)
     try:
-        return str(uuid.UUID(name.removeprefix(prefix)))
+        canonical = str(uuid.UUID(rest))
     except ValueError:
         return None
+    return canonical if canonical == rest else None
 
 
 class InstanceKind(models.TextChoices):

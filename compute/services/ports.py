@@ -39,6 +39,15 @@ def tag_prefix() -> str:
     return f"nubis:{settings.NUBIS_DOMAIN_PREFIX}"
 
 
+def _owner(alias: str) -> str | None:
+    """The UUID in a bridge's or port's alias when this deployment made it, else None.
+
+    Another deployment on the host may use a longer prefix that starts with ours ("nubis-" and
+    "nubis-t42-"); its aliases do not hold a bare UUID after our prefix, so they are left alone.
+    """
+    return domain_uuid(alias.removeprefix("nubis:"))
+
+
 def net_spec(network: Network) -> NetSpec:
     return NetSpec(
         bridge=network.bridge,
@@ -180,7 +189,8 @@ def host_networks_sync(host: Host) -> dict[str, list[str]]:
         for u in Network.objects.unscoped().filter(deleted_at__isnull=True).values_list("uuid", flat=True)
     }
     for bridge, alias in plumbing.bridges_list(prefix).items():
-        if alias.removeprefix(prefix) not in live_networks:
+        owner = _owner(alias)
+        if owner is not None and owner not in live_networks:
             plumbing.network_remove(
                 NetSpec(  # removal needs only the bridge and its state directory
                     bridge=bridge,
@@ -199,8 +209,8 @@ def host_networks_sync(host: Host) -> dict[str, list[str]]:
         .values_list("uuid", flat=True)
     }
     for port, alias in plumbing.ports_list(prefix).items():
-        uid = alias.removeprefix(prefix)
-        if uid not in live_instances:
+        uid = _owner(alias)
+        if uid is not None and uid not in live_instances:
             plumbing.port_rules_remove(port)
             plumbing.port_detach_netns(f"{settings.NUBIS_DOMAIN_PREFIX}{uid}", port)
             done["removed_ports"].append(port)

@@ -10,6 +10,7 @@ import functools
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -213,6 +214,21 @@ def test_tenant_networks_connect_a_tenant_and_isolate_it(
         gone = Path(f"/sys/class/net/{net.bridge}")
         wait_for(functools.partial(lambda path: not path.exists(), gone), f"{net.bridge} to go", 30)
     assert Network.objects.for_tenant(a.tenant).get(pk=net_a.pk).deleted_at is not None
+
+
+@pytest.mark.django_db(transaction=False)
+def test_only_this_deployments_bridges_and_ports_count_as_its_own(settings) -> None:
+    """Aliases of a deployment whose prefix starts with ours are never taken for orphans of ours."""
+    from compute.models import domain_uuid
+    from compute.services.ports import _owner
+
+    settings.NUBIS_DOMAIN_PREFIX = "nubis-"
+    some = uuid.uuid4()
+    assert _owner(f"nubis:nubis-{some}") == str(some)
+    assert _owner(f"nubis:nubis-t42-{some}") is None
+    assert _owner(f"nubis:nubis-{some.hex}") is None
+    assert domain_uuid(f"nubis-t42-{some}") is None
+    assert domain_uuid(f"nubis-{str(some).upper()}") is None
 
 
 def test_network_bad_input_names_the_field(host: Host) -> None:

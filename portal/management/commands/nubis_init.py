@@ -43,6 +43,14 @@ DEFAULT_FLAVORS: dict[str, dict[str, object]] = {
         "balloon": True,
         "min_ram_mib": 512,
     },
+    # For containers: half a CPU, 128 MiB, at most 256 processes.
+    "c1.small": {
+        "vcpus": 1,
+        "ram_mib": 128,
+        "disk_gib": 1,
+        "cpu_limit_pct": 50,
+        "pids_max": 256,
+    },
 }
 
 
