@@ -495,9 +495,6 @@ class ContainerExecView(TenantView):
         if instance.state != InstanceState.RUNNING or instance.host is None:
             raise Conflict("state", "state", f"exec needs a running container; it is {instance.state}")
         argv, timeout = body.validated_data["argv"], body.validated_data["timeout"]
-        audit_log(
-            actor=Actor.from_request(request), action="instance.exec", target=instance, detail={"argv": argv}
-        )
         result = container_exec.apply_async(
             args=(str(instance.uuid), argv, timeout), queue=instance.host.queue
         )
@@ -505,4 +502,12 @@ class ContainerExecView(TenantView):
             rc, out, err = result.get(timeout=timeout + 15)
         except Exception as exc:  # the host's answer: a DriverError, or no answer at all
             raise Conflict("state", "exec", f"exec failed: {exc}") from None
+        finally:
+            result.forget()  # the result backend need not keep the output
+        audit_log(
+            actor=Actor.from_request(request),
+            action="instance.exec",
+            target=instance,
+            detail={"argv": argv, "exit_code": rc},
+        )
         return Response({"exit_code": rc, "stdout": out[-(1 << 20) :], "stderr": err[-(1 << 20) :]})

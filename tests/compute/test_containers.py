@@ -113,6 +113,11 @@ def test_container_lifecycle_and_isolation_through_the_api(
         "/bin/sh\0/sbin/nubis-init"
     )
     assert api_exec(client, tenant, instance, "hostname")["stdout"].strip() == "box-1"
+    executed = (
+        AuditRecord.objects.filter(action="instance.exec", target_id=str(instance.pk)).order_by("seq").last()
+    )
+    assert executed is not None
+    assert executed.detail == {"argv": ["hostname"], "exit_code": 0}
     status = api_exec(client, tenant, instance, "cat", "/proc/self/status")["stdout"]
     fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
     assert fields["Seccomp"].strip() == "2"
