@@ -7,7 +7,6 @@ the reconciler and after every network or security-group change) can always redo
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
 import subprocess
 from pathlib import Path
@@ -28,8 +27,6 @@ from compute.models import (
 )
 from compute.network import plumbing
 from compute.network.plumbing import NetSpec, PlumbingError, Rule
-
-logger = logging.getLogger(__name__)
 
 NETNS_DIR = Path("/var/run/netns")
 
