@@ -423,3 +423,26 @@ def test_orphan_container_and_namespace_are_reconciled_away(
     finally:
         subprocess.run(["runc", "delete", "--force", name], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "del", lost], capture_output=True, check=False)
+
+
+def test_container_whose_init_dies_is_noticed_as_stopped(
+    ctx, host: Host, rootfs_image: Image, cflavors, no_leftovers
+) -> None:
+    """runc sends no events: the agent's watch thread sees the exit and the instance stops."""
+    tenant, user, actor = ctx
+    instance = running(tenant, user, "mortal", "c.small", rootfs_image)
+    subprocess.run(["runc", "kill", instance.domain_name, "KILL"], check=True, capture_output=True)
+    wait_for(
+        lambda: Instance.objects.for_tenant(tenant).get(pk=instance.pk).state == InstanceState.STOPPED,
+        "the agent to notice the container stopped",
+        timeout=15,
+    )
+    # It starts again from its bundle, on its network.
+    op = wait_operation(instance_action(actor=actor, instance=instance, kind="start"), timeout=60)
+    assert op.state == OperationState.SUCCEEDED, op.error
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.RUNNING
+    assert Path(f"/sys/class/net/{instance.port_name}").exists()
+    op = wait_operation(instance_delete(actor=actor, instance=instance), timeout=60)
+    assert op.state == OperationState.SUCCEEDED, op.error
+    assert container_traces(instance) == []
