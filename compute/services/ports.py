@@ -123,6 +123,7 @@ def port_attach(instance: Instance, pid: int | None = None) -> None:
         # The network's first instance on this host brings up its bridge; for the others the
         # reconciler and the networks_sync task keep it in line, so a create need not check it all.
         if not Path(f"/sys/class/net/{spec.bridge}").exists():
+            remove_dead_bridges()
             plumbing.network_ensure(spec)
         _dhcp(network, instance.host)
         if instance.kind == InstanceKind.CONTAINER and pid is not None:
@@ -155,6 +156,34 @@ def port_detach(instance: Instance, forget: bool = True) -> None:
         raise DriverError(f"network port of {instance.name}: {exc}") from None
 
 
+def remove_dead_bridges() -> list[str]:
+    """Remove this deployment's bridges whose network was deleted; the names removed.
+
+    Also run before a network's first bridge on the host is made: a deleted network's subnet may
+    be handed out again, and two bridges with one subnet would split the host's routes.
+    """
+    live_networks = {
+        str(u)
+        for u in Network.objects.unscoped().filter(deleted_at__isnull=True).values_list("uuid", flat=True)
+    }
+    removed = []
+    for bridge, alias in plumbing.bridges_list(tag_prefix()).items():
+        owner = _owner(alias)
+        if owner is not None and owner not in live_networks:
+            plumbing.network_remove(
+                NetSpec(  # removal needs only the bridge and its state directory
+                    bridge=bridge,
+                    cidr="",
+                    gateway="",
+                    nat=False,
+                    tag=alias,
+                    state_dir=Path(settings.NUBIS_NETWORK_STATE_DIR) / bridge,
+                )
+            )
+            removed.append(bridge)
+    return removed
+
+
 def host_networks_sync(host: Host) -> dict[str, list[str]]:
     """Bring this host's bridges, DHCP, NAT and port rules in line with the database.
 
@@ -181,24 +210,7 @@ def host_networks_sync(host: Host) -> dict[str, list[str]]:
             done["networks"].append(instance.network.name)
         plumbing.port_rules_set(instance.port_name, str(instance.ip_address), rules_of(instance))
     prefix = tag_prefix()
-    live_networks = {
-        str(u)
-        for u in Network.objects.unscoped().filter(deleted_at__isnull=True).values_list("uuid", flat=True)
-    }
-    for bridge, alias in plumbing.bridges_list(prefix).items():
-        owner = _owner(alias)
-        if owner is not None and owner not in live_networks:
-            plumbing.network_remove(
-                NetSpec(  # removal needs only the bridge and its state directory
-                    bridge=bridge,
-                    cidr="",
-                    gateway="",
-                    nat=False,
-                    tag=alias,
-                    state_dir=Path(settings.NUBIS_NETWORK_STATE_DIR) / bridge,
-                )
-            )
-            done["removed_bridges"].append(bridge)
+    done["removed_bridges"] = remove_dead_bridges()
     live_instances = {
         str(u)
         for u in Instance.objects.unscoped()
