@@ -8,6 +8,7 @@ from typing import Any
 from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -232,3 +233,17 @@ class InstanceMetricsView(TenantView):
             raise serializers.ValidationError({"seconds": ["must be a whole number from 60 to 2592000"]})
         points = series(instance=instance, since=timezone.now() - timedelta(seconds=int(raw)))
         return Response(points)
+
+
+class PlacementView(TenantView):
+    """Why the instance is on its host, or why no host could take it: the scheduler's record."""
+
+    @extend_schema(responses=OpenApiTypes.OBJECT)
+    def get(self, request: Request, tenant: str, pk: str) -> Response:
+        from scheduler.models import PlacementDecision
+
+        instance = self.instance(request, tenant, pk)
+        decision = get_object_or_404(
+            PlacementDecision.objects.for_tenant(instance.tenant_id), instance=instance
+        )
+        return Response({**decision.record, "decided": decision.created})

@@ -36,6 +36,9 @@ urlpatterns = [
         api_networks.InstanceGroupsView.as_view(),
         name="api-instance-groups",
     ),
+    path(
+        "instances/<uuid:pk>/placement/", api_networks.PlacementView.as_view(), name="api-instance-placement"
+    ),
     path("networks/", api_networks.NetworkListView.as_view(), name="api-networks"),
     path("networks/<uuid:pk>/", api_networks.NetworkDetailView.as_view(), name="api-network"),
     path("security-groups/", api_networks.SecurityGroupListView.as_view(), name="api-secgroups"),

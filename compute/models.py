@@ -53,6 +53,16 @@ class Host(models.Model):
         default=False, help_text="IOMMU groups exist, so VFIO passthrough is possible."
     )
     vmm = models.CharField("hypervisor", max_length=100, blank=True, default="")
+    # Overcommit of this host; empty: its aggregate's, else the cloud's (NUBIS_OVERCOMMIT).
+    cpu_ratio = models.FloatField(
+        "CPU overcommit", null=True, blank=True, validators=[MinValueValidator(0.1), MaxValueValidator(32.0)]
+    )
+    ram_ratio = models.FloatField(
+        "RAM overcommit", null=True, blank=True, validators=[MinValueValidator(0.1), MaxValueValidator(4.0)]
+    )
+    disk_ratio = models.FloatField(
+        "disk overcommit", null=True, blank=True, validators=[MinValueValidator(0.1), MaxValueValidator(10.0)]
+    )
     probed_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     registered_at = models.DateTimeField(default=timezone.now)

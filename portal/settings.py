@@ -34,8 +34,12 @@ NUBIS_LIBVIRT_NETWORK = config.env_str("NUBIS_LIBVIRT_NETWORK", "default")
 # Domains this deployment owns are named <prefix><instance uuid>; others on the daemon are left alone.
 NUBIS_DOMAIN_PREFIX = config.env_str("NUBIS_DOMAIN_PREFIX", "nubis-")
 NUBIS_SHUTDOWN_TIMEOUT = config.env_int("NUBIS_SHUTDOWN_TIMEOUT", 30, minimum=1)
-# Overcommit ratios for placement (the scheduler issue makes these per host and aggregate).
+# Default overcommit ratios for placement; a host or its aggregate may set its own.
 NUBIS_OVERCOMMIT = {"cpu": 4.0, "ram": 1.0, "disk": 1.0}
+# The placement pipeline (scheduler.engine): filters in order, weighers with their multipliers
+# (positive spreads, negative packs).
+NUBIS_SCHEDULER_FILTERS = ("state", "capability", "aggregate", "server_group", "capacity")
+NUBIS_SCHEDULER_WEIGHERS = {"ram": 1.0, "cpu": 1.0, "disk": 0.5, "load": 0.5, "soft_affinity": 2.0}
 # How long an instance may stay in a transient state before the reconciler steps in.
 NUBIS_TRANSIENT_DEADLINE = config.env_int("NUBIS_TRANSIENT_DEADLINE", 600, minimum=1)
 # The agent reconciles its host this often; orphans are removed after staying orphaned this long.

@@ -420,6 +420,7 @@ ROUTES.update(
         "api-operations": [
             Case("GET", _api_operations, API_TENANT_READ, b_path=_api_operations_b, lists=True)
         ],
+        "api-instance-placement": [_vm_case("GET", API_TENANT_READ, "a-vm", "b-vm", "placement/")],
         "api-instance-logs": [_vm_case("GET", API_MEMBER_READ, "a-box", "b-box", "logs/")],
         # a-box is stopped: members get as far as the state check.
         "api-instance-exec": [
@@ -539,6 +540,8 @@ ADMIN_MODELS: dict[str, dict[str, bool]] = {
     "compute.operation": {"add": False, "delete": False},
     "compute.snapshot": {"add": False, "delete": False},
     "compute.network": {"add": False, "delete": False},
+    "scheduler.aggregate": {"add": True, "delete": True},
+    "scheduler.placementdecision": {"add": False, "delete": False},
     "compute.securitygroup": {"add": False, "delete": False},
     "django_celery_beat.periodictask": {"add": True, "delete": True},
     "django_celery_beat.intervalschedule": {"add": True, "delete": True},

@@ -98,6 +98,7 @@ def build_world() -> World:
     b_extra = Membership.objects.get(user__username="b-owner", tenant=b)
     vms, snaps, ops = _compute(a, b)
     nets, groups, rules = _networks(a, b, vms)
+    _placements(vms)
     world = World(
         nets=nets,
         groups=groups,
@@ -140,6 +141,21 @@ def _schedules() -> None:
     SolarSchedule.objects.create(event="sunrise", latitude=48.0, longitude=2.0)
     ClockedSchedule.objects.create(clocked_time=timezone.now())
     PeriodicTask.objects.create(name="fixture-task", task="portal.tasks.heartbeat", interval=every)
+
+
+def _placements(vms: dict[str, Instance]) -> None:
+    """A placement record for each VM, and an aggregate of the hosts (the admin shows both)."""
+    from scheduler.models import Aggregate, PlacementDecision
+
+    for name in ("a-vm", "b-vm"):
+        vm = vms[name]
+        PlacementDecision.objects.create(
+            tenant_id=vm.tenant_id, instance=vm, host=vm.host, record={"host": "harness-host", "filters": []}
+        )
+    aggregate = Aggregate.objects.create(
+        name="harness-aggregate", cpu_ratio=2.0, tenant_id=vms["a-vm"].tenant_id
+    )
+    aggregate.hosts.add(vms["a-vm"].host_id or 0)
 
 
 def _networks(

@@ -1,0 +1,72 @@
+"""Host aggregates (overcommit and tenant-dedicated hosts) and the record of every placement."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+from compute.models import Host, Instance
+from tenants.models import Tenant, TenantOwned
+
+RATIO_LIMITS = {"cpu_ratio": (0.1, 32.0), "ram_ratio": (0.1, 4.0), "disk_ratio": (0.1, 10.0)}
+
+
+def ratio_field(label: str, field: str) -> models.FloatField:
+    low, high = RATIO_LIMITS[field]
+    return models.FloatField(
+        label,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(low), MaxValueValidator(high)],
+        help_text=f"{low:g} to {high:g}; empty: the host's own, else the cloud's default.",
+    )
+
+
+class Aggregate(models.Model):
+    """A set of hosts with shared overcommit ratios, optionally dedicated to one tenant."""
+
+    name = models.CharField(max_length=64, unique=True)
+    hosts = models.ManyToManyField(Host, blank=True, related_name="aggregates")
+    tenant = models.ForeignKey(
+        Tenant,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="aggregates",
+        help_text="Dedicated: only this tenant's instances go on these hosts.",
+    )
+    cpu_ratio = ratio_field("CPU overcommit", "cpu_ratio")
+    ram_ratio = ratio_field("RAM overcommit", "ram_ratio")
+    disk_ratio = ratio_field("disk overcommit", "disk_ratio")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        errors = {}
+        for field, (low, high) in RATIO_LIMITS.items():
+            value = getattr(self, field)
+            if value is not None and not low <= value <= high:
+                errors[field] = f"must be between {low:g} and {high:g}"
+        if errors:
+            raise ValidationError(errors)
+
+
+class PlacementDecision(TenantOwned):
+    """Why an instance went where it went (or why it could not go anywhere): the engine's record."""
+
+    instance = models.OneToOneField(Instance, on_delete=models.CASCADE, related_name="placement")
+    host = models.ForeignKey(Host, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    record = models.JSONField(default=dict)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"{self.instance} -> {self.host or 'no valid host'}"

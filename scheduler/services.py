@@ -1,0 +1,148 @@
+"""Placement through the engine: the host table from the database, the claim under a row lock,
+and the decision record kept with the instance."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Avg, Sum
+from django.utils import timezone
+
+from compute.models import CpuMode, Host, HostState, Instance, InstanceState, SampleResolution, UsageSample
+from scheduler.engine import Engine, HostRow, HostTable, Request
+from scheduler.models import PlacementDecision
+
+# Instances in these states hold no capacity on their host.
+FREE_STATES = (InstanceState.DELETED, InstanceState.ERROR)
+LOAD_WINDOW = timedelta(seconds=60)
+CANDIDATES = 5  # hosts a placement tries, best first, when claims lose races
+
+
+class NoValidHost(Exception):
+    """No host can take the instance; the message names the filter and the nearest miss."""
+
+
+def engine() -> Engine:
+    return Engine(settings.NUBIS_SCHEDULER_FILTERS, settings.NUBIS_SCHEDULER_WEIGHERS)
+
+
+def _ratios(host: Host, aggregate_ratios: dict[str, float]) -> dict[str, float]:
+    default = settings.NUBIS_OVERCOMMIT
+    return {
+        f"{r}_ratio": getattr(host, f"{r}_ratio") or aggregate_ratios.get(f"{r}_ratio") or default[r]
+        for r in ("cpu", "ram", "disk")
+    }
+
+
+def host_rows(hosts: Any = None) -> list[HostRow]:
+    """Every real host as the engine sees it: four queries whatever the number of hosts."""
+    now = timezone.now()
+    hosts = list(
+        (hosts if hosts is not None else Host.objects.filter(simulated=False)).prefetch_related("aggregates")
+    )
+    used = {
+        row["host_id"]: row
+        for row in Instance.objects.unscoped()
+        .exclude(state__in=FREE_STATES)
+        .exclude(host=None)
+        .values("host_id")
+        .annotate(v=Sum("vcpus"), r=Sum("ram_mib"), d=Sum("disk_gib"))
+    }
+    load = {
+        row["host_id"]: row["cpu"]
+        for row in UsageSample.objects.filter(
+            host__isnull=False, resolution=SampleResolution.RAW, at__gte=now - LOAD_WINDOW
+        )
+        .values("host_id")
+        .annotate(cpu=Avg("cpu_pct"))
+    }
+    rows = []
+    for host in hosts:
+        aggregates = list(host.aggregates.all())
+        dedicated = next((a.tenant_id for a in aggregates if a.tenant_id), 0)
+        agg_ratios = {
+            field: value
+            for a in aggregates
+            for field in ("cpu_ratio", "ram_ratio", "disk_ratio")
+            if (value := getattr(a, field)) is not None
+        }
+        held = used.get(host.pk, {})
+        rows.append(
+            HostRow(
+                id=host.pk,
+                name=host.name,
+                vcpus=host.cpus,
+                ram_mib=host.ram_mib,
+                disk_gib=host.disk_gib,
+                used_vcpus=int(held.get("v") or 0),
+                used_ram_mib=int(held.get("r") or 0),
+                used_disk_gib=int(held.get("d") or 0),
+                enabled=host.state == HostState.ENABLED,
+                alive=host.heartbeat_fresh(now),
+                kvm=host.kvm_usable,
+                iommu=host.iommu,
+                dedicated_to=dedicated or 0,
+                load=min(max(float(load.get(host.pk) or 0.0) / 100.0, 0.0), 1.0),
+                **_ratios(host, agg_ratios),
+            )
+        )
+    return rows
+
+
+def request_of(instance: Instance) -> Request:
+    flavor = instance.flavor
+    return Request(
+        vcpus=instance.vcpus,
+        ram_mib=instance.ram_mib,
+        disk_gib=instance.disk_gib,
+        tenant_id=instance.tenant_id,
+        needs_kvm=flavor.cpu_mode == CpuMode.HARDWARE,
+        needs_iommu=bool(flavor.pci_passthrough),
+    )
+
+
+def _still_fits(host: Host, request: Request) -> bool:
+    """Under the host's row lock: the database, not the table read before, decides."""
+    (row,) = host_rows(Host.objects.filter(pk=host.pk))
+    table = HostTable([row])
+    free = table.free()[:, 0]
+    return bool((free >= request.demand()).all())
+
+
+def place(instance: Instance) -> Host:
+    """Choose a host and claim it, inside the caller's transaction; record why.
+
+    The candidates are tried best first: a claim that finds the host filled meanwhile (another
+    placement won the race) moves on to the next one.
+    """
+    request = request_of(instance)
+    table = HostTable(host_rows())
+    decision = engine().select(table, request, top_n=CANDIDATES)
+    record = decision.as_dict()
+    if decision.host_id is None:
+        _record(instance, None, record)
+        miss = f"; nearest miss: {decision.nearest_miss}" if decision.nearest_miss else ""
+        raise NoValidHost(f"{decision.error}{miss}")
+    for candidate in decision.top:
+        with transaction.atomic():
+            locked = Host.objects.select_for_update().get(pk=candidate.host_id)
+            if _still_fits(locked, request):
+                instance.host = locked
+                instance.save(update_fields=["host", "updated"])
+                record["host"] = locked.name
+                _record(instance, locked, record)
+                return locked
+    record["error"] = "no valid host: every candidate filled up while placing (lost the race)"
+    record["host"] = ""
+    _record(instance, None, record)
+    raise NoValidHost(record["error"])
+
+
+def _record(instance: Instance, host: Host | None, record: dict[str, Any]) -> None:
+    PlacementDecision.objects.unscoped().update_or_create(
+        instance=instance,
+        defaults={"tenant_id": instance.tenant_id, "host": host, "record": record, "created": timezone.now()},
+    )
