@@ -27,6 +27,31 @@ from tests.conftest import ROOT, subprocess_env
 DEADLINE = 120.0  # seconds; a TCG boot takes about 5 s, several at once on 2 cores take longer
 
 
+def remove_network_leftovers() -> list[str]:
+    """This run's bridges and namespaces (every run has its own prefix, and its database is gone
+    at the end): left up, a bridge keeps its subnet's route and shadows the next run's network."""
+    from compute.network import plumbing
+    from compute.services.ports import tag_prefix
+
+    removed = []
+    for bridge, alias in plumbing.bridges_list(tag_prefix()).items():
+        state = Path(settings.NUBIS_NETWORK_STATE_DIR) / bridge
+        plumbing.network_remove(plumbing.NetSpec(bridge, "", "", False, alias, state))
+        removed.append(bridge)
+    netns = Path("/var/run/netns")
+    for path in sorted(netns.iterdir()) if netns.exists() else []:
+        if path.name.startswith(settings.NUBIS_DOMAIN_PREFIX):
+            subprocess.run(["ip", "netns", "del", path.name], capture_output=True, check=False)
+            removed.append(path.name)
+    return removed
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _networks_cleaned_at_the_end() -> Iterator[None]:
+    yield
+    remove_network_leftovers()
+
+
 @pytest.fixture(scope="session")
 def built_image() -> GuestImage:
     """The tiny guest, built once and cached in NUBIS_IMAGE_DIR across runs."""

@@ -123,6 +123,7 @@ def test_one_hundred_concurrent_placements_never_overfill_a_host() -> None:
     connections (PostgreSQL's default max_connections is 100, and the suite holds some)."""
     assert connection.vendor == "postgresql", "the race test is meant for PostgreSQL"
     tenant = make_tenant("crowd")
+    Host.objects.update(state="disabled")  # a compute agent of the suite may have registered one
     hosts = [make_host(f"c{n}", cpus=20, ram_mib=65536, cpu_ratio=1.0) for n in range(3)]
     instances = [make_instance(tenant, f"i{n}") for n in range(100)]
     workers = 40
