@@ -112,14 +112,15 @@ def _still_fits(host: Host, request: Request) -> bool:
     return bool((free >= request.demand()).all())
 
 
-def place(instance: Instance) -> Host:
+def place(instance: Instance, hosts: Any = None) -> Host:
     """Choose a host and claim it, inside the caller's transaction; record why.
 
     The candidates are tried best first: a claim that finds the host filled meanwhile (another
-    placement won the race) moves on to the next one.
+    placement won the race) moves on to the next one. ``hosts`` narrows the choice to a queryset
+    of hosts (a what-if, or a test that must not see the suite's own agent); default: all real ones.
     """
     request = request_of(instance)
-    table = HostTable(host_rows())
+    table = HostTable(host_rows(hosts))
     decision = engine().select(table, request, top_n=CANDIDATES)
     record = decision.as_dict()
     if decision.host_id is None:

@@ -123,8 +123,10 @@ def test_one_hundred_concurrent_placements_never_overfill_a_host() -> None:
     connections (PostgreSQL's default max_connections is 100, and the suite holds some)."""
     assert connection.vendor == "postgresql", "the race test is meant for PostgreSQL"
     tenant = make_tenant("crowd")
-    Host.objects.update(state="disabled")  # a compute agent of the suite may have registered one
+    elsewhere = make_host("elsewhere", cpus=64, ram_mib=262144)
     hosts = [make_host(f"c{n}", cpus=20, ram_mib=65536, cpu_ratio=1.0) for n in range(3)]
+    # Only these three: a compute agent of the suite may register a host of its own at any moment.
+    ours = Host.objects.filter(pk__in=[h.pk for h in hosts])
     instances = [make_instance(tenant, f"i{n}") for n in range(100)]
     workers = 40
     barrier = threading.Barrier(workers)
@@ -138,7 +140,7 @@ def test_one_hundred_concurrent_placements_never_overfill_a_host() -> None:
             for instance in mine:
                 try:
                     with transaction.atomic():
-                        host = place(instance)
+                        host = place(instance, ours)
                     with lock:
                         placed.append(host.pk)
                 except NoValidHost as exc:
@@ -158,3 +160,4 @@ def test_one_hundred_concurrent_placements_never_overfill_a_host() -> None:
     for host in hosts:
         assert Instance.objects.unscoped().filter(host=host).count() <= 20
     assert sorted(placed.count(h.pk) for h in hosts) == [20, 20, 20]
+    assert not Instance.objects.unscoped().filter(host=elsewhere).exists()
