@@ -104,11 +104,14 @@ def request_of(instance: Instance) -> Request:
     )
 
 
+def host_table_of(host: Host) -> HostTable:
+    """One host's row read from the database now (under its row lock, when the caller holds it)."""
+    return HostTable(host_rows(Host.objects.filter(pk=host.pk)))
+
+
 def _still_fits(host: Host, request: Request) -> bool:
     """Under the host's row lock: the database, not the table read before, decides."""
-    (row,) = host_rows(Host.objects.filter(pk=host.pk))
-    table = HostTable([row])
-    free = table.free()[:, 0]
+    free = host_table_of(host).free()[:, 0]
     return bool((free >= request.demand()).all())
 
 

@@ -29,8 +29,8 @@ from compute.models import (
     SecurityGroup,
     Snapshot,
 )
-from compute.services.placement import NoValidHost, place
 from portal.events import publish
+from scheduler.services import NoValidHost, place
 from security.audit import Actor, audit_log
 from tenants.errors import Conflict, ServiceError
 from tenants.models import PriorityClass, QuotaClaim, Tenant

@@ -77,7 +77,7 @@ def instance_resize(*, actor: Actor, instance: Instance, vcpus: int, ram_mib: in
 
     A VM must be stopped; a container changes live (its cgroup limits), running or stopped.
     """
-    from compute.services.placement import Capacity, total_of, used_on
+    from scheduler.services import host_table_of
 
     locked = instance_lock_idle(instance)
     container = locked.kind == InstanceKind.CONTAINER
@@ -98,11 +98,9 @@ def instance_resize(*, actor: Actor, instance: Instance, vcpus: int, ram_mib: in
     back_to = locked.state
     host = Host.objects.select_for_update().get(pk=locked.host_id) if locked.host_id is not None else None
     if host is not None:
-        used, total = used_on(host), total_of(host)
-        after = Capacity(
-            used.vcpus - locked.vcpus + vcpus, used.ram_mib - locked.ram_mib + ram_mib, used.disk_gib
-        )
-        if after.vcpus > total.vcpus or after.ram_mib > total.ram_mib:
+        # The instance's own reservation comes back; the growth must fit in what the host has free.
+        free_vcpus, free_ram = host_table_of(host).free()[:2, 0]
+        if vcpus - locked.vcpus > free_vcpus or ram_mib - locked.ram_mib > free_ram:
             raise Conflict(
                 "ram_mib", "capacity", f"host {host.name} has no room for {vcpus} vCPUs / {ram_mib} MiB"
             )

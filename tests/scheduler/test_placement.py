@@ -161,3 +161,28 @@ def test_one_hundred_concurrent_placements_never_overfill_a_host() -> None:
         assert Instance.objects.unscoped().filter(host=host).count() <= 20
     assert sorted(placed.count(h.pk) for h in hosts) == [20, 20, 20]
     assert not Instance.objects.unscoped().filter(host=elsewhere).exists()
+
+
+@pytest.mark.django_db
+def test_a_resize_must_fit_in_what_its_host_has_free() -> None:
+    """The instance's own reservation counts as free for its new size; nothing beyond the host's room."""
+    from compute.services.resize import instance_resize
+    from security.audit import Actor
+    from tenants.errors import Conflict
+
+    tenant = make_tenant("grow")
+    host = make_host("tight", cpus=3, cpu_ratio=1.0)
+    mine, other = make_instance(tenant, "mine"), make_instance(tenant, "other")
+    Instance.objects.unscoped().filter(pk__in=[mine.pk, other.pk]).update(
+        host=host, state=InstanceState.STOPPED
+    )
+    mine.refresh_from_db()
+    actor = Actor("ops", "api", None)
+    with pytest.raises(Conflict) as refused:
+        instance_resize(actor=actor, instance=mine, vcpus=3, ram_mib=512)
+    assert (refused.value.field, refused.value.rule) == ("ram_mib", "capacity")
+    assert "host tight has no room for 3 vCPUs" in refused.value.message
+    # 2 vCPUs: its own 1 comes back and the host's last free one is taken.
+    instance_resize(actor=actor, instance=mine, vcpus=2, ram_mib=512)
+    mine.refresh_from_db()
+    assert (mine.vcpus, mine.state) == (2, InstanceState.RESIZING)
