@@ -560,8 +560,8 @@ def _network_firewall_remove(bridge: str) -> None:
 # --- dnsmasq --------------------------------------------------------------------------------------
 
 
-def _pid_file(spec: NetSpec) -> Path:
-    return Path(spec.state_dir) / "dnsmasq.pid"
+def _pid_file(state_dir: Path) -> Path:
+    return Path(state_dir) / "dnsmasq.pid"
 
 
 def _hosts_file(spec: NetSpec) -> Path:
@@ -594,7 +594,7 @@ def _dnsmasq_argv(spec: NetSpec, net: _Net) -> list[str]:
         f"--dhcp-range={start},{end},{net.network.netmask},{DHCP_LEASE_TIME}",
         f"--dhcp-hostsfile={_hosts_file(spec)}",
         f"--dhcp-leasefile={_leases_file(spec)}",
-        f"--pid-file={_pid_file(spec)}",
+        f"--pid-file={_pid_file(spec.state_dir)}",
         # Without NAT there is no way out, so no router is offered at all (option 3, empty).
         f"--dhcp-option=option:router,{net.gateway}" if spec.nat else "--dhcp-option=3",
         "--dhcp-authoritative",
@@ -618,9 +618,9 @@ def _process_argv(pid: int) -> list[str]:
     return raw.decode(errors="replace").split("\0")[:-1]
 
 
-def _dnsmasq_processes(spec: NetSpec) -> dict[int, list[str]]:
+def _dnsmasq_processes(bridge: str, state_dir: Path) -> dict[int, list[str]]:
     """Live dnsmasq processes of this network: those using its pid file or serving its bridge."""
-    markers = {f"--pid-file={_pid_file(spec)}", f"--interface={spec.bridge}"}
+    markers = {f"--pid-file={_pid_file(state_dir)}", f"--interface={bridge}"}
     found: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -642,10 +642,10 @@ def _read_pid(path: Path) -> int | None:
 
 def _dnsmasq_pid(spec: NetSpec) -> int | None:
     """The pid in the pid file, if that process is alive and really this network's dnsmasq."""
-    pid = _read_pid(_pid_file(spec))
+    pid = _read_pid(_pid_file(spec.state_dir))
     if pid is None or not _process_alive(pid):
         return None
-    return pid if f"--pid-file={_pid_file(spec)}" in _process_argv(pid) else None
+    return pid if f"--pid-file={_pid_file(spec.state_dir)}" in _process_argv(pid) else None
 
 
 def _stop_processes(pids: Sequence[int]) -> None:
@@ -700,7 +700,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _dnsmasq_ensure(spec: NetSpec, net: _Net) -> None:
     argv = _dnsmasq_argv(spec, net)
-    processes = _dnsmasq_processes(spec)
+    processes = _dnsmasq_processes(spec.bridge, spec.state_dir)
     current = _dnsmasq_pid(spec)
     # Keep the running one only if it is the pid file's process and has exactly today's options
     # (a NAT toggle changes the router option); any other match is a leftover that would answer too.
@@ -709,7 +709,7 @@ def _dnsmasq_ensure(spec: NetSpec, net: _Net) -> None:
     _stop_processes([pid for pid in processes if pid != keep])
     if keep is not None:
         return
-    _pid_file(spec).unlink(missing_ok=True)
+    _pid_file(spec.state_dir).unlink(missing_ok=True)
     # dnsmasq forks and the parent exits once the daemon is set up, reporting set-up errors on its
     # stderr; the daemon itself moves its stdio to /dev/null. Never a pipe: a daemon holding it would
     # keep the caller waiting. A temporary file catches the parent's stderr.
@@ -784,18 +784,24 @@ def network_ensure(spec: NetSpec) -> None:
 @_locked
 def network_remove(spec: NetSpec) -> None:
     """Stop the network's dnsmasq, delete its bridge, firewall rules and state dir. Idempotent."""
-    _check_bridge(spec.bridge)
-    _check_state_dir(spec.state_dir)
-    _stop_processes(list(_dnsmasq_processes(spec)))
-    info = _link(spec.bridge)
+    bridge_remove(spec.bridge, spec.state_dir)
+
+
+@_locked
+def bridge_remove(bridge: str, state_dir: Path) -> None:
+    """network_remove for a bridge whose network is known only by name (an orphan, say)."""
+    _check_bridge(bridge)
+    _check_state_dir(state_dir)
+    _stop_processes(list(_dnsmasq_processes(bridge, state_dir)))
+    info = _link(bridge)
     if info is not None:
         if _link_kind(info) != "bridge":
-            raise PlumbingError(f"{spec.bridge} exists and is not a bridge ({_link_kind(info)})")
+            raise PlumbingError(f"{bridge} exists and is not a bridge ({_link_kind(info)})")
         # The bridge goes before its rules: nothing is ever forwarded without them.
-        _ip("link", "del", "dev", spec.bridge)
-    _network_firewall_remove(spec.bridge)
-    if Path(spec.state_dir).exists():
-        shutil.rmtree(spec.state_dir)
+        _ip("link", "del", "dev", bridge)
+    _network_firewall_remove(bridge)
+    if Path(state_dir).exists():
+        shutil.rmtree(state_dir)
 
 
 def _dhcp_hostname(name: str) -> str:
@@ -963,6 +969,34 @@ def port_detach_netns(netns: str, host_if: str) -> None:
         if _link_kind(host) != "veth":
             raise PlumbingError(f"{host_if} is not a veth ({_link_kind(host)}); not deleting it")
         _ip("link", "del", "dev", host_if)
+    netns_remove(netns)
+
+
+@_locked
+def netns_bind(netns: str, pid: int) -> None:
+    """Name the network namespace of process PID /var/run/netns/NETNS (replacing a stale one).
+
+    For a namespace someone else made: runc makes a container's inside the container's user
+    namespace (one made beforehand with ``ip netns add`` belongs to the host's user namespace,
+    and the container could not mount its /sys). Idempotent.
+    """
+    _check_netns(netns)
+    try:
+        current = os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError as exc:
+        raise PlumbingError(f"netns {netns}: no process {pid}: {exc.strerror}") from None
+    target = NETNS_DIR / netns
+    if target.exists():
+        if target.stat().st_ino == current:
+            return
+        _ip("netns", "del", netns, check=False)
+    _ip("netns", "attach", netns, str(pid))
+
+
+@_locked
+def netns_remove(netns: str) -> None:
+    """Drop the name /var/run/netns/NETNS (the namespace goes once nothing else holds it)."""
+    _check_netns(netns)
     if (NETNS_DIR / netns).exists():
         _ip("netns", "del", netns)
 

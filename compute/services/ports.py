@@ -7,8 +7,6 @@ the reconciler and after every network or security-group change) can always redo
 from __future__ import annotations
 
 import ipaddress
-import os
-import subprocess
 from pathlib import Path
 
 from django.conf import settings
@@ -86,30 +84,6 @@ def _dhcp(network: Network, host: Host, without: Instance | None = None) -> None
     plumbing.dhcp_hosts_set(net_spec(network), hosts)
 
 
-def _bind_netns(name: str, pid: int) -> None:
-    """Name the running container's own network namespace /var/run/netns/<name>.
-
-    runc makes the namespace, inside the container's user namespace: one made beforehand by the
-    host (``ip netns add``) would belong to the host's user namespace, and the container could
-    not mount its /sys. A namespace left under that name by an earlier run is replaced.
-    """
-    target = NETNS_DIR / name
-    try:
-        current = os.stat(f"/proc/{pid}/ns/net").st_ino
-    except OSError as exc:
-        raise PlumbingError(f"container {name}: no process {pid}: {exc.strerror}") from None
-    try:
-        if target.stat().st_ino == current:
-            return
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False, timeout=30)
-    except OSError:
-        pass
-    argv = ["ip", "netns", "attach", name, str(pid)]
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
-    if proc.returncode != 0:
-        raise PlumbingError(f"{' '.join(argv)}: {proc.stderr.strip()}")
-
-
 def port_attach(instance: Instance, pid: int | None = None) -> None:
     """Bridge, DHCP reservation, the port's rules and, for a running container (``pid``), its veth.
 
@@ -127,7 +101,7 @@ def port_attach(instance: Instance, pid: int | None = None) -> None:
             plumbing.network_ensure(spec)
         _dhcp(network, instance.host)
         if instance.kind == InstanceKind.CONTAINER and pid is not None:
-            _bind_netns(instance.netns_name, pid)
+            plumbing.netns_bind(instance.netns_name, pid)
             prefix = ipaddress.IPv4Network(network.cidr).prefixlen
             plumbing.port_attach_netns(
                 instance.netns_name,
@@ -170,16 +144,7 @@ def remove_dead_bridges() -> list[str]:
     for bridge, alias in plumbing.bridges_list(tag_prefix()).items():
         owner = _owner(alias)
         if owner is not None and owner not in live_networks:
-            plumbing.network_remove(
-                NetSpec(  # removal needs only the bridge and its state directory
-                    bridge=bridge,
-                    cidr="",
-                    gateway="",
-                    nat=False,
-                    tag=alias,
-                    state_dir=Path(settings.NUBIS_NETWORK_STATE_DIR) / bridge,
-                )
-            )
+            plumbing.bridge_remove(bridge, Path(settings.NUBIS_NETWORK_STATE_DIR) / bridge)
             removed.append(bridge)
     return removed
 
@@ -228,6 +193,6 @@ def host_networks_sync(host: Host) -> dict[str, list[str]]:
     for name in names:
         owner = domain_uuid(name)
         if owner is not None and owner not in live_instances:
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False, timeout=30)
+            plumbing.netns_remove(name)
             done["removed_ports"].append(f"netns:{name}")
     return done

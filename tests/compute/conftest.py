@@ -34,14 +34,13 @@ def remove_network_leftovers() -> list[str]:
     from compute.services.ports import tag_prefix
 
     removed = []
-    for bridge, alias in plumbing.bridges_list(tag_prefix()).items():
-        state = Path(settings.NUBIS_NETWORK_STATE_DIR) / bridge
-        plumbing.network_remove(plumbing.NetSpec(bridge, "", "", False, alias, state))
+    for bridge in plumbing.bridges_list(tag_prefix()):
+        plumbing.bridge_remove(bridge, Path(settings.NUBIS_NETWORK_STATE_DIR) / bridge)
         removed.append(bridge)
     netns = Path("/var/run/netns")
     for path in sorted(netns.iterdir()) if netns.exists() else []:
         if path.name.startswith(settings.NUBIS_DOMAIN_PREFIX):
-            subprocess.run(["ip", "netns", "del", path.name], capture_output=True, check=False)
+            plumbing.netns_remove(path.name)
             removed.append(path.name)
     return removed
 
