@@ -71,20 +71,27 @@ class OciDriver:
         root = ["--root", str(self.runc_root)] if self.runc_root else []
         return [self.runc, *root, *args]
 
-    def _run(self, what: str, *args: str, timeout: float = 30.0) -> str:
-        """Run one runc command to its end; its own stderr becomes the DriverError message."""
-        # Files, not pipes, so nothing the container inherits can keep us waiting (LAB.md section 5).
+    def _call(self, what: str, args: list[str], timeout: float) -> tuple[int | None, str, str]:
+        """Run one runc command: (exit code, or None when killed after ``timeout``; stdout; stderr).
+
+        Files, not pipes: nothing the container inherits (background children of an exec, say)
+        can keep us waiting (LAB.md section 5).
+        """
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
                 proc = subprocess.Popen(self._cmd(*args), stdin=subprocess.DEVNULL, stdout=out, stderr=err)
             except OSError as exc:
                 raise DriverError(f"{what}: {exc.strerror}") from None
             rc = _wait(proc, timeout)
-            if rc is None:
-                raise DriverError(f"{what}: runc {args[0]} timed out after {timeout:g} s")
             out.seek(0)
             err.seek(0)
-            stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+            return rc, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+
+    def _run(self, what: str, *args: str, timeout: float = 30.0) -> str:
+        """Run one runc command to its end; its own stderr becomes the DriverError message."""
+        rc, stdout, stderr = self._call(what, list(args), timeout)
+        if rc is None:
+            raise DriverError(f"{what}: runc {args[0]} timed out after {timeout:g} s")
         if rc != 0:
             raise DriverError(f"{what}: {stderr.strip() or stdout.strip() or f'exit {rc}'}")
         return stdout
@@ -209,20 +216,10 @@ class OciDriver:
 
     def exec(self, name: str, argv: list[str], timeout: float = 30.0) -> tuple[int, str, str]:
         """Run ``argv`` in the running container; (exit code, stdout, stderr). Killed after ``timeout``."""
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            # Files again: background children of argv may keep stdout open after argv exits.
-            proc = subprocess.Popen(
-                self._cmd("exec", name, *argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err
-            )
-            try:
-                rc = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                raise DriverError(f"exec in {name}: {argv[0]} still running after {timeout:g} s") from None
-            out.seek(0)
-            err.seek(0)
-            return rc, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        rc, stdout, stderr = self._call(f"exec in {name}", ["exec", name, *argv], timeout)
+        if rc is None:
+            raise DriverError(f"exec in {name}: {argv[0]} still running after {timeout:g} s")
+        return rc, stdout, stderr
 
     def update(
         self,

@@ -285,3 +285,14 @@ def test_errors_carry_runc_message(driver: OciDriver) -> None:
     assert driver.state("nubis-no-such") is None
     with pytest.raises(DriverError, match="does not exist"):
         driver.update("nubis-no-such", memory_bytes=64 * MIB)
+
+
+def test_exec_is_killed_after_its_timeout(driver: OciDriver, start: Start) -> None:
+    """A command that outlives its timeout is killed and named; the caller is not held past it."""
+    name = start()
+    began = time.monotonic()
+    with pytest.raises(DriverError, match=r"exec in .*: sleep still running after 0.5 s"):
+        driver.exec(name, ["sleep", "30"], timeout=0.5)
+    assert time.monotonic() - began < 5
+    rc, out, _ = driver.exec(name, ["echo", "still here"])
+    assert (rc, out.strip()) == (0, "still here")
