@@ -15,7 +15,6 @@ import queue
 import threading
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
@@ -84,16 +83,9 @@ class _Sender:
 _sender = _Sender()
 
 
-def send_now(group: str, event: dict[str, Any], wait: bool = False) -> None:
-    """Send one event to a group now (use publish() inside transactions); ``wait`` for Redis."""
-    message = {"type": "nubis.event", "event": event}
-    if wait:
-        layer = get_channel_layer()
-        if layer is None:  # pragma: no cover - CHANNEL_LAYERS is always configured
-            raise RuntimeError("no channel layer configured")
-        async_to_sync(layer.group_send)(group, message)
-        return
-    _sender.submit(group, message)
+def send_now(group: str, event: dict[str, Any]) -> None:
+    """Send one event to a group now, in order, without waiting (use publish() in transactions)."""
+    _sender.submit(group, {"type": "nubis.event", "event": event})
 
 
 def flush(timeout: float = FLUSH_AT_EXIT) -> bool:
