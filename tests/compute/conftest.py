@@ -7,8 +7,10 @@ KVM probe guest does not boot under it, so flavors use the ``emulated`` CPU mode
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,6 +21,8 @@ import pytest
 from django.conf import settings
 from pytest_django import DjangoDbBlocker
 
+from compute.containers.rootfs import build_busybox_rootfs
+from compute.drivers.oci import OciDriver
 from compute.guest.builder import GuestImage, build_guest_image
 from compute.models import CpuMode, Flavor, Host, Image, Instance, IoModel, Operation
 from compute.services.images import image_register
@@ -49,6 +53,29 @@ def remove_network_leftovers() -> list[str]:
 def _networks_cleaned_at_the_end() -> Iterator[None]:
     yield
     remove_network_leftovers()
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    """A private directory under /tmp, 0755 so a container's mapped root can traverse it."""
+    path = Path(tempfile.mkdtemp(prefix="nubis-oci-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def rootfs(workdir: Path) -> Path:
+    """A busybox root filesystem for driver-level containers (no image registry)."""
+    return build_busybox_rootfs(workdir / "rootfs")
+
+
+@pytest.fixture(scope="module")
+def driver(workdir: Path) -> OciDriver:
+    # A runc state root of our own, so `runc list` shows only this module's containers.
+    return OciDriver(runc_root=workdir / "runc-state")
 
 
 @pytest.fixture(scope="session")

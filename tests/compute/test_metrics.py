@@ -4,8 +4,6 @@ libvirt daemon, /proc of this host, and the real database for collection, rollup
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -21,7 +19,6 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from compute.containers.oci_spec import oci_config
-from compute.containers.rootfs import build_busybox_rootfs
 from compute.drivers.oci import RUNC, OciDriver
 from compute.metrics import (
     HOUR_KEEP,
@@ -62,27 +59,6 @@ BUSY = (
 
 
 # -- real containers ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def workdir() -> Iterator[Path]:
-    """A private directory under /tmp, 0755 so runc's container processes can traverse it."""
-    path = Path(tempfile.mkdtemp(prefix="nubis-metrics-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def rootfs(workdir: Path) -> Path:
-    return build_busybox_rootfs(workdir / "rootfs")
-
-
-@pytest.fixture(scope="module")
-def driver(workdir: Path) -> OciDriver:
-    return OciDriver(runc_root=workdir / "runc-state")
-
-
 Start = Callable[..., str]
 
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,7 +17,7 @@ from typing import Any
 import pytest
 
 from compute.containers.oci_spec import CAPABILITIES, SECCOMP_ALLOW, oci_config
-from compute.containers.rootfs import RootfsError, build_busybox_rootfs, pack, verify
+from compute.containers.rootfs import RootfsError, pack, verify
 from compute.drivers.base import DriverError
 from compute.drivers.oci import RUNC, OciDriver
 
@@ -29,28 +27,6 @@ assert Path(RUNC).exists(), f"{RUNC} is missing: run scripts/bootstrap-host"
 MIB = 1 << 20
 CAP_SYS_ADMIN = 21
 CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
-
-
-@pytest.fixture(scope="module")
-def workdir() -> Iterator[Path]:
-    """A private directory under /tmp, 0755 so the container's mapped root can traverse it."""
-    path = Path(tempfile.mkdtemp(prefix="nubis-oci-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def rootfs(workdir: Path) -> Path:
-    return build_busybox_rootfs(workdir / "rootfs")
-
-
-@pytest.fixture(scope="module")
-def driver(workdir: Path) -> OciDriver:
-    # A runc state root of our own, so `runc list` shows only this module's containers.
-    return OciDriver(runc_root=workdir / "runc-state")
 
 
 Start = Callable[..., str]
