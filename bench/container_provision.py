@@ -64,18 +64,14 @@ import platform
 import queue
 import random
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import threading
 import time
-import traceback
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +85,7 @@ from bench.vm_provision import (  # noqa: E402 - needs the repository on sys.pat
     Env,
     describe,
     percentile,
-    prepare_environment,
+    run_main,
 )
 
 if TYPE_CHECKING:
@@ -869,6 +865,9 @@ class ContainerBench:
         self.log(f"\nsamples and summary: {output} ({result['duration_s']} s)")
 
     # -- cleanup -------------------------------------------------------------------------------------
+    def agent_output(self) -> str | None:
+        return self.base.agent_output()
+
     def cleanup(self) -> list[str]:
         """Remove what this run made (containers first, while the agent still runs); what failed."""
         from compute.drivers.oci import OciDriver
@@ -977,39 +976,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the cleanup
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    env = prepare_environment()
-    bench = ContainerBench(env, args)
-    status = 0
-    try:
-        bench.run()
-    except BenchError as exc:
-        print(f"container_provision: FAILED: {exc}", file=sys.stderr)
-        status = 1
-    except KeyboardInterrupt:
-        print("container_provision: interrupted", file=sys.stderr)
-        status = 130
-    except Exception as exc:
-        traceback.print_exc()
-        print(f"container_provision: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
-        status = 1
-    finally:
-        if status and bench.base.agent is not None:
-            print(
-                f"--- last lines of the agent's log ---\n{bench.base.agent_text()[-3000:]}", file=sys.stderr
-            )
-        problems = bench.cleanup()
-        if env.own_data_dir:
-            shutil.rmtree(env.data_dir, ignore_errors=True)
-        for problem in problems:
-            print(f"container_provision: cleanup: {problem}", file=sys.stderr)
-    return status or (1 if problems else 0)
+    return run_main("container_provision", lambda env: ContainerBench(env, args))
 
 
 if __name__ == "__main__":

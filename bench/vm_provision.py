@@ -43,7 +43,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import libvirt
 
@@ -293,6 +293,10 @@ class Bench:
             if time.monotonic() > deadline:
                 raise BenchError("the compute agent did not register and get ready within 90 s")
             time.sleep(0.2)
+
+    def agent_output(self) -> str | None:
+        """The agent's log, once an agent was started."""
+        return self.agent_text() if self.agent is not None else None
 
     def agent_text(self) -> str:
         return self.agent_log.read_text(errors="replace") if self.agent_log.exists() else ""
@@ -651,33 +655,49 @@ def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds through the cleanup
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+class Runnable(Protocol):
+    """What run_main drives: this benchmark's Bench, and container_provision's."""
+
+    def run(self) -> None: ...
+
+    def cleanup(self) -> list[str]: ...
+
+    def agent_output(self) -> str | None: ...
+
+
+def run_main(label: str, make_bench: Callable[[Env], Runnable]) -> int:
+    """Run a benchmark to its end or its failure, report, and always clean up after it."""
     signal.signal(signal.SIGTERM, _on_sigterm)
     env = prepare_environment()
-    bench = Bench(env, args)
+    bench = make_bench(env)
     status = 0
     try:
         bench.run()
     except BenchError as exc:
-        print(f"vm_provision: FAILED: {exc}", file=sys.stderr)
+        print(f"{label}: FAILED: {exc}", file=sys.stderr)
         status = 1
     except KeyboardInterrupt:
-        print("vm_provision: interrupted", file=sys.stderr)
+        print(f"{label}: interrupted", file=sys.stderr)
         status = 130
     except Exception as exc:
         traceback.print_exc()
-        print(f"vm_provision: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{label}: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
         status = 1
     finally:
-        if status and bench.agent is not None:
-            print(f"--- last lines of the agent's log ---\n{bench.agent_text()[-3000:]}", file=sys.stderr)
+        log = bench.agent_output() if status else None
+        if log is not None:
+            print(f"--- last lines of the agent's log ---\n{log[-3000:]}", file=sys.stderr)
         problems = bench.cleanup()
         if env.own_data_dir:
             shutil.rmtree(env.data_dir, ignore_errors=True)
         for problem in problems:
-            print(f"vm_provision: cleanup: {problem}", file=sys.stderr)
+            print(f"{label}: cleanup: {problem}", file=sys.stderr)
     return status or (1 if problems else 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_main("vm_provision", lambda env: Bench(env, args))
 
 
 if __name__ == "__main__":
