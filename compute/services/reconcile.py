@@ -76,7 +76,7 @@ def sync_power(instance: Instance, driver: VmDriver, report: Report | None = Non
             report.synced.append(f"{locked.name}:{target}")
 
 
-def container_check(instance: Instance, driver: ContainerDriver) -> None:
+def container_check(instance: Instance, driver: ContainerDriver, report: Report | None = None) -> None:
     """Record OOM kills of a container (the kernel counts them in its memory cgroup), then follow
     its power state: a container whose init died, OOM-killed or not, is stopped."""
     kills = driver.oom_kills(instance.domain_name)
@@ -99,7 +99,7 @@ def container_check(instance: Instance, driver: ContainerDriver) -> None:
             target=instance,
             detail={"oom_kills": kills, "limit_mib": instance.current_ram_mib},
         )
-    sync_power(instance, driver)
+    sync_power(instance, driver, report)
 
 
 def _learn_address(instance: Instance, driver: VmDriver) -> None:
@@ -201,8 +201,9 @@ def reconcile_host(host: Host, driver: VmDriver, containers: ContainerDriver | N
         try:
             if instance.state in (InstanceState.RUNNING, InstanceState.STOPPED):
                 if instance.kind == InstanceKind.CONTAINER:
-                    container_check(instance, containers)
-                sync_power(instance, own, report)
+                    container_check(instance, containers, report)  # OOM kills, then power
+                else:
+                    sync_power(instance, own, report)
                 if instance.state == InstanceState.RUNNING and instance.ip_address is None:
                     _learn_address(instance, own)
             elif (
