@@ -14,6 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from compute.models import (
     Host,
@@ -120,16 +121,9 @@ def network_update(*, actor: Actor, network: Network, nat_egress: bool | None = 
 @transaction.atomic
 def network_delete(*, actor: Actor, network: Network) -> None:
     locked = Network.objects.for_tenant(network.tenant_id).select_for_update().get(pk=network.pk)
-    users = list(
-        Instance.objects.for_tenant(locked.tenant_id)
-        .filter(network=locked)
-        .exclude(state__in=NOT_LIVE)
-        .values_list("name", flat=True)[:5]
-    )
+    users = _live_names(Instance.objects.for_tenant(locked.tenant_id).filter(network=locked))
     if users:
         raise Conflict("network", "in_use", f"network {locked.name!r} is in use by {', '.join(users)}")
-    from django.utils import timezone
-
     locked.deleted_at = timezone.now()
     locked.save(update_fields=["deleted_at"])
     audit_log(actor=actor, action="network.delete", target=locked)
@@ -161,6 +155,11 @@ def default_network(tenant: Tenant, actor: Actor) -> Network:
                 actor=actor, tenant=tenant, name=DEFAULT_NAME, cidr=str(subnet), audit=False
             )
     raise Conflict("network", "pool", f"no free /24 is left in the network pool {pool}")
+
+
+def _live_names(instances: Any) -> list[str]:
+    """The names of up to five live instances among ``instances`` (to say what holds something)."""
+    return list(instances.exclude(state__in=NOT_LIVE).values_list("name", flat=True)[:5])
 
 
 def networks_for(tenant: Tenant) -> Any:
@@ -226,12 +225,7 @@ def group_create(*, actor: Actor, tenant: Tenant, name: str, description: str = 
 
 @transaction.atomic
 def group_delete(*, actor: Actor, group: SecurityGroup) -> None:
-    users = list(
-        Instance.objects.for_tenant(group.tenant_id)
-        .filter(security_groups=group)
-        .exclude(state__in=NOT_LIVE)
-        .values_list("name", flat=True)[:5]
-    )
+    users = _live_names(Instance.objects.for_tenant(group.tenant_id).filter(security_groups=group))
     if users:
         raise Conflict("group", "in_use", f"security group {group.name!r} is used by {', '.join(users)}")
     audit_log(actor=actor, action="secgroup.delete", target=group)
