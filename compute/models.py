@@ -96,6 +96,11 @@ class IoModel(models.TextChoices):
     EMULATED = "emulated", "Emulated devices (e1000 NIC, SATA disk)"
 
 
+class Allocation(models.TextChoices):
+    STATIC = "static", "Static: the full size is reserved for the instance's life"
+    DYNAMIC = "dynamic", "Dynamic: the minimum is reserved, memory follows demand up to the size"
+
+
 # Below this a VM's kernel does not boot; below the other runc's own init cannot start.
 VM_MIN_RAM_MIB = 64
 CONTAINER_MIN_RAM_MIB = 8
@@ -117,7 +122,17 @@ class Flavor(models.Model):
     io_model = models.CharField(max_length=10, choices=IoModel.choices, default=IoModel.VIRTIO)
     balloon = models.BooleanField("memory balloon", default=True)
     min_ram_mib = models.PositiveIntegerField(
-        "minimum RAM (MiB)", null=True, blank=True, help_text="Floor for dynamic memory through the balloon."
+        "minimum RAM (MiB)",
+        null=True,
+        blank=True,
+        help_text="Floor of dynamic memory (the balloon of a VM, the memory limit of a container).",
+    )
+    allocation = models.CharField(
+        max_length=8,
+        choices=Allocation.choices,
+        default=Allocation.STATIC,
+        help_text="Dynamic reserves the minimum RAM and lets the adjuster move memory between the "
+        "minimum and the RAM as demand goes; it needs a minimum.",
     )
     pci_passthrough = models.CharField(
         "PCI device to pass through",
@@ -161,6 +176,10 @@ class Flavor(models.Model):
                 condition=Q(min_ram_mib__isnull=True) | Q(min_ram_mib__lte=models.F("ram_mib")),
                 name="flavor_min_ram_not_above_ram",
             ),
+            models.CheckConstraint(
+                condition=Q(allocation="static") | Q(min_ram_mib__isnull=False),
+                name="flavor_dynamic_needs_min_ram",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -180,6 +199,16 @@ class Flavor(models.Model):
             raise ValidationError({"min_ram_mib": "The minimum RAM cannot be above the RAM."})
         if self.min_ram_mib is not None and not self.balloon:
             raise ValidationError({"min_ram_mib": "Dynamic memory needs the memory balloon."})
+        if self.min_ram_mib is not None and self.min_ram_mib < CONTAINER_MIN_RAM_MIB:
+            raise ValidationError(
+                {"min_ram_mib": f"The minimum RAM cannot be below the runtime's {CONTAINER_MIN_RAM_MIB} MiB."}
+            )
+        if self.allocation == Allocation.DYNAMIC and self.min_ram_mib is None:
+            raise ValidationError({"min_ram_mib": "Dynamic allocation needs a minimum RAM below the RAM."})
+        if self.allocation == Allocation.DYNAMIC and self.min_ram_mib == self.ram_mib:
+            raise ValidationError(
+                {"min_ram_mib": "Dynamic allocation needs a minimum below the RAM (they are equal)."}
+            )
 
 
 class ImageKind(models.TextChoices):
@@ -247,6 +276,7 @@ class InstanceKind(models.TextChoices):
 
 class InstanceState(models.TextChoices):
     REQUESTED = "requested", "Requested"
+    QUEUED = "queued", "Waiting for capacity"
     SCHEDULED = "scheduled", "Scheduled"
     BUILDING = "building", "Building"
     RUNNING = "running", "Running"
@@ -285,6 +315,10 @@ class Instance(TenantOwned):
     image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="instances")
     host = models.ForeignKey(Host, null=True, blank=True, on_delete=models.PROTECT, related_name="instances")
     priority = models.PositiveSmallIntegerField(choices=PriorityClass.choices, default=PriorityClass.NORMAL)
+    allocation = models.CharField(max_length=8, choices=Allocation.choices, default=Allocation.STATIC)
+    server_group = models.ForeignKey(
+        "ServerGroup", null=True, blank=True, on_delete=models.PROTECT, related_name="instances"
+    )
     # Live memory target (balloon) and size, which resize may change within the flavor's range.
     vcpus = models.PositiveIntegerField(default=1)
     ram_mib = models.PositiveIntegerField(default=64)
@@ -478,6 +512,28 @@ class SecurityGroup(TenantOwned):
 
     def __str__(self) -> str:
         return self.name
+
+
+class GroupPolicy(models.TextChoices):
+    AFFINITY = "affinity", "Affinity: all members on one host"
+    ANTI_AFFINITY = "anti-affinity", "Anti-affinity: every member on a different host"
+    SOFT_AFFINITY = "soft-affinity", "Soft affinity: on one host where possible"
+    SOFT_ANTI_AFFINITY = "soft-anti-affinity", "Soft anti-affinity: on different hosts where possible"
+
+
+class ServerGroup(TenantOwned):
+    """Instances placed together (affinity) or apart (anti-affinity), strictly or where possible."""
+
+    name = models.CharField(max_length=63)
+    policy = models.CharField(max_length=20, choices=GroupPolicy.choices)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="servergroup_unique_name")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.policy})"
 
 
 class Protocol(models.TextChoices):

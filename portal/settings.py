@@ -40,6 +40,18 @@ NUBIS_OVERCOMMIT = {"cpu": 4.0, "ram": 1.0, "disk": 1.0}
 # (positive spreads, negative packs).
 NUBIS_SCHEDULER_FILTERS = ("state", "capability", "aggregate", "server_group", "capacity")
 NUBIS_SCHEDULER_WEIGHERS = {"ram": 1.0, "cpu": 1.0, "disk": 0.5, "load": 0.5, "soft_affinity": 2.0}
+# Admission: "reserved" counts what instances reserved on a host; "demand" counts what they were
+# measured using over the last minute (an instance without samples yet counts its reservation).
+NUBIS_ADMISSION_MODE = config.env_choice("NUBIS_ADMISSION_MODE", "reserved", ["reserved", "demand"])
+# The admission queue: a waiting request gains one priority level per NUBIS_QUEUE_AGING_SECONDS;
+# after NUBIS_QUEUE_MAX_WAIT it is overdue: it goes first and nothing behind it is admitted before
+# it (so no request starves). A request still waiting after NUBIS_QUEUE_GIVE_UP fails.
+NUBIS_QUEUE_AGING_SECONDS = config.env_int("NUBIS_QUEUE_AGING_SECONDS", 120, minimum=1)
+NUBIS_QUEUE_MAX_WAIT = config.env_int("NUBIS_QUEUE_MAX_WAIT", 600, minimum=1)
+NUBIS_QUEUE_GIVE_UP = config.env_int("NUBIS_QUEUE_GIVE_UP", 86400, minimum=60)
+NUBIS_QUEUE_SECONDS = config.env_int("NUBIS_QUEUE_SECONDS", 15, minimum=1)
+# Dynamic allocation: the adjuster's period, and its hysteresis (see scheduler.allocation).
+NUBIS_ALLOCATION_SECONDS = config.env_int("NUBIS_ALLOCATION_SECONDS", 30, minimum=1)
 # How long an instance may stay in a transient state before the reconciler steps in.
 NUBIS_TRANSIENT_DEADLINE = config.env_int("NUBIS_TRANSIENT_DEADLINE", 600, minimum=1)
 # The agent reconciles its host this often; orphans are removed after staying orphaned this long.
@@ -237,6 +249,16 @@ CELERY_BEAT_SCHEDULE = {
         "task": "compute.metrics_rollup",
         "schedule": 300.0,
         "options": {"queue": "control", "expires": 300.0},
+    },
+    "admission-queue": {
+        "task": "scheduler.admission_run",
+        "schedule": float(NUBIS_QUEUE_SECONDS),
+        "options": {"queue": "control", "expires": float(NUBIS_QUEUE_SECONDS)},
+    },
+    "allocation-adjust": {
+        "task": "scheduler.allocation_adjust",
+        "schedule": float(NUBIS_ALLOCATION_SECONDS),
+        "options": {"queue": "control", "expires": float(NUBIS_ALLOCATION_SECONDS)},
     },
     "quota-drift-check": {
         "task": "tenants.tasks.quota_drift_check",

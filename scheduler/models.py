@@ -70,3 +70,35 @@ class PlacementDecision(TenantOwned):
 
     def __str__(self) -> str:
         return f"{self.instance} -> {self.host or 'no valid host'}"
+
+
+class QueueState(models.TextChoices):
+    WAITING = "waiting", "Waiting"
+    ADMITTED = "admitted", "Admitted"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class QueueEntry(TenantOwned):
+    """A request that found no room and asked to wait: its place in the admission queue.
+
+    Kept after admission (with how long it waited) so the queue can estimate waits from history.
+    """
+
+    instance = models.OneToOneField(Instance, on_delete=models.CASCADE, related_name="queue_entry")
+    priority = models.PositiveSmallIntegerField()
+    vcpus = models.PositiveIntegerField()
+    ram_mib = models.PositiveIntegerField()
+    disk_gib = models.PositiveIntegerField()
+    state = models.CharField(max_length=10, choices=QueueState.choices, default=QueueState.WAITING)
+    reason = models.TextField(blank=True, default="", help_text="Why it is still waiting (or failed).")
+    enqueued_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["enqueued_at", "pk"]
+        indexes = [models.Index(fields=["state", "enqueued_at"], name="queue_state_enqueued")]
+        verbose_name_plural = "queue entries"
+
+    def __str__(self) -> str:
+        return f"{self.instance} ({self.state})"
