@@ -8,16 +8,27 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Avg, Sum
+from django.db.models import Avg, Case, F, Sum, When
 from django.utils import timezone
 
-from compute.models import CpuMode, Host, HostState, Instance, InstanceState, SampleResolution, UsageSample
+from compute.models import (
+    Allocation,
+    CpuMode,
+    Host,
+    HostState,
+    Instance,
+    InstanceState,
+    SampleResolution,
+    UsageSample,
+)
 from scheduler.engine import Engine, HostRow, HostTable, Request
 from scheduler.models import PlacementDecision
 
 # Instances in these states hold no capacity on their host.
 FREE_STATES = (InstanceState.DELETED, InstanceState.ERROR)
 LOAD_WINDOW = timedelta(seconds=60)
+# RAM an instance holds on its host: all of it (static), or what the adjuster granted (dynamic).
+HELD_RAM = Case(When(allocation=Allocation.DYNAMIC, then=F("current_ram_mib")), default=F("ram_mib"))
 CANDIDATES = 5  # hosts a placement tries, best first, when claims lose races
 
 
@@ -49,7 +60,7 @@ def host_rows(hosts: Any = None) -> list[HostRow]:
         .exclude(state__in=FREE_STATES)
         .exclude(host=None)
         .values("host_id")
-        .annotate(v=Sum("vcpus"), r=Sum("ram_mib"), d=Sum("disk_gib"))
+        .annotate(v=Sum("vcpus"), r=Sum(HELD_RAM), d=Sum("disk_gib"))
     }
     load = {
         row["host_id"]: row["cpu"]
@@ -96,7 +107,7 @@ def request_of(instance: Instance) -> Request:
     flavor = instance.flavor
     return Request(
         vcpus=instance.vcpus,
-        ram_mib=instance.ram_mib,
+        ram_mib=instance.current_ram_mib if instance.allocation == Allocation.DYNAMIC else instance.ram_mib,
         disk_gib=instance.disk_gib,
         tenant_id=instance.tenant_id,
         needs_kvm=flavor.cpu_mode == CpuMode.HARDWARE,

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from compute.models import (
     VM_MIN_RAM_MIB,
+    Allocation,
     Flavor,
     Image,
     ImageKind,
@@ -138,6 +139,7 @@ def instance_create(
     idempotency_key: str | None = None,
     network: str | int | None = DEFAULT_NETWORK,
     security_groups: list[str | int] | None = None,
+    allocation: str | None = None,
 ) -> Operation:
     """Request a new VM or container; returns its create Operation (enqueued on the chosen host)."""
     from compute.services.networks import attach_to_network, default_network, networks_for
@@ -169,6 +171,19 @@ def instance_create(
             "min_ram",
             f"flavor {flavor_obj.name} has {flavor_obj.ram_mib} MiB; a VM needs {VM_MIN_RAM_MIB}",
         )
+    allocation = allocation or flavor_obj.allocation
+    if allocation not in Allocation.values:
+        raise ServiceError(
+            "allocation", "choice", f"allocation must be one of {', '.join(Allocation.values)}"
+        )
+    if allocation == Allocation.DYNAMIC and not (flavor_obj.min_ram_mib or 0) < flavor_obj.ram_mib:
+        raise ServiceError(
+            "allocation",
+            "range",
+            f"dynamic allocation needs a flavor with a minimum RAM below its RAM; {flavor_obj.name} has none",
+        )
+    # Dynamic: the host holds the minimum, and the adjuster grants more as demand grows.
+    granted = flavor_obj.min_ram_mib if allocation == Allocation.DYNAMIC else flavor_obj.ram_mib
     if network == DEFAULT_NETWORK:
         network_obj = default_network(tenant, actor)
     elif network is None or network == "":
@@ -194,7 +209,8 @@ def instance_create(
                 priority=priority,
                 vcpus=flavor_obj.vcpus,
                 ram_mib=flavor_obj.ram_mib,
-                current_ram_mib=flavor_obj.ram_mib,
+                current_ram_mib=granted,
+                allocation=allocation,
                 disk_gib=0 if container else flavor_obj.disk_gib,
                 vnc_password=secrets.token_hex(4),
                 created_by_id=actor.user_id,
