@@ -16,6 +16,7 @@ from compute.models import (
     Operation,
     SecurityGroup,
     SecurityRule,
+    ServerGroup,
     Snapshot,
 )
 from tenants.admin import TenantOwnedAdmin
@@ -105,6 +106,7 @@ class FlavorAdmin(admin.ModelAdmin):
         "cpu_mode",
         "io_model",
         "balloon",
+        "allocation",
         "min_ram_mib",
         "pci_passthrough",
         "cpu_limit_pct",
@@ -112,7 +114,7 @@ class FlavorAdmin(admin.ModelAdmin):
         "public",
         "tenant",
     ]
-    list_filter = ["cpu_mode", "io_model", "balloon", "public"]
+    list_filter = ["cpu_mode", "io_model", "balloon", "allocation", "public"]
     search_fields = ["name"]
     autocomplete_fields = ["tenant"]
 
@@ -194,6 +196,14 @@ class SecurityRuleInline(ReadOnlyMixin, admin.TabularInline):
 
     def get_queryset(self, request: HttpRequest) -> Any:
         return SecurityRule.objects.unscoped()  # narrowed to the group by the formset
+
+
+@admin.register(ServerGroup)
+class ServerGroupAdmin(ReadOnlyMixin, TenantOwnedAdmin):
+    list_display = ["name", "tenant", "policy", "created"]
+    list_filter = ["policy"]
+    search_fields = ["name", "tenant__slug"]
+    list_select_related = ["tenant"]
 
 
 @admin.register(SecurityGroup)

@@ -8,7 +8,8 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
@@ -16,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from compute.models import (
+    Allocation,
     Flavor,
     Image,
     Instance,
@@ -65,6 +67,12 @@ class InstanceSerializer(serializers.ModelSerializer[Instance]):
     priority = serializers.SerializerMethodField()
     network = serializers.CharField(source="network.name", read_only=True, allow_null=True, default=None)
     security_groups = serializers.SerializerMethodField()
+    server_group = serializers.CharField(
+        source="server_group.name", read_only=True, allow_null=True, default=None
+    )
+    queue = serializers.SerializerMethodField(
+        help_text="While queued: its place in the admission queue, the wait so far and the estimate."
+    )
 
     class Meta:
         model = Instance
@@ -79,9 +87,12 @@ class InstanceSerializer(serializers.ModelSerializer[Instance]):
             "vcpus",
             "ram_mib",
             "current_ram_mib",
+            "allocation",
             "disk_gib",
             "network",
             "security_groups",
+            "server_group",
+            "queue",
             "mac_address",
             "ip_address",
             "oom_kills",
@@ -95,6 +106,19 @@ class InstanceSerializer(serializers.ModelSerializer[Instance]):
 
     def get_priority(self, obj: Instance) -> str:
         return PriorityClass(obj.priority).label.lower()
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_queue(self, obj: Instance) -> dict[str, Any] | None:
+        if obj.state != InstanceState.QUEUED:
+            return None
+        statuses = self.context.get("queue")
+        if statuses is None:  # one instance: read its own entry
+            from scheduler.admission import queue_statuses
+            from scheduler.models import QueueEntry
+
+            statuses = queue_statuses(list(QueueEntry.objects.for_tenant(obj.tenant_id).filter(instance=obj)))
+        status: dict[str, Any] | None = statuses.get(obj.pk)
+        return status
 
 
 class InstanceCreateSerializer(serializers.Serializer[Any]):
@@ -111,6 +135,19 @@ class InstanceCreateSerializer(serializers.Serializer[Any]):
     )
     security_groups = serializers.ListField(
         child=serializers.CharField(), required=False, help_text="Security group names or ids."
+    )
+    allocation = serializers.ChoiceField(
+        choices=Allocation.choices,
+        required=False,
+        help_text="static: the full RAM is reserved; dynamic: the flavor's minimum is reserved and memory "
+        "follows demand up to the RAM. Left out: the flavor's own.",
+    )
+    server_group = serializers.CharField(
+        required=False, allow_null=True, help_text="Server group name or id."
+    )
+    wait = serializers.BooleanField(
+        default=False,
+        help_text="When no host has room: wait in the admission queue (state queued) instead of failing.",
     )
 
 
@@ -249,13 +286,18 @@ class InstanceListView(TenantView):
     @extend_schema(responses=InstanceSerializer(many=True))
     def get(self, request: Request, tenant: str) -> Response:
         obj = self.tenant(request, tenant)
+        from scheduler.admission import queue_statuses
+        from scheduler.models import QueueEntry, QueueState
+
         rows = (
             Instance.objects.for_tenant(obj)
             .exclude(state=InstanceState.DELETED)
-            .select_related("flavor", "image", "network")
+            .select_related("flavor", "image", "network", "server_group")
             .prefetch_related(Prefetch("security_groups", queryset=SecurityGroup.objects.for_tenant(obj)))
         )
-        return Response(InstanceSerializer(rows, many=True).data)
+        queued = list(QueueEntry.objects.for_tenant(obj).filter(state=QueueState.WAITING))
+        context = {"queue": queue_statuses(queued)}
+        return Response(InstanceSerializer(rows, many=True, context=context).data)
 
     @extend_schema(request=InstanceCreateSerializer, responses={202: OperationSerializer})
     def post(self, request: Request, tenant: str) -> Response:
@@ -274,6 +316,9 @@ class InstanceListView(TenantView):
             idempotency_key=request.headers.get("Idempotency-Key") or None,
             network=data.get("network", svc.DEFAULT_NETWORK),
             security_groups=data.get("security_groups"),
+            allocation=data.get("allocation"),
+            server_group=data.get("server_group"),
+            wait=data["wait"],
         )
         return accepted(operation)
 

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from compute import api, api_networks
+from compute import api, api_groups, api_networks
 
 urlpatterns = [
     path("flavors/", api.FlavorListView.as_view(), name="api-flavors"),
@@ -49,6 +49,9 @@ urlpatterns = [
         api_networks.RuleDetailView.as_view(),
         name="api-secgroup-rule",
     ),
+    path("server-groups/", api_groups.ServerGroupListView.as_view(), name="api-servergroups"),
+    path("server-groups/<int:pk>/", api_groups.ServerGroupDetailView.as_view(), name="api-servergroup"),
+    path("queue/", api_groups.TenantQueueView.as_view(), name="api-queue"),
     path("operations/", api.OperationListView.as_view(), name="api-operations"),
     path("operations/<uuid:pk>/", api.OperationDetailView.as_view(), name="api-operation"),
 ]

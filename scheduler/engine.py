@@ -37,9 +37,10 @@ class HostRow:
     cpu_ratio: float = 4.0
     ram_ratio: float = 1.0
     disk_ratio: float = 1.0
-    used_vcpus: int = 0
-    used_ram_mib: int = 0
-    used_disk_gib: int = 0
+    # Reserved, or measured (demand mode: fractions of a vCPU count).
+    used_vcpus: float = 0
+    used_ram_mib: float = 0
+    used_disk_gib: float = 0
     enabled: bool = True
     alive: bool = True  # heartbeat fresh
     kvm: bool = False
@@ -509,6 +510,36 @@ class Engine:
             table, request, np.ones(len(table), dtype=np.bool_) if alive is None else alive
         )
         return decision
+
+    def never_fits(self, table: HostTable, request: Request) -> str:
+        """Why no host could ever take the request, even empty and enabled ("": some host could).
+
+        Only what waiting cannot change counts: capability, dedicated aggregates and each host's
+        whole capacity. A request refused for this must fail at once, not wait in the queue.
+        """
+        if len(table) == 0:
+            return "no compute host is registered"
+        keep = np.ones(len(table), dtype=np.bool_)
+        for f in self.filters:
+            if (
+                isinstance(f, (CapabilityFilter, AggregateFilter))
+                and (mask := f.mask(table, request)) is not None
+            ):
+                keep &= mask
+        if not keep.any():
+            return "no host has the capability or aggregate it needs"
+        demand = request.demand()
+        if ((table.capacity[:, keep] >= demand[:, None]).all(axis=0)).any():
+            return ""
+        largest = table.capacity[:, keep].max(axis=1)
+        over = [
+            f"{need:g} {unit} (the largest host has {have:g})"
+            for need, have, unit in zip(demand, largest, ("vCPUs", "MiB RAM", "GiB disk"), strict=True)
+            if need > have
+        ]
+        if not over:
+            return "no single host has all of it at once (each lacks one resource)"
+        return "larger than any host: it needs " + ", ".join(over)
 
     def ranked(self, table: HostTable, request: Request) -> list[int]:
         """Every passing host id, best first (the claim tries them in turn when it loses a race)."""

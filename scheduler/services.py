@@ -3,12 +3,12 @@ and the decision record kept with the instance."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Avg, Case, F, Sum, When
+from django.db.models import Avg, Case, F, Max, Sum, When
 from django.utils import timezone
 
 from compute.models import (
@@ -19,6 +19,7 @@ from compute.models import (
     Instance,
     InstanceState,
     SampleResolution,
+    ServerGroup,
     UsageSample,
 )
 from scheduler.engine import Engine, HostRow, HostTable, Request
@@ -33,7 +34,14 @@ CANDIDATES = 5  # hosts a placement tries, best first, when claims lose races
 
 
 class NoValidHost(Exception):
-    """No host can take the instance; the message names the filter and the nearest miss."""
+    """No host can take the instance; the message names the filter and the nearest miss.
+
+    ``never``: no host could take it even empty (it is larger than any host), so waiting is futile.
+    """
+
+    def __init__(self, message: str, never: bool = False) -> None:
+        super().__init__(message)
+        self.never = never
 
 
 def engine() -> Engine:
@@ -54,14 +62,7 @@ def host_rows(hosts: Any = None) -> list[HostRow]:
     hosts = list(
         (hosts if hosts is not None else Host.objects.filter(simulated=False)).prefetch_related("aggregates")
     )
-    used = {
-        row["host_id"]: row
-        for row in Instance.objects.unscoped()
-        .exclude(state__in=FREE_STATES)
-        .exclude(host=None)
-        .values("host_id")
-        .annotate(v=Sum("vcpus"), r=Sum(HELD_RAM), d=Sum("disk_gib"))
-    }
+    used = _measured_use(now) if settings.NUBIS_ADMISSION_MODE == "demand" else _reserved_use()
     load = {
         row["host_id"]: row["cpu"]
         for row in UsageSample.objects.filter(
@@ -88,9 +89,9 @@ def host_rows(hosts: Any = None) -> list[HostRow]:
                 vcpus=host.cpus,
                 ram_mib=host.ram_mib,
                 disk_gib=host.disk_gib,
-                used_vcpus=int(held.get("v") or 0),
-                used_ram_mib=int(held.get("r") or 0),
-                used_disk_gib=int(held.get("d") or 0),
+                used_vcpus=float(held.get("v") or 0),
+                used_ram_mib=float(held.get("r") or 0),
+                used_disk_gib=float(held.get("d") or 0),
                 enabled=host.state == HostState.ENABLED,
                 alive=host.heartbeat_fresh(now),
                 kvm=host.kvm_usable,
@@ -103,8 +104,53 @@ def host_rows(hosts: Any = None) -> list[HostRow]:
     return rows
 
 
+def _placed() -> Any:
+    return Instance.objects.unscoped().exclude(state__in=FREE_STATES).exclude(host=None)
+
+
+def _reserved_use() -> dict[int, dict[str, float]]:
+    """What the instances on each host reserved (one query)."""
+    return {
+        row["host_id"]: row
+        for row in _placed().values("host_id").annotate(v=Sum("vcpus"), r=Sum(HELD_RAM), d=Sum("disk_gib"))
+    }
+
+
+def _measured_use(now: datetime) -> dict[int, dict[str, float]]:
+    """What the instances on each host were measured using over the last minute (demand mode).
+
+    An instance counts its busiest sample of the window: its CPU time in vCPUs (an idle one counts
+    a small fraction) and its memory. One without samples yet (just started) counts what it
+    reserved. Disk is always what was reserved: a disk fills up, it does not idle. Nothing counts
+    above its reservation.
+    """
+    measured = {
+        row["instance_id"]: row
+        for row in UsageSample.objects.filter(
+            instance__isnull=False, resolution=SampleResolution.RAW, at__gte=now - LOAD_WINDOW
+        )
+        .values("instance_id")
+        .annotate(cpu=Max("cpu_pct"), mem=Max("mem_bytes"))
+    }
+    used: dict[int, dict[str, float]] = {}
+    for row in _placed().values("id", "host_id", "vcpus", "disk_gib", held=HELD_RAM):
+        held = used.setdefault(row["host_id"], {"v": 0.0, "r": 0.0, "d": 0.0})
+        sample = measured.get(row["id"])
+        if sample is None:
+            held["v"] += row["vcpus"]
+            held["r"] += row["held"]
+        else:
+            held["v"] += min(sample["cpu"] / 100.0, row["vcpus"])
+            held["r"] += min(sample["mem"] / 2**20, row["held"])
+        held["d"] += row["disk_gib"]
+    return used
+
+
 def request_of(instance: Instance) -> Request:
+    from compute.services.server_groups import group_hosts
+
     flavor = instance.flavor
+    group = instance.server_group
     return Request(
         vcpus=instance.vcpus,
         ram_mib=instance.current_ram_mib if instance.allocation == Allocation.DYNAMIC else instance.ram_mib,
@@ -112,7 +158,14 @@ def request_of(instance: Instance) -> Request:
         tenant_id=instance.tenant_id,
         needs_kvm=flavor.cpu_mode == CpuMode.HARDWARE,
         needs_iommu=bool(flavor.pci_passthrough),
+        group_policy=group.policy if group is not None else "",
+        group_hosts=group_hosts(instance),
     )
+
+
+def never_fits(instance: Instance, hosts: Any = None) -> str:
+    """Why no host could ever take the instance, even empty ("": some host could)."""
+    return engine().never_fits(HostTable(host_rows(hosts)), request_of(instance))
 
 
 def host_table_of(host: Host) -> HostTable:
@@ -133,14 +186,25 @@ def place(instance: Instance, hosts: Any = None) -> Host:
     placement won the race) moves on to the next one. ``hosts`` narrows the choice to a queryset
     of hosts (a what-if, or a test that must not see the suite's own agent); default: all real ones.
     """
+    if instance.server_group_id is not None:
+        # Members of one group are placed one at a time, so two cannot both take the same host
+        # (anti-affinity) or both open a host of their own (affinity).
+        ServerGroup.objects.for_tenant(instance.tenant_id).select_for_update().get(
+            pk=instance.server_group_id
+        )
     request = request_of(instance)
     table = HostTable(host_rows(hosts))
-    decision = engine().select(table, request, top_n=CANDIDATES)
+    pipeline = engine()
+    decision = pipeline.select(table, request, top_n=CANDIDATES)
     record = decision.as_dict()
     if decision.host_id is None:
+        never = pipeline.never_fits(table, request)
+        if never:
+            record["error"] = f"no valid host: {never}"
+            record["nearest_miss"] = ""
         _record(instance, None, record)
-        miss = f"; nearest miss: {decision.nearest_miss}" if decision.nearest_miss else ""
-        raise NoValidHost(f"{decision.error}{miss}")
+        miss = f"; nearest miss: {record['nearest_miss']}" if record["nearest_miss"] else ""
+        raise NoValidHost(f"{record['error']}{miss}", never=bool(never))
     for candidate in decision.top:
         with transaction.atomic():
             locked = Host.objects.select_for_update().get(pk=candidate.host_id)

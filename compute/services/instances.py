@@ -28,6 +28,7 @@ from compute.models import (
     OperationKind,
     OperationState,
     SecurityGroup,
+    ServerGroup,
     Snapshot,
 )
 from portal.events import publish
@@ -124,6 +125,8 @@ def instance_fail(instance: Instance, fault: str) -> None:
     instance.save(update_fields=["state", "fault", "fault_at", "state_deadline", "updated"])
     release_claims(instance, f"error: {fault[:150]}")
     instance_event(instance)
+    if instance.host_id is not None:
+        _capacity_released()
 
 
 @transaction.atomic
@@ -140,8 +143,14 @@ def instance_create(
     network: str | int | None = DEFAULT_NETWORK,
     security_groups: list[str | int] | None = None,
     allocation: str | None = None,
+    server_group: str | int | None = None,
+    wait: bool = False,
 ) -> Operation:
-    """Request a new VM or container; returns its create Operation (enqueued on the chosen host)."""
+    """Request a new VM or container; returns its create Operation (enqueued on the chosen host).
+
+    When no host has room and ``wait`` is set, the instance waits in the admission queue (state
+    queued, its quota held) instead of failing; a request no host could ever take fails at once.
+    """
     from compute.services.networks import attach_to_network, default_network, networks_for
 
     if idempotency_key:
@@ -194,6 +203,11 @@ def instance_create(
         _by_name_or_id(SecurityGroup.objects.for_tenant(tenant), ref, "security_groups")
         for ref in security_groups or []
     ]
+    group_obj = (
+        _by_name_or_id(ServerGroup.objects.for_tenant(tenant), server_group, "server_group")
+        if server_group is not None and server_group != ""
+        else None
+    )
     if groups and network_obj is None:
         raise ServiceError("security_groups", "network", "security groups apply to ports on a tenant network")
     if Instance.objects.for_tenant(tenant).filter(name=name, deleted_at__isnull=True).exists():
@@ -211,6 +225,7 @@ def instance_create(
                 ram_mib=flavor_obj.ram_mib,
                 current_ram_mib=granted,
                 allocation=allocation,
+                server_group=group_obj,
                 disk_gib=0 if container else flavor_obj.disk_gib,
                 vnc_password=secrets.token_hex(4),
                 created_by_id=actor.user_id,
@@ -233,9 +248,17 @@ def instance_create(
     if groups:
         instance.groups_set(groups)
     operation = operation_record(instance, OperationKind.CREATE, actor, idempotency_key=idempotency_key)
+    from scheduler.admission import admission_enqueue, admission_kick, admission_precheck
+
     try:
+        admission_precheck(instance, wait)
         place(instance)
     except NoValidHost as exc:
+        if wait and not exc.never:
+            admission_enqueue(instance, str(exc))
+            admission_kick()
+            audit_log(actor=actor, action="instance.queued", target=instance, detail={"reason": str(exc)})
+            return operation
         instance_fail(instance, str(exc))
         operation_finish(operation, OperationState.FAILED, str(exc))
         audit_log(
@@ -325,6 +348,8 @@ def instance_action(*, actor: Actor, instance: Instance, kind: str) -> Operation
 @transaction.atomic
 def instance_delete(*, actor: Actor, instance: Instance) -> Operation:
     """Delete an instance: its domain, disk and snapshots on the host, then its claims."""
+    if instance.state == InstanceState.QUEUED:
+        return _delete_queued(actor, instance)
     locked = instance_lock_idle(instance)
     if locked.state in (InstanceState.DELETING, InstanceState.DELETED):
         raise Conflict("state", "state", f"the instance is already {locked.state}")
@@ -344,6 +369,21 @@ def instance_delete(*, actor: Actor, instance: Instance) -> Operation:
     return operation
 
 
+def _delete_queued(actor: Actor, instance: Instance) -> Operation:
+    """A queued instance has nothing on any host: leave the queue, fail its create, done."""
+    from scheduler.admission import admission_cancel
+
+    locked = Instance.objects.for_tenant(instance.tenant_id).select_for_update().get(pk=instance.pk)
+    if locked.state != InstanceState.QUEUED:  # admitted meanwhile: delete it the usual way
+        return instance_delete(actor=actor, instance=locked)
+    admission_cancel(locked, "deleted while waiting in the admission queue")
+    operation = operation_record(locked, OperationKind.DELETE, actor, params={"from_state": locked.state})
+    audit_log(actor=actor, action="instance.delete", target=locked)
+    instance_deleted(locked)
+    operation_finish(operation, OperationState.SUCCEEDED)
+    return operation
+
+
 def instance_deleted(instance: Instance) -> None:
     from compute.services.snapshots import snapshot_forget
 
@@ -355,3 +395,11 @@ def instance_deleted(instance: Instance) -> None:
     instance.save(update_fields=["state", "deleted_at", "state_deadline", "updated"])
     release_claims(instance, "deleted")
     instance_event(instance)
+    if instance.host_id is not None:
+        _capacity_released()
+
+
+def _capacity_released() -> None:
+    from scheduler.admission import admission_kick
+
+    admission_kick()

@@ -36,7 +36,7 @@ NOT_LIVE = (InstanceState.DELETED,)
 SYNC_EXPIRES = 300.0  # seconds; the reconciler re-applies everything anyway
 
 
-def _name_ok(name: str) -> bool:
+def name_ok(name: str) -> bool:
     return 0 < len(name) <= 63 and name[0].isalpha() and all(c.isalnum() or c in "-_" for c in name)
 
 
@@ -84,7 +84,7 @@ def network_create(
     *, actor: Actor, tenant: Tenant, name: str, cidr: str, nat_egress: bool = False, audit: bool = True
 ) -> Network:
     """A new network; ``audit=False`` when it is part of another recorded action (a default network)."""
-    if not _name_ok(name):
+    if not name_ok(name):
         raise ServiceError("name", "name", f"invalid name {name!r}: 1-63 letters, digits, - or _")
     net = parse_cidr(cidr, "cidr", NETWORK_PREFIXES)
     # Serialise creations, so two overlapping subnets cannot both pass the check.
@@ -121,7 +121,7 @@ def network_update(*, actor: Actor, network: Network, nat_egress: bool | None = 
 @transaction.atomic
 def network_delete(*, actor: Actor, network: Network) -> None:
     locked = Network.objects.for_tenant(network.tenant_id).select_for_update().get(pk=network.pk)
-    users = _live_names(Instance.objects.for_tenant(locked.tenant_id).filter(network=locked))
+    users = live_names(Instance.objects.for_tenant(locked.tenant_id).filter(network=locked))
     if users:
         raise Conflict("network", "in_use", f"network {locked.name!r} is in use by {', '.join(users)}")
     locked.deleted_at = timezone.now()
@@ -157,7 +157,7 @@ def default_network(tenant: Tenant, actor: Actor) -> Network:
     raise Conflict("network", "pool", f"no free /24 is left in the network pool {pool}")
 
 
-def _live_names(instances: Any) -> list[str]:
+def live_names(instances: Any) -> list[str]:
     """The names of up to five live instances among ``instances`` (to say what holds something)."""
     return list(instances.exclude(state__in=NOT_LIVE).values_list("name", flat=True)[:5])
 
@@ -212,7 +212,7 @@ def group_by_ref(tenant: Tenant, ref: str | int) -> SecurityGroup:
 
 @transaction.atomic
 def group_create(*, actor: Actor, tenant: Tenant, name: str, description: str = "") -> SecurityGroup:
-    if not _name_ok(name):
+    if not name_ok(name):
         raise ServiceError("name", "name", f"invalid name {name!r}: 1-63 letters, digits, - or _")
     try:
         with transaction.atomic():
@@ -225,7 +225,7 @@ def group_create(*, actor: Actor, tenant: Tenant, name: str, description: str = 
 
 @transaction.atomic
 def group_delete(*, actor: Actor, group: SecurityGroup) -> None:
-    users = _live_names(Instance.objects.for_tenant(group.tenant_id).filter(security_groups=group))
+    users = live_names(Instance.objects.for_tenant(group.tenant_id).filter(security_groups=group))
     if users:
         raise Conflict("group", "in_use", f"security group {group.name!r} is used by {', '.join(users)}")
     audit_log(actor=actor, action="secgroup.delete", target=group)

@@ -303,6 +303,28 @@ _api_operations, _api_operations_b = tenant_path("operations/")
 
 _api_networks, _api_networks_b = tenant_path("networks/")
 _api_groups, _api_groups_b = tenant_path("security-groups/")
+_api_sgroups, _api_sgroups_b = tenant_path("server-groups/")
+_api_queue, _api_queue_b = tenant_path("queue/")
+
+
+def _sgroup_case(method: str, expect: dict[str, int | str], which: str, **kw: Any) -> Case:
+    """The case on A's server group ``a-<which>``, with B's under B's URL and under A's URL."""
+
+    def build(tenant: str, group: str) -> Path:
+        def path(w: World) -> str:
+            slug = (w.a if tenant == "a" else w.b).slug
+            return f"/api/v1/tenants/{slug}/server-groups/{w.server_groups[group].pk}/"
+
+        return path
+
+    return Case(
+        method,
+        build("a", f"a-{which}"),
+        expect,
+        b_path=build("b", f"b-{which}"),
+        idor_path=build("a", f"b-{which}"),
+        **kw,
+    )
 
 
 def _net_case(method: str, expect: dict[str, int | str], which: str, **kw: Any) -> Case:
@@ -501,6 +523,23 @@ ROUTES.update(
                 action="secgroup.rule_delete",
             )
         ],
+        "api-servergroups": [
+            Case("GET", _api_sgroups, API_TENANT_READ, b_path=_api_sgroups_b, lists=True),
+            Case(
+                "POST",
+                _api_sgroups,
+                API_MEMBER_CREATE,
+                b_path=_api_sgroups_b,
+                data=lambda w: {"name": "new-grp", "policy": "affinity"},
+                action="servergroup.create",
+            ),
+        ],
+        "api-servergroup": [
+            _sgroup_case("GET", API_TENANT_READ, "grp"),
+            _sgroup_case("DELETE", API_MEMBER_GONE, "lone", action="servergroup.delete"),
+            _sgroup_case("DELETE", API_MEMBER_CONFLICT, "grp"),  # a-vm is in it
+        ],
+        "api-queue": [Case("GET", _api_queue, API_TENANT_READ, b_path=_api_queue_b, lists=True)],
         "api-operation": [
             Case(
                 "GET", _op("a-vm", "a"), API_TENANT_READ, b_path=_op("b-vm", "b"), idor_path=_op("b-vm", "a")
@@ -542,6 +581,8 @@ ADMIN_MODELS: dict[str, dict[str, bool]] = {
     "compute.network": {"add": False, "delete": False},
     "scheduler.aggregate": {"add": True, "delete": True},
     "scheduler.placementdecision": {"add": False, "delete": False},
+    "scheduler.queueentry": {"add": False, "delete": False},
+    "compute.servergroup": {"add": False, "delete": False},
     "compute.securitygroup": {"add": False, "delete": False},
     "django_celery_beat.periodictask": {"add": True, "delete": True},
     "django_celery_beat.intervalschedule": {"add": True, "delete": True},

@@ -21,6 +21,7 @@ from compute.models import (
     OperationState,
     SecurityGroup,
     SecurityRule,
+    ServerGroup,
     Snapshot,
 )
 from security.audit import Actor, audit_log
@@ -67,6 +68,7 @@ class World:
     nets: dict[str, Network]  # a-net, b-net (with a-box and b-box, stopped containers, on them)
     groups: dict[str, SecurityGroup]  # a-sg, b-sg, one rule each
     rules: dict[str, SecurityRule]
+    server_groups: dict[str, ServerGroup]  # a-grp (a-vm in it), a-lone (empty), the same for b
 
 
 def _token(tenant: Tenant, user: User, name: str) -> ApiToken:
@@ -98,8 +100,9 @@ def build_world() -> World:
     b_extra = Membership.objects.get(user__username="b-owner", tenant=b)
     vms, snaps, ops = _compute(a, b)
     nets, groups, rules = _networks(a, b, vms)
-    _placements(vms)
+    server_groups = _placements(vms)
     world = World(
+        server_groups=server_groups,
         nets=nets,
         groups=groups,
         rules=rules,
@@ -143,9 +146,10 @@ def _schedules() -> None:
     PeriodicTask.objects.create(name="fixture-task", task="portal.tasks.heartbeat", interval=every)
 
 
-def _placements(vms: dict[str, Instance]) -> None:
-    """A placement record for each VM, and an aggregate of the hosts (the admin shows both)."""
-    from scheduler.models import Aggregate, PlacementDecision
+def _placements(vms: dict[str, Instance]) -> dict[str, ServerGroup]:
+    """A placement record for each VM, an aggregate of the hosts, server groups and a queued
+    instance per tenant (the API and the admin show them all)."""
+    from scheduler.models import Aggregate, PlacementDecision, QueueEntry
 
     for name in ("a-vm", "b-vm"):
         vm = vms[name]
@@ -156,6 +160,31 @@ def _placements(vms: dict[str, Instance]) -> None:
         name="harness-aggregate", cpu_ratio=2.0, tenant_id=vms["a-vm"].tenant_id
     )
     aggregate.hosts.add(vms["a-vm"].host_id or 0)
+    groups = {}
+    for prefix in ("a", "b"):
+        vm = vms[f"{prefix}-vm"]
+        groups[f"{prefix}-grp"] = ServerGroup.objects.create(
+            tenant_id=vm.tenant_id, name=f"{prefix}-grp", policy="anti-affinity"
+        )
+        groups[f"{prefix}-lone"] = ServerGroup.objects.create(
+            tenant_id=vm.tenant_id, name=f"{prefix}-lone", policy="soft-affinity"
+        )
+        Instance.objects.unscoped().filter(pk=vm.pk).update(server_group=groups[f"{prefix}-grp"])
+        waiting = vms[f"{prefix}-wait"] = Instance.objects.create(
+            tenant_id=vm.tenant_id,
+            name=f"{prefix}-wait",
+            flavor=vm.flavor,
+            image=vm.image,
+            state=InstanceState.QUEUED,
+            vcpus=1,
+            ram_mib=128,
+            current_ram_mib=128,
+            disk_gib=1,
+        )
+        QueueEntry.objects.create(
+            tenant_id=vm.tenant_id, instance=waiting, priority=1, vcpus=1, ram_mib=128, disk_gib=1
+        )
+    return groups
 
 
 def _networks(

@@ -146,6 +146,32 @@ def test_no_valid_host_names_the_filter_and_the_nearest_miss() -> None:
     assert Engine().select(HostTable(), SMALL).error == "no valid host: no compute host is registered"
 
 
+def test_never_fits_looks_past_what_waiting_can_change() -> None:
+    """Full, disabled or dead hosts may have room later; a host too small or of the wrong kind never."""
+    table = HostTable(
+        [
+            host(1, used_vcpus=16, used_ram_mib=8192),  # full now
+            host(2, enabled=False, ram_mib=16384),  # disabled now
+            host(3, dedicated_to=99, ram_mib=65536),  # someone else's
+        ]
+    )
+    engine = Engine()
+    assert engine.never_fits(table, Request(1, 8192, 10, tenant_id=7)) == ""
+    assert engine.never_fits(table, Request(1, 16384, 10, tenant_id=7)) == ""  # h2, once enabled
+    assert engine.never_fits(table, Request(1, 32768, 10, tenant_id=7)) == (
+        "larger than any host: it needs 32768 MiB RAM (the largest host has 16384)"
+    )
+    assert engine.never_fits(table, Request(1, 32768, 10, tenant_id=99)) == ""  # its dedicated host
+    assert engine.never_fits(table, Request(1, 1024, 10, needs_kvm=True)) == (
+        "no host has the capability or aggregate it needs"
+    )
+    assert engine.never_fits(table, Request(17, 1024, 500, tenant_id=7)) == (
+        "larger than any host: it needs 17 vCPUs (the largest host has 16), "
+        "500 GiB disk (the largest host has 100)"
+    )
+    assert engine.never_fits(HostTable(), SMALL) == "no compute host is registered"
+
+
 def test_unknown_filters_and_weighers_are_refused_by_name() -> None:
     with pytest.raises(ValueError, match="unknown filter"):
         Engine(filters=["state", "colour"])

@@ -1,0 +1,55 @@
+"""Server groups: instances a tenant wants on one host (affinity) or apart (anti-affinity)."""
+
+from __future__ import annotations
+
+from django.db import IntegrityError, transaction
+
+from compute.models import GroupPolicy, Instance, ServerGroup
+from compute.services.networks import live_names, name_ok
+from security.audit import Actor, audit_log
+from tenants.errors import Conflict, ServiceError
+from tenants.models import Tenant
+
+
+@transaction.atomic
+def server_group_create(*, actor: Actor, tenant: Tenant, name: str, policy: str) -> ServerGroup:
+    """A new, empty server group; its policy is fixed for its life (members were placed by it)."""
+    if not name_ok(name):
+        raise ServiceError("name", "name", f"invalid name {name!r}: 1-63 letters, digits, - or _")
+    if policy not in GroupPolicy.values:
+        raise ServiceError("policy", "choice", f"policy must be one of {', '.join(GroupPolicy.values)}")
+    try:
+        with transaction.atomic():
+            group = ServerGroup.objects.create(tenant=tenant, name=name, policy=policy)
+    except IntegrityError:
+        raise Conflict("name", "unique", f"a server group named {name!r} already exists") from None
+    audit_log(actor=actor, action="servergroup.create", target=group, detail={"policy": policy})
+    return group
+
+
+@transaction.atomic
+def server_group_delete(*, actor: Actor, group: ServerGroup) -> None:
+    """Delete a group that no live instance belongs to."""
+    members = live_names(Instance.objects.for_tenant(group.tenant_id).filter(server_group=group))
+    if members:
+        raise Conflict("group", "in_use", f"server group {group.name!r} still has {', '.join(members)}")
+    # Deleted instances keep no claim on the group.
+    Instance.objects.for_tenant(group.tenant_id).filter(server_group=group).update(server_group=None)
+    audit_log(actor=actor, action="servergroup.delete", target=group)
+    group.delete()
+
+
+def group_hosts(instance: Instance) -> frozenset[int]:
+    """The hosts the other live members of the instance's server group hold capacity on."""
+    from scheduler.services import FREE_STATES
+
+    if instance.server_group_id is None:
+        return frozenset()
+    hosts = (
+        Instance.objects.for_tenant(instance.tenant_id)
+        .filter(server_group_id=instance.server_group_id, host__isnull=False)
+        .exclude(pk=instance.pk)
+        .exclude(state__in=FREE_STATES)
+        .values_list("host_id", flat=True)
+    )
+    return frozenset(hosts)

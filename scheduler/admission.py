@@ -1,0 +1,303 @@
+"""The admission queue in the database: requests that found no room and asked to wait.
+
+A queued instance holds its quota and no host. Passes (beat every NUBIS_QUEUE_SECONDS, and soon
+after capacity is released) admit what now fits, in the order of scheduler.queueing: overdue
+first, then priority with aging, then the tenant's dominant share. An admitted instance goes on
+as if it had been placed at once: state scheduled, its create Operation enqueued on the host.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from compute.models import Instance, InstanceState, Operation, OperationKind, OperationState
+from scheduler.models import QueueEntry, QueueState
+from scheduler.queueing import QueuePolicy, Waiting, admission_pass, dominant_shares, order
+from scheduler.services import HELD_RAM, NoValidHost, host_rows, never_fits, place
+
+log = logging.getLogger(__name__)
+HISTORY = timedelta(hours=24)  # admissions the wait estimate learns from
+# pg_advisory_xact_lock key: one admission pass at a time across all processes ("nubis-q").
+PASS_LOCK = 0x6E756269_735F71
+
+
+def policy() -> QueuePolicy:
+    return QueuePolicy(
+        aging_seconds=float(settings.NUBIS_QUEUE_AGING_SECONDS), max_wait=float(settings.NUBIS_QUEUE_MAX_WAIT)
+    )
+
+
+def admission_enqueue(instance: Instance, reason: str) -> QueueEntry:
+    """Put an instance that found no room in the queue (inside its create transaction)."""
+    from compute.services.instances import instance_event
+
+    entry = QueueEntry.objects.create(
+        tenant_id=instance.tenant_id,
+        instance=instance,
+        priority=instance.priority,
+        vcpus=instance.vcpus,
+        ram_mib=instance.current_ram_mib,
+        disk_gib=instance.disk_gib,
+        reason=reason[:2000],
+    )
+    instance.state = InstanceState.QUEUED
+    instance.state_deadline = None
+    instance.save(update_fields=["state", "state_deadline", "updated"])
+    instance_event(instance, queue=queue_status(entry))
+    return entry
+
+
+def admission_precheck(instance: Instance, wait: bool) -> None:
+    """Before a new request is placed: the queue goes first.
+
+    A request that may wait joins the queue behind the requests already waiting (it is admitted
+    on the next pass if its turn has come). One that may not wait is refused while an overdue
+    request waits: the room that frees up is held for the overdue one, or it could starve.
+    """
+    waiting = QueueEntry.objects.unscoped().filter(state=QueueState.WAITING)
+    if wait:
+        count = waiting.count()
+        if count:
+            never = never_fits(instance)
+            if never:
+                raise NoValidHost(f"no valid host: {never}", never=True)
+            raise NoValidHost(f"{count} request(s) were already waiting for room; it waits behind them")
+        return
+    overdue = waiting.filter(
+        enqueued_at__lte=timezone.now() - timedelta(seconds=settings.NUBIS_QUEUE_MAX_WAIT)
+    )
+    if overdue.exists():
+        raise NoValidHost(
+            f"no valid host: the room that frees up is held for {overdue.count()} request(s) waiting longer "
+            f"than {settings.NUBIS_QUEUE_MAX_WAIT} s; ask to wait to join the queue"
+        )
+
+
+def admission_cancel(instance: Instance, reason: str) -> None:
+    """Take a queued instance out of the queue (its delete); its create Operation fails."""
+    from compute.services.instances import operation_finish
+
+    QueueEntry.objects.for_tenant(instance.tenant_id).filter(
+        instance=instance, state=QueueState.WAITING
+    ).update(state=QueueState.CANCELLED, finished_at=timezone.now(), reason=reason[:2000])
+    for operation in Operation.objects.for_tenant(instance.tenant_id).filter(
+        instance=instance, kind=OperationKind.CREATE, state=OperationState.PENDING
+    ):
+        operation_finish(operation, OperationState.FAILED, reason)
+
+
+def admission_kick() -> None:
+    """After commit, ask for a pass soon if anything waits (capacity was just released)."""
+    if not QueueEntry.objects.unscoped().filter(state=QueueState.WAITING).exists():
+        return
+    from scheduler.tasks import admission_run
+
+    transaction.on_commit(lambda: admission_run.apply_async(queue="control", expires=60))
+
+
+def _waiting_of(entry: QueueEntry) -> Waiting:
+    return Waiting(
+        key=entry.pk,
+        tenant_id=entry.tenant_id,
+        priority=entry.priority,
+        enqueued_at=entry.enqueued_at.timestamp(),
+        demand=(float(entry.vcpus), float(entry.ram_mib), float(entry.disk_gib)),
+    )
+
+
+def _tenant_usage() -> dict[int, list[float]]:
+    """What each tenant holds on hosts now (vCPUs, RAM, disk): the basis of its dominant share."""
+    placed = Instance.objects.unscoped().exclude(state__in=(InstanceState.DELETED, InstanceState.ERROR))
+    return {
+        row["tenant_id"]: [float(row["v"] or 0), float(row["r"] or 0), float(row["d"] or 0)]
+        for row in placed.exclude(host=None)
+        .values("tenant_id")
+        .annotate(v=Sum("vcpus"), r=Sum(HELD_RAM), d=Sum("disk_gib"))
+    }
+
+
+def _cloud_capacity(hosts: Any = None) -> list[float]:
+    rows = host_rows(hosts)
+    return [
+        float(sum(r.vcpus * r.cpu_ratio for r in rows)),
+        float(sum(r.ram_mib * r.ram_ratio for r in rows)),
+        float(sum(r.disk_gib * r.disk_ratio for r in rows)),
+    ]
+
+
+def _lock_pass() -> None:
+    """Serialise passes: two at once would both try to admit the same head of the queue."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [PASS_LOCK])
+
+
+def _admit(entry: QueueEntry, hosts: Any, now: datetime) -> bool:
+    """Try to place one queued instance; on success it moves on to its host's agent."""
+    from compute.services.instances import deadline, instance_event, operation_enqueue
+
+    instance = Instance.objects.for_tenant(entry.tenant_id).select_for_update().get(pk=entry.instance_id)
+    if instance.state != InstanceState.QUEUED:
+        entry.state, entry.finished_at = QueueState.CANCELLED, now
+        entry.save(update_fields=["state", "finished_at"])
+        return False
+    try:
+        place(instance, hosts)  # its decision record stays, refused or not: it explains the wait
+    except NoValidHost as exc:
+        entry.reason = str(exc)[:2000]
+        entry.save(update_fields=["reason"])
+        return False
+    instance.state = InstanceState.SCHEDULED
+    instance.state_deadline = deadline()
+    instance.save(update_fields=["state", "state_deadline", "updated"])
+    entry.state, entry.finished_at, entry.reason = QueueState.ADMITTED, now, ""
+    entry.save(update_fields=["state", "finished_at", "reason"])
+    instance_event(instance, host=instance.host.name if instance.host else "")
+    operation = Operation.objects.for_tenant(entry.tenant_id).filter(
+        instance=instance, kind=OperationKind.CREATE, state=OperationState.PENDING
+    )
+    for op in operation:
+        operation_enqueue(op)
+    return True
+
+
+def _give_up(entry: QueueEntry, now: datetime) -> None:
+    from compute.services.instances import instance_fail
+
+    waited = int((now - entry.enqueued_at).total_seconds())
+    reason = f"no host had room for {waited} s (the queue gives up after {settings.NUBIS_QUEUE_GIVE_UP} s)"
+    if entry.reason:
+        reason += f"; last: {entry.reason}"
+    instance = Instance.objects.for_tenant(entry.tenant_id).select_for_update().get(pk=entry.instance_id)
+    admission_cancel(instance, reason)
+    QueueEntry.objects.for_tenant(entry.tenant_id).filter(pk=entry.pk).update(state=QueueState.FAILED)
+    if instance.state == InstanceState.QUEUED:
+        instance_fail(instance, reason)
+
+
+@transaction.atomic
+def admission_run(now: datetime | None = None, hosts: Any = None) -> list[str]:
+    """One pass over the queue; returns the names of the admitted instances, in admission order.
+
+    ``now`` is the clock the ordering uses (tests move it); ``hosts`` narrows placement, as in
+    scheduler.services.place.
+    """
+    now = now or timezone.now()
+    _lock_pass()
+    entries = {
+        e.pk: e
+        for e in QueueEntry.objects.unscoped()
+        .filter(state=QueueState.WAITING)
+        .select_related("instance")
+        .order_by("enqueued_at", "pk")
+    }
+    give_up = timedelta(seconds=settings.NUBIS_QUEUE_GIVE_UP)
+    for entry in [e for e in entries.values() if now - e.enqueued_at > give_up]:
+        _give_up(entry, now)
+        del entries[entry.pk]
+    if not entries:
+        return []
+    admitted = admission_pass(
+        [_waiting_of(e) for e in entries.values()],
+        now.timestamp(),
+        policy(),
+        _tenant_usage(),
+        _cloud_capacity(hosts),
+        lambda w: _admit(entries[w.key], hosts, now),
+    )
+    names = [entries[w.key].instance.name for w in admitted]
+    if names:
+        log.info("admission: admitted %s", ", ".join(names))
+    return names
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    position: int | None
+    waiting: int  # requests in the queue in all
+    waited_s: int
+    estimated_wait_s: int | None  # None: no admissions yet to learn from
+    effective_priority: float
+    overdue: bool
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "waiting": self.waiting,
+            "waited_s": self.waited_s,
+            "estimated_wait_s": self.estimated_wait_s,
+            "effective_priority": round(self.effective_priority, 2),
+            "overdue": self.overdue,
+            "reason": self.reason,
+        }
+
+
+def _admission_interval(now: datetime) -> float | None:
+    """Mean seconds between the queue's recent admissions (None: fewer than two to go by)."""
+    recent = [
+        at
+        for at in QueueEntry.objects.unscoped()
+        .filter(state=QueueState.ADMITTED, finished_at__gte=now - HISTORY)
+        .order_by("-finished_at")
+        .values_list("finished_at", flat=True)[:50]
+        if at is not None
+    ]
+    if len(recent) < 2:
+        return None
+    span = (recent[0] - recent[-1]).total_seconds()
+    return max(span / (len(recent) - 1), 1.0)
+
+
+def queue_statuses(entries: list[QueueEntry], now: datetime | None = None) -> dict[int, dict[str, Any]]:
+    """Where each waiting request stands, by instance id: its place, its wait so far, the estimate.
+
+    The estimate is its place times the mean interval between recent admissions (None until the
+    queue has admitted twice). It reveals nothing of other tenants beyond how many wait ahead.
+    The ranking and the history are read once for all the entries.
+    """
+    now = now or timezone.now()
+    rules = policy()
+    if not entries:
+        return {}
+    waiting = [
+        _waiting_of(e) for e in QueueEntry.objects.unscoped().filter(state=QueueState.WAITING).order_by("pk")
+    ]
+    ranked = order(waiting, now.timestamp(), rules, dominant_shares(_tenant_usage(), _cloud_capacity()))
+    places = {w.key: i for i, w in enumerate(ranked, start=1)}
+    interval = _admission_interval(now)
+    statuses = {}
+    for entry in entries:
+        mine = _waiting_of(entry)
+        position = places.get(entry.pk) if entry.state == QueueState.WAITING else None
+        statuses[entry.instance_id] = QueueStatus(
+            position=position,
+            waiting=len(waiting),
+            waited_s=int(now.timestamp() - mine.enqueued_at),
+            estimated_wait_s=int(position * interval) if interval and position else None,
+            effective_priority=rules.effective_priority(mine, now.timestamp()),
+            overdue=position is not None and rules.overdue(mine, now.timestamp()),
+            reason=entry.reason,
+        ).as_dict()
+    return statuses
+
+
+def queue_status(entry: QueueEntry, now: datetime | None = None) -> dict[str, Any]:
+    return queue_statuses([entry], now)[entry.instance_id]
+
+
+def queue_entries(hosts: Any = None) -> list[QueueEntry]:
+    """Every waiting request in admission order (staff view)."""
+    now = timezone.now()
+    entries = {e.pk: e for e in QueueEntry.objects.unscoped().filter(state=QueueState.WAITING)}
+    shares = dominant_shares(_tenant_usage(), _cloud_capacity(hosts))
+    ranked = order([_waiting_of(e) for e in entries.values()], now.timestamp(), policy(), shares)
+    return [entries[w.key] for w in ranked]
