@@ -30,8 +30,22 @@ class Paging(models.TextChoices):
     NONE = "none", "No KVM (software MMU under TCG)"
 
 
+# Host fields that change all the time; an update of anything else moves the host's version.
+HOST_LIVE_FIELDS = frozenset({"heartbeat_at", "state"})
+
+
+class HostQuerySet(models.QuerySet["Host"]):
+    def update(self, **kwargs: Any) -> int:
+        """Bump ``version`` when anything but the live fields changes (the scheduler's cache reads it)."""
+        if set(kwargs) - HOST_LIVE_FIELDS - {"version"}:
+            kwargs.setdefault("version", models.F("version") + 1)
+        return super().update(**kwargs)
+
+
 class Host(models.Model):
     """A compute host: what it has, what its hypervisor can really do, and whether it is alive."""
+
+    objects = HostQuerySet.as_manager()
 
     name = models.CharField(max_length=100, unique=True)
     uri = models.CharField("libvirt URI", max_length=255)
@@ -66,12 +80,22 @@ class Host(models.Model):
     probed_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     registered_at = models.DateTimeField(default=timezone.now)
+    # Counts saves (admin edits, the agent's registration); heartbeats and state changes are
+    # updates that leave it alone. The scheduler re-reads a host's capacity and capabilities only
+    # when it moves (a counter, not a timestamp: a late commit cannot hide behind a later one).
+    version = models.PositiveIntegerField(default=0, editable=False)
 
     class Meta:
         ordering = ["name"]
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.version = (self.version or 0) + 1
+        if kwargs.get("update_fields") is not None:
+            kwargs["update_fields"] = {*kwargs["update_fields"], "version"}
+        super().save(*args, **kwargs)
 
     @property
     def queue(self) -> str:

@@ -131,6 +131,15 @@ class HostTable:
         self.dedicated_to[i], self.load[i] = row.dedicated_to, row.load
         self._free = None
 
+    def set_live(self, used: Floats, enabled: Mask, alive: Mask, load: Floats) -> None:
+        """Replace the columns that change all the time, for every host at once (in table order)."""
+        if used.shape != self.used.shape or len(enabled) != len(self) or len(load) != len(self):
+            raise ValueError("live columns must cover every host of the table, in its order")
+        self.used = used.astype(np.float64, copy=True)
+        self.enabled, self.alive = enabled.astype(np.bool_), alive.astype(np.bool_)
+        self.load = load.astype(np.float64)
+        self._free = None
+
     def claim(self, host_id: int, request: Request) -> None:
         """Count the request against the host (what the database claim did, mirrored here)."""
         i = self.index[host_id]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -24,8 +26,17 @@ def ratio_field(label: str, field: str) -> models.FloatField:
     )
 
 
+class AggregateQuerySet(models.QuerySet["Aggregate"]):
+    def update(self, **kwargs: Any) -> int:
+        """Every update moves ``version`` (the scheduler's cached host table rebuilds on it)."""
+        kwargs.setdefault("version", models.F("version") + 1)
+        return super().update(**kwargs)
+
+
 class Aggregate(models.Model):
     """A set of hosts with shared overcommit ratios, optionally dedicated to one tenant."""
+
+    objects = AggregateQuerySet.as_manager()
 
     name = models.CharField(max_length=64, unique=True)
     hosts = models.ManyToManyField(Host, blank=True, related_name="aggregates")
@@ -40,12 +51,21 @@ class Aggregate(models.Model):
     cpu_ratio = ratio_field("CPU overcommit", "cpu_ratio")
     ram_ratio = ratio_field("RAM overcommit", "ram_ratio")
     disk_ratio = ratio_field("disk overcommit", "disk_ratio")
+    # Counts saves and changes of its hosts (scheduler.signals): the scheduler's cached host
+    # table rebuilds when it moves.
+    version = models.PositiveIntegerField(default=0, editable=False)
 
     class Meta:
         ordering = ["name"]
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.version = (self.version or 0) + 1
+        if kwargs.get("update_fields") is not None:
+            kwargs["update_fields"] = {*kwargs["update_fields"], "version"}
+        super().save(*args, **kwargs)
 
     def clean(self) -> None:
         errors = {}

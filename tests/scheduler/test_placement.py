@@ -117,6 +117,23 @@ def test_admin_rejects_impossible_overcommit_ratios() -> None:
     assert "ram_ratio" in host_error.value.message_dict
 
 
+@pytest.mark.django_db
+def test_admin_rejects_impossible_minimum_and_maximum_memory_pairs() -> None:
+    def errors(**values: object) -> dict[str, list[str]]:
+        fields: dict[str, object] = {"name": "f", "vcpus": 1, "ram_mib": 512, "disk_gib": 1}
+        fields.update(values)
+        with pytest.raises(ValidationError) as caught:
+            Flavor(**fields).full_clean()
+        return caught.value.message_dict
+
+    assert errors(min_ram_mib=1024) == {"min_ram_mib": ["The minimum RAM cannot be above the RAM."]}
+    assert "min_ram_mib" in errors(allocation="dynamic")  # no minimum at all
+    assert "min_ram_mib" in errors(allocation="dynamic", min_ram_mib=512)  # nothing to move between
+    assert "min_ram_mib" in errors(min_ram_mib=4)  # below what any runtime starts with
+    assert "min_ram_mib" in errors(min_ram_mib=256, balloon=False)
+    Flavor(name="ok", vcpus=1, ram_mib=512, disk_gib=1, min_ram_mib=128, allocation="dynamic").full_clean()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_one_hundred_concurrent_placements_never_overfill_a_host() -> None:
     """3 hosts with room for 60 one-vCPU instances; 100 placements from 40 threads on their own
