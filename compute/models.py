@@ -45,8 +45,6 @@ class HostQuerySet(models.QuerySet["Host"]):
 class Host(models.Model):
     """A compute host: what it has, what its hypervisor can really do, and whether it is alive."""
 
-    objects = HostQuerySet.as_manager()
-
     name = models.CharField(max_length=100, unique=True)
     uri = models.CharField("libvirt URI", max_length=255)
     state = models.CharField(max_length=12, choices=HostState.choices, default=HostState.ENABLED)
@@ -84,6 +82,8 @@ class Host(models.Model):
     # updates that leave it alone. The scheduler re-reads a host's capacity and capabilities only
     # when it moves (a counter, not a timestamp: a late commit cannot hide behind a later one).
     version = models.PositiveIntegerField(default=0, editable=False)
+
+    objects = HostQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]

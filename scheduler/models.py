@@ -36,8 +36,6 @@ class AggregateQuerySet(models.QuerySet["Aggregate"]):
 class Aggregate(models.Model):
     """A set of hosts with shared overcommit ratios, optionally dedicated to one tenant."""
 
-    objects = AggregateQuerySet.as_manager()
-
     name = models.CharField(max_length=64, unique=True)
     hosts = models.ManyToManyField(Host, blank=True, related_name="aggregates")
     tenant = models.ForeignKey(
@@ -54,6 +52,8 @@ class Aggregate(models.Model):
     # Counts saves and changes of its hosts (scheduler.signals): the scheduler's cached host
     # table rebuilds when it moves.
     version = models.PositiveIntegerField(default=0, editable=False)
+
+    objects = AggregateQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
