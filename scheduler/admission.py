@@ -9,6 +9,8 @@ as if it had been placed at once: state scheduled, its create Operation enqueued
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,6 +21,8 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from compute.models import Instance, InstanceState, Operation, OperationKind, OperationState
+from scheduler.engine import HostTable
+from scheduler.hosts import HOSTS
 from scheduler.models import QueueEntry, QueueState
 from scheduler.queueing import QueuePolicy, Waiting, admission_pass, dominant_shares, order
 from scheduler.services import HELD_RAM, NoValidHost, host_rows, never_fits, place
@@ -125,19 +129,30 @@ def _tenant_usage() -> dict[int, list[float]]:
 
 
 def _cloud_capacity(hosts: Any = None) -> list[float]:
-    rows = host_rows(hosts)
-    return [
-        float(sum(r.vcpus * r.cpu_ratio for r in rows)),
-        float(sum(r.ram_mib * r.ram_ratio for r in rows)),
-        float(sum(r.disk_gib * r.disk_ratio for r in rows)),
-    ]
+    """Every resource of the cloud after overcommit (the denominator of the dominant shares)."""
+    if hosts is None:
+        with HOSTS.use() as table:
+            return [float(v) for v in table.capacity.sum(axis=1)]
+    return [float(v) for v in HostTable(host_rows(hosts)).capacity.sum(axis=1)]
 
 
-def _lock_pass() -> None:
-    """Serialise passes: two at once would both try to admit the same head of the queue."""
-    if connection.vendor == "postgresql":
+@contextmanager
+def _one_pass_at_a_time() -> Iterator[None]:
+    """Serialise passes across processes: two at once would both try the head of the queue.
+
+    A session lock, not a transaction's: each admission commits on its own, so a pass never holds
+    one admission's host and server-group locks while it places the next.
+    """
+    if connection.vendor != "postgresql":  # SQLite serialises writers itself
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s)", [PASS_LOCK])
+    try:
+        yield
+    finally:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [PASS_LOCK])
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [PASS_LOCK])
 
 
 def _admit(entry: QueueEntry, hosts: Any, now: datetime) -> bool:
@@ -183,36 +198,41 @@ def _give_up(entry: QueueEntry, now: datetime) -> None:
         instance_fail(instance, reason)
 
 
-@transaction.atomic
 def admission_run(now: datetime | None = None, hosts: Any = None) -> list[str]:
     """One pass over the queue; returns the names of the admitted instances, in admission order.
 
     ``now`` is the clock the ordering uses (tests move it); ``hosts`` narrows placement, as in
-    scheduler.services.place.
+    scheduler.services.place. Each admission (and each give-up) is its own transaction.
     """
     now = now or timezone.now()
-    _lock_pass()
-    entries = {
-        e.pk: e
-        for e in QueueEntry.objects.unscoped()
-        .filter(state=QueueState.WAITING)
-        .select_related("instance")
-        .order_by("enqueued_at", "pk")
-    }
-    give_up = timedelta(seconds=settings.NUBIS_QUEUE_GIVE_UP)
-    for entry in [e for e in entries.values() if now - e.enqueued_at > give_up]:
-        _give_up(entry, now)
-        del entries[entry.pk]
-    if not entries:
-        return []
-    admitted = admission_pass(
-        [_waiting_of(e) for e in entries.values()],
-        now.timestamp(),
-        policy(),
-        _tenant_usage(),
-        _cloud_capacity(hosts),
-        lambda w: _admit(entries[w.key], hosts, now),
-    )
+    with _one_pass_at_a_time():
+        entries = {
+            e.pk: e
+            for e in QueueEntry.objects.unscoped()
+            .filter(state=QueueState.WAITING)
+            .select_related("instance")
+            .order_by("enqueued_at", "pk")
+        }
+        give_up = timedelta(seconds=settings.NUBIS_QUEUE_GIVE_UP)
+        for entry in [e for e in entries.values() if now - e.enqueued_at > give_up]:
+            with transaction.atomic():
+                _give_up(entry, now)
+            del entries[entry.pk]
+        if not entries:
+            return []
+
+        def try_place(w: Waiting) -> bool:
+            with transaction.atomic():
+                return _admit(entries[w.key], hosts, now)
+
+        admitted = admission_pass(
+            [_waiting_of(e) for e in entries.values()],
+            now.timestamp(),
+            policy(),
+            _tenant_usage(),
+            _cloud_capacity(hosts),
+            try_place,
+        )
     names = [entries[w.key].instance.name for w in admitted]
     if names:
         log.info("admission: admitted %s", ", ".join(names))

@@ -36,6 +36,10 @@ class NoValidHost(Exception):
         self.never = never
 
 
+class _Filled(Exception):
+    """The candidate filled up between the decision and its claim."""
+
+
 def engine() -> Engine:
     return Engine(settings.NUBIS_SCHEDULER_FILTERS, settings.NUBIS_SCHEDULER_WEIGHERS)
 
@@ -105,14 +109,20 @@ def place(instance: Instance, hosts: Any = None) -> Host:
         miss = f"; nearest miss: {record['nearest_miss']}" if record["nearest_miss"] else ""
         raise NoValidHost(f"{record['error']}{miss}", never=bool(never))
     for candidate in decision.top:
-        with transaction.atomic():
-            locked = Host.objects.select_for_update().get(pk=candidate.host_id)
-            if _still_fits(locked, request):
+        try:
+            with transaction.atomic():
+                locked = Host.objects.select_for_update().get(pk=candidate.host_id)
+                if not _still_fits(locked, request):
+                    # Rolling the savepoint back releases this host's lock: a placement holds
+                    # at most the one host it claims, so two can never wait on each other.
+                    raise _Filled
                 instance.host = locked
                 instance.save(update_fields=["host", "updated"])
                 record["host"] = locked.name
                 _record(instance, locked, record)
                 return locked
+        except _Filled:
+            continue
     record["error"] = "no valid host: every candidate filled up while placing (lost the race)"
     record["host"] = ""
     _record(instance, None, record)
