@@ -1,18 +1,24 @@
-"""Benchmark: placement decisions of the scheduler engine at 1,000, 10,000 and 100,000 hosts.
+"""Benchmark: placement decisions of the scheduler engine at 1,000, 10,000 and 100,000 simulated hosts.
 
-For each size, a simulated cloud (hosts of a few shapes, each already running ten instances of
-random sizes) takes a stream of requests. Each request is one ``Engine.select`` over the numpy
-column table, then a claim into it, as the portal does. Reported: p50 and p99 per decision and
-decisions per second.
+For each size, the simulator's generator (``scheduler.simulate.generate``) makes the cloud: hosts
+of a few shapes, a few disabled, dead, without KVM or dedicated to a tenant, each already running
+ten instances. Every one of those instances is a record of its own (flavor, tenant, priority,
+host), kept as numpy columns: a million records at 100,000 hosts. Then a stream of arrivals (some
+in server groups, some needing KVM, some willing to wait) and departures. ``Simulator.run``
+replays it through ``Engine.select`` with the spreading weighers and the admission queue, on a
+simulated clock; each decision (one select over the column table, then the claim into it) is
+timed. Reported: p50 and p99 per decision and decisions per second.
 
-In the same run, a Nova-style baseline takes the same requests: a Python loop asking per-host
-filter objects ``host_passes`` and per-host weigher objects for a weight, then sorting (the shape
-of nova.scheduler.filter_scheduler). It gets fewer requests at the larger sizes, where each of its
-decisions takes long; the count is printed.
+In the same run, a Nova-style baseline takes the same hosts (their usage summed from the same
+instance records) and the same arrivals, in order: a Python loop asking per-host filter objects
+``host_passes`` and per-host weigher objects for a weight, then sorting (the shape of
+nova.scheduler.filter_scheduler), with the same filters and multipliers. It ignores departures
+and the queue (each arrival is one decision). It gets fewer requests at the larger sizes, where
+each of its decisions takes long; the count is printed.
 
-Placement quality: empty hosts of one shape take a stream of random requests with the packing
-weighers until the first one fails; hosts used is compared with the lower bound
-ceil(sum of demand / host capacity), taken over each resource.
+Placement quality: 1,000 empty hosts of one shape (no CPU overcommit) take a stream of requests
+that stay, with the packing weighers; hosts used is compared with the lower bound
+ceil(sum of demand / host capacity), taken over each resource (the simulator's report).
 
     .venv/bin/python bench/placement.py [--sizes 1000 10000 100000] [--requests 2000] [--seed 1]
 
@@ -25,7 +31,7 @@ import argparse
 import json
 import math
 import platform
-import random
+import resource
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -36,52 +42,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from scheduler.engine import PACK, SPREAD, Engine, HostRow, HostTable, Request  # noqa: E402
+from scheduler.engine import PACK, SPREAD, Engine, HostRow, Request  # noqa: E402
+from scheduler.simulate import Arrival, Simulator, Trace, generate, percentile  # noqa: E402
 
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "placement.json"
-SHAPES = ((16, 65536, 1000), (32, 131072, 2000), (64, 262144, 4000))  # vCPUs, RAM MiB, disk GiB
-FLAVORS = ((1, 1024, 10), (2, 2048, 20), (2, 4096, 40), (4, 8192, 80), (8, 16384, 160))
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    low, high = math.floor(pos), math.ceil(pos)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
-def cloud(size: int, rng: random.Random) -> list[HostRow]:
-    """``size`` hosts, each running ten random instances; a few disabled, dead or dedicated."""
-    rows = []
-    for i in range(1, size + 1):
-        cpus, ram, disk = rng.choice(SHAPES)
-        used = [rng.choice(FLAVORS) for _ in range(10)]
-        rows.append(
-            HostRow(
-                id=i,
-                name=f"sim-{i:06d}",
-                vcpus=cpus,
-                ram_mib=ram,
-                disk_gib=disk,
-                used_vcpus=sum(u[0] for u in used),
-                used_ram_mib=sum(u[1] for u in used),
-                used_disk_gib=sum(u[2] for u in used),
-                enabled=rng.random() > 0.02,
-                alive=rng.random() > 0.01,
-                kvm=rng.random() > 0.1,
-                dedicated_to=rng.choice((0,) * 19 + (rng.randint(1, 50),)),
-                load=rng.random(),
-            )
-        )
-    return rows
-
-
-def requests(count: int, rng: random.Random) -> list[Request]:
-    out = []
-    for _ in range(count):
-        vcpus, ram, disk = rng.choice(FLAVORS)
-        out.append(Request(vcpus, ram, disk, tenant_id=rng.randint(1, 60), needs_kvm=rng.random() < 0.3))
-    return out
+PACKING_SHAPE = (16, 65536, 1000)  # vCPUs, RAM MiB, disk GiB
 
 
 # -- the Nova-style baseline -------------------------------------------------------------------------
@@ -132,6 +97,19 @@ class AggregateFilter(BaseFilter):
         return host.row.dedicated_to in (0, req.tenant_id)
 
 
+class ServerGroupFilter(BaseFilter):
+    """Nova's ServerGroupAntiAffinityFilter and ServerGroupAffinityFilter in one."""
+
+    def host_passes(self, host: HostState, req: Request) -> bool:
+        if not req.group_hosts:
+            return True
+        if req.group_policy == "anti-affinity":
+            return host.row.id not in req.group_hosts
+        if req.group_policy == "affinity":
+            return host.row.id in req.group_hosts
+        return True
+
+
 class ResourceFilter(BaseFilter):
     def host_passes(self, host: HostState, req: Request) -> bool:
         return host.free[0] >= req.vcpus and host.free[1] >= req.ram_mib and host.free[2] >= req.disk_gib
@@ -172,12 +150,26 @@ class LoadWeigher(BaseWeigher):
         return 1.0 - host.row.load
 
 
-NOVA_FILTERS = (ComputeFilter(), CapabilityFilter(), AggregateFilter(), ResourceFilter())
+class SoftAffinityWeigher(BaseWeigher):
+    def __init__(self, multiplier: float) -> None:
+        self.multiplier = multiplier
+
+    def _weigh_object(self, host: HostState, req: Request) -> float:
+        member = 1.0 if host.row.id in req.group_hosts else 0.0
+        if req.group_policy == "soft-affinity":
+            return member
+        if req.group_policy == "soft-anti-affinity":
+            return 1.0 - member
+        return 0.0
+
+
+NOVA_FILTERS = (ComputeFilter(), CapabilityFilter(), AggregateFilter(), ServerGroupFilter(), ResourceFilter())
 NOVA_WEIGHERS = (
     FreeShareWeigher(1, SPREAD["ram"]),
     FreeShareWeigher(0, SPREAD["cpu"]),
     FreeShareWeigher(2, SPREAD["disk"]),
     LoadWeigher(SPREAD["load"]),
+    SoftAffinityWeigher(SPREAD["soft_affinity"]),
 )
 
 
@@ -198,89 +190,103 @@ def nova_select(hosts: list[HostState], req: Request) -> HostState | None:
 
 
 # -- measurements --------------------------------------------------------------------------------------
-def measure_engine(size: int, count: int, seed: int) -> dict[str, Any]:
-    rng = random.Random(seed)
-    rows = cloud(size, rng)
+def make_cloud(size: int, requests: int, seed: int) -> tuple[Trace, dict[str, Any]]:
+    """The simulator's cloud of ``size`` hosts with ten instance records each, and its stream."""
     started = time.perf_counter()
-    table = HostTable(rows)
-    build_s = time.perf_counter() - started
-    engine = Engine(weighers=SPREAD)
-    stream = requests(count, rng)
-    times: list[float] = []
-    placed = 0
-    for req in stream:
-        t0 = time.perf_counter()
-        decision = engine.select(table, req)
-        if decision.host_id is not None:
-            table.claim(decision.host_id, req)
-            placed += 1
-        times.append(time.perf_counter() - t0)
-    return {
+    trace = generate(hosts=size, instances_per_host=10, seed=seed, arrivals=requests)
+    took = time.perf_counter() - started
+    return trace, {
         "hosts": size,
-        "decisions": count,
-        "placed": placed,
-        "table_build_s": round(build_s, 4),
-        "p50_ms": percentile(times, 50) * 1000,
-        "p99_ms": percentile(times, 99) * 1000,
-        "per_second": count / sum(times),
+        "instance_records": len(trace.instances),
+        "instance_records_mb": round(trace.instances.nbytes() / 2**20, 1),
+        "arrivals": len(trace.arrivals()),
+        "departures": len(trace.events) - len(trace.arrivals()),
+        "generate_s": round(took, 3),
     }
 
 
-def measure_nova(size: int, count: int, seed: int) -> dict[str, Any]:
-    rng = random.Random(seed)
-    hosts = [HostState(r) for r in cloud(size, rng)]
-    stream = requests(count, rng)
+def measure_engine(trace: Trace) -> dict[str, Any]:
+    report = Simulator().run(trace, engine=Engine(weighers=SPREAD))
+    return {
+        "hosts": report.hosts,
+        "decisions": report.decisions,
+        "placed": report.placed,
+        "refused": report.refused,
+        "refused_by_filter": report.refused_by_filter,
+        "queued": report.queued,
+        "admitted_from_queue": report.admitted_from_queue,
+        "setup_s": report.setup_seconds,
+        "run_s": report.wall_seconds,
+        "p50_ms": report.p50_ms,
+        "p99_ms": report.p99_ms,
+        "per_second": report.decisions_per_second,
+    }
+
+
+def measure_nova(trace: Trace, count: int) -> dict[str, Any]:
+    hosts = [HostState(r) for r in trace.rows()]
+    members: dict[str, set[int]] = {}
     times = []
-    for req in stream:
+    for a in trace.arrivals()[:count]:
+        req = _request(a, trace, members)
         t0 = time.perf_counter()
-        nova_select(hosts, req)
+        chosen = nova_select(hosts, req)
         times.append(time.perf_counter() - t0)
+        if chosen is not None and a.group:
+            members.setdefault(a.group, set()).add(chosen.row.id)
     return {
-        "hosts": size,
-        "decisions": count,
+        "hosts": len(hosts),
+        "decisions": len(times),
         "p50_ms": percentile(times, 50) * 1000,
         "p99_ms": percentile(times, 99) * 1000,
-        "per_second": count / sum(times),
+        "per_second": len(times) / sum(times),
     }
+
+
+def _request(a: Arrival, trace: Trace, members: dict[str, set[int]]) -> Request:
+    return Request(
+        a.vcpus,
+        a.ram_mib,
+        a.disk_gib,
+        tenant_id=a.tenant,
+        needs_kvm=a.kvm,
+        needs_iommu=a.iommu,
+        group_policy=trace.groups.get(a.group, "") if a.group else "",
+        group_hosts=frozenset(members.get(a.group, ())),
+    )
 
 
 def measure_packing(hosts: int, seed: int) -> dict[str, Any]:
-    """Fill empty hosts of one shape with PACK until a request fails; hosts used vs the lower bound."""
-    rng = random.Random(seed)
-    cpus, ram, disk = SHAPES[0]
-    table = HostTable(
-        HostRow(id=i, name=f"p-{i}", vcpus=cpus, ram_mib=ram, disk_gib=disk, cpu_ratio=1.0)
-        for i in range(1, hosts + 1)
+    """Fill empty hosts of one shape with PACK; hosts used vs the lower bound, from the simulator."""
+    trace = generate(
+        hosts=hosts,
+        instances_per_host=0,
+        seed=seed,
+        arrivals=hosts * 4,
+        departures=0,
+        lifetime=None,
+        wait_share=0.0,
+        group_share=0.0,
+        shapes=(PACKING_SHAPE,),
+        cpu_ratio=1.0,
+        mixed=False,
     )
-    engine = Engine(weighers=PACK)
-    demand = [0, 0, 0]
-    placed = 0
-    # Stop well before the cloud is full: the bound is about hosts a steady stream needs, not the
-    # last scraps of room.
-    while placed < hosts * 4:
-        vcpus, ram_mib, disk_gib = rng.choice(FLAVORS)
-        req = Request(vcpus, ram_mib, disk_gib)
-        decision = engine.select(table, req)
-        if decision.host_id is None:
-            break
-        table.claim(decision.host_id, req)
-        demand = [demand[0] + vcpus, demand[1] + ram_mib, demand[2] + disk_gib]
-        placed += 1
-    used_hosts = int((table.used.sum(axis=0) > 0).sum())
-    bound = max(math.ceil(d / c) for d, c in zip(demand, (cpus, ram, disk), strict=True))
+    report = Simulator().run(trace, engine=Engine(weighers=PACK))
     return {
         "hosts": hosts,
-        "instances": placed,
-        "hosts_used": used_hosts,
-        "lower_bound": bound,
-        "ratio": used_hosts / bound,
+        "instances": report.placed,
+        "refused": report.refused,
+        "hosts_used": report.end.hosts_used,
+        "lower_bound": report.end.bound,
+        "lower_bound_per_resource": report.end.lower_bound,
+        "ratio": report.end.ratio,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
-    parser.add_argument("--requests", type=int, default=2000, help="engine decisions per size (2000)")
+    parser.add_argument("--requests", type=int, default=2000, help="arrivals per size (2000)")
     parser.add_argument("--baseline-budget", type=float, default=20.0, help="seconds per size for Nova (20)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
@@ -291,29 +297,42 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": [],
     }
     header = (
-        f"{'hosts':>8} {'engine p50':>11} {'p99':>8} {'dec/s':>9} | {'nova p50':>9} {'p99':>9} {'dec/s':>7}"
+        f"{'hosts':>8} {'records':>9} {'engine p50':>11} {'p99':>8} {'dec/s':>9} | "
+        f"{'nova p50':>9} {'p99':>9} {'dec/s':>7}"
     )
     print(f"{header} | speed-up")
     for size in args.sizes:
-        engine = measure_engine(size, args.requests, args.seed)
-        # Size the baseline's sample to its time budget, from one timed decision.
-        probe = measure_nova(size, 3, args.seed)
+        trace, cloud = make_cloud(size, args.requests, args.seed)
+        engine = measure_engine(trace)
+        # Size the baseline's sample to its time budget, from a few timed decisions.
+        probe = measure_nova(trace, 3)
         count = max(5, min(args.requests, int(args.baseline_budget * probe["per_second"])))
-        nova = measure_nova(size, count, args.seed)
+        nova = measure_nova(trace, count)
         speedup = nova["p50_ms"] / engine["p50_ms"]
-        results["sizes"].append({"engine": engine, "nova_baseline": nova, "speedup_p50": speedup})
-        print(
-            f"{size:>8} {engine['p50_ms']:>9.3f}ms {engine['p99_ms']:>6.3f}ms {engine['per_second']:>9.0f} | "
-            f"{nova['p50_ms']:>7.2f}ms {nova['p99_ms']:>7.2f}ms {nova['per_second']:>7.1f} | "
-            f"x{speedup:.0f} (baseline over {count} decisions)"
+        results["sizes"].append(
+            {"cloud": cloud, "engine": engine, "nova_baseline": nova, "speedup_p50": speedup}
         )
+        print(
+            f"{size:>8} {cloud['instance_records']:>9} {engine['p50_ms']:>9.3f}ms {engine['p99_ms']:>6.3f}ms "
+            f"{engine['per_second']:>9.0f} | {nova['p50_ms']:>7.2f}ms {nova['p99_ms']:>7.2f}ms "
+            f"{nova['per_second']:>7.1f} | x{speedup:.0f} (baseline over {count} decisions)"
+        )
+        e = engine
+        print(
+            f"{'':>8} cloud made in {cloud['generate_s']:.2f} s ({cloud['instance_records_mb']} MB of "
+            f"records), set up in {e['setup_s']:.2f} s; {e['decisions']} decisions for "
+            f"{cloud['arrivals']} arrivals and {cloud['departures']} departures: placed {e['placed']}, "
+            f"refused {e['refused']} {e['refused_by_filter']}, queued {e['queued']}"
+        )
+        del trace
     packing = measure_packing(1000, args.seed)
     results["packing"] = packing
     print(
         f"packing {packing['instances']} instances on {packing['hosts']} empty hosts: "
-        f"{packing['hosts_used']} hosts used, lower bound {packing['lower_bound']}, "
-        f"ratio {packing['ratio']:.3f} (goal <= 1.05)"
+        f"{packing['hosts_used']} hosts used, lower bound {packing['lower_bound']} "
+        f"{packing['lower_bound_per_resource']}, ratio {packing['ratio']:.3f} (goal <= 1.05)"
     )
+    results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     ten_k = next((s for s in results["sizes"] if s["engine"]["hosts"] == 10000), None)
     if ten_k is not None:
         results["goals"] = {
@@ -323,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             "packing_within_1_05": packing["ratio"] <= 1.05,
         }
         print(f"goals: {results['goals']}")
+    print(f"peak memory (RSS): {results['peak_rss_mb']} MB")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"results: {args.output}")
