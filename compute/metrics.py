@@ -12,7 +12,7 @@ import os
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,8 @@ class Counters:
     """One reading of an instance's or host's cumulative counters and gauges.
 
     ``taken`` is time.monotonic() at the reading: rates divide by monotonic time, immune to clock jumps.
+    A VM whose guest reports memory statistics also carries the balloon's size at the reading, the
+    wall-clock second of the guest's last report, and when the Sampler last saw the balloon move.
     """
 
     cpu_ns: int
@@ -62,6 +64,9 @@ class Counters:
     net_rx_bytes: int
     net_tx_bytes: int
     taken: float
+    balloon_kib: int | None = None
+    guest_report_at: int | None = None
+    balloon_moved_at: float | None = None
 
 
 # -- readers -----------------------------------------------------------------------------------
@@ -213,17 +218,27 @@ def _domain_counters(stats: dict[str, Any], taken: float) -> Counters:
             net_rx += int(value)
         elif kind == "net" and metric == "tx":
             net_tx += int(value)
-    # Memory is balloon.rss, the QEMU process's resident set: what the VM really costs the host, the
-    # same meaning as a container's cgroup charge, and libvirt reports it with or without a guest
-    # balloon driver. current - unused (the guest's own view) needs the guest to report statistics,
-    # which a guest without the driver, or before its kernel booted, never does: only a fallback.
-    rss = stats.get("balloon.rss")
-    if rss is not None:
-        mem = int(rss) * 1024
-    elif "balloon.current" in stats and "balloon.unused" in stats:
-        mem = (int(stats["balloon.current"]) - int(stats["balloon.unused"])) * 1024
+    # Memory is what the guest needs of the memory it was given: balloon.current (the balloon's actual
+    # size) minus balloon.usable (the guest's MemAvailable: free pages plus caches it can drop). The
+    # dynamic-allocation adjuster compares this with the grant, so it must be in the grant's units:
+    # it includes the memory the guest kernel reserves outside MemTotal (about 50 MiB of a 256 MiB
+    # busybox guest), which the balloon can never take either. QEMU's resident set (balloon.rss) is
+    # no demand signal: measured under TCG, an idle 256 MiB guest using 34 MiB had an RSS of 248 MiB,
+    # still 210 MiB after ballooning down to 100, so every VM would look full and grow to its maximum.
+    # The guest reports its statistics only with the balloon driver loaded and a stats period set
+    # (domain_xml sets 2 s); until then, or without a driver, the host's cost (RSS) is the fallback.
+    # Right after a balloon move the guest's last report is older than the move: see settle_balloon.
+    current = stats.get("balloon.current")
+    reported = stats.get("balloon.usable", stats.get("balloon.unused"))
+    balloon_kib = guest_free_kib = None
+    if current is not None and reported is not None:
+        balloon_kib, guest_free_kib = int(current), int(reported)
+    if balloon_kib is not None and guest_free_kib is not None:
+        mem = max(balloon_kib - guest_free_kib, 0) * 1024
+    elif "balloon.rss" in stats:
+        mem = int(stats["balloon.rss"]) * 1024
     else:
-        mem = int(stats.get("balloon.current", 0)) * 1024
+        mem = int(current or 0) * 1024
     return Counters(
         cpu_ns=int(stats.get("cpu.time", 0)),
         mem_bytes=mem,
@@ -234,7 +249,30 @@ def _domain_counters(stats: dict[str, Any], taken: float) -> Counters:
         net_rx_bytes=net_rx,
         net_tx_bytes=net_tx,
         taken=taken,
+        balloon_kib=balloon_kib,
+        guest_report_at=None if balloon_kib is None else int(stats.get("balloon.last-update", 0)),
     )
+
+
+def settle_balloon(prev: Counters | None, cur: Counters, now: float | None = None) -> Counters:
+    """``cur`` with a VM's memory figure held at ``prev``'s while the guest's report predates a balloon move.
+
+    The figure is the balloon's live size minus what the guest last reported it could free, and the
+    guest reports only every stats period: right after the balloon moved the two disagree (an idle
+    guest deflated from 96 to 256 MiB read 244 MiB in use for one sample). That would make the
+    adjuster grow a VM it has just grown, again and again; so the last consistent figure stands
+    until a report newer than the move (``now``, wall-clock seconds, when the move was seen) comes.
+    """
+    if prev is None or cur.balloon_kib is None or prev.balloon_kib is None:
+        return cur
+    moved_at = prev.balloon_moved_at
+    if cur.balloon_kib != prev.balloon_kib:
+        moved_at = time.time() if now is None else now
+    if moved_at is None:
+        return cur
+    if cur.guest_report_at is not None and cur.guest_report_at > moved_at:
+        return replace(cur, balloon_moved_at=None)
+    return replace(cur, mem_bytes=prev.mem_bytes, balloon_moved_at=moved_at)
 
 
 def read_domains(conn: libvirt.virConnect) -> dict[str, Counters]:
@@ -362,6 +400,7 @@ class Sampler:
         else:
             raise ValueError("a sample is of exactly one host or one instance")
         prev = self._last.get(key)
+        counters = settle_balloon(prev, counters)
         self._last[key] = counters
         if prev is None:
             return None

@@ -54,3 +54,13 @@ def metrics_rollup() -> dict[str, int]:
     from compute.metrics import metrics_rollup as rollup
 
     return rollup()
+
+
+@shared_task(name="compute.memory_apply", acks_late=True, reject_on_worker_lost=True)
+def memory_apply(host_name: str) -> dict[str, str]:
+    """On a host's queue: bring its dynamic instances' live memory to the grants in the database."""
+    from compute.models import Host
+    from compute.services.memory import memory_apply as apply
+
+    host = Host.objects.filter(name=host_name).first()
+    return apply(host, local_driver()) if host is not None else {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
 
 
@@ -11,3 +13,11 @@ def admission_run() -> list[str]:
     from scheduler.admission import admission_run as run
 
     return run()
+
+
+@shared_task(name="scheduler.allocation_adjust")
+def allocation_adjust() -> dict[str, Any]:
+    """Move dynamic instances' memory toward their measured demand, host by host."""
+    from scheduler.allocation import allocation_adjust_all
+
+    return allocation_adjust_all()

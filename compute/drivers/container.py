@@ -54,6 +54,17 @@ class ContainerDriver(VmDriver):
     def set_memory(self, name: str, mib: int) -> None:
         self.oci.update(name, memory_bytes=mib << 20)
 
+    def memory_limit_mib(self, name: str) -> int | None:
+        """The memory limit the kernel holds for the container (cgroup v1, or v2's memory.max)."""
+        directory = self.oci.cgroup_dir(name, "memory")
+        for filename in ("memory.limit_in_bytes", "memory.max"):
+            try:
+                text = (directory / filename).read_text().strip()
+            except FileNotFoundError:
+                continue
+            return None if text == "max" else int(text) >> 20
+        return None
+
     def power_state(self, name: str) -> str | None:
         """'running'; 'stopped' while the bundle exists but nothing runs; None when it is gone."""
         state = self.oci.state(name)

@@ -1,0 +1,100 @@
+"""Agent side of dynamic allocation: bring each instance's live memory to the grant the database holds.
+
+The adjuster (scheduler/allocation.py) decides and saves ``current_ram_mib``; this applies it on
+the host: a VM's balloon target through libvirt, a container's memory limit through ``runc update``
+(and its bundle, so a restart keeps it). Safe to run twice: what is already live is left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from django.db import transaction
+
+from compute.drivers.base import DriverError, VmDriver
+from compute.drivers.libvirt import LibvirtDriver
+from compute.models import (
+    Allocation,
+    Host,
+    Instance,
+    InstanceKind,
+    InstanceState,
+    Operation,
+    OperationState,
+)
+from compute.services.containers import container_config, container_driver, prepared_rootfs
+
+log = logging.getLogger(__name__)
+
+
+def _live_mib(instance: Instance, vm_driver: LibvirtDriver) -> int | None:
+    """The memory the instance has now, in MiB; None when it does not run."""
+    name = instance.domain_name
+    if instance.kind == InstanceKind.VM:
+        if vm_driver.power_state(name) != "running":
+            return None
+        actual = vm_driver.memory_stats(name).get("actual")  # the balloon's size, KiB
+        return None if actual is None else actual // 1024
+    containers = container_driver()
+    if containers.power_state(name) != "running":
+        return None
+    return containers.memory_limit_mib(name)
+
+
+def _apply_one(pk: int, vm_driver: LibvirtDriver) -> str:
+    """Apply one instance's grant under its row lock; what happened, in a word or two."""
+    with transaction.atomic():
+        instance = (
+            Instance.objects.unscoped()
+            .select_for_update(of=("self",))
+            .select_related("flavor", "image")
+            .filter(pk=pk)
+            .first()
+        )
+        if instance is None or instance.state != InstanceState.RUNNING:
+            return "not running"
+        if instance.allocation != Allocation.DYNAMIC:
+            return "static"
+        busy = Operation.objects.for_tenant(instance.tenant_id).filter(
+            instance=instance, state__in=[OperationState.PENDING, OperationState.RUNNING]
+        )
+        if busy.exists():
+            return "busy"  # a resize or a stop is under way: it sets the memory itself
+        container = instance.kind == InstanceKind.CONTAINER
+        driver: VmDriver = container_driver() if container else vm_driver
+        live = _live_mib(instance, vm_driver)
+        grant = instance.current_ram_mib
+        if live is None:
+            return "not running"
+        if live == grant:
+            return "unchanged"
+        driver.set_memory(instance.domain_name, grant)
+        if container:
+            # The bundle holds the limits of the next start (as a resize leaves them).
+            bundle = container_driver().bundle_dir(instance.domain_name)
+            config = container_config(instance, prepared_rootfs(instance))
+            (bundle / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        log.info("memory %s %s: %d -> %d MiB", instance.kind, instance.uuid, live, grant)
+        return f"{live} -> {grant} MiB"
+
+
+def memory_apply(host: Host, vm_driver: LibvirtDriver) -> dict[str, str]:
+    """Apply the grants of ``host``'s running dynamic instances; {instance uuid: what happened}.
+
+    A failed move is logged and reported, and the others go on: the instance stays as it is (a
+    balloon that did not move is no reason to put it in error), and the next pass tries again.
+    """
+    rows = (
+        Instance.objects.unscoped()
+        .filter(host=host, state=InstanceState.RUNNING, allocation=Allocation.DYNAMIC)
+        .order_by("pk")
+    )
+    results: dict[str, str] = {}
+    for pk, uuid in rows.values_list("pk", "uuid"):
+        try:
+            results[str(uuid)] = _apply_one(pk, vm_driver)
+        except (DriverError, OSError, ValueError) as exc:
+            log.warning("memory %s: could not apply the grant: %s", uuid, exc)
+            results[str(uuid)] = f"failed: {exc}"
+    return results
