@@ -28,15 +28,20 @@ from compute.models import (
     InstanceState,
     ServerGroup,
 )
+from compute.services.hosts import simulated_hosts_register
 from scheduler.engine import PACK, SPREAD, Engine, HostRow, HostTable
 from scheduler.queueing import QueuePolicy
 from scheduler.services import NoValidHost, place
 from scheduler.simulate import (
+    BEHIND_THE_QUEUE,
+    HELD_FOR_OVERDUE,
+    NEVER_FITS,
     PRIORITY_NAMES,
     Arrival,
     Departure,
     Event,
     Instances,
+    Report,
     SimState,
     Simulator,
     Trace,
@@ -216,6 +221,79 @@ def test_queue_admits_a_low_priority_request_within_max_wait_plus_the_time_room_
     assert report.still_waiting >= 1  # type: ignore[attr-defined]
 
 
+def one_host_holding(vcpus: int) -> Trace:
+    """One 8-vCPU host (no KVM) already running instance 1 of ``vcpus`` vCPUs; no events yet."""
+    first = Instances.of(
+        {
+            "id": [1], "host": [1], "vcpus": [vcpus], "ram_mib": [512], "disk_gib": [1], "tenant": [1],
+            "priority": [1], "group": [-1],
+        }
+    )  # fmt: skip
+    return Trace(small_cloud(1), first, [])
+
+
+def replay(trace: Trace, events: list[Event], policy: QueuePolicy) -> tuple[dict[int, float], Report]:
+    """Replay ``events`` on ``trace``; returns when each arrival was placed, and the report."""
+    trace.events = sorted(events, key=lambda e: e.t)
+    at: dict[int, float] = {}
+
+    def watch(state: SimState, event: Event | None) -> None:
+        for iid in state.live:
+            at.setdefault(iid, state.now)
+
+    return at, Simulator(observer=watch).run(trace, policy=policy)
+
+
+def test_a_request_no_host_could_ever_take_is_refused_at_once_even_if_it_may_wait() -> None:
+    trace = one_host_holding(8)  # full: anything that could fit must wait
+    events: list[Event] = [
+        Arrival(t=1.0, id=10, vcpus=16, ram_mib=512, disk_gib=1, wait=True),  # larger than the host
+        Arrival(t=2.0, id=11, vcpus=4, ram_mib=512, disk_gib=1, wait=True),  # fits once room frees
+        # While 11 waits (so before the queue is even looked at):
+        Arrival(t=3.0, id=12, vcpus=1, ram_mib=16384, disk_gib=1, wait=True),  # more RAM than the host
+        Arrival(t=4.0, id=13, vcpus=1, ram_mib=512, disk_gib=1, wait=True, kvm=True),  # no host has KVM
+        Arrival(t=5.0, id=14, vcpus=9, ram_mib=512, disk_gib=1),  # may not wait, and never fits
+        Departure(t=50.0, id=1),
+    ]
+    at, report = replay(trace, events, QueuePolicy())
+    assert report.refused_by_filter == {NEVER_FITS: 4}
+    assert (report.queued, report.queued_by_filter) == (1, {"capacity": 1})
+    assert at == {11: 50.0}  # only 11 waited, and got the room
+    assert report.still_waiting == 0
+
+
+def test_a_request_that_may_wait_joins_those_already_waiting_and_goes_in_its_turn() -> None:
+    trace = one_host_holding(6)  # 2 vCPUs free
+    events: list[Event] = [
+        Arrival(t=1.0, id=100, vcpus=4, ram_mib=512, disk_gib=1, wait=True),  # no room: waits
+        # Room for these two, but 100 waits: they join the queue. 101 is admitted by the pass at once
+        # (100 is not overdue yet, so it may be passed); 102 comes when 100 is overdue and waits for it.
+        Arrival(t=2.0, id=101, vcpus=1, ram_mib=512, disk_gib=1, wait=True),
+        Arrival(t=70.0, id=102, vcpus=1, ram_mib=512, disk_gib=1, wait=True),
+        Departure(t=90.0, id=1),
+    ]
+    at, report = replay(trace, events, QueuePolicy(max_wait=60.0))
+    assert at == {101: 2.0, 100: 90.0, 102: 90.0}
+    assert (report.placed_at_once, report.admitted_from_queue) == (0, 3)
+    assert report.queued_by_filter == {"capacity": 1, BEHIND_THE_QUEUE: 2}
+    assert report.refused == 0
+
+
+def test_a_request_that_may_not_wait_is_refused_while_an_overdue_one_waits() -> None:
+    trace = one_host_holding(6)  # 2 vCPUs free
+    events: list[Event] = [
+        Arrival(t=1.0, id=100, vcpus=4, ram_mib=512, disk_gib=1, wait=True),  # no room: waits
+        Arrival(t=30.0, id=103, vcpus=1, ram_mib=512, disk_gib=1),  # 100 not overdue: placed
+        Arrival(t=70.0, id=102, vcpus=1, ram_mib=512, disk_gib=1),  # 100 overdue: refused, room or not
+        Departure(t=90.0, id=1),
+        Arrival(t=95.0, id=104, vcpus=1, ram_mib=512, disk_gib=1),  # nothing waits any more: placed
+    ]
+    at, report = replay(trace, events, QueuePolicy(max_wait=60.0))
+    assert at == {103: 30.0, 100: 90.0, 104: 95.0}
+    assert report.refused_by_filter == {HELD_FOR_OVERDUE: 1}
+    assert (report.placed_at_once, report.admitted_from_queue, report.refused) == (2, 1, 1)
+
+
 def test_trace_round_trip(tmp_path: Path) -> None:
     trace = generate(hosts=40, seed=9, arrivals=200, group_share=0.3)
     trace.real_hosts = frozenset({trace.hosts[0].id})
@@ -374,3 +452,19 @@ def test_simulated_hosts_are_never_chosen_for_a_real_instance(tmp_path: Path) ->
     with pytest.raises(NoValidHost):
         place(make_instance(tenant, "two", None, state=InstanceState.REQUESTED))
     assert not Instance.objects.for_tenant(tenant).filter(host__simulated=True).exists()
+
+
+@pytest.mark.django_db
+def test_registering_simulated_hosts_keeps_existing_ones_and_refuses_a_real_hosts_name() -> None:
+    trace = generate(hosts=3, instances_per_host=0, seed=3, arrivals=0)
+    trace.real_hosts = frozenset({trace.hosts[0].id})  # recorded from a real host: never registered
+    assert simulated_hosts_register(hosts=trace.simulated_hosts()) == 2
+    assert simulated_hosts_register(hosts=trace.simulated_hosts()) == 0  # kept as they are
+    registered = Host.objects.filter(simulated=True)
+    assert sorted(registered.values_list("name", flat=True)) == [h.name for h in trace.hosts[1:]]
+    assert {h.uri for h in registered} == {f"sim://{h.name}" for h in trace.hosts[1:]}
+    make_host("sim-000009")
+    clash = generate(hosts=9, instances_per_host=0, seed=3, arrivals=0)
+    with pytest.raises(ValueError, match="real hosts already have these names: sim-000009"):
+        simulated_hosts_register(hosts=clash.simulated_hosts())
+    assert registered.count() == 2  # nothing of the refused batch was written

@@ -9,6 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from compute.services.hosts import simulated_hosts_register
 from scheduler.engine import PACK, Engine
 from scheduler.queueing import QueuePolicy
 from scheduler.simulate import (
@@ -18,7 +19,6 @@ from scheduler.simulate import (
     Trace,
     TraceError,
     generate,
-    hosts_register,
     record,
 )
 
@@ -64,7 +64,7 @@ class Command(BaseCommand):
                 raise CommandError(f"cannot write trace {options['save_trace']}: {exc.strerror}") from None
         if options["register_hosts"]:
             try:
-                made = hosts_register(trace)
+                made = simulated_hosts_register(hosts=trace.simulated_hosts())
             except ValueError as exc:
                 raise CommandError(f"--register-hosts: {exc}") from None
             if not options["json"]:
