@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Sum
@@ -25,7 +26,7 @@ from scheduler.engine import HostTable
 from scheduler.hosts import HOSTS
 from scheduler.models import QueueEntry, QueueState
 from scheduler.queueing import QueuePolicy, Waiting, admission_pass, dominant_shares, order
-from scheduler.services import HELD_RAM, NoValidHost, host_rows, never_fits, place
+from scheduler.services import HELD_RAM, NoValidHost, engine, host_rows, never_fits, place, request_of
 
 log = logging.getLogger(__name__)
 HISTORY = timedelta(hours=24)  # admissions the wait estimate learns from
@@ -59,12 +60,13 @@ def admission_enqueue(instance: Instance, reason: str) -> QueueEntry:
     return entry
 
 
-def admission_precheck(instance: Instance, wait: bool) -> None:
-    """Before a new request is placed: the queue goes first.
+def admission_precheck(instance: Instance, wait: bool) -> frozenset[int]:
+    """Before a new request is placed: the queue goes first. Returns the hosts it may not take.
 
     A request that may wait joins the queue behind the requests already waiting (it is admitted
-    on the next pass if its turn has come). One that may not wait is refused while an overdue
-    request waits: the room that frees up is held for the overdue one, or it could starve.
+    on the next pass if its turn has come): NoValidHost, unless no host could ever take it. One
+    that may not wait is placed now, but not on a host an overdue request could use: that room is
+    held for the overdue one (or, with a steady stream of new requests, it could starve).
     """
     waiting = QueueEntry.objects.unscoped().filter(state=QueueState.WAITING)
     if wait:
@@ -74,15 +76,17 @@ def admission_precheck(instance: Instance, wait: bool) -> None:
             if never:
                 raise NoValidHost(f"no valid host: {never}", never=True)
             raise NoValidHost(f"{count} request(s) were already waiting for room; it waits behind them")
-        return
-    overdue = waiting.filter(
-        enqueued_at__lte=timezone.now() - timedelta(seconds=settings.NUBIS_QUEUE_MAX_WAIT)
-    )
-    if overdue.exists():
-        raise NoValidHost(
-            f"no valid host: the room that frees up is held for {overdue.count()} request(s) waiting longer "
-            f"than {settings.NUBIS_QUEUE_MAX_WAIT} s; ask to wait to join the queue"
-        )
+        return frozenset()
+    cutoff = timezone.now() - timedelta(seconds=settings.NUBIS_QUEUE_MAX_WAIT)
+    overdue = [e.instance for e in waiting.filter(enqueued_at__lte=cutoff).select_related("instance__flavor")]
+    if not overdue:
+        return frozenset()
+    pipeline = engine()
+    with HOSTS.use() as table:
+        held = np.zeros(len(table), dtype=np.bool_)
+        for queued in overdue:
+            held |= pipeline.eligible(table, request_of(queued))
+        return frozenset(int(i) for i in table.ids[held])
 
 
 def admission_cancel(instance: Instance, reason: str) -> None:

@@ -277,6 +277,25 @@ class CapacityFilter(Filter):
         return worst
 
 
+class HeldFilter(Filter):
+    """Hosts whose room is held for requests that waited too long (scheduler.queueing's overdue rule).
+
+    Not configurable: the admission passes it to ``Engine.select`` for new requests while an
+    overdue request waits, with the hosts that request could use.
+    """
+
+    name = "held"
+
+    def __init__(self, held: Mask) -> None:
+        self.held = held
+
+    def mask(self, table: HostTable, request: Request) -> Mask:
+        return ~self.held
+
+    def why(self, table: HostTable, request: Request, i: int) -> str:
+        return "its room is held for a request that has waited too long"
+
+
 FILTERS: dict[str, type[Filter]] = {
     f.name: f for f in (StateFilter, CapabilityFilter, AggregateFilter, ServerGroupFilter, CapacityFilter)
 }
@@ -452,12 +471,19 @@ class Engine:
         self.filters = [FILTERS[f]() for f in filters]
         self.weighers = [WEIGHERS[w](m) for w, m in multipliers.items() if m != 0]
 
-    def select(self, table: HostTable, request: Request, top_n: int = 3) -> Decision:
-        """Filter and weigh; the Decision names the chosen host or says why there is none."""
+    def select(
+        self, table: HostTable, request: Request, top_n: int = 3, held: Mask | None = None
+    ) -> Decision:
+        """Filter and weigh; the Decision names the chosen host or says why there is none.
+
+        ``held``: hosts this request may not take (their room is kept for an overdue request);
+        they are removed first, as a filter step of their own in the record.
+        """
         alive: Mask | None = None  # None: every host still in
         count = len(table)
         steps: list[FilterStep] = []
-        for f in self.filters:
+        filters = self.filters if held is None or not held.any() else [HeldFilter(held), *self.filters]
+        for f in filters:
             keep = f.mask(table, request)
             if keep is None:
                 steps.append(FilterStep(f.name, count, count))
@@ -519,6 +545,14 @@ class Engine:
             table, request, np.ones(len(table), dtype=np.bool_) if alive is None else alive
         )
         return decision
+
+    def eligible(self, table: HostTable, request: Request) -> Mask:
+        """Hosts that pass every filter but capacity: where the request could go once room frees."""
+        keep = np.ones(len(table), dtype=np.bool_)
+        for f in self.filters:
+            if not isinstance(f, CapacityFilter) and (mask := f.mask(table, request)) is not None:
+                keep &= mask
+        return keep
 
     def never_fits(self, table: HostTable, request: Request) -> str:
         """Why no host could ever take the request, even empty and enabled ("": some host could).

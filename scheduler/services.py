@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -16,7 +17,7 @@ from compute.models import (
     Instance,
     ServerGroup,
 )
-from scheduler.engine import Engine, HostTable, Request
+from scheduler.engine import Decision, Engine, HostTable, Request
 from scheduler.hosts import FREE_STATES as FREE_STATES
 from scheduler.hosts import HELD_RAM as HELD_RAM
 from scheduler.hosts import HOSTS, host_rows
@@ -77,12 +78,13 @@ def _still_fits(host: Host, request: Request) -> bool:
     return bool((free >= request.demand()).all())
 
 
-def place(instance: Instance, hosts: Any = None) -> Host:
+def place(instance: Instance, hosts: Any = None, held: frozenset[int] = frozenset()) -> Host:
     """Choose a host and claim it, inside the caller's transaction; record why.
 
     The candidates are tried best first: a claim that finds the host filled meanwhile (another
     placement won the race) moves on to the next one. ``hosts`` narrows the choice to a queryset
     of hosts (a what-if, or a test that must not see the suite's own agent); default: all real ones.
+    ``held``: ids of hosts it may not take (their room is held for overdue queued requests).
     """
     if instance.server_group_id is not None:
         # Members of one group are placed one at a time, so two cannot both take the same host
@@ -92,14 +94,17 @@ def place(instance: Instance, hosts: Any = None) -> Host:
         )
     request = request_of(instance)
     pipeline = engine()
+
+    def decide(table: HostTable) -> tuple[Decision, str]:
+        mask = np.isin(table.ids, np.fromiter(held, dtype=np.int64)) if held else None
+        decision = pipeline.select(table, request, top_n=CANDIDATES, held=mask)
+        return decision, "" if decision.host_id is not None else pipeline.never_fits(table, request)
+
     if hosts is None:  # all real hosts: the process's table, refreshed incrementally
         with HOSTS.use() as table:
-            decision = pipeline.select(table, request, top_n=CANDIDATES)
-            never = "" if decision.host_id is not None else pipeline.never_fits(table, request)
+            decision, never = decide(table)
     else:
-        table = HostTable(host_rows(hosts))
-        decision = pipeline.select(table, request, top_n=CANDIDATES)
-        never = "" if decision.host_id is not None else pipeline.never_fits(table, request)
+        decision, never = decide(HostTable(host_rows(hosts)))
     record = decision.as_dict()
     if decision.host_id is None:
         if never:

@@ -251,8 +251,7 @@ def instance_create(
     from scheduler.admission import admission_enqueue, admission_kick, admission_precheck
 
     try:
-        admission_precheck(instance, wait)
-        place(instance)
+        place(instance, held=admission_precheck(instance, wait))
     except NoValidHost as exc:
         if wait and not exc.never:
             admission_enqueue(instance, str(exc))

@@ -7,6 +7,7 @@ import uuid
 from collections import Counter
 
 import numpy as np
+import numpy.typing as npt
 
 from compute.drivers.base import GuestSpec
 from compute.drivers.sim import SimHost, SimulatorDriver
@@ -19,7 +20,8 @@ DOMAIN_PREFIX = "sim-"  # simulated guests' names: never a real cloud's prefix
 # Causes of refusals and queueing that are no filter's (keys of the report's per-filter counts),
 # as scheduler.admission and instance_create decide them.
 NEVER_FITS = "never fits"  # Engine.never_fits: no host could ever take it, so it fails even if it may wait
-HELD_FOR_OVERDUE = "held for overdue"  # may not wait, and the room that frees up is an overdue request's
+# May not wait, and the hosts with room are held for an overdue request (the engine's "held" step).
+HELD_FOR_OVERDUE = "held"
 BEHIND_THE_QUEUE = "behind the queue"  # may wait, and others already wait: it joins them
 
 
@@ -82,11 +84,11 @@ class SimState:
             group_hosts=frozenset(members) if members else frozenset(),
         )  # fmt: skip
 
-    def decide(self, a: Arrival) -> tuple[int | None, str]:
+    def decide(self, a: Arrival, held: npt.NDArray[np.bool_] | None = None) -> tuple[int | None, str]:
         """One timed decision, and its claim in the table: the host id, or the filter that refused."""
         request = self.request(a)
         started = time.perf_counter()
-        decision = self.engine.select(self.table, request)
+        decision = self.engine.select(self.table, request, held=held)
         if decision.host_id is not None:
             self.table.claim(decision.host_id, request)
         self.times.append(time.perf_counter() - started)
@@ -175,9 +177,9 @@ class SimState:
 
         The queue goes first (``admission_precheck``): while requests wait, one that may wait joins
         them, and a pass runs at once (``admission_kick`` asks for one) that admits it if its turn
-        has come; one that may not wait is refused while an overdue request waits, the room that
-        frees up being held for that one. A request no host could ever take (``Engine.never_fits``)
-        is refused at once, even when it may wait.
+        has come; one that may not wait may not take a host an overdue request could use, that
+        room being held for the overdue one. A request no host could ever take
+        (``Engine.never_fits``) is refused at once, even when it may wait.
         """
         if a.wait and self.waiting:
             if self.engine.never_fits(self.table, self.request(a)):
@@ -187,10 +189,7 @@ class SimState:
             self.changed = True  # not tried yet: the pass may admit it
             self.admit()
             return
-        if not a.wait and self.overdue_waiting():
-            self._refuse(HELD_FOR_OVERDUE)
-            return
-        host_id, refused_by = self.decide(a)
+        host_id, refused_by = self.decide(a, None if a.wait else self.held())
         if host_id is not None:
             self.book(a, host_id, count_usage=True)
             self.tally["placed_at_once"] += 1
@@ -202,11 +201,17 @@ class SimState:
         else:
             self._refuse(refused_by)
 
-    def overdue_waiting(self) -> bool:
-        """Whether a request that has waited ``max_wait`` or longer is in the queue."""
-        # The queue keeps the order requests joined it in, the oldest first: it is the one to check.
-        oldest = next(iter(self.waiting.values()), None)
-        return oldest is not None and self.policy.overdue(oldest[0], self.now)
+    def held(self) -> npt.NDArray[np.bool_] | None:
+        """The hosts overdue requests could use (``admission_precheck``); None when none is overdue."""
+        held = None
+        # The queue keeps the order requests joined it in, the oldest first: stop at the first that
+        # is not overdue.
+        for w, a in self.waiting.values():
+            if not self.policy.overdue(w, self.now):
+                break
+            eligible = self.engine.eligible(self.table, self.request(a))
+            held = eligible if held is None else held | eligible
+        return held
 
     def _enqueue(self, a: Arrival, reason: str) -> None:
         demand = (float(a.vcpus), float(a.ram_mib), float(a.disk_gib))

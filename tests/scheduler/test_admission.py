@@ -22,7 +22,7 @@ from compute.models import (
 )
 from compute.services.instances import instance_delete, instance_deleted
 from scheduler.admission import admission_run, queue_status
-from scheduler.models import QueueEntry, QueueState
+from scheduler.models import PlacementDecision, QueueEntry, QueueState
 from scheduler.queueing import QueuePolicy, Waiting, admission_pass, order
 from tenants.models import PriorityClass, QuotaClaim, Role
 from tests.factories import add_member, make_tenant
@@ -265,8 +265,13 @@ def test_queue_entries_are_given_up_after_the_limit(catalog: dict[str, object]) 
 
 
 def test_no_wait_requests_cannot_take_the_room_held_for_an_overdue_one(catalog: dict[str, object]) -> None:
-    tenant = make_tenant("held")
+    """Only the hosts the overdue request could use are held: elsewhere new requests go on."""
+    from scheduler.models import Aggregate
+
+    tenant, other = make_tenant("held"), make_tenant("elsewhere")
     make_host("q-held", cpus=1, cpu_ratio=1.0)
+    private = make_host("q-private", cpus=4, cpu_ratio=1.0)
+    Aggregate.objects.create(name="elsewhere-only", tenant=other).hosts.add(private)
     holder = create(tenant, "holder")
     queued = create(tenant, "overdue", wait=True)
     QueueEntry.objects.for_tenant(tenant).filter(instance=queued).update(
@@ -275,7 +280,16 @@ def test_no_wait_requests_cannot_take_the_room_held_for_an_overdue_one(catalog: 
     free_one(holder)
     sneaky = create(tenant, "sneaky")
     assert sneaky.state == InstanceState.ERROR
-    assert "held for 1 request(s)" in sneaky.fault
+    record = PlacementDecision.objects.for_tenant(tenant).get(instance=sneaky).record
+    assert record["filters"][0] == {
+        "name": "held",
+        "in": 2,
+        "out": 1,
+        "removed": [["q-held", "its room is held for a request that has waited too long"]],
+    }
+    assert "filter 'aggregate' removed the last 1 candidate(s)" in sneaky.fault  # q-private is not its
+    # The overdue request can never use the other tenant's dedicated host: that one is not held.
+    assert create(other, "unaffected").host_id == private.pk
     assert admission_run() == ["overdue"]
 
 

@@ -294,6 +294,35 @@ def test_a_request_that_may_not_wait_is_refused_while_an_overdue_one_waits() -> 
     assert (report.placed_at_once, report.admitted_from_queue, report.refused) == (2, 1, 1)
 
 
+def test_only_the_hosts_an_overdue_request_could_use_are_held() -> None:
+    """Host 1 is dedicated to tenant 7, whose request is overdue; host 2 is shared and has room."""
+    hosts = small_cloud(2)
+    hosts[0] = HostRow(id=1, name="h1", vcpus=8, ram_mib=8192, disk_gib=100, cpu_ratio=1.0, dedicated_to=7)
+    first = Instances.of(
+        {
+            "id": [1, 2], "host": [1, 2], "vcpus": [6, 4], "ram_mib": [512, 512], "disk_gib": [1, 1],
+            "tenant": [7, 3], "priority": [1, 1], "group": [-1, -1],
+        }
+    )  # fmt: skip
+    events: list[Event] = [
+        # Tenant 7 may use both hosts; 8 vCPUs fit on neither: it waits, and is overdue at t=61.
+        Arrival(t=1.0, id=100, vcpus=8, ram_mib=512, disk_gib=1, tenant=7, wait=True),
+        # Tenant 3 may use only h2, which has room; but 100 could use h2 too (it is shared), so at
+        # t=70 h2 is held and 101 is refused.
+        Arrival(t=70.0, id=101, vcpus=1, ram_mib=512, disk_gib=1, tenant=3),
+    ]
+    at, report = replay(Trace(hosts, first, []), events, QueuePolicy(max_wait=60.0))
+    assert report.refused_by_filter == {HELD_FOR_OVERDUE: 1}
+    # Now the overdue request needs KVM, which only h1 has: h2 is not held, 101 goes there.
+    hosts[0] = HostRow(
+        id=1, name="h1", vcpus=8, ram_mib=8192, disk_gib=100, cpu_ratio=1.0, dedicated_to=7, kvm=True
+    )
+    events[0] = Arrival(t=1.0, id=100, vcpus=8, ram_mib=512, disk_gib=1, tenant=7, wait=True, kvm=True)
+    at, report = replay(Trace(hosts, first, []), events, QueuePolicy(max_wait=60.0))
+    assert report.refused == 0
+    assert at == {101: 70.0}  # (the instances of the trace were there before any event)
+
+
 def test_trace_round_trip(tmp_path: Path) -> None:
     trace = generate(hosts=40, seed=9, arrivals=200, group_share=0.3)
     trace.real_hosts = frozenset({trace.hosts[0].id})
