@@ -349,7 +349,8 @@ class _FreeWeigher(Weigher):
     def raw(self, rows: Rows, request: Request) -> Floats | None:
         # Free share after placing the request: comparable across hosts of different sizes.
         capacity = np.maximum(rows.capacity[self.column], 1.0)
-        after: Floats = (rows.free[self.column] - request.demand()[self.column]) / capacity
+        need = (request.vcpus, request.ram_mib, request.disk_gib)[self.column]
+        after: Floats = (rows.free[self.column] - need) / capacity
         return after
 
 
@@ -493,13 +494,13 @@ class Engine:
             step = FilterStep(f.name, count, remaining)
             if remaining < count:
                 removed = ~keep if alive is None else alive & ~keep
-                for i in np.flatnonzero(removed)[:EXAMPLES]:
+                for i in removed.nonzero()[0][:EXAMPLES]:
                     step.removed.append((table.names[i], f.why(table, request, int(i))))
             steps.append(step)
             if remaining == 0:
                 return self._refusal(table, request, steps, step, alive)
             alive, count = after, remaining
-        rows = Rows.of(table, None if alive is None else np.flatnonzero(alive))
+        rows = Rows.of(table, None if alive is None else alive.nonzero()[0])
         if len(rows.index) == 0:
             return self._refusal(table, request, steps, None, alive)
         total = np.zeros(len(rows.index))
@@ -515,14 +516,17 @@ class Engine:
         k = min(top_n, len(total))
         best = np.argpartition(-total, k - 1)[:k] if k < len(total) else np.arange(len(total))
         best = best[np.lexsort((rows.ids[best], -total[best]))]
+        # The parts of the few best, rounded in one array operation rather than one by one.
+        names = list(parts)
+        shown = np.vstack([parts[n][best] for n in names]).round(6).T.tolist() if names else [[]] * len(best)
         top = [
             Candidate(
                 host=table.names[rows.index[j]],
                 host_id=int(rows.ids[j]),
                 weight=float(total[j]),
-                parts={name: round(float(p[j]), 6) for name, p in parts.items()},
+                parts=dict(zip(names, values, strict=True)),
             )
-            for j in best
+            for j, values in zip(best.tolist(), shown, strict=True)
         ]
         return Decision(steps=steps, top=top, host_id=top[0].host_id, host=top[0].host)
 
