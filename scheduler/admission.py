@@ -74,7 +74,7 @@ def admission_precheck(instance: Instance, wait: bool) -> frozenset[int]:
         if count:
             never = never_fits(instance)
             if never:
-                raise NoValidHost(f"no valid host: {never}", never=True)
+                raise NoValidHost(f"no valid host: it can never be placed: {never}", never=True)
             raise NoValidHost(f"{count} request(s) were already waiting for room; it waits behind them")
         return frozenset()
     cutoff = timezone.now() - timedelta(seconds=settings.NUBIS_QUEUE_MAX_WAIT)

@@ -107,8 +107,8 @@ def place(instance: Instance, hosts: Any = None, held: frozenset[int] = frozense
         decision, never = decide(HostTable(host_rows(hosts)))
     record = decision.as_dict()
     if decision.host_id is None:
-        if never:
-            record["error"] = f"no valid host: {never}"
+        if never:  # the filter that refused still leads; waiting would not help, so no nearest miss
+            record["error"] = f"{record['error']}; it can never be placed: {never}"
             record["nearest_miss"] = ""
         _record(instance, None, record)
         miss = f"; nearest miss: {record['nearest_miss']}" if record["nearest_miss"] else ""

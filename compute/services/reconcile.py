@@ -87,18 +87,19 @@ def container_check(instance: Instance, driver: ContainerDriver, report: Report 
             f"{instance.current_ram_mib} MiB limit ({kills} in all)"
         )
         now = timezone.now()
-        Instance.objects.unscoped().filter(pk=instance.pk).update(
-            oom_kills=kills, fault=fault, fault_at=now, updated=now
-        )
-        instance.oom_kills, instance.fault, instance.fault_at = kills, fault, now
-        instance_event(instance, reason="oom", oom_kills=kills)
-        audit_log(
-            actor=Actor.system(f"agent@{instance.host.name if instance.host else '?'}"),
-            action="instance.oom",
-            outcome="error",
-            target=instance,
-            detail={"oom_kills": kills, "limit_mib": instance.current_ram_mib},
-        )
+        with transaction.atomic():  # the count, the fault and the audit record are seen together
+            Instance.objects.unscoped().filter(pk=instance.pk).update(
+                oom_kills=kills, fault=fault, fault_at=now, updated=now
+            )
+            instance.oom_kills, instance.fault, instance.fault_at = kills, fault, now
+            instance_event(instance, reason="oom", oom_kills=kills)
+            audit_log(
+                actor=Actor.system(f"agent@{instance.host.name if instance.host else '?'}"),
+                action="instance.oom",
+                outcome="error",
+                target=instance,
+                detail={"oom_kills": kills, "limit_mib": instance.current_ram_mib},
+            )
     sync_power(instance, driver, report)
 
 

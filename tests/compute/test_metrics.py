@@ -325,7 +325,7 @@ def snapshot() -> list[tuple[Any, ...]]:
     )
 
 
-NOW = datetime(2030, 1, 10, 12, 0, 30, tzinfo=UTC)
+NOW = datetime(2000, 1, 10, 12, 0, 30, tzinfo=UTC)
 
 
 def at(text: str) -> datetime:
@@ -338,20 +338,20 @@ def test_rollup() -> None:
     inst = make_instance(host)
     # Host, minute 10:00 (whole and over an hour old at NOW): no peaks, so the peak is the top level.
     for second, cpu, mem in ((5, 10.0, 100), (15, 20.0, 200), (25, 60.0, 300)):
-        add(at(f"2030-01-10T10:00:{second:02}"), host=host, cpu_pct=cpu, mem_bytes=mem, net_rx_bps=float(mem))
+        add(at(f"2000-01-10T10:00:{second:02}"), host=host, cpu_pct=cpu, mem_bytes=mem, net_rx_bps=float(mem))
     # Instance, minute 10:59: peaks and pids.
-    add(at("2030-01-10T10:59:45"), instance=inst, cpu_pct=40.0, mem_bytes=10, mem_peak_bytes=500, pids=3)
-    add(at("2030-01-10T10:59:55"), instance=inst, cpu_pct=50.0, mem_bytes=20, mem_peak_bytes=700, pids=6)
+    add(at("2000-01-10T10:59:45"), instance=inst, cpu_pct=40.0, mem_bytes=10, mem_peak_bytes=500, pids=3)
+    add(at("2000-01-10T10:59:55"), instance=inst, cpu_pct=50.0, mem_bytes=20, mem_peak_bytes=700, pids=6)
     # Older than an hour, but its minute (11:00) is not: it waits for the next run, as does the recent one.
-    add(at("2030-01-10T11:00:10"), instance=inst, cpu_pct=1.0, mem_bytes=1)
-    add(at("2030-01-10T11:59:50"), instance=inst, cpu_pct=2.0, mem_bytes=2)
+    add(at("2000-01-10T11:00:10"), instance=inst, cpu_pct=1.0, mem_bytes=1)
+    add(at("2000-01-10T11:59:50"), instance=inst, cpu_pct=2.0, mem_bytes=2)
     # Minutes of hour 09-01-10 (older than a day): one hour mean; the minute of 12:00 the day before stays.
-    add(at("2030-01-09T10:00:00"), MINUTE, host=host, cpu_pct=10.0, mem_bytes=1000, mem_peak_bytes=1500)
-    add(at("2030-01-09T10:30:00"), MINUTE, host=host, cpu_pct=30.0, mem_bytes=3000, mem_peak_bytes=3500)
-    add(at("2030-01-09T12:00:00"), MINUTE, host=host, cpu_pct=99.0, mem_bytes=9)
+    add(at("2000-01-09T10:00:00"), MINUTE, host=host, cpu_pct=10.0, mem_bytes=1000, mem_peak_bytes=1500)
+    add(at("2000-01-09T10:30:00"), MINUTE, host=host, cpu_pct=30.0, mem_bytes=3000, mem_peak_bytes=3500)
+    add(at("2000-01-09T12:00:00"), MINUTE, host=host, cpu_pct=99.0, mem_bytes=9)
     # Raw samples two days old go all the way to an hour in one run.
-    add(at("2030-01-08T05:00:10"), host=host, cpu_pct=4.0, mem_bytes=40)
-    add(at("2030-01-08T05:00:20"), host=host, cpu_pct=8.0, mem_bytes=80)
+    add(at("2000-01-08T05:00:10"), host=host, cpu_pct=4.0, mem_bytes=40)
+    add(at("2000-01-08T05:00:20"), host=host, cpu_pct=8.0, mem_bytes=80)
     # Hours: past the 30 days and within them.
     add(NOW - HOUR_KEEP - timedelta(hours=1), HOUR, host=host, cpu_pct=1.0, mem_bytes=1)
     add(NOW - HOUR_KEEP + timedelta(hours=1), HOUR, host=host, cpu_pct=2.0, mem_bytes=2)
@@ -365,22 +365,22 @@ def test_rollup() -> None:
     }
 
     rows = {(s.host_id, s.instance_id, s.resolution, s.at): s for s in UsageSample.objects.all()}
-    minute = rows[(host.pk, None, MINUTE, at("2030-01-10T10:00:00"))]
+    minute = rows[(host.pk, None, MINUTE, at("2000-01-10T10:00:00"))]
     assert (minute.cpu_pct, minute.mem_bytes, minute.mem_peak_bytes) == (pytest.approx(30.0), 200, 300)
     assert minute.net_rx_bps == pytest.approx(200.0)
-    minute = rows[(None, inst.pk, MINUTE, at("2030-01-10T10:59:00"))]
+    minute = rows[(None, inst.pk, MINUTE, at("2000-01-10T10:59:00"))]
     assert (minute.cpu_pct, minute.mem_bytes, minute.mem_peak_bytes) == (pytest.approx(45.0), 15, 700)
     assert minute.pids in (4, 5)  # 4.5, rounded
-    hour = rows[(host.pk, None, HOUR, at("2030-01-09T10:00:00"))]
+    hour = rows[(host.pk, None, HOUR, at("2000-01-09T10:00:00"))]
     assert (hour.cpu_pct, hour.mem_bytes, hour.mem_peak_bytes) == (pytest.approx(20.0), 2000, 3500)
-    hour = rows[(host.pk, None, HOUR, at("2030-01-08T05:00:00"))]
+    hour = rows[(host.pk, None, HOUR, at("2000-01-08T05:00:00"))]
     assert (hour.cpu_pct, hour.mem_bytes, hour.mem_peak_bytes) == (pytest.approx(6.0), 60, 80)
     assert {k for k in rows if k[2] == RAW} == {
-        (None, inst.pk, RAW, at("2030-01-10T11:00:10")),
-        (None, inst.pk, RAW, at("2030-01-10T11:59:50")),
+        (None, inst.pk, RAW, at("2000-01-10T11:00:10")),
+        (None, inst.pk, RAW, at("2000-01-10T11:59:50")),
     }
-    assert (host.pk, None, MINUTE, at("2030-01-09T12:00:00")) in rows
-    assert not any(k[2] == MINUTE and k[3] < at("2030-01-09T12:00:00") for k in rows)
+    assert (host.pk, None, MINUTE, at("2000-01-09T12:00:00")) in rows
+    assert not any(k[2] == MINUTE and k[3] < at("2000-01-09T12:00:00") for k in rows)
     assert [k[3] for k in rows if k[2] == HOUR and k[3] < NOW - timedelta(days=3)] == [
         NOW - HOUR_KEEP + timedelta(hours=1)
     ]
@@ -399,7 +399,7 @@ def test_concurrent_rollups_make_no_duplicates() -> None:
     host = make_host()
     for minute in range(3):
         for second in (0, 20, 40):
-            add(at(f"2030-01-10T10:0{minute}:{second:02}"), host=host, cpu_pct=float(minute), mem_bytes=1)
+            add(at(f"2000-01-10T10:0{minute}:{second:02}"), host=host, cpu_pct=float(minute), mem_bytes=1)
     result_b: dict[str, int] = {}
 
     def run_b() -> None:
@@ -432,7 +432,7 @@ def test_concurrent_rollups_make_no_duplicates() -> None:
     assert result_a["minute_created"] == 3
     assert result_b == dict.fromkeys(result_a, 0)  # B retried against the committed state
     minutes = list(UsageSample.objects.filter(resolution=MINUTE).order_by("at").values_list("at", "cpu_pct"))
-    assert minutes == [(at(f"2030-01-10T10:0{m}:00"), float(m)) for m in range(3)]
+    assert minutes == [(at(f"2000-01-10T10:0{m}:00"), float(m)) for m in range(3)]
     assert not UsageSample.objects.filter(resolution=RAW).exists()
 
 
