@@ -17,6 +17,7 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
+    path("staff/", include("portal.staff_urls")),
     path("api/v1/", views.ApiRootView.as_view(), name="api-root"),
     path("api/v1/", include("tenants.api_urls")),
     path("api/v1/tenants/<slug:tenant>/", include("compute.api_urls")),

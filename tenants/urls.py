@@ -1,6 +1,6 @@
 """Tenant pages of the web UI, mounted under /t/<tenant>/."""
 
-from django.urls import path
+from django.urls import include, path
 
 from compute import views as compute_views
 from tenants import views
@@ -16,4 +16,6 @@ urlpatterns = [
     path("tokens/<int:pk>/revoke/", views.token_revoke, name="tenant-token-revoke"),
     path("audit/", views.audit_page, name="tenant-audit"),
     path("instances/<uuid:pk>/console/", compute_views.instance_console, name="instance-console"),
+    path("", include("compute.ui_urls")),
+    path("", include("compute.ui_network_urls")),
 ]

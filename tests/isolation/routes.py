@@ -548,6 +548,16 @@ ROUTES.update(
     }
 )
 
+# UI pages kept in modules of their own (they import Case and the helpers above).
+from tests.isolation.routes_instances_ui import ROUTES as _INSTANCES_UI  # noqa: E402
+from tests.isolation.routes_networks_ui import ROUTES as _NETWORKS_UI  # noqa: E402
+from tests.isolation.routes_staff import ROUTES as _STAFF  # noqa: E402
+
+for _extra in (_INSTANCES_UI, _NETWORKS_UI, _STAFF):
+    if set(_extra) & set(ROUTES):
+        raise ValueError(f"routes listed twice: {sorted(set(_extra) & set(ROUTES))}")
+    ROUTES.update(_extra)
+
 # --- websockets: "accept" or a close code; accepted sockets must join only their own tenants.
 WEBSOCKETS: dict[str, dict[str, int | str]] = {
     "ws-events": {
