@@ -3,10 +3,11 @@
 from django.urls import include, path
 
 from compute import views as compute_views
+from portal import views as portal_views
 from tenants import views
 
 urlpatterns = [
-    path("", views.tenant_home, name="tenant-home"),
+    path("", portal_views.tenant_dashboard, name="tenant-home"),
     path("quota/", views.quota_page, name="tenant-quota"),
     path("settings/", views.settings_page, name="tenant-settings"),
     path("members/add/", views.member_add, name="tenant-member-add"),

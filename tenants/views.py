@@ -30,14 +30,6 @@ def _remember(request: HttpRequest, tenant: Tenant) -> None:
 
 @login_required
 @require_GET
-def tenant_home(request: HttpRequest, tenant: str) -> HttpResponse:
-    obj, role = tenant_for_request(request, tenant, Role.VIEWER)
-    _remember(request, obj)
-    return render(request, "tenants/home.html", {"tenant": obj, "role": role, "quota": quota_report(obj)})
-
-
-@login_required
-@require_GET
 def quota_page(request: HttpRequest, tenant: str) -> HttpResponse:
     obj, role = tenant_for_request(request, tenant, Role.VIEWER)
     return render(request, "tenants/quota.html", {"tenant": obj, "role": role, "quota": quota_report(obj)})

@@ -17,6 +17,9 @@ from django.db import connection
 from pytest_django import DjangoDbBlocker
 
 ROOT = Path(__file__).resolve().parent.parent
+# The compute fixtures (one compute agent for the whole session, guest images, flavors) serve the
+# compute, scheduler and browser tests alike.
+pytest_plugins = ["tests.compute_fixtures"]
 
 
 def test_database_url() -> str:

@@ -38,6 +38,7 @@ from compute.services.instances import (
     instance_deleted,
     instance_event,
     instance_fail,
+    operation_event,
     operation_finish,
 )
 from compute.services.snapshots import snapshot_forget
@@ -95,6 +96,7 @@ def _claim(operation_id: int) -> Operation | None:
         operation.attempts += 1
         operation.started = operation.started or timezone.now()
         operation.save(update_fields=["state", "attempts", "started"])
+        operation_event(operation)
         return operation
 
 
@@ -102,6 +104,7 @@ def _step(operation: Operation, step: str, progress: int) -> None:
     operation.step = step
     operation.progress = progress
     Operation.objects.unscoped().filter(pk=operation.pk).update(step=step, progress=progress)
+    operation_event(operation)
     crash_point(step)
 
 

@@ -75,6 +75,23 @@ def instance_event(instance: Instance, **extra: Any) -> None:
     )
 
 
+def operation_event(operation: Operation, instance_uuid: str | None = None) -> None:
+    """Tell the tenant's browsers how an Operation stands (its state, step and progress), after commit."""
+    publish(
+        operation.tenant_id,
+        {
+            "type": "operation",
+            "operation": str(operation.uuid),
+            "instance": instance_uuid or str(operation.instance.uuid),
+            "kind": operation.kind,
+            "state": operation.state,
+            "step": operation.step,
+            "progress": operation.progress,
+            "error": operation.error[:500],
+        },
+    )
+
+
 def deadline() -> datetime:
     return timezone.now() + timedelta(seconds=settings.NUBIS_TRANSIENT_DEADLINE)
 
@@ -96,7 +113,7 @@ def operation_record(
     params: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
 ) -> Operation:
-    return Operation.objects.create(
+    operation = Operation.objects.create(
         tenant=instance.tenant,
         instance=instance,
         kind=kind,
@@ -104,6 +121,8 @@ def operation_record(
         requested_by_id=actor.user_id,
         idempotency_key=idempotency_key,
     )
+    operation_event(operation, str(instance.uuid))
+    return operation
 
 
 def release_claims(instance: Instance, reason: str) -> int:
@@ -302,6 +321,7 @@ def operation_finish(operation: Operation, state: str, error: str = "") -> None:
     operation.progress = 100 if state == OperationState.SUCCEEDED else operation.progress
     operation.finished = timezone.now()
     operation.save(update_fields=["state", "error", "progress", "finished"])
+    operation_event(operation)
 
 
 # state an action needs -> the transient state it moves to

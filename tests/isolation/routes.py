@@ -73,11 +73,11 @@ def token_path(api: bool, suffix: str = "") -> tuple[Path, Path]:
 
 
 # Common shapes.
-API_TENANT_READ = exp(401, 200, 200, 200, 404, 404, 404)
-API_OWNER_WRITE = exp(401, 403, 403, 200, 404, 404, 404)
-UI_TENANT_READ = exp(302, 200, 200, 200, 404, 404, 404)
-UI_OWNER_POST = exp(302, 403, 403, 302, 404, 404, 404)
-EVERYONE_200 = exp(200, 200, 200, 200, 200, 200, 200)
+API_TENANT_READ: dict[str, int | str] = exp(401, 200, 200, 200, 404, 404, 404)
+API_OWNER_WRITE: dict[str, int | str] = exp(401, 403, 403, 200, 404, 404, 404)
+UI_TENANT_READ: dict[str, int | str] = exp(302, 200, 200, 200, 404, 404, 404)
+UI_OWNER_POST: dict[str, int | str] = exp(302, 403, 403, 302, 404, 404, 404)
+EVERYONE_200: dict[str, int | str] = exp(200, 200, 200, 200, 200, 200, 200)
 
 _api_tenant, _api_tenant_b = tenant_path()
 _api_quota, _api_quota_b = tenant_path("quota/")
@@ -289,12 +289,12 @@ def _op(vm: str, tenant: str) -> Path:
     return lambda w: f"/api/v1/tenants/{(w.a if tenant == 'a' else w.b).slug}/operations/{w.ops[vm].uuid}/"
 
 
-API_MEMBER_ACT = exp(401, 403, 202, 202, 404, 404, 404)
-API_MEMBER_CREATE = exp(401, 403, 201, 201, 404, 404, 404)
-API_MEMBER_OK = exp(401, 403, 200, 200, 404, 404, 404)
-API_MEMBER_GONE = exp(401, 403, 204, 204, 404, 404, 404)
-API_MEMBER_CONFLICT = exp(401, 403, 409, 409, 404, 404, 404)
-API_MEMBER_READ = exp(401, 403, 200, 200, 404, 404, 404)
+API_MEMBER_ACT: dict[str, int | str] = exp(401, 403, 202, 202, 404, 404, 404)
+API_MEMBER_CREATE: dict[str, int | str] = exp(401, 403, 201, 201, 404, 404, 404)
+API_MEMBER_OK: dict[str, int | str] = exp(401, 403, 200, 200, 404, 404, 404)
+API_MEMBER_GONE: dict[str, int | str] = exp(401, 403, 204, 204, 404, 404, 404)
+API_MEMBER_CONFLICT: dict[str, int | str] = exp(401, 403, 409, 409, 404, 404, 404)
+API_MEMBER_READ: dict[str, int | str] = exp(401, 403, 200, 200, 404, 404, 404)
 _api_flavors, _api_flavors_b = tenant_path("flavors/")
 _api_images, _api_images_b = tenant_path("images/")
 _api_instances, _api_instances_b = tenant_path("instances/")
@@ -601,9 +601,9 @@ ADMIN_MODELS: dict[str, dict[str, bool]] = {
     "django_celery_beat.clockedschedule": {"add": True, "delete": True},
 }
 
-ADMIN_STAFF_ONLY = exp(302, 302, 302, 302, 302, 200, 200)
-ADMIN_SUPERUSER_ONLY = exp(302, 302, 302, 302, 302, 403, 200)
-ADMIN_NOBODY = exp(302, 302, 302, 302, 302, 403, 403)
+ADMIN_STAFF_ONLY: dict[str, int | str] = exp(302, 302, 302, 302, 302, 200, 200)
+ADMIN_SUPERUSER_ONLY: dict[str, int | str] = exp(302, 302, 302, 302, 302, 403, 200)
+ADMIN_NOBODY: dict[str, int | str] = exp(302, 302, 302, 302, 302, 403, 403)
 
 # Admin views that are not per-model.
 ADMIN_SITE: dict[str, list[Case]] = {
