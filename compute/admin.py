@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import Avg, OuterRef, QuerySet, Subquery
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
 
 from compute.models import (
     Flavor,
@@ -14,12 +18,17 @@ from compute.models import (
     Instance,
     Network,
     Operation,
+    SampleResolution,
     SecurityGroup,
     SecurityRule,
     ServerGroup,
     Snapshot,
+    UsageSample,
 )
+from compute.services.hosts import host_maintenance_set
+from security.audit import Actor
 from tenants.admin import TenantOwnedAdmin
+from tenants.errors import ServiceError
 
 
 class ReadOnlyMixin:
@@ -37,25 +46,32 @@ class ReadOnlyMixin:
 
 @admin.register(Host)
 class HostAdmin(admin.ModelAdmin):
+    """Hosts with their capability probe, state and overcommit; maintenance goes through the service."""
+
     list_display = [
         "name",
         "state",
+        "simulated",
         "cpus",
         "ram_mib",
         "disk_gib",
+        "cpu_ratio",
+        "ram_ratio",
+        "disk_ratio",
         "kvm_usable",
         "tcg_available",
         "paging",
         "iommu",
         "vmm",
         "heartbeat_at",
-        "load",
-        "simulated",
+        "cpu_load",
+        "staff_page",
     ]
     list_filter = ["state", "kvm_usable", "paging", "iommu", "simulated"]
-    list_editable = ["state"]
     search_fields = ["name"]
+    actions = ["maintenance_start", "maintenance_end"]
     readonly_fields = [
+        "staff_page",
         "load",
         "uri",
         "cpu_model",
@@ -74,12 +90,60 @@ class HostAdmin(admin.ModelAdmin):
         "registered_at",
     ]
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Host]:
+        # The list's load column: one subquery, not a query per host.
+        from compute.metrics import HOST_LOAD_WINDOW
+
+        recent = (
+            UsageSample.objects.filter(
+                host=OuterRef("pk"),
+                resolution=SampleResolution.RAW,
+                at__gte=timezone.now() - HOST_LOAD_WINDOW,
+            )
+            .values("host")
+            .annotate(mean=Avg("cpu_pct"))
+            .values("mean")
+        )
+        return super().get_queryset(request).annotate(cpu_load_pct=Subquery(recent))
+
+    @admin.display(description="CPU load (1 min)", ordering="cpu_load_pct")
+    def cpu_load(self, obj: Host) -> str:
+        value = getattr(obj, "cpu_load_pct", None)
+        return "-" if value is None else f"{value:.0f}%"
+
     @admin.display(description="load (last minute)")
     def load(self, obj: Host) -> str:
         return _load_text(obj)
 
+    @admin.display(description="staff page")
+    def staff_page(self, obj: Host) -> str:
+        return format_html('<a href="{}#host-{}">capacity and load</a>', reverse("staff-hosts"), obj.pk)
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # hosts register themselves when their agent starts
+
+    def _maintenance(self, request: HttpRequest, queryset: QuerySet[Host], on: bool) -> None:
+        actor = Actor.from_request(request)
+        done, refused = [], []
+        for host in queryset:
+            try:
+                host_maintenance_set(actor=actor, host=host, on=on)
+                done.append(host.name)
+            except ServiceError as exc:
+                refused.append(f"{host.name}: {exc.message}")
+        if done:
+            verb = "in maintenance" if on else "enabled"
+            self.message_user(request, f"{', '.join(done)}: now {verb}.", messages.SUCCESS)
+        for problem in refused:
+            self.message_user(request, problem, messages.ERROR)
+
+    @admin.action(description="Start maintenance on the selected hosts", permissions=["change"])
+    def maintenance_start(self, request: HttpRequest, queryset: QuerySet[Host]) -> None:
+        self._maintenance(request, queryset, on=True)
+
+    @admin.action(description="End maintenance on the selected hosts", permissions=["change"])
+    def maintenance_end(self, request: HttpRequest, queryset: QuerySet[Host]) -> None:
+        self._maintenance(request, queryset, on=False)
 
 
 def _load_text(host: Host) -> str:
@@ -115,6 +179,7 @@ class FlavorAdmin(admin.ModelAdmin):
         "tenant",
     ]
     list_filter = ["cpu_mode", "io_model", "balloon", "allocation", "public"]
+    list_select_related = ["tenant"]
     search_fields = ["name"]
     autocomplete_fields = ["tenant"]
 
@@ -123,6 +188,7 @@ class FlavorAdmin(admin.ModelAdmin):
 class ImageAdmin(admin.ModelAdmin):
     list_display = ["name", "kind", "os_name", "size_bytes", "public", "tenant", "created"]
     list_filter = ["kind", "public"]
+    list_select_related = ["tenant"]
     search_fields = ["name", "os_name", "sha256"]
     autocomplete_fields = ["tenant"]
 

@@ -18,6 +18,7 @@ from tenants.admin import TenantOwnedAdmin
 @admin.register(Aggregate)
 class AggregateAdmin(admin.ModelAdmin):
     list_display = ["name", "tenant", "cpu_ratio", "ram_ratio", "disk_ratio"]
+    list_select_related = ["tenant"]
     search_fields = ["name"]
     filter_horizontal = ["hosts"]
     autocomplete_fields = ["tenant"]

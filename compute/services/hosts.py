@@ -14,6 +14,8 @@ from django.utils import timezone
 
 from compute.drivers.base import HostFacts
 from compute.models import Host, HostState
+from security.audit import Actor, audit_log
+from tenants.errors import Conflict
 
 if TYPE_CHECKING:
     from scheduler.engine import HostRow
@@ -83,3 +85,34 @@ def simulated_hosts_register(*, hosts: Sequence[HostRow]) -> int:
     ]  # fmt: skip
     Host.objects.bulk_create(new, batch_size=1000)
     return len(new)
+
+
+@transaction.atomic
+def host_maintenance_set(*, actor: Actor, host: Host, on: bool) -> Host:
+    """Put a host into maintenance (placement skips it) or take it out again, and record who did.
+
+    The state changes under the host's row lock. A ``down`` host is refused either way: it comes
+    back by its agent's heartbeat, not by an operator. Taking a host out of maintenance enables
+    it; a ``disabled`` host is not in maintenance, so ending maintenance on it is refused too. The
+    change is an update of the state alone, as heartbeats are: the host's ``version`` (which makes
+    the scheduler re-read its capacity) stays.
+    """
+    locked = Host.objects.select_for_update().get(pk=host.pk)
+    before = locked.state
+    if before == HostState.DOWN:
+        raise Conflict(
+            "state", "down", f"host {locked.name} is down; it comes back when its agent's heartbeat resumes"
+        )
+    if not on and before == HostState.DISABLED:
+        raise Conflict("state", "disabled", f"host {locked.name} is disabled, not in maintenance")
+    after = HostState.MAINTENANCE if on else HostState.ENABLED
+    if before != after:
+        Host.objects.filter(pk=locked.pk).update(state=after)
+        locked.state = after
+    audit_log(
+        actor=actor,
+        action="host.maintenance",
+        target=locked,
+        detail={"on": on, "from": before, "to": after, "changed": before != after},
+    )
+    return locked
