@@ -20,6 +20,7 @@ urlpatterns = [
     path("staff/", include("portal.staff_urls")),
     path("api/v1/", views.ApiRootView.as_view(), name="api-root"),
     path("api/v1/", include("tenants.api_urls")),
+    path("api/v1/admin/", include("compute.api_admin_urls")),
     path("api/v1/tenants/<slug:tenant>/", include("compute.api_urls")),
     path("t/<slug:tenant>/", include("tenants.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -79,3 +79,10 @@ def tenants_for_request(request: HttpRequest) -> list[tuple[Tenant, Role]]:
             role = lower_role(token.role, role)
         result.append((membership.tenant, role))
     return result
+
+
+def require_model_permission(request: HttpRequest, permission: str) -> None:
+    """403 naming the permission, when the signed-in staff user lacks a model permission."""
+    user = getattr(request, "user", None)
+    if user is None or not user.has_perm(permission):
+        raise PermissionDenied(f"This needs the {permission} permission.")

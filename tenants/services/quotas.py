@@ -141,3 +141,33 @@ def quota_drift(tenant: Tenant) -> list[Drift]:
         if diff:
             drifts.append(Drift(tenant.slug, "usage-mismatch", diff))
     return drifts
+
+
+@transaction.atomic
+def quota_set(
+    *, actor: Any, tenant: Tenant, limits: Mapping[str, int], max_priority: int | None = None
+) -> Quota:
+    """Change a tenant's limits (staff). A limit below what is in use stands: running instances
+    keep their claims, and new claims are refused until usage falls under it."""
+    from security.audit import audit_log
+
+    clean = _validate(limits)
+    if max_priority is not None and max_priority not in PriorityClass.values:
+        raise ServiceError("max_priority", "choice", f"max_priority must be one of {PriorityClass.values}")
+    quota_of(tenant)
+    quota = Quota.objects.for_tenant(tenant).select_for_update().get()
+    before = {r: quota.limit(r) for r in clean} | (
+        {"max_priority": quota.max_priority} if max_priority is not None else {}
+    )
+    for name, amount in clean.items():
+        setattr(quota, f"max_{name}", amount)
+    if max_priority is not None:
+        quota.max_priority = max_priority
+    quota.save()
+    after = {r: quota.limit(r) for r in clean} | (
+        {"max_priority": max_priority} if max_priority is not None else {}
+    )
+    audit_log(
+        actor=actor, action="quota.update", target=quota, tenant=tenant, detail={"from": before, "to": after}
+    )
+    return quota

@@ -549,11 +549,12 @@ ROUTES.update(
 )
 
 # UI pages kept in modules of their own (they import Case and the helpers above).
+from tests.isolation.routes_admin_api import ROUTES as _ADMIN_API  # noqa: E402
 from tests.isolation.routes_instances_ui import ROUTES as _INSTANCES_UI  # noqa: E402
 from tests.isolation.routes_networks_ui import ROUTES as _NETWORKS_UI  # noqa: E402
 from tests.isolation.routes_staff import ROUTES as _STAFF  # noqa: E402
 
-for _extra in (_INSTANCES_UI, _NETWORKS_UI, _STAFF):
+for _extra in (_ADMIN_API, _INSTANCES_UI, _NETWORKS_UI, _STAFF):
     if set(_extra) & set(ROUTES):
         raise ValueError(f"routes listed twice: {sorted(set(_extra) & set(ROUTES))}")
     ROUTES.update(_extra)

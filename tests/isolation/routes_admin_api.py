@@ -1,0 +1,34 @@
+"""Persona cases of the staff API under /api/v1/admin/ (merged into routes.ROUTES)."""
+
+from __future__ import annotations
+
+from tests.isolation.routes import Case, const, exp
+from tests.isolation.world import World
+
+STAFF_READ = exp(401, 403, 403, 403, 403, 200, 200)
+# Changing a host or a quota needs its model permission too: the harness's staff user only views.
+SUPERUSER_WRITE = exp(401, 403, 403, 403, 403, 403, 200)
+
+
+def _host(w: World) -> str:
+    return f"/api/v1/admin/hosts/{w.vms['a-vm'].host_id}/maintenance/"
+
+
+ROUTES: dict[str, list[Case]] = {
+    "api-admin-hosts": [Case("GET", const("/api/v1/admin/hosts/"), STAFF_READ)],
+    "api-admin-host-maintenance": [
+        Case("POST", _host, SUPERUSER_WRITE, data=lambda w: {"on": True}, action="host.maintenance")
+    ],
+    "api-admin-queue": [Case("GET", const("/api/v1/admin/queue/"), STAFF_READ)],
+    "api-admin-quotas": [Case("GET", const("/api/v1/admin/quotas/"), STAFF_READ)],
+    "api-admin-quota": [
+        Case("GET", lambda w: f"/api/v1/admin/tenants/{w.a.slug}/quota/", STAFF_READ),
+        Case(
+            "PATCH",
+            lambda w: f"/api/v1/admin/tenants/{w.a.slug}/quota/",
+            SUPERUSER_WRITE,
+            data=lambda w: {"limits": {"vcpus": 40}, "max_priority": 2},
+            action="quota.update",
+        ),
+    ],
+}
