@@ -65,7 +65,8 @@ def test_state_changes_stream_to_the_tenant_only(host, image, flavors, no_leftov
         )
         op = await create()
         seen: list[dict[str, Any]] = []
-        while not any(e.get("state") == "running" for e in seen):
+        # Operations stream too (their state is "running" while they run): wait for the instance's.
+        while not any(e.get("type") == "instance.state" and e.get("state") == "running" for e in seen):
             seen.append(await a.receive_json_from(timeout=60))
         leaked = [] if await b.receive_nothing(timeout=1) else [await b.receive_json_from(timeout=1)]
         await a.disconnect()
