@@ -77,6 +77,47 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+_RATE_UNITS = {
+    "s": 1,
+    "sec": 1,
+    "second": 1,
+    "m": 60,
+    "min": 60,
+    "minute": 60,
+    "h": 3600,
+    "hour": 3600,
+    "d": 86400,
+    "day": 86400,
+}
+
+
+def parse_rate(text: str) -> tuple[int, int]:
+    """Parse a rate such as ``600/min`` or ``5/2s`` into (requests, window seconds).
+
+    The unit is s, m, h or d (or sec/second, min/minute, hour, day), optionally preceded by a
+    number of units for a longer window: ``100/10s`` is 100 requests per 10 seconds.
+    """
+    count, sep, period = text.strip().lower().partition("/")
+    digits = period.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = period[len(digits) :]
+    if not sep or not count.strip().isdigit() or unit not in _RATE_UNITS or (digits and not digits.isdigit()):
+        raise ValueError(f"expected <requests>/<period> such as 600/min or 5/2s, got {text!r}")
+    requests, multiple = int(count), int(digits or 1)
+    if requests < 1 or multiple < 1:
+        raise ValueError(f"a rate needs at least 1 request per at least 1 unit, got {text!r}")
+    return requests, multiple * _RATE_UNITS[unit]
+
+
+def env_rate(name: str, default: str) -> str:
+    """Read a request rate (``600/min``, ``5/2s``; see parse_rate), checked at start-up."""
+    value = env_str(name, default)
+    try:
+        parse_rate(value)
+    except ValueError as exc:
+        raise ConfigError(name, str(exc)) from None
+    return value
+
+
 def data_dir() -> Path:
     """Return NUBIS_DATA_DIR (default ``<project>/var``), creating it if needed."""
     path = Path(env_str("NUBIS_DATA_DIR", str(BASE_DIR / "var"))).expanduser()

@@ -121,6 +121,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "security.middleware.AuditMiddleware",
+    # Inside the audit: a replayed POST is still a request, and still leaves its one record.
+    "portal.idempotency.IdempotencyMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -202,7 +204,17 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
+    "DEFAULT_THROTTLE_CLASSES": ["portal.throttling.ApiRateThrottle"],
 }
+# API rate limits (portal.throttling), counted in Redis: a request made with an API token spends the
+# token's budget, a session request its user's, an anonymous one its client address's.
+NUBIS_API_RATE_TOKEN = config.env_rate("NUBIS_API_RATE_TOKEN", "600/min")
+NUBIS_API_RATE_USER = config.env_rate("NUBIS_API_RATE_USER", "1200/min")
+NUBIS_API_RATE_ANON = config.env_rate("NUBIS_API_RATE_ANON", "60/min")
+# Idempotency-Key on API POSTs (portal.idempotency): how long an answer is kept for retries, and how
+# long a duplicate waits for the first request with its key to finish before it answers 409.
+NUBIS_IDEMPOTENCY_TTL = config.env_int("NUBIS_IDEMPOTENCY_TTL", 86400, minimum=60)
+NUBIS_IDEMPOTENCY_WAIT = config.env_int("NUBIS_IDEMPOTENCY_WAIT", 30, minimum=1)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Nubis API",
     "DESCRIPTION": "Self-service private cloud: tenants, virtual machines, containers and operations.",
@@ -213,6 +225,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "portal.schema.problem_responses",
+    ],
 }
 
 # Celery: JSON only, at-least-once delivery with acks after the task ran, one queue per host.

@@ -1,0 +1,164 @@
+"""API rate limits in real Redis: 429 problem+json with Retry-After over the limit, one budget per
+token, per user and per client address, and the budget back once the window has passed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from pytest_django import Settings as SettingsWrapper
+from rest_framework.test import APIClient
+
+from portal.config import parse_rate
+from portal.redis import redis_client
+from security.audit import Actor
+from tenants.models import Role, Tenant
+from tenants.services.tokens import token_create
+from tests.factories import add_member, make_tenant
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def clean_redis() -> Iterator[None]:
+    """Budgets are keyed by user and token ids, which test databases reuse: start from none."""
+    client = redis_client()
+
+    def drop() -> None:
+        for key in client.scan_iter(match="nubis:ratelimit:*", count=500):
+            client.delete(key)
+
+    drop()
+    yield
+    drop()
+
+
+def limit(settings: SettingsWrapper, **rates: str) -> None:
+    """Set low rates, then wait for a fresh window so that no test straddles a window's end."""
+    for scope, rate in rates.items():
+        setattr(settings, f"NUBIS_API_RATE_{scope.upper()}", rate)
+    window = max(parse_rate(rate)[1] for rate in rates.values())
+    left = window - time.time() % window
+    if left < min(5.0, window * 0.8):
+        time.sleep(left + 0.02)
+
+
+def session_client(user: User) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+def token_client(tenant: Tenant, user: User) -> APIClient:
+    _, raw = token_create(
+        actor=Actor("test", "api", user.pk),
+        tenant=tenant,
+        creator_id=user.pk,
+        creator_role=Role.MEMBER,
+        name="automation",
+        role="member",
+    )
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    return client
+
+
+def statuses(client: APIClient, path: str, count: int) -> list[int]:
+    return [client.get(path).status_code for _ in range(count)]
+
+
+def assert_limited(response: Any, detail_start: str) -> int:
+    """Check the 429 problem; return its Retry-After."""
+    assert response.status_code == 429
+    assert response["Content-Type"] == "application/problem+json"
+    retry_after = int(response["Retry-After"])
+    problem = response.json()
+    assert problem["status"] == 429
+    assert problem["type"].endswith("/rate_limit")
+    assert problem["title"] == "Too Many Requests"
+    assert problem["detail"] == f"{detail_start}; retry in {retry_after} s"
+    return retry_after
+
+
+def test_over_the_limit_answers_429_with_retry_after(settings: SettingsWrapper) -> None:
+    limit(settings, user="3/min")
+    tenant = make_tenant("rl")
+    client = session_client(add_member(tenant))
+    path = f"/api/v1/tenants/{tenant.slug}/flavors/"
+    assert statuses(client, path, 3) == [200, 200, 200]
+    retry_after = assert_limited(client.get(path), "3 requests per minute per user")
+    assert 0 < retry_after <= 60
+    # Every API route spends the same budget; POSTs too.
+    assert client.get("/api/v1/tenants/").status_code == 429
+    assert client.post(f"/api/v1/tenants/{tenant.slug}/instances/", {}, format="json").status_code == 429
+
+
+def test_a_token_and_its_user_have_separate_budgets(settings: SettingsWrapper) -> None:
+    limit(settings, token="2/min", user="3/min")
+    tenant = make_tenant("rl-token")
+    user = add_member(tenant)
+    by_token, by_session = token_client(tenant, user), session_client(user)
+    path = f"/api/v1/tenants/{tenant.slug}/flavors/"
+    assert statuses(by_token, path, 2) == [200, 200]
+    assert_limited(by_token.get(path), "2 requests per minute per token")
+    assert statuses(by_session, path, 3) == [200, 200, 200]
+    assert_limited(by_session.get(path), "3 requests per minute per user")
+    # Another token of the same user starts with a budget of its own.
+    assert token_client(tenant, user).get(path).status_code == 200
+
+
+def test_another_user_is_unaffected(settings: SettingsWrapper) -> None:
+    limit(settings, user="2/min")
+    tenant = make_tenant("rl-users")
+    greedy, other = session_client(add_member(tenant)), session_client(add_member(tenant))
+    path = f"/api/v1/tenants/{tenant.slug}/flavors/"
+    assert statuses(greedy, path, 3) == [200, 200, 429]
+    assert statuses(other, path, 2) == [200, 200]
+
+
+def test_anonymous_requests_are_counted_per_client_address(settings: SettingsWrapper) -> None:
+    limit(settings, anon="2/min")
+    here, there = APIClient(REMOTE_ADDR="10.0.0.1"), APIClient(REMOTE_ADDR="10.0.0.2")
+    assert statuses(here, "/api/v1/", 2) == [200, 200]
+    assert_limited(here.get("/api/v1/"), "2 requests per minute per address")
+    assert there.get("/api/v1/").status_code == 200
+
+
+def test_the_budget_returns_after_the_window(settings: SettingsWrapper) -> None:
+    limit(settings, user="2/2s")
+    tenant = make_tenant("rl-window")
+    client = session_client(add_member(tenant))
+    path = f"/api/v1/tenants/{tenant.slug}/flavors/"
+    assert statuses(client, path, 2) == [200, 200]
+    retry_after = assert_limited(client.get(path), "2 requests per 2 seconds per user")
+    assert 1 <= retry_after <= 2
+    time.sleep(retry_after)
+    assert statuses(client, path, 2) == [200, 200]
+    assert client.get(path).status_code == 429
+
+
+def test_budget_keys_expire_and_keep_to_their_prefix(settings: SettingsWrapper) -> None:
+    limit(settings, user="5/min")
+    tenant = make_tenant("rl-keys")
+    session_client(add_member(tenant)).get(f"/api/v1/tenants/{tenant.slug}/flavors/")
+    keys = list(redis_client().scan_iter(match="nubis:ratelimit:*"))
+    assert len(keys) == 1
+    ttl = int(redis_client().ttl(keys[0]))  # type: ignore[arg-type]
+    assert 0 < ttl <= 61
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [("600/min", (600, 60)), ("5/2s", (5, 2)), ("1/hour", (1, 3600)), ("100/10m", (100, 600))],
+)
+def test_rates_parse(text: str, parsed: tuple[int, int]) -> None:
+    assert parse_rate(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["600", "0/min", "x/min", "5/fortnight", "5/0s", "/min"])
+def test_malformed_rates_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=r"rate|expected"):
+        parse_rate(text)
