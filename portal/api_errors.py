@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -69,3 +71,24 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
         if header in response:
             out[header] = response[header]
     return out
+
+
+def _plain_problem(status_code: int, title: str, detail: str, kind: str) -> HttpResponse:
+    body = {"type": PROBLEM_TYPE + kind, "title": title, "status": status_code, "detail": detail}
+    return HttpResponse(json.dumps(body), status=status_code, content_type="application/problem+json")
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Django's 404 handler: problem details under /api/, the HTML page elsewhere."""
+    if request.path.startswith("/api/"):
+        return _plain_problem(404, "Not Found", "No such resource.", "not_found")
+    return defaults.page_not_found(request, exception or Http404())
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """Django's 500 handler: problem details under /api/, the HTML page elsewhere."""
+    if request.path.startswith("/api/"):
+        return _plain_problem(
+            500, "Internal Server Error", "The server failed; it was logged.", "server_error"
+        )
+    return defaults.server_error(request)

@@ -26,3 +26,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]
+
+# Under /api/ even a URL that matches no route answers in the API's one error shape.
+handler404 = "portal.api_errors.not_found"
+handler500 = "portal.api_errors.server_error"

@@ -9,6 +9,7 @@ service recorded it.
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +52,12 @@ class Actor:
 
 def client_ip(request: HttpRequest) -> str | None:
     """The peer address (daphne already applied X-Forwarded-For when run with --proxy-headers)."""
-    return request.META.get("REMOTE_ADDR") or None
+    address = request.META.get("REMOTE_ADDR") or ""
+    try:
+        # A server on a unix socket, or a test client, gives something that is not an address.
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return None
 
 
 def source_of(request: HttpRequest) -> str:

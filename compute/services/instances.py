@@ -6,6 +6,7 @@ Operation row commit together, and the agent's task is enqueued only after the c
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,6 +39,7 @@ from tenants.errors import Conflict, ServiceError
 from tenants.models import PriorityClass, QuotaClaim, Tenant
 from tenants.services.quotas import quota_claim, quota_release
 
+IDEMPOTENCY_KEY_MAX = 100  # Operation.idempotency_key's length
 NAME_RULE = "1-63 letters, digits or hyphens, starting with a letter"
 # instance_create's network when the caller names none: the tenant's own default network.
 DEFAULT_NETWORK = "\x00default"
@@ -172,6 +174,9 @@ def instance_create(
     """
     from compute.services.networks import attach_to_network, default_network, networks_for
 
+    if idempotency_key and len(idempotency_key) > IDEMPOTENCY_KEY_MAX:
+        # Keys may be longer than the column (the API takes up to 255 characters): keep a digest.
+        idempotency_key = "sha256:" + hashlib.sha256(idempotency_key.encode()).hexdigest()
     if idempotency_key:
         existing = Operation.objects.for_tenant(tenant).filter(idempotency_key=idempotency_key).first()
         if existing is not None:
