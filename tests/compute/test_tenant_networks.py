@@ -143,7 +143,7 @@ def test_tenant_networks_connect_a_tenant_and_isolate_it(
     assert sorted(bridge_ports(net_a.bridge)) == sorted([vm.port_name, box.port_name])
 
     # Inside tenant A: the container pings the VM, and the VM pings the container.
-    rc, out = a.exec(box, f"ping -c 1 -W 2 {vm.ip_address}")
+    rc, out = a.exec(box, f"ping -c 3 -W 3 {vm.ip_address}")
     assert rc == 0, out
     in_vm = f"ping -c 1 -W 2 {box.ip_address} >/dev/null && echo PONG; exit"
     rc, out = a.exec(box, f'echo "{in_vm}" | nc -w 5 {vm.ip_address} {SHELL_PORT}')
@@ -158,7 +158,7 @@ def test_tenant_networks_connect_a_tenant_and_isolate_it(
         rc, out = b.exec(intruder, f"echo hi | nc -w 2 {vm.ip_address} {SHELL_PORT}")
         assert rc != 0, out
         # The sniffer works: A's own traffic shows up.
-        assert a.exec(box, f"ping -c 1 -W 2 {vm.ip_address}")[0] == 0
+        assert a.exec(box, f"ping -c 3 -W 3 {vm.ip_address}")[0] == 0
     assert str(box.ip_address) in ipv4_sources(frames)
     assert str(intruder.ip_address) not in ipv4_sources(frames)
 

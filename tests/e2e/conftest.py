@@ -22,10 +22,6 @@ from pytest_django import DjangoDbBlocker
 
 from tests.conftest import ROOT, subprocess_env
 
-# Playwright's sync API keeps an asyncio loop in the test's thread; Django then refuses ORM calls
-# from it as "async unsafe". The test's own database calls are plain synchronous ones.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
 CHROMIUM = os.environ.get("NUBIS_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("NUBIS_TEST_ARTIFACTS", str(ROOT / "var" / "test-artifacts"))) / "e2e"
 
@@ -83,15 +79,30 @@ def portal_url(
             process.wait()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Headless Chromium from Debian's package (the test command installs it; missing fails)."""
+    """Headless Chromium from Debian's package (the test command installs it; missing fails).
+
+    Per module: Playwright's sync API keeps an asyncio loop running in the test thread while it
+    is open, which later tests' asyncio.run() would trip over. While it runs, Django would also
+    refuse the tests' own (synchronous) ORM calls as "async unsafe": allowed for these modules only.
+    """
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (the test command does)")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
+    before = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+            )
+            yield chromium
+            chromium.close()
+    finally:
+        if before is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = before
 
 
 def log_in(browser: Browser, portal_url: str, username: str, password: str, **context: object) -> Page:
