@@ -339,10 +339,14 @@ def read_host() -> Counters:
 
 
 # -- rates -------------------------------------------------------------------------------------
-def rates(prev: Counters, cur: Counters, cpus: int = 1) -> dict[str, Any] | None:
+def rates(
+    prev: Counters, cur: Counters, cpus: int = 1, ceiling: float | None = None
+) -> dict[str, Any] | None:
     """UsageSample field values for the interval between two readings; None if it cannot be rated.
 
     ``cpus`` scales cpu_pct: 1 for percent of one CPU, the CPU count for percent of all of them.
+    ``ceiling`` caps cpu_pct where it has a hard limit (a host: 100% of its CPUs); the kernel's
+    busy time counts in clock ticks, so over a short interval it can read a little above it.
     A counter that went down means the source restarted (a new container or domain under the
     same name, a vanished interface): the interval mixes two lives, so it gives no sample.
     """
@@ -358,8 +362,9 @@ def rates(prev: Counters, cur: Counters, cpus: int = 1) -> dict[str, Any] | None
     }
     if any(delta < 0 for delta in deltas.values()):
         return None
+    cpu_pct = deltas.pop("cpu") / (seconds * 1e9 * cpus) * 100.0
     values: dict[str, Any] = {
-        "cpu_pct": deltas.pop("cpu") / (seconds * 1e9 * cpus) * 100.0,
+        "cpu_pct": cpu_pct if ceiling is None else min(cpu_pct, ceiling),
         "mem_bytes": cur.mem_bytes,
         "mem_peak_bytes": cur.mem_peak_bytes,
         "pids": cur.pids,
@@ -404,7 +409,10 @@ class Sampler:
         self._last[key] = counters
         if prev is None:
             return None
-        values = rates(prev, counters, cpus=self.host_cpus if host is not None else 1)
+        if host is not None:
+            values = rates(prev, counters, cpus=self.host_cpus, ceiling=100.0)
+        else:
+            values = rates(prev, counters)
         if values is None:
             return None
         return UsageSample(
