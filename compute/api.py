@@ -18,17 +18,23 @@ from rest_framework.views import APIView
 
 from compute.models import (
     Allocation,
+    CpuMode,
     Flavor,
     Image,
+    ImageKind,
     Instance,
     InstanceKind,
     InstanceState,
+    IoModel,
     Operation,
+    OperationKind,
+    OperationState,
     SecurityGroup,
     Snapshot,
 )
 from compute.services import instances as svc
 from compute.services import resize, snapshots
+from portal.pagination import Filter, ListSchema, ListSpec, paginated
 from security.audit import Actor, audit_log
 from tenants.access import require_role, tenant_for_request
 from tenants.errors import Conflict, ServiceError
@@ -270,34 +276,94 @@ class TenantView(APIView):
 # ---- views ---------------------------------------------------------------------------------
 
 
+FLAVORS = ListSpec(
+    orderings={
+        "vcpus": ("vcpus", "ram_mib", "name"),
+        "ram_mib": ("ram_mib", "vcpus", "name"),
+        "name": ("name",),
+    },
+    default="vcpus",
+    filters=(
+        Filter("name"),
+        Filter("cpu_mode", choices=CpuMode.values),
+        Filter("io_model", choices=IoModel.values),
+    ),
+)
+IMAGES = ListSpec(
+    orderings={"name": ("name",), "created": ("created",)},
+    default="name",
+    filters=(Filter("name"), Filter("kind", choices=ImageKind.values), Filter("os_name")),
+)
+INSTANCES = ListSpec(
+    orderings={"created": ("created",), "name": ("name",), "state": ("state",), "kind": ("kind",)},
+    default="-created",
+    filters=(
+        Filter("state", choices=InstanceState.values),
+        Filter("kind", choices=InstanceKind.values),
+        Filter("name"),
+        Filter("network", "network__name", help="Only instances on this network (its name)"),
+        Filter("server_group", "server_group__name", help="Only members of this server group (its name)"),
+    ),
+)
+OPERATIONS = ListSpec(
+    orderings={"created": ("created",), "state": ("state",), "kind": ("kind",)},
+    default="-created",
+    filters=(
+        Filter("state", choices=OperationState.values),
+        Filter("kind", choices=OperationKind.values),
+        Filter("instance", "instance__uuid", kind="uuid", help="Only operations on this instance (its id)"),
+    ),
+)
+SNAPSHOTS = ListSpec(
+    orderings={"created": ("created",), "name": ("name",)}, default="created", filters=(Filter("name"),)
+)
+
+
+def instance_rows(tenant: Tenant) -> Any:
+    """The tenant's live instances with everything their serializer reads, in a fixed number of queries."""
+    return (
+        Instance.objects.for_tenant(tenant)
+        .exclude(state=InstanceState.DELETED)
+        .select_related("flavor", "image", "network", "server_group")
+        .prefetch_related(Prefetch("security_groups", queryset=SecurityGroup.objects.for_tenant(tenant)))
+    )
+
+
+def queue_context(tenant: Tenant) -> dict[str, Any]:
+    """The serializer context of a page of instances: the tenant's queue places, read once."""
+    from scheduler.admission import queue_statuses
+    from scheduler.models import QueueEntry, QueueState
+
+    waiting = list(QueueEntry.objects.for_tenant(tenant).filter(state=QueueState.WAITING))
+    return {"queue": queue_statuses(waiting)}
+
+
 class FlavorListView(TenantView):
-    @extend_schema(responses=FlavorSerializer(many=True))
+    schema = ListSchema()
+
+    @extend_schema(parameters=FLAVORS.parameters(), responses=paginated(FlavorSerializer))
     def get(self, request: Request, tenant: str) -> Response:
-        return Response(FlavorSerializer(svc.flavors_for(self.tenant(request, tenant)), many=True).data)
+        page = FLAVORS.page(request, svc.flavors_for(self.tenant(request, tenant)))
+        return page.response(FlavorSerializer(page.rows, many=True).data)
 
 
 class ImageListView(TenantView):
-    @extend_schema(responses=ImageSerializer(many=True))
+    schema = ListSchema()
+
+    @extend_schema(parameters=IMAGES.parameters(), responses=paginated(ImageSerializer))
     def get(self, request: Request, tenant: str) -> Response:
-        return Response(ImageSerializer(svc.images_for(self.tenant(request, tenant)), many=True).data)
+        page = IMAGES.page(request, svc.images_for(self.tenant(request, tenant)))
+        return page.response(ImageSerializer(page.rows, many=True).data)
 
 
 class InstanceListView(TenantView):
-    @extend_schema(responses=InstanceSerializer(many=True))
+    schema = ListSchema()
+
+    @extend_schema(parameters=INSTANCES.parameters(), responses=paginated(InstanceSerializer))
     def get(self, request: Request, tenant: str) -> Response:
         obj = self.tenant(request, tenant)
-        from scheduler.admission import queue_statuses
-        from scheduler.models import QueueEntry, QueueState
-
-        rows = (
-            Instance.objects.for_tenant(obj)
-            .exclude(state=InstanceState.DELETED)
-            .select_related("flavor", "image", "network", "server_group")
-            .prefetch_related(Prefetch("security_groups", queryset=SecurityGroup.objects.for_tenant(obj)))
-        )
-        queued = list(QueueEntry.objects.for_tenant(obj).filter(state=QueueState.WAITING))
-        context = {"queue": queue_statuses(queued)}
-        return Response(InstanceSerializer(rows, many=True, context=context).data)
+        page = INSTANCES.page(request, instance_rows(obj))
+        return page.response(InstanceSerializer(page.rows, many=True, context=queue_context(obj)).data)
 
     @extend_schema(request=InstanceCreateSerializer, responses={202: OperationSerializer})
     def post(self, request: Request, tenant: str) -> Response:
@@ -375,14 +441,14 @@ class InstanceResizeView(TenantView):
 
 
 class SnapshotListView(TenantView):
-    @extend_schema(responses=SnapshotSerializer(many=True))
+    schema = ListSchema()
+
+    @extend_schema(parameters=SNAPSHOTS.parameters(), responses=paginated(SnapshotSerializer))
     def get(self, request: Request, tenant: str, pk: str) -> Response:
         instance = self.instance(request, tenant, pk)
-        return Response(
-            SnapshotSerializer(
-                Snapshot.objects.for_tenant(instance.tenant_id).filter(instance=instance), many=True
-            ).data
-        )
+        rows = Snapshot.objects.for_tenant(instance.tenant_id).filter(instance=instance)
+        page = SNAPSHOTS.page(request, rows.select_related("instance"))
+        return page.response(SnapshotSerializer(page.rows, many=True).data)
 
     @extend_schema(request=SnapshotCreateSerializer, responses={202: OperationSerializer})
     def post(self, request: Request, tenant: str, pk: str) -> Response:
@@ -476,11 +542,13 @@ class VncConsoleView(TenantView):
 
 
 class OperationListView(TenantView):
-    @extend_schema(responses=OperationSerializer(many=True))
+    schema = ListSchema()
+
+    @extend_schema(parameters=OPERATIONS.parameters(), responses=paginated(OperationSerializer))
     def get(self, request: Request, tenant: str) -> Response:
         obj = self.tenant(request, tenant)
-        rows = Operation.objects.for_tenant(obj).select_related("instance").order_by("-created")[:100]
-        return Response(OperationSerializer(rows, many=True).data)
+        page = OPERATIONS.page(request, Operation.objects.for_tenant(obj).select_related("instance"))
+        return page.response(OperationSerializer(page.rows, many=True).data)
 
 
 class OperationDetailView(TenantView):

@@ -13,15 +13,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from compute.models import Host
+from compute.models import Host, HostState
 from compute.services.hosts import host_maintenance_set
+from portal.pagination import Filter, ListSchema, ListSpec, paginated
 from scheduler.engine import HostTable
 from scheduler.hosts import host_rows
 from security.audit import Actor
 from tenants.access import require_model_permission
 from tenants.api import quota_report
 from tenants.models import Tenant
-from tenants.services.quotas import quota_set
+from tenants.services.quotas import quota_reports, quota_set
 
 
 class StaffOnly(IsAdminUser):
@@ -95,15 +96,24 @@ def host_figures(hosts: list[Host]) -> dict[int, dict[str, Any]]:
     return figures
 
 
+HOSTS = ListSpec(
+    orderings={"name": ("name",), "registered": ("registered_at",)},
+    default="name",
+    filters=(Filter("state", choices=HostState.values), Filter("simulated", kind="bool")),
+)
+
+
 class AdminHostListView(APIView):
     """Staff: every host, real and simulated, with its capabilities, capacity and load."""
 
     permission_classes = [StaffOnly]
+    schema = ListSchema()
 
-    @extend_schema(responses=AdminHostSerializer(many=True))
+    @extend_schema(parameters=HOSTS.parameters(), responses=paginated(AdminHostSerializer))
     def get(self, request: Request) -> Response:
-        hosts = list(Host.objects.order_by("simulated", "name"))
-        return Response(AdminHostSerializer(hosts, many=True, context={"rows": host_figures(hosts)}).data)
+        page = HOSTS.page(request, Host.objects.all())
+        context = {"rows": host_figures(page.rows)}
+        return page.response(AdminHostSerializer(page.rows, many=True, context=context).data)
 
 
 class MaintenanceSerializer(serializers.Serializer[Any]):
@@ -128,6 +138,7 @@ class AdminHostMaintenanceView(APIView):
 
 
 class QueueItemSerializer(serializers.Serializer[Any]):
+    id = serializers.IntegerField(help_text="The queue entry.")
     instance = serializers.UUIDField()
     name = serializers.CharField()
     tenant = serializers.CharField()
@@ -136,7 +147,7 @@ class QueueItemSerializer(serializers.Serializer[Any]):
     ram_mib = serializers.IntegerField()
     disk_gib = serializers.IntegerField()
     enqueued_at = serializers.DateTimeField()
-    position = serializers.IntegerField(allow_null=True)
+    position = serializers.IntegerField(allow_null=True, help_text="Its place in admission order now.")
     waited_s = serializers.IntegerField()
     estimated_wait_s = serializers.IntegerField(allow_null=True)
     effective_priority = serializers.FloatField()
@@ -144,41 +155,48 @@ class QueueItemSerializer(serializers.Serializer[Any]):
     reason = serializers.CharField()
 
 
+# The admission order moves as requests age, so pages follow arrival; each row carries its place.
+QUEUE = ListSpec(
+    orderings={"enqueued": ("enqueued_at",)},
+    default="enqueued",
+    filters=(Filter("tenant", path="tenant__slug"),),
+)
+
+
 class AdminQueueView(APIView):
-    """Staff: the admission queue in admission order."""
+    """Staff: the requests waiting for capacity, by arrival, each with its place in admission order."""
 
     permission_classes = [StaffOnly]
+    schema = ListSchema()
 
-    @extend_schema(responses=QueueItemSerializer(many=True))
+    @extend_schema(parameters=QUEUE.parameters(), responses=paginated(QueueItemSerializer))
     def get(self, request: Request) -> Response:
-        from scheduler.admission import queue_entries, queue_statuses
-        from scheduler.models import QueueEntry
+        from scheduler.admission import queue_statuses
+        from scheduler.models import QueueEntry, QueueState
 
-        ordered = queue_entries()
-        entries = {
-            e.pk: e
-            for e in QueueEntry.objects.unscoped()
-            .filter(pk__in=[e.pk for e in ordered])
+        waiting = (
+            QueueEntry.objects.unscoped()
+            .filter(state=QueueState.WAITING)
             .select_related("instance", "tenant")
-        }
-        statuses = queue_statuses(list(entries.values()))
-        items = []
-        for ranked in ordered:
-            e = entries[ranked.pk]
-            items.append(
-                {
-                    "instance": e.instance.uuid,
-                    "name": e.instance.name,
-                    "tenant": e.tenant.slug,
-                    "priority": e.priority,
-                    "vcpus": e.vcpus,
-                    "ram_mib": e.ram_mib,
-                    "disk_gib": e.disk_gib,
-                    "enqueued_at": e.enqueued_at,
-                    **{k: v for k, v in statuses.get(e.instance_id, {}).items() if k != "waiting"},
-                }
-            )
-        return Response(QueueItemSerializer(items, many=True).data)
+        )
+        page = QUEUE.page(request, waiting)
+        statuses = queue_statuses(page.rows)
+        items = [
+            {
+                "id": e.pk,
+                "instance": e.instance.uuid,
+                "name": e.instance.name,
+                "tenant": e.tenant.slug,
+                "priority": e.priority,
+                "vcpus": e.vcpus,
+                "ram_mib": e.ram_mib,
+                "disk_gib": e.disk_gib,
+                "enqueued_at": e.enqueued_at,
+                **{k: v for k, v in statuses.get(e.instance_id, {}).items() if k != "waiting"},
+            }
+            for e in page.rows
+        ]
+        return page.response(QueueItemSerializer(items, many=True).data)
 
 
 class AdminQuotaSerializer(serializers.Serializer[Any]):
@@ -194,15 +212,21 @@ class QuotaUpdateSerializer(serializers.Serializer[Any]):
     max_priority = serializers.ChoiceField(choices=[0, 1, 2, 3], required=False)
 
 
+QUOTAS = ListSpec(orderings={"tenant": ("slug",)}, default="tenant", filters=(Filter("tenant", path="slug"),))
+
+
 class AdminQuotaListView(APIView):
     """Staff: every tenant's limits and usage."""
 
     permission_classes = [StaffOnly]
+    schema = ListSchema()
 
-    @extend_schema(responses=AdminQuotaSerializer(many=True))
+    @extend_schema(parameters=QUOTAS.parameters(), responses=paginated(AdminQuotaSerializer))
     def get(self, request: Request) -> Response:
-        rows = [{"tenant": t.slug, **quota_report(t)} for t in Tenant.objects.order_by("slug")]
-        return Response(AdminQuotaSerializer(rows, many=True).data)
+        page = QUOTAS.page(request, Tenant.objects.all())
+        reports = quota_reports(page.rows)
+        rows = [{"tenant": t.slug, **reports[t.pk]} for t in page.rows]
+        return page.response(AdminQuotaSerializer(rows, many=True).data)
 
 
 class AdminQuotaView(APIView):

@@ -11,9 +11,10 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from compute.api import InstanceSerializer, TenantView
-from compute.models import GroupPolicy, Instance, InstanceState, ServerGroup
+from compute.api import InstanceSerializer, TenantView, instance_rows, queue_context
+from compute.models import GroupPolicy, Instance, InstanceKind, InstanceState, ServerGroup
 from compute.services import server_groups as svc
+from portal.pagination import Filter, ListSchema, ListSpec, paginated
 from security.audit import Actor
 from tenants.models import Role, Tenant
 
@@ -40,10 +41,27 @@ def _groups(tenant: Tenant) -> Any:
     )
 
 
+SERVER_GROUPS = ListSpec(
+    orderings={"name": ("name",), "created": ("created",)},
+    default="name",
+    filters=(Filter("name"), Filter("policy", choices=GroupPolicy.values)),
+)
+# The queue's own order (priority with aging, fair shares) moves as time passes, so pages follow
+# the order of arrival, which does not; each row carries its current place in `queue.position`.
+QUEUE = ListSpec(
+    orderings={"enqueued": ("queue_entry__enqueued_at",), "name": ("name",)},
+    default="enqueued",
+    filters=(Filter("kind", choices=InstanceKind.values), Filter("name")),
+)
+
+
 class ServerGroupListView(TenantView):
-    @extend_schema(responses=ServerGroupSerializer(many=True))
+    schema = ListSchema()
+
+    @extend_schema(parameters=SERVER_GROUPS.parameters(), responses=paginated(ServerGroupSerializer))
     def get(self, request: Request, tenant: str) -> Response:
-        return Response(ServerGroupSerializer(_groups(self.tenant(request, tenant)), many=True).data)
+        page = SERVER_GROUPS.page(request, _groups(self.tenant(request, tenant)))
+        return page.response(ServerGroupSerializer(page.rows, many=True).data)
 
     @extend_schema(request=ServerGroupSerializer, responses={201: ServerGroupSerializer})
     def post(self, request: Request, tenant: str) -> Response:
@@ -74,19 +92,14 @@ class ServerGroupDetailView(TenantView):
 
 
 class TenantQueueView(TenantView):
-    """The tenant's instances waiting for capacity, in queue order, each with its place and estimate."""
+    """The tenant's instances waiting for capacity, oldest first, each with its place and estimate."""
 
-    @extend_schema(responses=InstanceSerializer(many=True))
+    schema = ListSchema()
+
+    @extend_schema(parameters=QUEUE.parameters(), responses=paginated(InstanceSerializer))
     def get(self, request: Request, tenant: str) -> Response:
-        from scheduler.admission import queue_statuses
-        from scheduler.models import QueueEntry, QueueState
+        from scheduler.models import QueueState
 
         obj = self.tenant(request, tenant)
-        entries = list(
-            QueueEntry.objects.for_tenant(obj).filter(state=QueueState.WAITING).select_related("instance")
-        )
-        statuses = queue_statuses(entries)
-        instances = sorted(
-            (e.instance for e in entries), key=lambda i: statuses[i.pk]["position"] or len(statuses) + 1
-        )
-        return Response(InstanceSerializer(instances, many=True, context={"queue": statuses}).data)
+        page = QUEUE.page(request, instance_rows(obj).filter(queue_entry__state=QueueState.WAITING))
+        return page.response(InstanceSerializer(page.rows, many=True, context=queue_context(obj)).data)

@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from compute.api import TenantView
 from compute.models import Network, SecurityGroup, SecurityRule, UsageSample
 from compute.services import networks as svc
+from portal.pagination import Filter, ListSchema, ListSpec, paginated
 from security.audit import Actor
 from tenants.models import Role, Tenant
 
@@ -59,7 +60,11 @@ class SecurityGroupSerializer(serializers.ModelSerializer[SecurityGroup]):
     @extend_schema_field(RuleSerializer(many=True))
     def get_rules(self, obj: SecurityGroup) -> list[dict[str, Any]]:
         cache = getattr(obj, "_prefetched_objects_cache", {})
-        rules = cache.get("rules") or SecurityRule.objects.for_tenant(obj.tenant_id).filter(group=obj)
+        # Prefetched in lists: use it even when empty (a group without rules), or each costs a query.
+        if "rules" in cache:
+            rules = cache["rules"]
+        else:
+            rules = SecurityRule.objects.for_tenant(obj.tenant_id).filter(group=obj)
         return list(RuleSerializer(rules, many=True).data)
 
 
@@ -97,10 +102,23 @@ def _group(tenant: Tenant, pk: Any) -> SecurityGroup:
     return get_object_or_404(_groups(tenant), pk=pk)
 
 
+NETWORKS = ListSpec(
+    orderings={"name": ("name",), "created": ("created",)},
+    default="name",
+    filters=(Filter("name"), Filter("nat_egress", kind="bool", help="Only networks with (or without) NAT.")),
+)
+SECURITY_GROUPS = ListSpec(
+    orderings={"name": ("name",), "created": ("created",)}, default="name", filters=(Filter("name"),)
+)
+
+
 class NetworkListView(TenantView):
-    @extend_schema(responses=NetworkSerializer(many=True))
+    schema = ListSchema()
+
+    @extend_schema(parameters=NETWORKS.parameters(), responses=paginated(NetworkSerializer))
     def get(self, request: Request, tenant: str) -> Response:
-        return Response(NetworkSerializer(svc.networks_for(self.tenant(request, tenant)), many=True).data)
+        page = NETWORKS.page(request, svc.networks_for(self.tenant(request, tenant)))
+        return page.response(NetworkSerializer(page.rows, many=True).data)
 
     @extend_schema(request=NetworkSerializer, responses={201: NetworkSerializer})
     def post(self, request: Request, tenant: str) -> Response:
@@ -148,11 +166,12 @@ class NetworkDetailView(TenantView):
 
 
 class SecurityGroupListView(TenantView):
-    @extend_schema(responses=SecurityGroupSerializer(many=True))
+    schema = ListSchema()
+
+    @extend_schema(parameters=SECURITY_GROUPS.parameters(), responses=paginated(SecurityGroupSerializer))
     def get(self, request: Request, tenant: str) -> Response:
-        obj = self.tenant(request, tenant)
-        groups = _groups(obj)
-        return Response(SecurityGroupSerializer(groups, many=True).data)
+        page = SECURITY_GROUPS.page(request, _groups(self.tenant(request, tenant)))
+        return page.response(SecurityGroupSerializer(page.rows, many=True).data)
 
     @extend_schema(request=SecurityGroupSerializer, responses={201: SecurityGroupSerializer})
     def post(self, request: Request, tenant: str) -> Response:

@@ -6,14 +6,15 @@ from typing import Any
 
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
-from rest_framework import generics, pagination, serializers, status
+from rest_framework import serializers, status
 from rest_framework.permissions import IsAdminUser, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from portal.pagination import Filter, ListSchema, ListSpec, paginated
 from security.audit import Actor
-from security.models import AuditRecord
+from security.models import AuditRecord, Outcome, Source
 from tenants.access import tenant_for_request, tenants_for_request
 from tenants.models import RESOURCES, ApiToken, Membership, PriorityClass, Role, Tenant
 from tenants.services import members as member_services
@@ -123,6 +124,38 @@ class AuditRecordSerializer(serializers.ModelSerializer[AuditRecord]):
         ]
 
 
+# ---- lists ---------------------------------------------------------------------------------
+
+_TENANT_ORDERINGS = {"name": ("name",), "slug": ("slug",), "created": ("created",)}
+TENANTS = ListSpec(orderings=_TENANT_ORDERINGS, default="name", filters=(Filter("slug"), Filter("name")))
+ADMIN_TENANTS = ListSpec(
+    orderings=_TENANT_ORDERINGS,
+    default="name",
+    filters=(Filter("slug"), Filter("name"), Filter("active", kind="bool", help="Only (in)active tenants.")),
+)
+MEMBERS = ListSpec(
+    orderings={"username": ("user__username",), "created": ("created",), "role": ("role",)},
+    default="username",
+    filters=(Filter("role", choices=Role.values), Filter("username", "user__username")),
+)
+TOKENS = ListSpec(
+    orderings={"created": ("created",), "name": ("name",)},
+    default="-created",
+    filters=(Filter("role", choices=Role.values), Filter("name")),
+)
+AUDIT = ListSpec(
+    orderings={"seq": ("seq",), "at": ("at",)},
+    default="-seq",
+    filters=(
+        Filter("action"),
+        Filter("outcome", choices=Outcome.values),
+        Filter("source", choices=Source.values),
+        Filter("target_type"),
+        Filter("target_id"),
+        Filter("actor_name"),
+    ),
+)
+
 # ---- views ---------------------------------------------------------------------------------
 
 
@@ -130,13 +163,14 @@ class TenantListView(APIView):
     """The tenants the caller belongs to, with the caller's role in each."""
 
     permission_classes = [IsAuthenticated]
+    schema = ListSchema()
 
-    @extend_schema(responses=TenantSerializer(many=True))
+    @extend_schema(parameters=TENANTS.parameters(), responses=paginated(TenantSerializer))
     def get(self, request: Request) -> Response:
-        pairs = tenants_for_request(request)
-        roles = {tenant.pk: str(role) for tenant, role in pairs}
-        data = TenantSerializer([t for t, _ in pairs], many=True, context={"roles": roles}).data
-        return Response(data)
+        # Who may see what is decided in one place (tenants_for_request); a user's tenants are few.
+        roles = {tenant.pk: str(role) for tenant, role in tenants_for_request(request)}
+        page = TENANTS.page(request, Tenant.objects.filter(pk__in=list(roles)))
+        return page.response(TenantSerializer(page.rows, many=True, context={"roles": roles}).data)
 
 
 class TenantDetailView(APIView):
@@ -172,12 +206,13 @@ class QuotaView(APIView):
 
 class MemberListView(APIView):
     permission_classes = [IsAuthenticated]
+    schema = ListSchema()
 
-    @extend_schema(responses=MemberSerializer(many=True))
+    @extend_schema(parameters=MEMBERS.parameters(), responses=paginated(MemberSerializer))
     def get(self, request: Request, tenant: str) -> Response:
         obj, _ = tenant_for_request(request, tenant, Role.VIEWER)
-        members = Membership.objects.filter(tenant=obj).select_related("user").order_by("user__username")
-        return Response(MemberSerializer(members, many=True).data)
+        page = MEMBERS.page(request, Membership.objects.filter(tenant=obj).select_related("user"))
+        return page.response(MemberSerializer(page.rows, many=True).data)
 
     @extend_schema(request=MemberAddSerializer, responses={201: MemberSerializer})
     def post(self, request: Request, tenant: str) -> Response:
@@ -229,11 +264,13 @@ def visible_tokens(tenant: Tenant, request: Request, role: Role) -> Any:
 
 class TokenListView(APIView):
     permission_classes = [IsAuthenticated]
+    schema = ListSchema()
 
-    @extend_schema(responses=TokenSerializer(many=True))
+    @extend_schema(parameters=TOKENS.parameters(), responses=paginated(TokenSerializer))
     def get(self, request: Request, tenant: str) -> Response:
         obj, role = tenant_for_request(request, tenant, Role.MEMBER)
-        return Response(TokenSerializer(visible_tokens(obj, request, role), many=True).data)
+        page = TOKENS.page(request, visible_tokens(obj, request, role))
+        return page.response(TokenSerializer(page.rows, many=True).data)
 
     @extend_schema(request=TokenCreateSerializer, responses={201: TokenCreatedSerializer})
     def post(self, request: Request, tenant: str) -> Response:
@@ -270,33 +307,29 @@ class TokenDetailView(APIView):
         return Response(TokenSerializer(token).data)
 
 
-class AuditPagination(pagination.CursorPagination):
-    ordering = "-seq"
-    page_size = 50
-    max_page_size = 500
-    page_size_query_param = "page_size"
-
-
-class AuditListView(generics.ListAPIView[AuditRecord]):
+class AuditListView(APIView):
     """The tenant's audit trail, newest first (owners only)."""
 
     permission_classes = [IsAuthenticated]
-    serializer_class = AuditRecordSerializer
-    pagination_class = AuditPagination
+    schema = ListSchema()
 
-    def get_queryset(self) -> Any:
-        obj, _ = tenant_for_request(self.request, self.kwargs["tenant"], Role.OWNER)
-        return AuditRecord.objects.for_tenant(obj.pk)
+    @extend_schema(parameters=AUDIT.parameters(), responses=paginated(AuditRecordSerializer))
+    def get(self, request: Request, tenant: str) -> Response:
+        obj, _ = tenant_for_request(request, tenant, Role.OWNER)
+        page = AUDIT.page(request, AuditRecord.objects.for_tenant(obj.pk))
+        return page.response(AuditRecordSerializer(page.rows, many=True).data)
 
 
 class AdminTenantListView(APIView):
     """Staff: every tenant, and creating new ones."""
 
     permission_classes = [IsAdminUser]
+    schema = ListSchema()
 
-    @extend_schema(responses=TenantSerializer(many=True))
+    @extend_schema(parameters=ADMIN_TENANTS.parameters(), responses=paginated(TenantSerializer))
     def get(self, request: Request) -> Response:
-        return Response(TenantSerializer(Tenant.objects.all(), many=True).data)
+        page = ADMIN_TENANTS.page(request, Tenant.objects.all())
+        return page.response(TenantSerializer(page.rows, many=True).data)
 
     @extend_schema(request=TenantCreateSerializer, responses={201: TenantSerializer})
     def post(self, request: Request) -> Response:

@@ -33,7 +33,7 @@ def test_hosts_show_capacity_after_overcommit_and_what_is_used() -> None:
     host = make_host("adm-1", cpus=4, ram_mib=8192, cpu_ratio=2.0)
     instance = make_instance(tenant, "x", vcpus=3, ram_mib=1024)
     type(instance).objects.unscoped().filter(pk=instance.pk).update(host=host)
-    body = staff().get("/api/v1/admin/hosts/").json()
+    body = staff().get("/api/v1/admin/hosts/").json()["results"]
     shown = next(h for h in body if h["name"] == "adm-1")
     assert shown["capacity"]["vcpus"] == {"capacity": 8.0, "used": 3.0}
     assert shown["capacity"]["ram_mib"] == {"capacity": 8192.0, "used": 1024.0}
@@ -59,8 +59,8 @@ def test_maintenance_needs_the_permission_and_is_audited() -> None:
 def test_quotas_show_usage_and_change_with_the_fields_named() -> None:
     tenant = make_tenant("adm-q", vcpus=10)
     quota_claim(tenant, {"vcpus": 4}, "test")
-    listed = staff().get("/api/v1/admin/quotas/").json()
-    row = next(r for r in listed if r["tenant"] == "adm-q")
+    listed = staff().get("/api/v1/admin/quotas/?tenant=adm-q").json()["results"]
+    (row,) = listed
     assert row["resources"]["vcpus"]["used"] == 4
     assert row["resources"]["vcpus"]["limit"] == 10
     url = f"/api/v1/admin/tenants/{tenant.slug}/quota/"

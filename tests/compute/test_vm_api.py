@@ -18,7 +18,7 @@ def test_create_follow_console_and_delete_over_the_api(host, image, flavors, no_
     client = APIClient()
     client.force_authenticate(add_member(tenant, role=Role.MEMBER))
     base = "/api/v1/tenants/acme"
-    assert {f["name"] for f in client.get(f"{base}/flavors/").json()} == {"t.virtio", "t.emulated"}
+    assert {f["name"] for f in client.get(f"{base}/flavors/").json()["results"]} == {"t.virtio", "t.emulated"}
     response = client.post(
         f"{base}/instances/", {"name": "api-vm", "flavor": "t.virtio", "image": image.name}, format="json"
     )

@@ -234,7 +234,7 @@ def test_the_tenant_sees_its_place_and_the_estimated_wait(catalog: dict[str, obj
     assert shown["state"] == "queued"
     assert (shown["queue"]["position"], shown["queue"]["waiting"]) == (2, 2)
     assert shown["queue"]["estimated_wait_s"] is None  # nothing admitted yet to learn from
-    listed = client.get(f"/api/v1/tenants/{tenant.slug}/queue/").json()
+    listed = client.get(f"/api/v1/tenants/{tenant.slug}/queue/").json()["results"]
     assert [i["name"] for i in listed] == ["mine"]  # only its own
     assert listed[0]["queue"]["position"] == 2
     # Two admissions 60 s apart: the estimate is place x interval.

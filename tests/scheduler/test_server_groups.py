@@ -54,7 +54,7 @@ def test_server_groups_are_created_listed_and_refused_with_the_field_named(
         format="json",
     )
     assert member.status_code == 202, member.content
-    shown = client.get(base).json()
+    shown = client.get(base).json()["results"]
     assert [(g["name"], g["policy"], g["members"]) for g in shown] == [("web", "anti-affinity", ["w1"])]
     group_id = shown[0]["id"]
     assert client.delete(f"{base}{group_id}/").status_code == 409  # w1 is in it

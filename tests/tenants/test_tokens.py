@@ -45,7 +45,7 @@ def test_token_is_shown_once_and_only_its_hash_is_stored(world: dict) -> None:
     stored = ApiToken.objects.for_tenant(world["a"]).get(pk=data["id"])
     assert stored.key_hash == hash_token(raw)
     assert raw not in {getattr(stored, f.attname) for f in ApiToken._meta.fields}
-    listed = client.get("/api/v1/tenants/tenant-a/tokens/").json()
+    listed = client.get("/api/v1/tenants/tenant-a/tokens/").json()["results"]
     assert "token" not in listed[0]
     assert listed[0]["prefix"] == raw[:12]
 
@@ -86,7 +86,7 @@ def test_token_of_a_used_on_b_gets_404(world: dict) -> None:
         assert response.status_code == 404, path
         assert response["Content-Type"] == "application/problem+json"
     assert api.delete(f"/api/v1/tenants/tenant-b/tokens/{b_token.pk}/").status_code == 404
-    assert [t["slug"] for t in api.get("/api/v1/tenants/").json()] == ["tenant-a"]
+    assert [t["slug"] for t in api.get("/api/v1/tenants/").json()["results"]] == ["tenant-a"]
 
 
 @pytest.mark.parametrize("how", ["revoked", "expired", "garbage"])
@@ -165,8 +165,8 @@ def test_members_see_their_own_tokens_owners_see_all(world: dict) -> None:
     owner.force_authenticate(world["owner"])
     create_token(member, "tenant-a", name="mine")
     create_token(owner, "tenant-a", name="owners")
-    assert [t["name"] for t in member.get("/api/v1/tenants/tenant-a/tokens/").json()] == ["mine"]
-    assert sorted(t["name"] for t in owner.get("/api/v1/tenants/tenant-a/tokens/").json()) == [
+    assert [t["name"] for t in member.get("/api/v1/tenants/tenant-a/tokens/").json()["results"]] == ["mine"]
+    assert sorted(t["name"] for t in owner.get("/api/v1/tenants/tenant-a/tokens/").json()["results"]) == [
         "mine",
         "owners",
     ]
