@@ -462,6 +462,26 @@ class SnapshotListView(TenantView):
         )
 
 
+TENANT_SNAPSHOTS = ListSpec(
+    orderings={"created": ("created",), "name": ("name",)},
+    default="created",
+    filters=(Filter("name"), Filter("instance", path="instance__uuid", kind="uuid")),
+)
+
+
+class TenantSnapshotListView(TenantView):
+    """Every snapshot of the tenant's instances (the web UI's snapshots page)."""
+
+    schema = ListSchema()
+
+    @extend_schema(parameters=TENANT_SNAPSHOTS.parameters(), responses=paginated(SnapshotSerializer))
+    def get(self, request: Request, tenant: str) -> Response:
+        obj = self.tenant(request, tenant)
+        rows = Snapshot.objects.for_tenant(obj).exclude(instance__state=InstanceState.DELETED)
+        page = TENANT_SNAPSHOTS.page(request, rows.select_related("instance"))
+        return page.response(SnapshotSerializer(page.rows, many=True).data)
+
+
 class SnapshotDetailView(TenantView):
     @extend_schema(responses=SnapshotSerializer)
     def get(self, request: Request, tenant: str, pk: str, snapshot: int) -> Response:

@@ -83,6 +83,7 @@ class ServerGroupDetailView(TenantView):
         obj = self.tenant(request, tenant)
         return Response(ServerGroupSerializer(get_object_or_404(_groups(obj), pk=pk)).data)
 
+    @extend_schema(responses={204: None})
     def delete(self, request: Request, tenant: str, pk: int) -> Response:
         obj, role = self.tenant_and_role(request, tenant)
         group = get_object_or_404(_groups(obj), pk=pk)

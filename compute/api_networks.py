@@ -157,6 +157,7 @@ class NetworkDetailView(TenantView):
         )
         return Response(NetworkSerializer(network).data)
 
+    @extend_schema(responses={204: None})
     def delete(self, request: Request, tenant: str, pk: str) -> Response:
         obj, role = self.tenant_and_role(request, tenant)
         network = _network(obj, pk)
@@ -192,6 +193,7 @@ class SecurityGroupDetailView(TenantView):
     def get(self, request: Request, tenant: str, pk: int) -> Response:
         return Response(SecurityGroupSerializer(_group(self.tenant(request, tenant), pk)).data)
 
+    @extend_schema(responses={204: None})
     def delete(self, request: Request, tenant: str, pk: int) -> Response:
         obj, role = self.tenant_and_role(request, tenant)
         group = _group(obj, pk)
@@ -213,6 +215,7 @@ class RuleListView(TenantView):
 
 
 class RuleDetailView(TenantView):
+    @extend_schema(responses={204: None})
     def delete(self, request: Request, tenant: str, pk: int, rule: int) -> Response:
         obj, role = self.tenant_and_role(request, tenant)
         group = _group(obj, pk)

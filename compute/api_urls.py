@@ -52,6 +52,7 @@ urlpatterns = [
     path("server-groups/", api_groups.ServerGroupListView.as_view(), name="api-servergroups"),
     path("server-groups/<int:pk>/", api_groups.ServerGroupDetailView.as_view(), name="api-servergroup"),
     path("queue/", api_groups.TenantQueueView.as_view(), name="api-queue"),
+    path("snapshots/", api.TenantSnapshotListView.as_view(), name="api-tenant-snapshots"),
     path("operations/", api.OperationListView.as_view(), name="api-operations"),
     path("operations/<uuid:pk>/", api.OperationDetailView.as_view(), name="api-operation"),
 ]

@@ -225,6 +225,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Choice sets shared by several fields get one named component each (not "Kind870Enum").
+    "ENUM_NAME_OVERRIDES": {
+        "InstanceKindEnum": "compute.models.InstanceKind",
+        "ImageKindEnum": "compute.models.ImageKind",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "portal.schema.problem_responses",

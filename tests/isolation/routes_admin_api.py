@@ -1,4 +1,5 @@
-"""Persona cases of the staff API under /api/v1/admin/ (merged into routes.ROUTES)."""
+"""Persona cases of the staff API under /api/v1/admin/, and of the API routes added with it
+(merged into routes.ROUTES)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ def _host(w: World) -> str:
 
 
 ROUTES: dict[str, list[Case]] = {
+    "api-tenant-snapshots": [
+        Case(
+            "GET",
+            lambda w: f"/api/v1/tenants/{w.a.slug}/snapshots/",
+            exp(401, 200, 200, 200, 404, 404, 404),
+            b_path=lambda w: f"/api/v1/tenants/{w.b.slug}/snapshots/",
+            lists=True,
+        )
+    ],
     "api-admin-hosts": [Case("GET", const("/api/v1/admin/hosts/"), STAFF_READ)],
     "api-admin-host-maintenance": [
         Case("POST", _host, SUPERUSER_WRITE, data=lambda w: {"on": True}, action="host.maintenance")

@@ -460,6 +460,13 @@ CASES: dict[str, ListCase] = {
         make_snapshots,
         lambda w: [],
     ),
+    "api-tenant-snapshots": ListCase(
+        api.TENANT_SNAPSHOTS,
+        _t("snapshots/"),
+        lambda w: Snapshot.objects.for_tenant(w.tenant).exclude(instance__state=InstanceState.DELETED),
+        make_snapshots,
+        lambda w: [(f"instance={w.instance.uuid}", Q(instance=w.instance))],
+    ),
     "api-queue": ListCase(
         api_groups.QUEUE,
         _t("queue/"),
