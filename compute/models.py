@@ -380,7 +380,11 @@ class Instance(TenantOwned):
                 name="instance_unique_live_name",
             ),
         ]
-        indexes = [models.Index(fields=["tenant", "state"], name="instance_tenant_state")]
+        indexes = [
+            models.Index(fields=["tenant", "state"], name="instance_tenant_state"),
+            # The API's lists page through a tenant's instances by creation time (then id).
+            models.Index(fields=["tenant", "created", "id"], name="instance_tenant_created"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -460,6 +464,7 @@ class Operation(TenantOwned):
 
     class Meta:
         ordering = ["-created"]
+        indexes = [models.Index(fields=["tenant", "created", "id"], name="operation_tenant_created")]
         constraints = [
             models.UniqueConstraint(
                 fields=["tenant", "idempotency_key"],
