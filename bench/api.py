@@ -105,11 +105,6 @@ def main() -> int:
     parser.add_argument("--page-size", type=int, default=50)
     parser.add_argument("--samples", type=int, default=300, help="requests per method, first and deep page")
     parser.add_argument("--walks", type=int, default=3, help="whole walks per method")
-    parser.add_argument(
-        "--with-index",
-        action="store_true",
-        help="add an index on compute_instance (tenant_id, created, id) for the run (dropped after)",
-    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL"):
@@ -183,10 +178,7 @@ def main() -> int:
     )
 
     del made  # 10,000 model objects: nothing to keep on the heap while measuring
-    index = "bench_api_instance_tenant_created"
     with connection.cursor() as cur:
-        if args.with_index:
-            cur.execute(f"CREATE INDEX {index} ON compute_instance (tenant_id, created, id)")
         if connection.vendor == "postgresql":
             # Planner statistics, as autovacuum keeps them for a table that grew this much; fresh
             # bulk-inserted rows without them get row estimates of 1 and a poor plan.
@@ -309,9 +301,6 @@ def main() -> int:
                 for way in ("cursor", "number") if r % 2 == 0 else ("number", "cursor"):
                     ways[series][way]()
     finally:
-        if args.with_index:
-            with connection.cursor() as cur:
-                cur.execute(f"DROP INDEX {index}")
         Instance.objects.unscoped().filter(tenant=tenant).delete()
         for model in (SecurityGroup, Network, ApiToken, Quota):
             model.objects.unscoped().filter(tenant=tenant).delete()
@@ -340,7 +329,6 @@ def main() -> int:
         "deep_page": deep,
         "same_rows_on_the_deep_page": same,
         "queries_per_request": queries,
-        "with_index": args.with_index,
         "conn_max_age": connection.settings_dict.get("CONN_MAX_AGE"),
         "frozen_heap_objects": heap,
         "python": platform.python_version(),
@@ -353,10 +341,9 @@ def main() -> int:
             for series, by_way in samples.items()
         },
     }
-    extra = ", with the (tenant_id, created, id) index" if args.with_index else ""
     print(
         f"{args.instances} instances, {size} per page ({pages} pages; deep page = {deep}), "
-        f"one worker, {connection.vendor}{extra}"
+        f"one worker, {connection.vendor}"
     )
     print(
         f"{'series':<7} {'pagination':<12} {'req':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'queries':>8}"
