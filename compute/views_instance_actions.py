@@ -85,7 +85,7 @@ def _refused(
     request: HttpRequest, tenant: Tenant, role: Role, instance: Any, exc: ServiceError
 ) -> HttpResponse:
     """The instance page again, with the refusal next to the form field it names."""
-    context = detail_context(request, tenant, role, instance)
+    context = detail_context(tenant, role, instance)
     context["error"] = exc
     return render(request, "compute/instances/detail.html", context, status=exc.status)
 
@@ -104,7 +104,7 @@ def _acted(
 
 def _instance_for_action(request: HttpRequest, tenant: str, pk: str) -> tuple[Tenant, Role, Any]:
     obj, role = tenant_for_request(request, tenant, Role.VIEWER)
-    instance = instance_of(request, obj, pk)
+    instance = instance_of(obj, pk)
     require_role(role, Role.MEMBER, obj)
     return obj, role, instance
 

@@ -30,7 +30,7 @@ def instances_of(tenant: Tenant) -> Any:
     )
 
 
-def instance_of(request: HttpRequest, tenant: Tenant, pk: str) -> Instance:
+def instance_of(tenant: Tenant, pk: str) -> Instance:
     return get_object_or_404(instances_of(tenant).exclude(state=InstanceState.DELETED), uuid=pk)
 
 
@@ -80,7 +80,7 @@ def instance_row(request: HttpRequest, tenant: str, pk: str) -> HttpResponse:
     return render(request, "compute/instances/_row.html", {"tenant": obj, "i": instance})
 
 
-def detail_context(request: HttpRequest, tenant: Tenant, role: Role, instance: Instance) -> dict[str, Any]:
+def detail_context(tenant: Tenant, role: Role, instance: Instance) -> dict[str, Any]:
     """Everything one instance's page shows: its settings, operations, placement and snapshots."""
     from scheduler.models import PlacementDecision, QueueEntry, QueueState
 
@@ -114,5 +114,5 @@ def detail_context(request: HttpRequest, tenant: Tenant, role: Role, instance: I
 @require_GET
 def instance_detail(request: HttpRequest, tenant: str, pk: str) -> HttpResponse:
     obj, role = tenant_for_request(request, tenant, Role.VIEWER)
-    instance = instance_of(request, obj, pk)
-    return render(request, "compute/instances/detail.html", detail_context(request, obj, role, instance))
+    instance = instance_of(obj, pk)
+    return render(request, "compute/instances/detail.html", detail_context(obj, role, instance))
