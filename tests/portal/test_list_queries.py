@@ -678,6 +678,8 @@ def test_bad_parameters_answer_400_naming_the_parameter(name: str) -> None:
             assert _problem_field(client, _join(url, f"{flt.param}=bogus")) == flt.param
         if flt.kind in ("bool", "uuid"):
             assert _problem_field(client, _join(url, f"{flt.param}=maybe")) == flt.param
+        if flt.kind == "str" and not flt.choices:  # the fuzzer's find: NUL reached PostgreSQL
+            assert _problem_field(client, _join(url, f"{flt.param}=a%00b")) == flt.param
     nxt = get(client, _join(url, "page_size=2"))["next"]
     assert nxt is not None
     cursor = nxt.split("cursor=")[1].split("&")[0]
