@@ -9,6 +9,7 @@
   const ops = document.getElementById("operations");
   const feed = document.getElementById("events");
   let delay = 1000;
+  const heard = {};  // instance or operation id -> when its last event arrived (ms)
 
   function show(text, cls) {
     if (!status) return;
@@ -94,13 +95,56 @@
     while (feed.children.length > 20) feed.removeChild(feed.lastChild);
   }
 
+  // Events sent while the page loaded, or while the socket was down, are not replayed: on every
+  // (re)connection the page asks the API for the current state of what it shows.
+  function resync() {
+    const slug = document.body.dataset.tenant;
+    if (!slug) return;
+    const asked = Date.now();
+    // An event that arrives while the API is being asked is newer than its answer: it wins.
+    const stale = function (id) { return (heard[id] || 0) >= asked; };
+    const json = {credentials: "same-origin", headers: {"Accept": "application/json"}};
+    const ids = Array.from(new Set(Array.from(document.querySelectorAll("[data-instance]"),
+      function (el) { return el.dataset.instance; }))).slice(0, 50);
+    for (const id of ids) {
+      fetch("/api/v1/tenants/" + slug + "/instances/" + id + "/", json)
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (i) {
+          if (!i || stale(i.id)) return;
+          onInstance({instance: i.id, state: i.state, fault: i.fault, ip_address: i.ip_address,
+            current_ram_mib: i.current_ram_mib, oom_kills: i.oom_kills});
+        })
+        .catch(function () {});
+    }
+    if (ops) {
+      const instance = ops.dataset.instanceOps;
+      fetch("/api/v1/tenants/" + slug + "/operations/?page_size=20&instance=" + instance, json)
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (body) {
+          for (const op of (body && body.results) || []) {
+            if (stale(op.id)) continue;
+            onOperation({operation: op.id, instance: instance, kind: op.kind, state: op.state,
+              step: op.step, progress: op.progress, error: op.error});
+          }
+        })
+        .catch(function () {});
+    }
+  }
+
   function connect() {
     const proto = location.protocol === "https:" ? "wss://" : "ws://";
     const ws = new WebSocket(proto + location.host + "/ws/events/");
-    ws.onopen = function () { delay = 1000; show("live", "ok"); document.body.dataset.live = "1"; };
+    ws.onopen = function () {
+      delay = 1000;
+      show("live", "ok");
+      document.body.dataset.live = "1";
+      resync();
+    };
     ws.onmessage = function (msg) {
       const ev = JSON.parse(msg.data);
       if (ev.type === "hello" || ev.type === "pong") return;
+      if (ev.instance) heard[ev.instance] = Date.now();
+      if (ev.operation) heard[ev.operation] = Date.now();
       if (ev.type === "instance.state") onInstance(ev);
       if (ev.type === "operation") onOperation(ev);
       onAny(ev);
