@@ -30,16 +30,28 @@ class Paging(models.TextChoices):
     NONE = "none", "No KVM (software MMU under TCG)"
 
 
-# Host fields that change all the time; an update of anything else moves the host's version.
-HOST_LIVE_FIELDS = frozenset({"heartbeat_at", "state"})
+class VersionedQuerySet(models.QuerySet[Any]):
+    """Rows whose ``version`` the scheduler's host table reads: an update moves it, unless it
+    changes only ``live_fields`` (which the table re-reads every time anyway)."""
 
+    live_fields: frozenset[str] = frozenset()
 
-class HostQuerySet(models.QuerySet["Host"]):
     def update(self, **kwargs: Any) -> int:
-        """Bump ``version`` when anything but the live fields changes (the scheduler's cache reads it)."""
-        if set(kwargs) - HOST_LIVE_FIELDS - {"version"}:
+        if set(kwargs) - self.live_fields - {"version"}:
             kwargs.setdefault("version", models.F("version") + 1)
         return super().update(**kwargs)
+
+
+def count_save(obj: Any, kwargs: dict[str, Any]) -> None:
+    """Move ``obj.version`` for the save about to happen (and save it, when fields are named)."""
+    obj.version = (obj.version or 0) + 1
+    if kwargs.get("update_fields") is not None:
+        kwargs["update_fields"] = {*kwargs["update_fields"], "version"}
+
+
+class HostQuerySet(VersionedQuerySet):
+    # Fields that change all the time; an update of anything else moves the host's version.
+    live_fields = frozenset({"heartbeat_at", "state"})
 
 
 class Host(models.Model):
@@ -92,9 +104,7 @@ class Host(models.Model):
         return self.name
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        self.version = (self.version or 0) + 1
-        if kwargs.get("update_fields") is not None:
-            kwargs["update_fields"] = {*kwargs["update_fields"], "version"}
+        count_save(self, kwargs)
         super().save(*args, **kwargs)
 
     @property

@@ -9,7 +9,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
-from compute.models import Host, Instance
+from compute.models import Host, Instance, VersionedQuerySet, count_save
 from tenants.models import Tenant, TenantOwned
 
 RATIO_LIMITS = {"cpu_ratio": (0.1, 32.0), "ram_ratio": (0.1, 4.0), "disk_ratio": (0.1, 10.0)}
@@ -26,11 +26,8 @@ def ratio_field(label: str, field: str) -> models.FloatField:
     )
 
 
-class AggregateQuerySet(models.QuerySet["Aggregate"]):
-    def update(self, **kwargs: Any) -> int:
-        """Every update moves ``version`` (the scheduler's cached host table rebuilds on it)."""
-        kwargs.setdefault("version", models.F("version") + 1)
-        return super().update(**kwargs)
+class AggregateQuerySet(VersionedQuerySet):
+    """Every update moves ``version`` (the scheduler's cached host table rebuilds on it)."""
 
 
 class Aggregate(models.Model):
@@ -62,9 +59,7 @@ class Aggregate(models.Model):
         return self.name
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        self.version = (self.version or 0) + 1
-        if kwargs.get("update_fields") is not None:
-            kwargs["update_fields"] = {*kwargs["update_fields"], "version"}
+        count_save(self, kwargs)
         super().save(*args, **kwargs)
 
     def clean(self) -> None:
