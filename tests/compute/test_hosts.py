@@ -45,6 +45,30 @@ def test_real_host_facts_are_recorded() -> None:
     assert host.kvm_usable is False  # not probed: KVM counts only after a probe guest booted under it
 
 
+# Every way a KVM probe can end without a usable KVM, each with its reason after the prefix. Which
+# one a machine gives depends on its CPU and kernel: a nested KVM that hangs the guest ("did not
+# boot"), one that kills it ("died"), or QEMU aborting at start on an AMD host
+# ("probe failed: probe start: internal error: ... kvm_buf_set_msrs: Assertion ... failed").
+PROBE_FAILURES = (
+    "probe guest did not boot under KVM within ",
+    "probe guest died under KVM",
+    "probe failed: ",
+)
+
+
+def assert_probe_failure_recorded(detail: str) -> None:
+    """The probe said why KVM is not usable, in one of the shapes it has, with a reason."""
+    prefix = next((p for p in PROBE_FAILURES if detail.startswith(p)), None)
+    assert prefix is not None, f"not a probe failure: {detail!r}"
+    if prefix == "probe failed: ":
+        assert len(detail.removeprefix(prefix).strip()) > 10, f"no reason recorded: {detail!r}"
+
+
+def probe_leftovers(scratch: Path) -> list[str]:
+    files = [p.name for p in scratch.iterdir() if p.name.startswith("nubis-kvm-probe")]
+    return files + local_driver().list_guests("nubis-kvm-probe")
+
+
 @pytest.mark.slow
 def test_kvm_probe_boots_a_guest_under_kvm_and_reports_what_it_saw(built_image) -> None:
     from compute.models import Image
@@ -57,18 +81,46 @@ def test_kvm_probe_boots_a_guest_under_kvm_and_reports_what_it_saw(built_image) 
         cmdline=built_image.cmdline,
     )
     scratch = Path(settings.NUBIS_INSTANCE_DIR)  # QEMU (libvirt-qemu) must be able to reach the probe's disk
+    scratch.mkdir(parents=True, exist_ok=True)
     facts: HostFacts = local_driver().facts(
         probe_kvm=True, probe_image=guest_spec_for_probe(image), scratch=scratch
     )
     if facts.kvm_usable:
         assert "booted under KVM" in facts.kvm_probe_detail
         assert facts.paging in {"ept", "npt", "shadow"}
-    elif facts.kvm_device:
-        # These machines: /dev/kvm exists, but the probe guest does not boot under the nested KVM.
-        assert facts.kvm_probe_detail.startswith(("probe guest did not boot", "probe guest died")), facts
+    elif facts.kvm_device and "offers no kvm domain type" not in facts.kvm_probe_detail:
+        # These machines: /dev/kvm exists, but no probe guest runs under the nested KVM; how it
+        # fails differs between CPU vendors and kernels, and each way is recorded with its reason.
+        assert_probe_failure_recorded(facts.kvm_probe_detail)
         assert facts.paging == "none"
-    assert not any(p.name.startswith("nubis-kvm-probe") for p in scratch.iterdir())
-    assert local_driver().list_guests("nubis-kvm-probe") == []
+    else:
+        assert facts.kvm_probe_detail, facts
+        assert facts.paging == "none"
+    assert probe_leftovers(scratch) == []
+
+
+@pytest.mark.slow
+def test_a_probe_that_cannot_start_records_why_and_leaves_nothing(built_image) -> None:
+    """QEMU refusing to start (as it does on AMD hosts here) is a failed probe with its reason."""
+    from compute.models import Image
+    from compute.services.agent import guest_spec_for_probe
+
+    scratch = Path(settings.NUBIS_INSTANCE_DIR)
+    scratch.mkdir(parents=True, exist_ok=True)
+    missing = str(scratch / "no-such-kernel")
+    image = Image(
+        kernel_path=missing,
+        initrd_path=built_image.initrd,
+        disk_path=built_image.disk,
+        cmdline=built_image.cmdline,
+    )
+    driver = local_driver()
+    usable, detail = driver._probe_kvm(guest_spec_for_probe(image), scratch)
+    assert usable is False
+    assert detail.startswith("probe failed: probe start: "), detail
+    assert_probe_failure_recorded(detail)
+    assert "no-such-kernel" in detail  # the cause, as libvirt or QEMU gave it
+    assert probe_leftovers(scratch) == []
 
 
 def test_domain_xml_for_hardware_mode_uses_kvm_and_host_cpu() -> None:
