@@ -15,6 +15,11 @@ from rest_framework.views import exception_handler
 from tenants.errors import ServiceError
 
 PROBLEM_TYPE = "https://nubis.invalid/problems/"  # .invalid: a name, not a place to fetch
+# What a parse or media-type error is about: the body, or the Content-Type header.
+BODY_FIELDS: dict[type[Exception], str] = {
+    exceptions.ParseError: "body",
+    exceptions.UnsupportedMediaType: "Content-Type",
+}
 
 
 def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
@@ -66,29 +71,42 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
     else:
         detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
         code = exc.default_code if isinstance(exc, exceptions.APIException) else "error"
-        out = problem(response.status_code, response.status_text, str(detail), str(code))
+        # A body DRF could not parse, or of a type it does not take: name what was wrong with it.
+        field = BODY_FIELDS.get(type(exc))
+        named = [{"field": field, "rule": str(code), "message": str(detail)}] if field else None
+        out = problem(response.status_code, response.status_text, str(detail), str(code), named)
     for header in ("WWW-Authenticate", "Retry-After", "Allow"):
         if header in response:
             out[header] = response[header]
     return out
 
 
-def _plain_problem(status_code: int, title: str, detail: str, kind: str) -> HttpResponse:
-    body = {"type": PROBLEM_TYPE + kind, "title": title, "status": status_code, "detail": detail}
+def plain_problem(
+    status_code: int, title: str, detail: str, kind: str, errors: list[dict[str, str]] | None = None
+) -> HttpResponse:
+    """A problem+json answer made outside DRF (middleware, Django's error handlers)."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE + kind,
+        "title": title,
+        "status": status_code,
+        "detail": detail,
+    }
+    if errors:
+        body["errors"] = errors
     return HttpResponse(json.dumps(body), status=status_code, content_type="application/problem+json")
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """Django's 404 handler: problem details under /api/, the HTML page elsewhere."""
     if request.path.startswith("/api/"):
-        return _plain_problem(404, "Not Found", "No such resource.", "not_found")
+        return plain_problem(404, "Not Found", "No such resource.", "not_found")
     return defaults.page_not_found(request, exception or Http404())
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
     """Django's 500 handler: problem details under /api/, the HTML page elsewhere."""
     if request.path.startswith("/api/"):
-        return _plain_problem(
+        return plain_problem(
             500, "Internal Server Error", "The server failed; it was logged.", "server_error"
         )
     return defaults.server_error(request)

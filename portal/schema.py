@@ -44,7 +44,8 @@ ALWAYS = {
 }
 WRITES = {
     "409": "Conflict with the current state (busy, in use, a taken name, over a quota).",
-    "415": "Unsupported media type.",
+    "413": "The request body is larger than the server's limit (2.5 MiB unless configured).",
+    "415": "Unsupported media type: API bodies are application/json (UTF-8).",
     "422": "The Idempotency-Key was used before for a different request.",
 }
 

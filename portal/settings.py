@@ -121,6 +121,11 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "security.middleware.AuditMiddleware",
+    # API bodies: too large (413), not JSON (415) or nested too deep (400) are refused before anything
+    # reads them; inside the audit, so a refused write still leaves its one record.
+    "portal.body_limits.ApiBodyMiddleware",
+    # RateLimit-* headers on every API answer whose request spent a rate-limit budget.
+    "portal.throttling.RateLimitHeadersMiddleware",
     # Inside the audit: a replayed POST is still a request, and still leaves its one record.
     "portal.idempotency.IdempotencyMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -199,6 +204,8 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "EXCEPTION_HANDLER": "portal.api_errors.problem_exception_handler",
+    # The API takes JSON bodies only (portal.body_limits refuses others with 415 before DRF runs).
+    "DEFAULT_PARSER_CLASSES": ["portal.parsers.CheckedJSONParser"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
@@ -211,6 +218,8 @@ REST_FRAMEWORK = {
 NUBIS_API_RATE_TOKEN = config.env_rate("NUBIS_API_RATE_TOKEN", "600/min")
 NUBIS_API_RATE_USER = config.env_rate("NUBIS_API_RATE_USER", "1200/min")
 NUBIS_API_RATE_ANON = config.env_rate("NUBIS_API_RATE_ANON", "60/min")
+# The largest request body accepted (bytes); a larger API request is answered 413 (portal.body_limits).
+DATA_UPLOAD_MAX_MEMORY_SIZE = config.env_int("NUBIS_MAX_BODY_BYTES", 2_621_440, minimum=1024)
 # Idempotency-Key on API POSTs (portal.idempotency): how long an answer is kept for retries, and how
 # long a duplicate waits for the first request with its key to finish before it answers 409.
 NUBIS_IDEMPOTENCY_TTL = config.env_int("NUBIS_IDEMPOTENCY_TTL", 86400, minimum=60)

@@ -1,10 +1,15 @@
 """API rate limits in real Redis: 429 problem+json with Retry-After over the limit, one budget per
-token, per user and per client address, and the budget back once the window has passed."""
+token, per user and per client address, a moving window (never more than the rate in any span of
+the window's length, across a fixed window's boundary too), RateLimit-* headers, and requests let
+through while Redis is unreachable."""
 
 from __future__ import annotations
 
+import logging
+import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -12,6 +17,7 @@ from django.contrib.auth.models import User
 from pytest_django import Settings as SettingsWrapper
 from rest_framework.test import APIClient
 
+from portal import throttling
 from portal.config import parse_rate
 from portal.redis import redis_client
 from security.audit import Actor
@@ -20,6 +26,14 @@ from tenants.services.tokens import token_create
 from tests.factories import add_member, make_tenant
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def no_outage() -> Iterator[None]:
+    """Each test starts with Redis believed up (an outage test leaves a back-off behind)."""
+    throttling.outage.end()
+    yield
+    throttling.outage.end()
 
 
 @pytest.fixture(autouse=True)
@@ -37,13 +51,9 @@ def clean_redis() -> Iterator[None]:
 
 
 def limit(settings: SettingsWrapper, **rates: str) -> None:
-    """Set low rates, then wait for a fresh window so that no test straddles a window's end."""
+    """Set low rates (a moving window has no boundary to wait for)."""
     for scope, rate in rates.items():
         setattr(settings, f"NUBIS_API_RATE_{scope.upper()}", rate)
-    window = max(parse_rate(rate)[1] for rate in rates.values())
-    left = window - time.time() % window
-    if left < min(5.0, window * 0.8):
-        time.sleep(left + 0.02)
 
 
 def session_client(user: User) -> APIClient:
@@ -148,6 +158,91 @@ def test_budget_keys_expire_and_keep_to_their_prefix(settings: SettingsWrapper) 
     assert len(keys) == 1
     ttl = int(redis_client().ttl(keys[0]))  # type: ignore[arg-type]
     assert 0 < ttl <= 61
+
+
+def wait_until_phase(window: int, phase: float) -> None:
+    """Sleep until ``time % window`` reaches ``phase`` (where a fixed window of that length is)."""
+    time.sleep((phase - time.time() % window) % window)
+
+
+def test_no_span_of_the_window_admits_more_than_the_rate(settings: SettingsWrapper) -> None:
+    """A fixed window admitted the rate just before its end and the rate again just after: twice the
+    rate within one window's length. The moving window refuses the second burst."""
+    limit(settings, user="4/2s")
+    tenant = make_tenant("rl-boundary")
+    client = session_client(add_member(tenant))
+    path = f"/api/v1/tenants/{tenant.slug}/flavors/"
+    session_client(add_member(tenant)).get(path)  # warm up (another user: another budget)
+    wait_until_phase(2, 1.0)  # a second before a 2 s fixed window ends
+    started = time.monotonic()
+    assert statuses(client, path, 4) == [200] * 4
+    wait_until_phase(2, 0.05)  # the next fixed window has begun
+    second_burst = statuses(client, path, 4)
+    assert time.monotonic() - started < 2.0, "too slow to put both bursts in one window's length"
+    assert second_burst == [429] * 4
+
+
+def test_answers_carry_the_rate_limit_headers(settings: SettingsWrapper) -> None:
+    limit(settings, user="3/min")
+    tenant = make_tenant("rl-headers")
+    client = session_client(add_member(tenant))
+    path = f"/api/v1/tenants/{tenant.slug}/flavors/"
+    answers = [client.get(path) for _ in range(3)]
+    assert [a["RateLimit-Remaining"] for a in answers] == ["2", "1", "0"]
+    for answer in answers:
+        assert answer.status_code == 200
+        assert answer["RateLimit-Limit"] == "3"
+        assert answer["RateLimit-Policy"] == "3;w=60"
+        assert 0 < int(answer["RateLimit-Reset"]) <= 60
+    refused = client.get(path)
+    retry_after = assert_limited(refused, "3 requests per minute per user")
+    assert refused["RateLimit-Remaining"] == "0"
+    assert refused["RateLimit-Reset"] == str(retry_after)
+    # Writes and answers made outside the view (the problem handler) carry them too.
+    limit(settings, user="5/min")
+    post = client.post(f"/api/v1/tenants/{tenant.slug}/instances/", {}, format="json")
+    assert post.status_code == 400
+    assert post["RateLimit-Limit"] == "5"
+    assert post["RateLimit-Remaining"] == "4"
+
+
+def test_concurrent_requests_never_over_admit() -> None:
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(lambda _: throttling.spend("address", "race", "5/min")[0], range(64)))
+    assert results.count(True) == 5
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_requests_go_through_while_redis_is_unreachable(
+    settings: SettingsWrapper, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The documented choice: an outage of the rate-limit store lets requests through, unlimited
+    and without rate-limit headers, logs it once, and asks Redis again after a short back-off."""
+    monkeypatch.setattr(throttling, "RETRY_AFTER_OUTAGE", 1.0)
+    limit(settings, user="2/min")
+    tenant = make_tenant("rl-outage")
+    client = session_client(add_member(tenant))
+    path = f"/api/v1/tenants/{tenant.slug}/flavors/"
+    real_redis = settings.REDIS_URL
+    settings.REDIS_URL = f"redis://127.0.0.1:{closed_port()}/0"  # connection refused, for real
+    caplog.set_level(logging.WARNING, logger="portal.throttling")
+    answers = [client.get(path) for _ in range(5)]
+    assert [a.status_code for a in answers] == [200] * 5
+    assert all("RateLimit-Limit" not in a for a in answers)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "portal.throttling"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("rate limits not enforced for 1 s: Redis failed:")
+    # Redis is back: within the back-off requests still go through unasked; then limits apply.
+    settings.REDIS_URL = real_redis
+    assert statuses(client, path, 3) == [200, 200, 200]
+    time.sleep(1.05)
+    assert statuses(client, path, 3) == [200, 200, 429]
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from portal import preflight
+from portal import preflight, server
 
 
 class Command(BaseCommand):
@@ -19,10 +19,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         preflight.require(["database", "redis"])
-        from daphne.cli import CommandLineInterface
-
         argv = ["--bind", options["bind"], "--port", str(options["port"]), "--proxy-headers"]
         if options["access_log"]:
             argv += ["--access-log", options["access_log"]]
         argv.append("portal.asgi:application")
-        CommandLineInterface().run(argv)
+        server.run_daphne(argv)
