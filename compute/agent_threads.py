@@ -14,7 +14,7 @@ from django.db import close_old_connections, connection
 
 from compute.drivers.base import DriverError, HostFacts
 from compute.models import Host, Instance, domain_uuid
-from compute.services.hosts import host_heartbeat, host_register
+from compute.services.hosts import host_heartbeat, host_register, local_routes
 from compute.services.reconcile import reconcile_host, sync_power
 from compute.tasks import local_driver
 
@@ -33,7 +33,7 @@ def _db_safely(what: str, fn: Callable[[], object]) -> None:
 
 def heartbeat_loop(name: str, facts: HostFacts, every: float, stop: threading.Event) -> None:
     def beat() -> None:
-        if not host_heartbeat(name):
+        if not host_heartbeat(name, routes=local_routes()):
             # The row was deleted (by an admin, say): the host is still here, so register again.
             host_register(name=name, uri=settings.LIBVIRT_URI, facts=facts)
 

@@ -51,7 +51,7 @@ def count_save(obj: Any, kwargs: dict[str, Any]) -> None:
 
 class HostQuerySet(VersionedQuerySet):
     # Fields that change all the time; an update of anything else moves the host's version.
-    live_fields = frozenset({"heartbeat_at", "state"})
+    live_fields = frozenset({"heartbeat_at", "state", "routes"})
 
 
 class Host(models.Model):
@@ -89,6 +89,9 @@ class Host(models.Model):
     )
     probed_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # What the host routes or has addresses in, whoever made it ([{"cidr", "dev"}], from its agent's
+    # heartbeat): the control side, which may run elsewhere, hands out no tenant subnet overlapping it.
+    routes = models.JSONField(default=list, blank=True, editable=False)
     registered_at = models.DateTimeField(default=timezone.now)
     # Counts saves (admin edits, the agent's registration); heartbeats and state changes are
     # updates that leave it alone. The scheduler re-reads a host's capacity and capabilities only

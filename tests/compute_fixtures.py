@@ -24,7 +24,7 @@ from pytest_django import DjangoDbBlocker
 from compute.containers.rootfs import build_busybox_rootfs
 from compute.drivers.oci import OciDriver
 from compute.guest.builder import GuestImage, build_guest_image
-from compute.models import CpuMode, Flavor, Host, Image, Instance, IoModel, Operation
+from compute.models import CpuMode, Flavor, Host, Image, Instance, IoModel, Operation, domain_uuid
 from compute.services.images import image_register
 from tests.conftest import ROOT, subprocess_env
 
@@ -32,18 +32,27 @@ DEADLINE = 120.0  # seconds; a TCG boot takes about 5 s, several at once on 2 co
 
 
 def remove_network_leftovers() -> list[str]:
-    """This run's bridges and namespaces (every run has its own prefix, and its database is gone
-    at the end): left up, a bridge keeps its subnet's route and shadows the next run's network."""
+    """This run's bridges, namespaces and iptables chains (every run has its own prefix, and its
+    database is gone at the end): left up, a bridge keeps its subnet's route and shadows the next
+    run's network, and the chains of ports whose interface vanished would stay forever."""
     from compute.network import plumbing
-    from compute.services.ports import tag_prefix
+    from compute.services.ports import _owner, chain_owner, tag_prefix
 
+    owner = chain_owner()
     removed = []
-    for bridge in plumbing.bridges_list(tag_prefix()):
-        plumbing.bridge_remove(bridge, Path(settings.NUBIS_NETWORK_STATE_DIR) / bridge)
-        removed.append(bridge)
+    for bridge, alias in plumbing.bridges_list(tag_prefix()).items():
+        if _owner(alias) is not None:  # not a deployment whose prefix merely starts with ours
+            plumbing.bridge_remove(bridge, Path(settings.NUBIS_NETWORK_STATE_DIR) / bridge, owner)
+            removed.append(bridge)
+    for bridge in sorted(plumbing.network_chains_list(owner)):
+        plumbing.bridge_remove(bridge, Path(settings.NUBIS_NETWORK_STATE_DIR) / bridge, owner)
+        removed.append(f"NBR-{owner}-{bridge}")
+    for port in sorted(plumbing.port_chains_list(owner)):
+        plumbing.port_rules_remove(port, owner)
+        removed.append(f"NSA/NSG-{owner}-{port}")
     netns = Path("/var/run/netns")
     for path in sorted(netns.iterdir()) if netns.exists() else []:
-        if path.name.startswith(settings.NUBIS_DOMAIN_PREFIX):
+        if domain_uuid(path.name) is not None:  # ours, not a longer prefix's that starts with ours
             plumbing.netns_remove(path.name)
             removed.append(path.name)
     return removed

@@ -18,15 +18,26 @@ filter table
                 4 ``-i nbr+ -o nbr+ -j DROP``          routed between two tenant bridges: never
                 5 ``-j NUBIS-NETS``                     per-network verdicts (egress, return traffic)
                 6 ``-i nbr+ -j DROP``, 7 ``-o nbr+ -j DROP``   fail closed for bridges without a chain
-  NUBIS-SPOOF   ``--physdev-in PORT -j NSA-PORT`` per port with rules (NSA: the port's own IP or a
-                DHCP discover RETURN, anything else DROP; DHCP server replies from a port DROP)
-  NUBIS-NSG     ``--physdev-out PORT -j NSG-PORT`` per port with rules (NSG: RELATED,ESTABLISHED,
+  NUBIS-SPOOF   ``--physdev-in PORT -j NSA-OWNER-PORT`` per port with rules (NSA: the port's own IP
+                or a DHCP discover RETURN, anything else DROP; DHCP server replies from a port DROP)
+  NUBIS-NSG     ``--physdev-out PORT -j NSG-OWNER-PORT`` per port with rules (NSG: RELATED,ESTABLISHED,
                 one ACCEPT per rule, DROP)
-  NUBIS-NETS    ``-i BR -j NBR-BR`` and ``-o BR -j NBR-BR`` per network (NBR: egress ACCEPT iff NAT,
-                inbound RELATED,ESTABLISHED ACCEPT, else DROP)
+  NUBIS-NETS    ``-i BR -j NBR-OWNER-BR`` and ``-o BR -j NBR-OWNER-BR`` per network (NBR: egress ACCEPT
+                iff NAT, inbound RELATED,ESTABLISHED ACCEPT, else DROP)
 nat table
   POSTROUTING 1: ``-j NUBIS-POST``; NUBIS-POST: ``-s CIDR ! -d CIDR -j MASQUERADE`` per NAT network,
-  tagged with the comment ``NBR-BR``.
+  tagged with the comment ``NBR-OWNER-BR``.
+
+OWNER (1-8 of [a-z0-9]) names the deployment that made a chain, so each deployment on a host can
+list, and remove, the chains it owns and no others' (iptables chain names are at most 28 characters:
+"NSA-" + 8 + "-" + a 15-character interface name fits). The NUBIS-* chains are shared by every
+deployment on the host. Everything allowed is ACCEPTed explicitly in these chains, so the rules do
+not depend on FORWARD's policy (Docker sets it to DROP).
+
+The per-port rules match bridged frames (``-m physdev``), which iptables sees only while bridge
+netfilter is on (``br_netfilter`` loaded, ``net.bridge.bridge-nf-call-iptables`` = 1). Every call
+that writes rules first makes sure it is on, and fails when it cannot be, rather than let security
+groups fail open (see :func:`bridge_netfilter_ensure`).
 ip6 filter table
   Tenant networks are IPv4 only, so every IPv6 packet from or to a tenant bridge is dropped (INPUT and
   FORWARD), and the bridges have IPv6 disabled: otherwise link-local IPv6 would bypass the security
@@ -83,12 +94,17 @@ CHAIN_SPOOF = "NUBIS-SPOOF"
 CHAIN_NSG = "NUBIS-NSG"
 CHAIN_NETS = "NUBIS-NETS"
 CHAIN_POST = "NUBIS-POST"
+# Bridged frames reach iptables (and so the per-port rules) only while these are 1.
+BRIDGE_NF_DIR = Path("/proc/sys/net/bridge")
+BRIDGE_NF_KEYS = ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables")
+MODPROBE = "modprobe"
 
 _IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
 _NETNS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 _NOT_HOSTNAME = re.compile(r"[^a-z0-9-]+")
 _PROTOCOLS = ("tcp", "udp", "icmp", "any")
+_OWNER = re.compile(r"[a-z0-9]{1,8}")
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -111,7 +127,8 @@ class NetSpec:
     """One tenant network: its bridge, IPv4 subnet and gateway, NAT egress, owner tag and state dir.
 
     ``state_dir`` holds dnsmasq's pid, leases and hosts files. dnsmasq drops root privileges for
-    ``nobody``, so every directory above it must be searchable by others (mode o+x).
+    ``nobody``, so every directory above it must be searchable by others (mode o+x). ``owner`` is
+    the deployment's id in the names of the network's iptables chains.
     """
 
     bridge: str
@@ -120,6 +137,7 @@ class NetSpec:
     nat: bool
     tag: str
     state_dir: Path
+    owner: str
 
 
 @dataclass(frozen=True)
@@ -245,6 +263,12 @@ def _ipv4_addresses(name: str, netns: str | None = None) -> list[str]:
     return found
 
 
+def ipv4_addresses(name: str) -> list[str]:
+    """The IPv4 addresses of a link of the root namespace as ``address/prefixlen``."""
+    _check_ifname(name)
+    return _ipv4_addresses(name)
+
+
 def _addresses_set(name: str, wanted: str, netns: str | None = None) -> None:
     """Make WANTED ("a.b.c.d/len") the only IPv4 address of a link."""
     # Stale addresses go first: deleting a primary address also deletes the secondaries of its
@@ -268,6 +292,75 @@ def _sysctl_set(key: str, value: str) -> None:
         raise PlumbingError(f"cannot set {path} to {value}: {exc}") from exc
 
 
+def _bridge_nf_ensure() -> None:
+    """Bridge netfilter on (see bridge_netfilter_ensure); a PlumbingError when it cannot be."""
+    why = (
+        "the security groups and anti-spoofing rules of tenant networks would not see bridged "
+        "traffic and would fail open; refusing to run tenant networks"
+    )
+    if not (BRIDGE_NF_DIR / BRIDGE_NF_KEYS[0]).exists():
+        # A stock Debian kernel has br_netfilter as a module that nothing loads.
+        try:
+            proc = _run([MODPROBE, "br_netfilter"], check=False)
+            detail = (proc.stderr or proc.stdout).strip() or f"exit status {proc.returncode}"
+        except PlumbingError as exc:
+            detail = str(exc)
+        if not (BRIDGE_NF_DIR / BRIDGE_NF_KEYS[0]).exists():
+            raise PlumbingError(
+                f"bridge netfilter is unavailable: {BRIDGE_NF_DIR / BRIDGE_NF_KEYS[0]} is missing and "
+                f"`{MODPROBE} br_netfilter` did not load it ({detail}); {why}"
+            )
+    for key in BRIDGE_NF_KEYS:
+        path = BRIDGE_NF_DIR / key
+        try:
+            if path.read_text().strip() != "1":
+                path.write_text("1")
+            value = path.read_text().strip()
+        except FileNotFoundError:
+            if key == BRIDGE_NF_KEYS[0]:
+                raise PlumbingError(f"bridge netfilter is unavailable: {path} is missing; {why}") from None
+            continue  # no IPv6 in this kernel: nothing to filter
+        except OSError as exc:
+            raise PlumbingError(
+                f"bridge netfilter is off and cannot be turned on: writing 1 to {path}: {exc.strerror}; {why}"
+            ) from None
+        if value != "1":
+            raise PlumbingError(f"bridge netfilter is off: {path} reads {value!r} after writing 1; {why}")
+
+
+# --- the host's routes ----------------------------------------------------------------------------
+
+MAX_ROUTES = 2048  # a compute host has a few dozen; a full routing table is cut here
+
+
+def host_routes() -> list[dict[str, str]]:
+    """The IPv4 subnets this host routes or has an address in, whoever made them: [{cidr, dev}].
+
+    Every routing table counts (a VPN's policy routes too), and every address's subnet; not the
+    default route, loopback, broadcast or multicast. A tenant subnet that overlaps one of these
+    would be shadowed by, or shadow, someone else's network on this host.
+    """
+    found: dict[tuple[str, str], None] = {}
+
+    def add(cidr: str, dev: str) -> None:
+        try:
+            network = ipaddress.IPv4Network(cidr, strict=False)
+        except ValueError:
+            return
+        if network.prefixlen and not (network.is_loopback or network.is_multicast):
+            found.setdefault((str(network), dev), None)
+
+    for route in _ip_json("-4", "route", "show", "table", "all"):
+        dst = str(route.get("dst", ""))
+        if dst and dst != "default" and route.get("type", "unicast") not in ("broadcast", "multicast"):
+            add(dst, str(route.get("dev", "")))
+    for link in _ip_json("-4", "addr", "show"):
+        for addr in link.get("addr_info", []):
+            if addr.get("family") == "inet":
+                add(f"{addr['local']}/{addr['prefixlen']}", str(link.get("ifname", "")))
+    return [{"cidr": cidr, "dev": dev} for cidr, dev in sorted(found)][:MAX_ROUTES]
+
+
 # --- validation -----------------------------------------------------------------------------------
 
 
@@ -285,6 +378,11 @@ def _check_bridge(name: str) -> None:
 def _check_netns(name: str) -> None:
     if not _NETNS.fullmatch(name):
         raise ValueError(f"invalid netns name {name!r}")
+
+
+def _check_owner(owner: str) -> None:
+    if not _OWNER.fullmatch(owner):
+        raise ValueError(f"invalid chain owner {owner!r} (1-8 of [a-z0-9])")
 
 
 def _check_tag(tag: str) -> None:
@@ -308,6 +406,7 @@ class _Net:
 def _parse_spec(spec: NetSpec) -> _Net:
     _check_bridge(spec.bridge)
     _check_tag(spec.tag)
+    _check_owner(spec.owner)
     network = ipaddress.IPv4Network(spec.cidr)  # strict: "10.20.0.0/24", not a host address
     if network.prefixlen > 30:
         raise ValueError(f"{spec.cidr}: a tenant network needs at least a /30")
@@ -405,11 +504,6 @@ def _drop_chain(batch: _Batch, dump: dict[str, list[str]], chain: str) -> None:
         batch.add(f"-X {chain}")
 
 
-def _has_comment(rule: str, comment: str) -> bool:
-    tokens = rule.split()
-    return any(a == "--comment" and b == comment for a, b in itertools.pairwise(tokens))
-
-
 def _ipv6_enabled() -> bool:
     return Path("/proc/sys/net/ipv6").is_dir()
 
@@ -438,6 +532,7 @@ def _base_filter_rules() -> dict[str, list[str]]:
 
 def _base_ensure() -> None:
     tenant = f"{BRIDGE_PREFIX}+"
+    _bridge_nf_ensure()
     dump = _dump(4, "filter")
     batch = _Batch(4, "filter")
     for chain in (CHAIN_SPOOF, CHAIN_NSG, CHAIN_NETS):
@@ -468,11 +563,22 @@ def _base_ensure() -> None:
 
 @_locked
 def firewall_base_ensure() -> None:
-    """Create the NUBIS-* chains and their jumps at the top of INPUT, FORWARD and POSTROUTING.
+    """Turn bridge netfilter on, then create the NUBIS-* chains and their jumps at the top of INPUT,
+    FORWARD and POSTROUTING (ahead of libvirt's and Docker's).
 
     Rules are compared with ``iptables -S`` before anything is written, so a second call adds nothing.
     """
     _base_ensure()
+
+
+@_locked
+def bridge_netfilter_ensure() -> None:
+    """Make iptables see bridged frames: load ``br_netfilter`` if needed, set bridge-nf-call-ip(6)tables.
+
+    Without it every ``-m physdev`` rule (security groups, anti-spoofing) is skipped in silence, so
+    this raises a PlumbingError saying so when the module cannot be loaded or the sysctl not set.
+    """
+    _bridge_nf_ensure()
 
 
 @_locked
@@ -506,14 +612,37 @@ def firewall_base_remove() -> None:
         batch.commit()
 
 
-def _net_chain(bridge: str) -> str:
-    return f"NBR-{bridge}"
+def _net_chain(bridge: str, owner: str) -> str:
+    return f"NBR-{owner}-{bridge}"
+
+
+def _names(kind: str, name: str, owner: str) -> tuple[str, str]:
+    """KIND's chain ("NSA", "NSG", "NBR") of interface NAME owned by OWNER, and the name older
+    versions gave it (KIND-NAME, no owner; the interface name holds part of its instance's or
+    network's UUID, so a deployment that owns the interface owns that chain too)."""
+    return f"{kind}-{owner}-{name}", f"{kind}-{name}"
+
+
+def _chains_of(dump: dict[str, list[str]], kind: str, name: str, owner: str) -> list[str]:
+    return [chain for chain in _names(kind, name, owner) if chain in dump]
+
+
+def _owned(dump: dict[str, list[str]], kind: str, owner: str) -> set[str]:
+    """Interface names of KIND's chains owned by OWNER."""
+    prefix = f"{kind}-{owner}-"
+    return {chain.removeprefix(prefix) for chain in dump if chain.startswith(prefix)}
 
 
 def _network_firewall_ensure(spec: NetSpec, net: _Net) -> None:
-    bridge, chain = spec.bridge, _net_chain(spec.bridge)
+    bridge, chain = spec.bridge, _net_chain(spec.bridge, spec.owner)
     dump = _dump(4, "filter")
     batch = _Batch(4, "filter")
+    # The chain of this bridge by an older version's name: its jumps and itself go.
+    for old in _chains_of(dump, "NBR", bridge, spec.owner):
+        if old != chain:
+            _remove_all(batch, dump, CHAIN_NETS, f"-i {bridge} -j {old}")
+            _remove_all(batch, dump, CHAIN_NETS, f"-o {bridge} -j {old}")
+            _drop_chain(batch, dump, old)
     rules = [
         f"-i {bridge} -j {'ACCEPT' if spec.nat else 'DROP'}",
         f"-o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
@@ -530,7 +659,7 @@ def _network_firewall_ensure(spec: NetSpec, net: _Net) -> None:
     wanted = f"-s {cidr} ! -d {cidr} -m comment --comment {chain} -j MASQUERADE"
     dump = _dump(4, "nat")
     batch = _Batch(4, "nat")
-    ours = [rule for rule in dump.get(CHAIN_POST, []) if _has_comment(rule, chain)]
+    ours = [rule for rule in dump.get(CHAIN_POST, []) if _has_nat_comment(rule, bridge, spec.owner)]
     for rule in ours:
         if rule != wanted:
             batch.add(f"-D {CHAIN_POST} {rule}")
@@ -541,20 +670,32 @@ def _network_firewall_ensure(spec: NetSpec, net: _Net) -> None:
     batch.commit()
 
 
-def _network_firewall_remove(bridge: str) -> None:
-    chain = _net_chain(bridge)
+def _has_nat_comment(rule: str, bridge: str, owner: str) -> bool:
+    """RULE (of NUBIS-POST) is tagged with the name of OWNER's chain of BRIDGE."""
+    names = _names("NBR", bridge, owner)
+    return any(a == "--comment" and b in names for a, b in itertools.pairwise(rule.split()))
+
+
+def _network_firewall_remove(bridge: str, owner: str) -> None:
     dump = _dump(4, "filter")
     batch = _Batch(4, "filter")
-    _remove_all(batch, dump, CHAIN_NETS, f"-i {bridge} -j {chain}")
-    _remove_all(batch, dump, CHAIN_NETS, f"-o {bridge} -j {chain}")
-    _drop_chain(batch, dump, chain)
+    for chain in _chains_of(dump, "NBR", bridge, owner):
+        _remove_all(batch, dump, CHAIN_NETS, f"-i {bridge} -j {chain}")
+        _remove_all(batch, dump, CHAIN_NETS, f"-o {bridge} -j {chain}")
+        _drop_chain(batch, dump, chain)
     batch.commit()
     dump = _dump(4, "nat")
     batch = _Batch(4, "nat")
     for rule in dump.get(CHAIN_POST, []):
-        if _has_comment(rule, chain):
+        if _has_nat_comment(rule, bridge, owner):
             batch.add(f"-D {CHAIN_POST} {rule}")
     batch.commit()
+
+
+def network_chains_list(owner: str) -> set[str]:
+    """The bridges that have a network chain (NBR-OWNER-bridge) owned by OWNER, bridge or not."""
+    _check_owner(owner)
+    return _owned(_dump(4, "filter"), "NBR", owner)
 
 
 # --- dnsmasq --------------------------------------------------------------------------------------
@@ -630,6 +771,11 @@ def _dnsmasq_processes(bridge: str, state_dir: Path) -> dict[int, list[str]]:
         if argv and Path(argv[0]).name == "dnsmasq" and markers & set(argv) and _process_alive(pid):
             found[pid] = argv
     return found
+
+
+def dnsmasq_pids(bridge: str, state_dir: Path) -> list[int]:
+    """The live dnsmasq processes serving BRIDGE or using the pid file in STATE_DIR."""
+    return sorted(_dnsmasq_processes(bridge, state_dir))
 
 
 def _read_pid(path: Path) -> int | None:
@@ -784,14 +930,15 @@ def network_ensure(spec: NetSpec) -> None:
 @_locked
 def network_remove(spec: NetSpec) -> None:
     """Stop the network's dnsmasq, delete its bridge, firewall rules and state dir. Idempotent."""
-    bridge_remove(spec.bridge, spec.state_dir)
+    bridge_remove(spec.bridge, spec.state_dir, spec.owner)
 
 
 @_locked
-def bridge_remove(bridge: str, state_dir: Path) -> None:
+def bridge_remove(bridge: str, state_dir: Path, owner: str) -> None:
     """network_remove for a bridge whose network is known only by name (an orphan, say)."""
     _check_bridge(bridge)
     _check_state_dir(state_dir)
+    _check_owner(owner)
     _stop_processes(list(_dnsmasq_processes(bridge, state_dir)))
     info = _link(bridge)
     if info is not None:
@@ -799,7 +946,7 @@ def bridge_remove(bridge: str, state_dir: Path) -> None:
             raise PlumbingError(f"{bridge} exists and is not a bridge ({_link_kind(info)})")
         # The bridge goes before its rules: nothing is ever forwarded without them.
         _ip("link", "del", "dev", bridge)
-    _network_firewall_remove(bridge)
+    _network_firewall_remove(bridge, owner)
     if Path(state_dir).exists():
         shutil.rmtree(state_dir)
 
@@ -1025,15 +1172,28 @@ def _nsg_rule(rule: Rule) -> str:
     return " ".join([*parts, "-j ACCEPT"])
 
 
+def _port_rules_drop(batch: _Batch, dump: dict[str, list[str]], port: str, owner: str, legacy: bool) -> None:
+    """Add to BATCH the removal of OWNER's chains of PORT and their jumps (LEGACY: only those
+    of the name older versions gave them)."""
+    for kind, dispatch, direction in (("NSA", CHAIN_SPOOF, "in"), ("NSG", CHAIN_NSG, "out")):
+        for chain in _chains_of(dump, kind, port, owner):
+            if not legacy or chain == f"{kind}-{port}":
+                _remove_all(batch, dump, dispatch, f"-m physdev --physdev-{direction} {port} -j {chain}")
+                _drop_chain(batch, dump, chain)
+
+
 @_locked
-def port_rules_set(port: str, ip: str, rules: list[Rule]) -> None:
+def port_rules_set(port: str, ip: str, rules: list[Rule], owner: str) -> None:
     """Give PORT (veth host end or tap) its security group and bind it to source address IP.
 
-    Chains NSA-PORT (anti-spoofing) and NSG-PORT (inbound rules) are flushed and refilled in one
-    iptables-restore transaction, with their dispatch jumps, so packets see either the old rules or
-    the new ones, never a half-built chain. Nothing is written when the rules are already in place.
+    Chains NSA-OWNER-PORT (anti-spoofing) and NSG-OWNER-PORT (inbound rules) are flushed and
+    refilled in one iptables-restore transaction, with their dispatch jumps, so packets see either
+    the old rules or the new ones, never a half-built chain. Nothing is written when the rules are
+    already in place. OWNER is the deployment's id, so that it finds its chains again.
     """
     _check_ifname(port, "port")
+    _check_owner(owner)
+    nsa, nsg_chain = f"NSA-{owner}-{port}", f"NSG-{owner}-{port}"
     own = ipaddress.IPv4Address(ip)
     nsg = ["-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", *(_nsg_rule(r) for r in rules), "-j DROP"]
     spoof = [
@@ -1045,24 +1205,44 @@ def port_rules_set(port: str, ip: str, rules: list[Rule]) -> None:
     _base_ensure()
     dump = _dump(4, "filter")
     batch = _Batch(4, "filter")
-    _sync_chain(batch, dump, f"NSA-{port}", spoof)
-    _sync_chain(batch, dump, f"NSG-{port}", nsg)
-    _ensure_once(batch, dump, CHAIN_SPOOF, f"-m physdev --physdev-in {port} -j NSA-{port}")
-    _ensure_once(batch, dump, CHAIN_NSG, f"-m physdev --physdev-out {port} -j NSG-{port}")
+    _port_rules_drop(batch, dump, port, owner, legacy=True)
+    _sync_chain(batch, dump, nsa, spoof)
+    _sync_chain(batch, dump, nsg_chain, nsg)
+    _ensure_once(batch, dump, CHAIN_SPOOF, f"-m physdev --physdev-in {port} -j {nsa}")
+    _ensure_once(batch, dump, CHAIN_NSG, f"-m physdev --physdev-out {port} -j {nsg_chain}")
     batch.commit()
 
 
 @_locked
-def port_rules_remove(port: str) -> None:
-    """Remove PORT's security group and anti-spoofing chains and their jumps. Idempotent."""
+def port_rules_remove(port: str, owner: str) -> None:
+    """Remove OWNER's security group and anti-spoofing chains of PORT and their jumps. Idempotent."""
     _check_ifname(port, "port")
+    _check_owner(owner)
     dump = _dump(4, "filter")
     batch = _Batch(4, "filter")
-    _remove_all(batch, dump, CHAIN_SPOOF, f"-m physdev --physdev-in {port} -j NSA-{port}")
-    _remove_all(batch, dump, CHAIN_NSG, f"-m physdev --physdev-out {port} -j NSG-{port}")
-    _drop_chain(batch, dump, f"NSA-{port}")
-    _drop_chain(batch, dump, f"NSG-{port}")
+    _port_rules_drop(batch, dump, port, owner, legacy=False)
     batch.commit()
+
+
+def port_chains_list(owner: str) -> set[str]:
+    """The ports (interfaces, present or not) that have NSA-OWNER-/NSG-OWNER- chains."""
+    _check_owner(owner)
+    dump = _dump(4, "filter")
+    return _owned(dump, "NSA", owner) | _owned(dump, "NSG", owner)
+
+
+def legacy_port_chains_list() -> set[str]:
+    """The ports that have chains named as older versions did (NSA-PORT, NSG-PORT: no owner).
+
+    Whose they are is known only to the deployment whose instance had that port; see
+    port_rules_remove, which removes them with the owner's.
+    """
+    found = set()
+    for chain in _dump(4, "filter"):
+        kind, _, name = chain.partition("-")
+        if kind in ("NSA", "NSG") and "-" not in name and _IFNAME.fullmatch(name):
+            found.add(name)
+    return found
 
 
 def port_counters(ifname: str) -> tuple[int, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import timedelta
@@ -14,11 +15,15 @@ from django.utils import timezone
 
 from compute.drivers.base import HostFacts
 from compute.models import Host, HostState
+from compute.network import plumbing
+from compute.network.plumbing import PlumbingError
 from security.audit import Actor, audit_log
 from tenants.errors import Conflict
 
 if TYPE_CHECKING:
     from scheduler.engine import HostRow
+
+logger = logging.getLogger(__name__)
 
 
 @transaction.atomic
@@ -37,10 +42,23 @@ def host_register(*, name: str, uri: str, facts: HostFacts) -> Host:
     return host
 
 
-def host_heartbeat(name: str) -> bool:
-    """Record that the host's agent is alive (a host marked down comes back); False if not registered."""
+def local_routes() -> list[dict[str, str]] | None:
+    """This machine's routes and address subnets (see plumbing.host_routes); None if `ip` failed."""
+    try:
+        return plumbing.host_routes()
+    except (PlumbingError, ValueError) as exc:
+        logger.warning("cannot read this host's routes: %s", exc)
+        return None
+
+
+def host_heartbeat(name: str, routes: list[dict[str, str]] | None = None) -> bool:
+    """Record that the host's agent is alive (a host marked down comes back) and, when given, the
+    routes and addresses on the host (the subnet allocator avoids them); False if not registered."""
     now = timezone.now()
-    found = bool(Host.objects.filter(name=name).update(heartbeat_at=now))
+    fields: dict[str, object] = {"heartbeat_at": now}
+    if routes is not None:
+        fields["routes"] = routes
+    found = bool(Host.objects.filter(name=name).update(**fields))
     Host.objects.filter(name=name, state=HostState.DOWN).update(state=HostState.ENABLED)
     return found
 

@@ -8,6 +8,7 @@ own network only.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 from typing import Any
@@ -62,6 +63,46 @@ def _reserved() -> list[ipaddress.IPv4Network]:
     return [ipaddress.IPv4Network(s) for s in (*ALWAYS_RESERVED, *extra)]
 
 
+def host_routes() -> list[tuple[ipaddress.IPv4Network, str]]:
+    """Subnets routed, or with an address, on any compute host, whoever made them: (subnet, where).
+
+    The allocator runs in the control process, which need not be a compute host: each agent
+    reports its host's routes with its heartbeat (Host.routes), and this machine's own table is
+    read too (fresher than the last heartbeat when it is a compute host; harmless when it is not).
+    Routes through this deployment's own bridges are left out: their subnets are networks in the
+    database, and a deleted network's bridge is about to go (port_attach removes it first).
+    """
+    ours = {f"nbr{u.hex[:12]}" for u in Network.objects.unscoped().values_list("uuid", flat=True)}
+    reported: list[tuple[str, list[dict[str, str]]]] = [
+        (f"host {name}", routes or [])
+        for name, routes in Host.objects.filter(simulated=False).values_list("name", "routes")
+    ]
+    with contextlib.suppress(PlumbingError, ValueError):  # no `ip` here: the agents' reports count
+        reported.append((f"this machine ({settings.NUBIS_HOST_NAME})", plumbing.host_routes()))
+    found: list[tuple[ipaddress.IPv4Network, str]] = []
+    for where, routes in reported:
+        for route in routes:
+            if not isinstance(route, dict) or route.get("dev") in ours:
+                continue
+            try:
+                subnet = ipaddress.IPv4Network(str(route.get("cidr")), strict=False)
+            except ValueError:
+                continue
+            found.append((subnet, f"{subnet} (dev {route.get('dev') or '?'}) on {where}"))
+    return found
+
+
+def _check_routes(net: ipaddress.IPv4Network) -> None:
+    for subnet, where in host_routes():
+        if net.overlaps(subnet):
+            raise ServiceError(
+                "cidr",
+                "route",
+                f"subnet {net} overlaps the route {where}: another network is there already "
+                "(another deployment, libvirt, Docker, a VPN); choose another subnet",
+            )
+
+
 def _check_overlap(tenant: Tenant, net: ipaddress.IPv4Network) -> None:
     for reserved in _reserved():
         if net.overlaps(reserved):
@@ -77,6 +118,7 @@ def _check_overlap(tenant: Tenant, net: ipaddress.IPv4Network) -> None:
         # Bridges of all tenants share each host's routing table, so subnets are unique cloud-wide;
         # the other tenant is not named.
         raise Conflict("cidr", "overlap", f"subnet {net} overlaps a subnet already in use; choose another")
+    _check_routes(net)
 
 
 @transaction.atomic
@@ -147,6 +189,8 @@ def default_network(tenant: Tenant, actor: Actor) -> Network:
         ipaddress.IPv4Network(c)
         for c in Network.objects.unscoped().filter(deleted_at__isnull=True).values_list("cidr", flat=True)
     ] + _reserved()
+    # Also what is routed on a host already: another deployment's bridges, libvirt's, Docker's, a VPN's.
+    used += [subnet for subnet, _where in host_routes()]
     pool = ipaddress.IPv4Network(settings.NUBIS_NETWORK_POOL)
     for subnet in pool.subnets(new_prefix=max(24, pool.prefixlen)):
         if not any(subnet.overlaps(u) for u in used):

@@ -6,8 +6,10 @@ the reconciler and after every network or security-group change) can always redo
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Prefetch
@@ -34,6 +36,15 @@ def tag_prefix() -> str:
     return f"nubis:{settings.NUBIS_DOMAIN_PREFIX}"
 
 
+def chain_owner() -> str:
+    """This deployment's id in its iptables chain names (NSA-<id>-<port>, NSG-..., NBR-...).
+
+    Chain names are at most 28 characters, too short for a whole domain prefix, so the id is a
+    hash of it: 8 hex digits, the same in every process of the deployment, another for each prefix.
+    """
+    return hashlib.sha256(settings.NUBIS_DOMAIN_PREFIX.encode()).hexdigest()[:8]
+
+
 def _owner(alias: str) -> str | None:
     """The UUID in a bridge's or port's alias when this deployment made it, else None.
 
@@ -51,6 +62,7 @@ def net_spec(network: Network) -> NetSpec:
         nat=network.nat_egress,
         tag=f"{tag_prefix()}{network.uuid}",
         state_dir=Path(settings.NUBIS_NETWORK_STATE_DIR) / network.bridge,
+        owner=chain_owner(),
     )
 
 
@@ -112,7 +124,9 @@ def port_attach(instance: Instance, pid: int | None = None) -> None:
                 network.gateway if network.nat_egress else None,
                 f"{tag_prefix()}{instance.uuid}",
             )
-        plumbing.port_rules_set(instance.port_name, str(instance.ip_address), rules_of(instance))
+        plumbing.port_rules_set(
+            instance.port_name, str(instance.ip_address), rules_of(instance), chain_owner()
+        )
     except PlumbingError as exc:
         raise DriverError(f"network {network.name}: {exc}") from None
 
@@ -121,7 +135,7 @@ def port_detach(instance: Instance, forget: bool = True) -> None:
     """Remove the instance's veth, namespace and rules and, unless only stopping (``forget`` is
     False: it keeps its address), its DHCP reservation."""
     try:
-        plumbing.port_rules_remove(instance.port_name)
+        plumbing.port_rules_remove(instance.port_name, chain_owner())
         if instance.kind == InstanceKind.CONTAINER:
             plumbing.port_detach_netns(instance.netns_name, instance.port_name)
         if forget and instance.network is not None and instance.host is not None:
@@ -144,8 +158,43 @@ def remove_dead_bridges() -> list[str]:
     for bridge, alias in plumbing.bridges_list(tag_prefix()).items():
         owner = _owner(alias)
         if owner is not None and owner not in live_networks:
-            plumbing.bridge_remove(bridge, Path(settings.NUBIS_NETWORK_STATE_DIR) / bridge)
+            plumbing.bridge_remove(bridge, Path(settings.NUBIS_NETWORK_STATE_DIR) / bridge, chain_owner())
             removed.append(bridge)
+    return removed
+
+
+def _port_names(instances: Any) -> set[str]:
+    return {Instance(uuid=u, kind=k).port_name for u, k in instances.values_list("uuid", "kind")}
+
+
+def remove_dead_rules() -> list[str]:
+    """Remove this deployment's port and network chains that no live instance or network needs.
+
+    A VM's tap vanishes with its domain, so an agent killed between destroying a domain and
+    removing its rules leaves chains with no interface: found by their owner id, not by interface.
+    Chains are listed before the database is read, so a chain made meanwhile for a new instance
+    (whose row exists before its rules) is never taken for dead. Every host's instances count:
+    agents of several hosts may share one machine (and its iptables).
+    """
+    owner = chain_owner()
+    ports = plumbing.port_chains_list(owner)
+    bridges = plumbing.network_chains_list(owner)
+    legacy = plumbing.legacy_port_chains_list()
+    if not ports and not bridges and not legacy:
+        return []
+    needed = _port_names(Instance.objects.unscoped().exclude(state=InstanceState.DELETED))
+    live_bridges = {n.bridge for n in Network.objects.unscoped().filter(deleted_at__isnull=True)}
+    if legacy:
+        # Chains of an older version (no owner in their name) are ours when the port was one of
+        # our instances' (the deleted ones' rows remain).
+        ports |= legacy & _port_names(Instance.objects.unscoped().filter(state=InstanceState.DELETED))
+    removed = []
+    for port in sorted(ports - needed):
+        plumbing.port_rules_remove(port, owner)
+        removed.append(port)
+    for bridge in sorted(bridges - live_bridges):
+        plumbing.bridge_remove(bridge, Path(settings.NUBIS_NETWORK_STATE_DIR) / bridge, owner)
+        removed.append(bridge)
     return removed
 
 
@@ -154,7 +203,12 @@ def host_networks_sync(host: Host) -> dict[str, list[str]]:
 
     Bridges and ports of this deployment whose network or instance is gone are removed.
     """
-    done: dict[str, list[str]] = {"networks": [], "removed_bridges": [], "removed_ports": []}
+    done: dict[str, list[str]] = {
+        "networks": [],
+        "removed_bridges": [],
+        "removed_ports": [],
+        "removed_rules": [],
+    }
     plumbing.firewall_base_ensure()
     live = (
         Instance.objects.unscoped()
@@ -173,7 +227,9 @@ def host_networks_sync(host: Host) -> dict[str, list[str]]:
             plumbing.network_ensure(net_spec(instance.network))
             _dhcp(instance.network, host)
             done["networks"].append(instance.network.name)
-        plumbing.port_rules_set(instance.port_name, str(instance.ip_address), rules_of(instance))
+        plumbing.port_rules_set(
+            instance.port_name, str(instance.ip_address), rules_of(instance), chain_owner()
+        )
     prefix = tag_prefix()
     done["removed_bridges"] = remove_dead_bridges()
     live_instances = {
@@ -185,7 +241,7 @@ def host_networks_sync(host: Host) -> dict[str, list[str]]:
     for port, alias in plumbing.ports_list(prefix).items():
         uid = _owner(alias)
         if uid is not None and uid not in live_instances:
-            plumbing.port_rules_remove(port)
+            plumbing.port_rules_remove(port, chain_owner())
             plumbing.port_detach_netns(f"{settings.NUBIS_DOMAIN_PREFIX}{uid}", port)
             done["removed_ports"].append(port)
     # A namespace named for a container whose veth was never made (an agent killed in between).
@@ -195,4 +251,5 @@ def host_networks_sync(host: Host) -> dict[str, list[str]]:
         if owner is not None and owner not in live_instances:
             plumbing.netns_remove(name)
             done["removed_ports"].append(f"netns:{name}")
+    done["removed_rules"] = remove_dead_rules()
     return done

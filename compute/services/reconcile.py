@@ -256,6 +256,7 @@ def reconcile_host(host: Host, driver: VmDriver, containers: ContainerDriver | N
         networks = host_networks_sync(host)
         report.orphans_removed += [f"bridge:{b}" for b in networks["removed_bridges"]]
         report.orphans_removed += [f"port:{p}" for p in networks["removed_ports"]]
+        report.orphans_removed += [f"rules:{r}" for r in networks["removed_rules"]]
     except PlumbingError as exc:
         logger.warning("reconcile %s: networks: %s", host.name, exc)
     if any(report.as_dict().values()):

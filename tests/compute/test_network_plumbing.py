@@ -46,6 +46,7 @@ from compute.network.plumbing import (
 
 RUN = secrets.token_hex(3)
 TAG = f"nubis:t{RUN}:"
+OWNER = f"t{RUN}"  # the chain owner id of this run's rules
 # Third octets of 10.250.x.0/24, indexed by Lab's counter, shuffled so two runs rarely share one.
 OCTETS = random.sample(range(10, 250), 240)
 
@@ -203,6 +204,7 @@ class Lab:
             nat=nat,
             tag=f"{TAG}{bridge}",
             state_dir=self.state_root / bridge,
+            owner=OWNER,
         )
         self.networks[bridge] = spec
         return spec
@@ -236,7 +238,7 @@ class Lab:
 
     def rules(self, inst: Instance, rules: list[Rule]) -> None:
         self.rule_ports.add(inst.host_if)
-        port_rules_set(inst.host_if, inst.ip, rules)
+        port_rules_set(inst.host_if, inst.ip, rules, OWNER)
 
     def outside_host(self) -> tuple[str, str, str]:
         """A namespace behind a plain veth in the root namespace: (netns, root-side ip, its ip)."""
@@ -280,7 +282,7 @@ class Lab:
                 proc.kill()
                 proc.wait()
         for port in sorted(self.rule_ports):
-            attempt(port_rules_remove, port)
+            attempt(port_rules_remove, port, OWNER)
         for inst in self.instances:
             attempt(port_detach_netns, inst.netns, inst.host_if)
         for spec in self.networks.values():
@@ -476,15 +478,16 @@ def test_security_group_allows_only_its_rules(lab: Lab) -> None:
     lab.rules(server, [Rule("tcp", 8000, 8100, "0.0.0.0/0")])
     assert tcp_probe(client.netns, [f"{server.ip}:8081"]) == {f"{server.ip}:8081": "open"}
     assert pings([(client.netns, server.ip)]) == [False]
-    assert sh("iptables", "-w", "-S", f"NSG-{server.host_if}").stdout.splitlines()[1:] == [
-        f"-A NSG-{server.host_if} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-        f"-A NSG-{server.host_if} -p tcp -m tcp --dport 8000:8100 -j ACCEPT",
-        f"-A NSG-{server.host_if} -j DROP",
+    nsg = f"NSG-{OWNER}-{server.host_if}"
+    assert sh("iptables", "-w", "-S", nsg).stdout.splitlines()[1:] == [
+        f"-A {nsg} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        f"-A {nsg} -p tcp -m tcp --dport 8000:8100 -j ACCEPT",
+        f"-A {nsg} -j DROP",
     ]
     assert [line.split()[0] for line in server_peers(listeners)] == ["8080", "8081"]
 
     with pytest.raises(ValueError, match="ports only apply"):
-        port_rules_set(server.host_if, server.ip, [Rule("icmp", 1, 2, net.cidr)])
+        port_rules_set(server.host_if, server.ip, [Rule("icmp", 1, 2, net.cidr)], OWNER)
 
 
 def test_spoofed_source_address_is_dropped(lab: Lab) -> None:
@@ -511,9 +514,8 @@ def test_nat_egress_only_for_nat_networks(lab: Lab) -> None:
     sh("ip", "-n", outside_ns, "route", "add", net.cidr, "via", outside_gw)
     server = lab.serve(outside_ns, 9000)
     inst_server = lab.serve(inst.netns, 9001)
-    masquerade = (
-        f"-A NUBIS-POST -s {net.cidr} ! -d {net.cidr} -m comment --comment NBR-{net.bridge} -j MASQUERADE"
-    )
+    chain = f"NBR-{OWNER}-{net.bridge}"
+    masquerade = f"-A NUBIS-POST -s {net.cidr} ! -d {net.cidr} -m comment --comment {chain} -j MASQUERADE"
 
     def post() -> list[str]:
         return sh("iptables", "-w", "-t", "nat", "-S", "NUBIS-POST").stdout.splitlines()
@@ -578,7 +580,7 @@ def test_idempotent_and_removal_leaves_nothing(lab: Lab, udhcpc_script: Path) ->
     network_ensure(net)
     port_attach_netns(inst.netns, net.bridge, inst.host_if, inst.mac, f"{inst.ip}/24", net.gateway, "t")
     port_attach_netns(inst.netns, net.bridge, inst.host_if, inst.mac, f"{inst.ip}/24", net.gateway, f"{TAG}p")
-    port_rules_set(inst.host_if, inst.ip, rules)
+    port_rules_set(inst.host_if, inst.ip, rules, OWNER)
     after = snapshot()
     assert after == before
     duplicates = [line for line, count in collections.Counter(after).items() if count > 1 and "-A " in line]
@@ -606,7 +608,7 @@ def test_idempotent_and_removal_leaves_nothing(lab: Lab, udhcpc_script: Path) ->
 
     # Crash recovery: a dead dnsmasq, a lost jump and a vanished veth are all repaired.
     os.kill(pid[0], signal.SIGKILL)
-    sh("iptables", "-w", "-D", "NUBIS-NETS", "-i", net.bridge, "-j", f"NBR-{net.bridge}")
+    sh("iptables", "-w", "-D", "NUBIS-NETS", "-i", net.bridge, "-j", f"NBR-{OWNER}-{net.bridge}")
     sh("ip", "link", "del", inst.host_if)
     network_ensure(net)
     port_attach_netns(inst.netns, net.bridge, inst.host_if, inst.mac, f"{inst.ip}/24", net.gateway, f"{TAG}p")
@@ -618,7 +620,7 @@ def test_idempotent_and_removal_leaves_nothing(lab: Lab, udhcpc_script: Path) ->
     )
 
     for _ in range(2):
-        port_rules_remove(inst.host_if)
+        port_rules_remove(inst.host_if, OWNER)
         port_detach_netns(inst.netns, inst.host_if)
         network_remove(net)
     names = (net.bridge, inst.host_if, net.cidr)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
+import itertools
 import socket
 import threading
 import time
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from rest_framework.test import APIClient
 
 from compute.guest.builder import GuestImage
@@ -126,17 +129,21 @@ def test_tenant_networks_connect_a_tenant_and_isolate_it(
     host: Host, shell_image: Image, flavors, rootfs_image: Image, cflavors, no_leftovers
 ) -> None:
     a, b = Member(make_tenant("net-a")), Member(make_tenant("net-b"))
-    net_a = network_create(actor=a.actor, tenant=a.tenant, name="lan", cidr="10.251.0.0/24")
+    # Subnets from the run's own pool: another run on this machine has its own (scripts/test).
+    lan_a, lan_b = list(
+        itertools.islice(ipaddress.IPv4Network(settings.NUBIS_NETWORK_POOL).subnets(new_prefix=24), 40, 42)
+    )
+    net_a = network_create(actor=a.actor, tenant=a.tenant, name="lan", cidr=str(lan_a))
     # B's network has NAT egress, so the host forwards: isolation must hold anyway.
-    net_b = network_create(actor=b.actor, tenant=b.tenant, name="lan", cidr="10.252.0.0/24", nat_egress=True)
+    net_b = network_create(actor=b.actor, tenant=b.tenant, name="lan", cidr=str(lan_b), nat_egress=True)
     vm = a.create("vm", flavor="t.virtio", image=shell_image.name, network="lan")
     box = a.create("box", flavor="c.medium", image="busybox", kind="container", network="lan")
     intruder = b.create("intruder", flavor="c.medium", image="busybox", kind="container", network="lan")
     vm, box, intruder = running(a, vm), running(a, box), running(b, intruder)
     assert (str(vm.ip_address), str(box.ip_address), str(intruder.ip_address)) == (
-        "10.251.0.2",
-        "10.251.0.3",
-        "10.252.0.2",
+        str(lan_a[2]),
+        str(lan_a[3]),
+        str(lan_b[2]),
     )
     # The VM got its reserved address from the network's own DHCP server.
     assert f"ip={vm.ip_address} " in wait_marker(vm, "NUBIS-READY")

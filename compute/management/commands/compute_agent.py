@@ -17,7 +17,7 @@ from compute.drivers.base import DriverError
 from compute.models import Host, Image
 from compute.network.plumbing import PlumbingError
 from compute.services.agent import guest_spec_for_probe, resume_interrupted
-from compute.services.hosts import host_register
+from compute.services.hosts import host_heartbeat, host_register, local_routes
 from compute.services.ports import host_networks_sync
 from compute.services.reconcile import reconcile_host
 from compute.tasks import local_driver
@@ -69,6 +69,7 @@ class Command(BaseCommand):
                 paging=known.paging,
             )
         host = host_register(name=name, uri=settings.LIBVIRT_URI, facts=facts)
+        host_heartbeat(name, routes=local_routes())  # the subnet allocator avoids them from now on
         self.stdout.write(
             f"agent {name}: {host.cpus} CPUs, {host.ram_mib} MiB, KVM usable: {host.kvm_usable} "
             f"({host.kvm_probe_detail}), TCG: {host.tcg_available}, paging: {host.paging}, "
