@@ -61,6 +61,9 @@ NUBIS_ORPHAN_GRACE = config.env_int("NUBIS_ORPHAN_GRACE", 300, minimum=0)
 # namespaces (root in a container is an unprivileged uid range of its tenant on the host), and
 # how long a container gets between SIGTERM and SIGKILL.
 NUBIS_ROOTFS_DIR = config.env_path("NUBIS_ROOTFS_DIR", NUBIS_IMAGE_DIR / "unpacked")
+# The reconciler removes an unpacked tree once no container has used it for this long (kept
+# meanwhile, so deleting a container and making another of its image does not unpack again).
+NUBIS_ROOTFS_GRACE = config.env_int("NUBIS_ROOTFS_GRACE", 600, minimum=0)
 NUBIS_CONTAINER_USERNS = config.env_bool("NUBIS_CONTAINER_USERNS", True)
 NUBIS_CONTAINER_STOP_TIMEOUT = config.env_int("NUBIS_CONTAINER_STOP_TIMEOUT", 10, minimum=1)
 # Each agent samples its host and instances this often (the UI's sparklines, the scheduler's load).

@@ -29,6 +29,7 @@ from compute.services.images import image_register
 from tests.conftest import ROOT, subprocess_env
 
 DEADLINE = 120.0  # seconds; a TCG boot takes about 5 s, several at once on 2 cores take longer
+ROOTFS_GRACE = "3"  # seconds an agent of the tests keeps an unpacked tree no container uses
 
 
 def remove_network_leftovers() -> list[str]:
@@ -144,6 +145,9 @@ def start_agent(name: str, log: Path, **extra_env: str) -> subprocess.Popen[byte
         NUBIS_HOST_HEARTBEAT_SECONDS="1",
         NUBIS_INSTANCE_DIR=str(settings.NUBIS_INSTANCE_DIR),
         NUBIS_IMAGE_DIR=str(settings.NUBIS_IMAGE_DIR),
+        NUBIS_ROOTFS_DIR=str(settings.NUBIS_ROOTFS_DIR),
+        # Unused unpacked trees go within seconds: every container test then races the collector.
+        NUBIS_ROOTFS_GRACE=ROOTFS_GRACE,
         NUBIS_SHUTDOWN_TIMEOUT="20",
         NUBIS_RECONCILE_SECONDS="2",
         NUBIS_METRICS_SECONDS="1",

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import tarfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -179,8 +183,8 @@ def unpack(tarball: Path, dest: Path, uid: int = 0, gid: int = 0) -> Path:
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    # Unique per call: an agent's threads may unpack the same tree at once.
+    partial = dest.with_name(f".{dest.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
     try:
         with tarfile.open(tarball, "r:*") as tar:
             tar.extractall(partial, filter="tar")
@@ -197,3 +201,16 @@ def unpack(tarball: Path, dest: Path, uid: int = 0, gid: int = 0) -> Path:
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return dest
+
+
+@contextmanager
+def tree_lock(directory: Path, *, exclusive: bool) -> Iterator[None]:
+    """Hold ``directory``'s lock file: shared while a create unpacks or picks a tree, exclusive
+    while the collector removes trees (flock: every process and thread on this machine sees it)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

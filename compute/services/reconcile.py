@@ -6,6 +6,8 @@
   work done, and otherwise moved to error with a fault (its create leftovers removed).
 - Orphans: a domain or instance directory with no live instance row is reported, then removed
   once it has stayed orphaned for the grace period.
+- Unpacked container root filesystems that no container uses are removed after
+  NUBIS_ROOTFS_GRACE (compute.services.containers.rootfs_collect).
 """
 
 from __future__ import annotations
@@ -186,7 +188,7 @@ def _orphan(host: Host, kind: str, name: str, report: Report) -> bool:
 
 def reconcile_host(host: Host, driver: VmDriver, containers: ContainerDriver | None = None) -> Report:
     """One reconciler pass over this host: its VMs through ``driver``, its containers through runc."""
-    from compute.services.containers import container_driver
+    from compute.services.containers import container_driver, rootfs_collect
 
     containers = containers or container_driver()
     report = Report()
@@ -252,6 +254,10 @@ def reconcile_host(host: Host, driver: VmDriver, containers: ContainerDriver | N
             driver.remove_files(str(path))
             redis_client().delete(_orphan_key(host, "disk", path.name))
             report.orphans_removed.append(f"disk:{path.name}")
+    try:
+        report.orphans_removed += [f"rootfs:{name}" for name in rootfs_collect(host.name)]
+    except OSError as exc:
+        logger.warning("reconcile %s: unpacked root filesystems: %s", host.name, exc)
     try:
         networks = host_networks_sync(host)
         report.orphans_removed += [f"bridge:{b}" for b in networks["removed_bridges"]]
