@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -130,9 +131,11 @@ def data_dir() -> Path:
     return path
 
 
-def env_path(name: str, default: Path) -> Path:
-    """A directory path from the environment (default given), created if missing."""
-    path = Path(env_str(name, str(default))).expanduser()
+def env_path(name: str, default: Path | Callable[[], Path]) -> Path:
+    """A directory path from the environment (default given, or made by a callable only when the
+    variable is unset), created if missing."""
+    value = os.environ.get(name, "").strip()
+    path = Path(value or (default() if callable(default) else default)).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -6,7 +6,7 @@ import socket
 from datetime import timedelta
 from pathlib import Path
 
-from portal import config
+from portal import config, stores
 
 BASE_DIR = config.BASE_DIR
 DATA_DIR = config.data_dir()
@@ -26,8 +26,14 @@ LIBVIRT_URI = config.env_str("LIBVIRT_URI", "qemu:///system")
 NUBIS_HOST_NAME = config.env_str("NUBIS_HOST_NAME", socket.gethostname())
 NUBIS_HEARTBEAT_SECONDS = config.env_int("NUBIS_HEARTBEAT_SECONDS", 30, minimum=1)
 # Compute: where images and instance disks live, and how hosts report in.
-NUBIS_IMAGE_DIR = config.env_path("NUBIS_IMAGE_DIR", DATA_DIR / "images")
-NUBIS_INSTANCE_DIR = config.env_path("NUBIS_INSTANCE_DIR", DATA_DIR / "instances")
+# QEMU (libvirt-qemu) and containers' mapped root must reach them: a checkout in a private
+# directory gets them under /var/lib/nubis instead of its var/ (portal.stores).
+NUBIS_IMAGE_DIR = config.env_path(
+    "NUBIS_IMAGE_DIR", lambda: stores.default_store(DATA_DIR, BASE_DIR / "var", "images")
+)
+NUBIS_INSTANCE_DIR = config.env_path(
+    "NUBIS_INSTANCE_DIR", lambda: stores.default_store(DATA_DIR, BASE_DIR / "var", "instances")
+)
 NUBIS_HOST_HEARTBEAT_SECONDS = config.env_int("NUBIS_HOST_HEARTBEAT_SECONDS", 5, minimum=1)
 NUBIS_HOST_HEARTBEAT_TIMEOUT = config.env_int("NUBIS_HOST_HEARTBEAT_TIMEOUT", 30, minimum=2)
 NUBIS_LIBVIRT_NETWORK = config.env_str("NUBIS_LIBVIRT_NETWORK", "default")

@@ -6,17 +6,21 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from portal.preflight import CHECKS, run_checks
+from portal.preflight import CHECKS, DEFAULT_CHECKS, run_checks
 
 
 class Command(BaseCommand):
-    help = "Check the dependencies Nubis needs (database, redis, libvirt) and print one line each."
+    help = (
+        "Check the dependencies Nubis needs (database, redis, libvirt; with --only, also stores: "
+        "whether QEMU and containers can reach the image and instance directories) and print one "
+        "line each."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--only",
-            default=",".join(CHECKS),
-            help=f"comma-separated subset of: {', '.join(CHECKS)}",
+            default=",".join(DEFAULT_CHECKS),
+            help=f"comma-separated subset of: {', '.join(CHECKS)} (default {','.join(DEFAULT_CHECKS)})",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
