@@ -38,9 +38,10 @@ def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
     return errors
 
 
-def problem(
+def problem_body(
     status_code: int, title: str, detail: str, kind: str, errors: list[dict[str, str]] | None = None
-) -> Response:
+) -> dict[str, Any]:
+    """The RFC 9457 document: type, title, status, detail, and the ``errors`` list when given."""
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE + kind,
         "title": title,
@@ -49,6 +50,13 @@ def problem(
     }
     if errors:
         body["errors"] = errors
+    return body
+
+
+def problem(
+    status_code: int, title: str, detail: str, kind: str, errors: list[dict[str, str]] | None = None
+) -> Response:
+    body = problem_body(status_code, title, detail, kind, errors)
     return Response(body, status=status_code, content_type="application/problem+json")
 
 
@@ -85,14 +93,7 @@ def plain_problem(
     status_code: int, title: str, detail: str, kind: str, errors: list[dict[str, str]] | None = None
 ) -> HttpResponse:
     """A problem+json answer made outside DRF (middleware, Django's error handlers)."""
-    body: dict[str, Any] = {
-        "type": PROBLEM_TYPE + kind,
-        "title": title,
-        "status": status_code,
-        "detail": detail,
-    }
-    if errors:
-        body["errors"] = errors
+    body = problem_body(status_code, title, detail, kind, errors)
     return HttpResponse(json.dumps(body), status=status_code, content_type="application/problem+json")
 
 
