@@ -41,6 +41,7 @@ from compute.services.instances import (
     operation_event,
     operation_finish,
 )
+from compute.services.resize import resize_failed
 from compute.services.snapshots import snapshot_forget
 from portal.redis import redis_client
 
@@ -158,6 +159,7 @@ def _execute(operation_id: int, driver: VmDriver) -> str:
         handler(operation, instance, driver)
     except (DriverError, ImageCorrupt) as exc:
         logger.warning("operation %s (%s of %s) failed: %s", operation.pk, operation.kind, instance.uuid, exc)
+        error = str(exc)
         with transaction.atomic():
             if operation.kind == OperationKind.CREATE:
                 _cleanup(instance, driver)
@@ -171,8 +173,10 @@ def _execute(operation_id: int, driver: VmDriver) -> str:
                     )
                     for snapshot in failed:
                         snapshot_forget(snapshot, "snapshot failed")
-                _settle_after_failure(instance, driver, str(exc))
-            operation_finish(operation, OperationState.FAILED, str(exc))
+                if operation.kind == OperationKind.RESIZE:
+                    error = _resize_undo(operation, instance, driver, error)
+                _settle_after_failure(instance, driver, error)
+            operation_finish(operation, OperationState.FAILED, error)
         return OperationState.FAILED
     operation_finish(operation, OperationState.SUCCEEDED)
     return OperationState.SUCCEEDED
@@ -265,6 +269,20 @@ def _resize(operation: Operation, instance: Instance, driver: VmDriver) -> None:
     driver.redefine(guest_spec(instance))
     _step(operation, "redefine", 90)
     _set_state(instance, InstanceState.STOPPED)
+
+
+def _resize_undo(operation: Operation, instance: Instance, driver: VmDriver, error: str) -> str:
+    """Put a refused resize back: the old size in the database, and in a running container's cgroups.
+
+    runc may have set some limits before the one the kernel refused. Returns the fault to record.
+    """
+    error = resize_failed(instance, operation, error)
+    if instance.kind == InstanceKind.CONTAINER and driver.power_state(instance.domain_name) == "running":
+        try:
+            container_driver().update(instance.domain_name, **limits_of(instance))
+        except DriverError as exc:
+            error = f"{error}; putting its old limits back failed too: {exc}"
+    return error
 
 
 def _snapshot(operation: Operation, instance: Instance, driver: VmDriver) -> None:

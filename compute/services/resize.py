@@ -107,13 +107,12 @@ def instance_resize(*, actor: Actor, instance: Instance, vcpus: int, ram_mib: in
     release_claims(locked, "resized")
     quota_claim(
         locked.tenant,
-        {"containers" if container else "instances": 1, "vcpus": vcpus, "ram_mib": ram_mib}
-        | ({} if container else {"disk_gib": locked.disk_gib}),
+        _amounts(locked, vcpus, ram_mib),
         f"instance {locked.name} resized",
         holder=locked,
         priority=locked.priority,
     )
-    old = {"vcpus": locked.vcpus, "ram_mib": locked.ram_mib}
+    old = {"vcpus": locked.vcpus, "ram_mib": locked.ram_mib, "current_ram_mib": locked.current_ram_mib}
     locked.vcpus, locked.ram_mib, locked.current_ram_mib = vcpus, ram_mib, ram_mib
     locked.state = InstanceState.RESIZING
     locked.state_deadline = deadline()
@@ -130,3 +129,63 @@ def instance_resize(*, actor: Actor, instance: Instance, vcpus: int, ram_mib: in
     instance_event(locked)
     operation_enqueue(operation)
     return operation
+
+
+def _amounts(instance: Instance, vcpus: int, ram_mib: int) -> dict[str, int]:
+    """The quota an instance of this size holds."""
+    container = instance.kind == InstanceKind.CONTAINER
+    return {"containers" if container else "instances": 1, "vcpus": vcpus, "ram_mib": ram_mib} | (
+        {} if container else {"disk_gib": instance.disk_gib}
+    )
+
+
+def resize_failed(instance: Instance, operation: Operation, error: str) -> str:
+    """The host refused a resize: the database says again what the guest has; returns the fault.
+
+    Runs in the agent, inside the transaction that records the failure. A refused resize leaves
+    the guest as it was (libvirt keeps the definition it had when it refuses a new one; the agent
+    puts a container's old limits back), so the instance gets back its old vCPUs and RAM, the
+    quota claim for them (even over a limit lowered meanwhile: the guest holds them) and with them
+    its hold on the host, which is read from these fields. ``instance`` is updated in place.
+    """
+    params = operation.params
+    locked = Instance.objects.for_tenant(instance.tenant_id).select_for_update().get(pk=instance.pk)
+    if "memory_mib" in params:
+        # An online memory change records nothing before it succeeds: keep what the database has.
+        instance.current_ram_mib = locked.current_ram_mib
+        return f"memory change to {params['memory_mib']} MiB failed: {error}"
+    old = params.get("from") or {}
+    if not old:
+        return f"resize failed: {error}"
+    vcpus, ram_mib = int(old["vcpus"]), int(old["ram_mib"])
+    current = int(old.get("current_ram_mib", ram_mib))
+    refused = {"vcpus": locked.vcpus, "ram_mib": locked.ram_mib}
+    frees_room = vcpus < locked.vcpus or ram_mib < locked.ram_mib
+    release_claims(locked, "resize failed")
+    quota_claim(
+        locked.tenant,
+        _amounts(locked, vcpus, ram_mib),
+        f"instance {locked.name} kept its size: resize failed",
+        holder=locked,
+        enforce=False,
+    )
+    locked.vcpus, locked.ram_mib, locked.current_ram_mib = vcpus, ram_mib, current
+    locked.save(update_fields=["vcpus", "ram_mib", "current_ram_mib", "updated"])
+    instance.vcpus, instance.ram_mib, instance.current_ram_mib = vcpus, ram_mib, current
+    fault = (
+        f"resize to {refused['vcpus']} vCPUs / {refused['ram_mib']} MiB failed; "
+        f"it keeps {vcpus} vCPUs / {ram_mib} MiB: {error}"
+    )
+    audit_log(
+        actor=Actor.system(f"agent@{locked.host.name if locked.host else '?'}"),
+        action="instance.resize",
+        target=locked,
+        outcome="error",
+        detail={"refused": refused, "kept": {"vcpus": vcpus, "ram_mib": ram_mib}, "error": error[:500]},
+    )
+    if frees_room:
+        # The host got back the room the bigger size had taken: requests waiting for it may fit.
+        from scheduler.admission import admission_kick
+
+        admission_kick()
+    return fault

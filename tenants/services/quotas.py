@@ -54,11 +54,14 @@ def quota_claim(
     *,
     holder: models.Model | None = None,
     priority: int | None = None,
+    enforce: bool = True,
 ) -> QuotaClaim:
     """Record a claim, or raise QuotaExceeded naming the limit and by how much it would be exceeded.
 
     The tenant's quota row is locked for the rest of the caller's transaction, so concurrent
     claims are checked one after another against the same ledger and can never overshoot.
+    ``enforce=False`` records what is already held whatever the limits say (a resize the host
+    refused gives the instance back its old size): like a lowered limit, usage then stands over it.
     """
     amounts = _validate(resources)
     with transaction.atomic():
@@ -69,11 +72,15 @@ def quota_claim(
         in_use = usage_of(tenant)
         for name, amount in amounts.items():
             limit = quota.limit(name)
-            if amount and in_use[name] + amount > limit:
+            if enforce and amount and in_use[name] + amount > limit:
                 raise QuotaExceeded(name, limit, in_use[name], amount)
         claim = QuotaClaim(tenant=tenant, reason=reason[:200], **amounts)
         if holder is not None:
-            claim.holder_type = ContentType.objects.get_for_model(holder)
+            # Read, not taken from ContentType's per-process cache: a long-lived process (the
+            # compute agent claims back a refused resize) can outlive the rows it cached, as when
+            # the test suite flushes the database under a running agent.
+            meta = holder._meta
+            claim.holder_type = ContentType.objects.get(app_label=meta.app_label, model=meta.model_name)
             claim.holder_id = str(holder.pk)
         claim.save()
     return claim
