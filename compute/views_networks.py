@@ -3,7 +3,8 @@
 Each page of this family (networks, security groups, server groups, snapshots) lists what the
 tenant has and, for members and owners, holds the forms that change it. A POST calls one service:
 on success it redirects back with a message (POST/redirect/GET); on a ServiceError it re-renders
-the page with the error next to the field it names, answering the error's status.
+the page with the error next to the field it names, answering the error's status. Deleting a
+network or a group goes through a confirmation page first, as deleting an instance does.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Prefetch
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from compute.models import Instance, InstanceState, Network
@@ -86,6 +88,50 @@ def run(
     return done(result)
 
 
+def confirm_delete(
+    request: HttpRequest,
+    tenant: Tenant,
+    *,
+    what: str,
+    name: str,
+    consequence: str,
+    remedy: str,
+    back: str,
+    in_use: Callable[[], ServiceError | None],
+    delete: Callable[[], Any],
+    done: str,
+) -> HttpResponse:
+    """GET: the page confirming a delete (type the name); POST: delete, then go to ``done``.
+
+    As the instance's delete page does: a POST without the name typed re-shows the page with the
+    error next to the field (400). Something in use is never offered for deletion: the page names
+    what uses it, and a POST answers 409 with the same words, whether the page saw it in use or
+    the service (under its lock) did. ``remedy`` says what to do about it.
+    """
+    context = {
+        "tenant": tenant,
+        "what": what,
+        "name": name,
+        "consequence": consequence,
+        "remedy": remedy,
+        "back": back,
+    }
+    template = "compute/networks/delete.html"
+    if request.method == "GET":
+        return render(request, template, {**context, "refused": in_use()})
+    if request.POST.get("confirm") != name:
+        refused = in_use()
+        if refused is not None:
+            return render(request, template, {**context, "refused": refused}, status=refused.status)
+        return render(request, template, {**context, "error": f"type {name} to confirm"}, status=400)
+    try:
+        delete()
+    except ServiceError as exc:
+        return render(request, template, {**context, "refused": exc}, status=exc.status)
+    messages.success(request, f"Deleted {what} {name}.")
+    return redirect(done)
+
+
 # -- networks ----------------------------------------------------------------------------------
 NETWORK_FORMS: Forms = {"create": ("name", "cidr", "nat_egress")}
 
@@ -146,18 +192,24 @@ def networks_page(request: HttpRequest, tenant: str) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def network_delete(request: HttpRequest, tenant: str, pk: Any) -> HttpResponse:
-    """Delete a network no live instance is on."""
+    """GET: the confirmation page; POST: delete a network no live instance is on."""
     obj, role = tenant_for_request(request, tenant, Role.VIEWER)
     network = _network(obj, pk)
     require_role(role, Role.MEMBER, obj)
-    return run(
+    networks = reverse("ui-networks", kwargs={"tenant": obj.slug})
+    return confirm_delete(
         request,
-        lambda: svc.network_delete(actor=Actor.from_request(request), network=network),
-        lambda _: f"Deleted network {network.name}.",
-        lambda _: redirect("ui-networks", tenant=obj.slug),
-        lambda exc: _networks_page(request, obj, role, exc, form="row", row=network.uuid),
+        obj,
+        what="network",
+        name=network.name,
+        consequence=f"Its subnet {network.cidr} becomes free for another network.",
+        remedy="Delete the instances on it first: an instance stays on the network it was created on.",
+        back=networks,
+        in_use=lambda: svc.network_in_use(network),
+        delete=lambda: svc.network_delete(actor=Actor.from_request(request), network=network),
+        done=networks,
     )
 
 

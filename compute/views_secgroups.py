@@ -8,11 +8,12 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Prefetch
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from compute.models import Protocol, SecurityGroup, SecurityRule
 from compute.services import networks as svc
-from compute.views_networks import Forms, live_instances, page, run
+from compute.views_networks import Forms, confirm_delete, live_instances, page, run
 from security.audit import Actor
 from tenants.access import require_role, tenant_for_request
 from tenants.errors import ServiceError
@@ -98,18 +99,25 @@ def secgroup_page(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def secgroup_delete(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
-    """Delete a security group no live instance uses."""
+    """GET: the confirmation page; POST: delete a security group no live instance uses."""
     obj, role = tenant_for_request(request, tenant, Role.VIEWER)
     group = _group(obj, pk)
     require_role(role, Role.MEMBER, obj)
-    return run(
+    rules = len(group.rules.all())
+    return confirm_delete(
         request,
-        lambda: svc.group_delete(actor=Actor.from_request(request), group=group),
-        lambda _: f"Deleted security group {group.name}.",
-        lambda _: redirect("ui-secgroups", tenant=obj.slug),
-        lambda exc: _groups_page(request, obj, role, exc, form="row", row=group.pk),
+        obj,
+        what="security group",
+        name=group.name,
+        consequence=f"Its rules ({rules}) are deleted with it." if rules else "It has no rules.",
+        remedy="Take the group off those instances first (in the API, PUT "
+        "…/instances/<id>/security-groups/ sets an instance's groups), or delete them.",
+        back=reverse("ui-secgroup", kwargs={"tenant": obj.slug, "pk": group.pk}),
+        in_use=lambda: svc.group_in_use(group),
+        delete=lambda: svc.group_delete(actor=Actor.from_request(request), group=group),
+        done=reverse("ui-secgroups", kwargs={"tenant": obj.slug}),
     )
 
 

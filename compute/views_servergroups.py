@@ -8,11 +8,12 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Prefetch
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
-from django.views.decorators.http import require_http_methods, require_POST
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
 
 from compute.models import GroupPolicy, ServerGroup
 from compute.services import server_groups as svc
-from compute.views_networks import Forms, live_instances, page, run
+from compute.views_networks import Forms, confirm_delete, live_instances, page, run
 from security.audit import Actor
 from tenants.access import require_role, tenant_for_request
 from tenants.errors import ServiceError
@@ -76,16 +77,22 @@ def servergroups_page(request: HttpRequest, tenant: str) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def servergroup_delete(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
-    """Delete a server group that no live instance belongs to."""
+    """GET: the confirmation page; POST: delete a server group that no live instance belongs to."""
     obj, role = tenant_for_request(request, tenant, Role.VIEWER)
     group = get_object_or_404(ServerGroup.objects.for_tenant(obj), pk=pk)
     require_role(role, Role.MEMBER, obj)
-    return run(
+    groups = reverse("ui-servergroups", kwargs={"tenant": obj.slug})
+    return confirm_delete(
         request,
-        lambda: svc.server_group_delete(actor=Actor.from_request(request), group=group),
-        lambda _: f"Deleted server group {group.name}.",
-        lambda _: redirect("ui-servergroups", tenant=obj.slug),
-        lambda exc: _page(request, obj, role, exc, form="row", row=group.pk),
+        obj,
+        what="server group",
+        name=group.name,
+        consequence=f"Its {group.policy} policy ends with it: no new instance can join it.",
+        remedy="Delete its members first: an instance stays in the server group it was created in.",
+        back=groups,
+        in_use=lambda: svc.server_group_in_use(group),
+        delete=lambda: svc.server_group_delete(actor=Actor.from_request(request), group=group),
+        done=groups,
     )

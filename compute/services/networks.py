@@ -26,6 +26,8 @@ from compute.models import (
     SecurityGroup,
     SecurityRule,
 )
+from compute.network import plumbing
+from compute.network.plumbing import PlumbingError
 from security.audit import Actor, audit_log
 from tenants.errors import Conflict, ServiceError
 from tenants.models import Tenant
@@ -160,12 +162,23 @@ def network_update(*, actor: Actor, network: Network, nat_egress: bool | None = 
     return locked
 
 
+def network_in_use(network: Network) -> Conflict | None:
+    """The refusal to delete a network live instances are on, naming them; None when it is free."""
+    return in_use(
+        "network",
+        f"network {network.name!r}",
+        Instance.objects.for_tenant(network.tenant_id).filter(network=network),
+    )
+
+
 @transaction.atomic
 def network_delete(*, actor: Actor, network: Network) -> None:
+    """Delete a network no live instance is on (refused with a Conflict naming them)."""
+    # Locked: a create attaching an instance to it locks it too, so the two go one after the other.
     locked = Network.objects.for_tenant(network.tenant_id).select_for_update().get(pk=network.pk)
-    users = live_names(Instance.objects.for_tenant(locked.tenant_id).filter(network=locked))
-    if users:
-        raise Conflict("network", "in_use", f"network {locked.name!r} is in use by {', '.join(users)}")
+    refusal = network_in_use(locked)
+    if refusal is not None:
+        raise refusal
     locked.deleted_at = timezone.now()
     locked.save(update_fields=["deleted_at"])
     audit_log(actor=actor, action="network.delete", target=locked)
@@ -198,12 +211,33 @@ def default_network(tenant: Tenant, actor: Actor) -> Network:
             return network_create(
                 actor=actor, tenant=tenant, name=DEFAULT_NAME, cidr=str(subnet), audit=False
             )
-    raise Conflict("network", "pool", f"no free /24 is left in the network pool {pool}")
+    raise Conflict(
+        "network",
+        "pool",
+        f"no free /24 is left in the network pool {pool} (skipped: subnets of networks, reserved ones, "
+        "and those routed on a compute host)",
+    )
 
 
-def live_names(instances: Any) -> list[str]:
-    """The names of up to five live instances among ``instances`` (to say what holds something)."""
-    return list(instances.exclude(state__in=NOT_LIVE).values_list("name", flat=True)[:5])
+USERS_NAMED = 5  # an in-use refusal names this many instances, then says how many more
+
+
+def in_use(field: str, what: str, instances: Any) -> Conflict | None:
+    """The refusal to delete ``what`` while live instances among ``instances`` use it, naming them.
+
+    One wording for networks, security groups and server groups, e.g. "network 'blue' is used by
+    instances web1, db2"; None when no live instance uses it.
+    """
+    live = instances.exclude(state__in=NOT_LIVE).order_by("name")
+    names = list(live.values_list("name", flat=True)[: USERS_NAMED + 1])
+    if not names:
+        return None
+    more = ""
+    if len(names) > USERS_NAMED:
+        names = names[:USERS_NAMED]
+        more = f" and {live.count() - USERS_NAMED} more"
+    noun = "instance" if len(names) == 1 else "instances"
+    return Conflict(field, "in_use", f"{what} is used by {noun} {', '.join(names)}{more}")
 
 
 def networks_for(tenant: Tenant) -> Any:
@@ -267,13 +301,23 @@ def group_create(*, actor: Actor, tenant: Tenant, name: str, description: str = 
     return group
 
 
+def group_in_use(group: SecurityGroup) -> Conflict | None:
+    """The refusal to delete a security group live instances use, naming them; None when it is free."""
+    users = Instance.objects.for_tenant(group.tenant_id).filter(security_groups=group)
+    return in_use("security_group", f"security group {group.name!r}", users)
+
+
 @transaction.atomic
 def group_delete(*, actor: Actor, group: SecurityGroup) -> None:
-    users = live_names(Instance.objects.for_tenant(group.tenant_id).filter(security_groups=group))
-    if users:
-        raise Conflict("group", "in_use", f"security group {group.name!r} is used by {', '.join(users)}")
-    audit_log(actor=actor, action="secgroup.delete", target=group)
-    group.delete()
+    """Delete a security group no live instance uses (refused with a Conflict naming them)."""
+    # Locked: an instance given the group meanwhile (its row references this one) either committed
+    # before, and is seen, or waits and then fails; the delete never takes a group off an instance.
+    locked = SecurityGroup.objects.for_tenant(group.tenant_id).select_for_update().get(pk=group.pk)
+    refusal = group_in_use(locked)
+    if refusal is not None:
+        raise refusal
+    audit_log(actor=actor, action="secgroup.delete", target=locked)
+    locked.delete()
 
 
 def _port(value: Any, field: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import IntegrityError, transaction
 
 from compute.models import GroupPolicy, Instance, ServerGroup
-from compute.services.networks import live_names, name_ok
+from compute.services.networks import in_use, name_ok
 from security.audit import Actor, audit_log
 from tenants.errors import Conflict, ServiceError
 from tenants.models import Tenant
@@ -27,16 +27,24 @@ def server_group_create(*, actor: Actor, tenant: Tenant, name: str, policy: str)
     return group
 
 
+def server_group_in_use(group: ServerGroup) -> Conflict | None:
+    """The refusal to delete a server group with live members, naming them; None when it has none."""
+    members = Instance.objects.for_tenant(group.tenant_id).filter(server_group=group)
+    return in_use("server_group", f"server group {group.name!r}", members)
+
+
 @transaction.atomic
 def server_group_delete(*, actor: Actor, group: ServerGroup) -> None:
-    """Delete a group that no live instance belongs to."""
-    members = live_names(Instance.objects.for_tenant(group.tenant_id).filter(server_group=group))
-    if members:
-        raise Conflict("group", "in_use", f"server group {group.name!r} still has {', '.join(members)}")
+    """Delete a group that no live instance belongs to (refused with a Conflict naming them)."""
+    # Locked as placement locks it: a member being placed meanwhile is seen, or waits and fails.
+    locked = ServerGroup.objects.for_tenant(group.tenant_id).select_for_update().get(pk=group.pk)
+    refusal = server_group_in_use(locked)
+    if refusal is not None:
+        raise refusal
     # Deleted instances keep no claim on the group.
-    Instance.objects.for_tenant(group.tenant_id).filter(server_group=group).update(server_group=None)
-    audit_log(actor=actor, action="servergroup.delete", target=group)
-    group.delete()
+    Instance.objects.for_tenant(locked.tenant_id).filter(server_group=locked).update(server_group=None)
+    audit_log(actor=actor, action="servergroup.delete", target=locked)
+    locked.delete()
 
 
 def group_hosts(instance: Instance) -> frozenset[int]:

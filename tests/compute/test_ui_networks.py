@@ -159,13 +159,12 @@ def test_a_network_in_use_is_not_deleted_and_a_free_one_is(alpha: Tenant, member
     instance(alpha, "web-1", network=used, ip_address="10.197.5.2")
     page = member.get("/t/alpha/networks/").content.decode()
     assert re.search(r"<th scope=\"row\">used</th>.*?web-1", page, re.S)
-    response = member.post(f"/t/alpha/networks/{used.uuid}/delete/")
+    assert f'href="/t/alpha/networks/{used.uuid}/delete/"' in page  # to its confirmation page
+    response = member.post(f"/t/alpha/networks/{used.uuid}/delete/", {"confirm": "used"})
     assert response.status_code == 409
-    assert "network &#x27;used&#x27; is in use by web-1" in field_error(
-        response.content.decode(), f"network-{used.uuid}"
-    )
+    assert "network &#x27;used&#x27; is used by instance web-1" in response.content.decode()
     free = Network.objects.for_tenant(alpha).get(name="free")
-    response = member.post(f"/t/alpha/networks/{free.uuid}/delete/", follow=True)
+    response = member.post(f"/t/alpha/networks/{free.uuid}/delete/", {"confirm": "free"}, follow=True)
     assert "Deleted network free." in response.content.decode()
     assert list(Network.objects.for_tenant(alpha).filter(deleted_at=None).values_list("name", flat=True)) == [
         "used"
@@ -199,7 +198,7 @@ def test_member_creates_a_group_adds_and_removes_rules(alpha: Tenant, member: Cl
     response = member.post(f"{base}rules/{rule.pk}/delete/", follow=True)
     assert "Removed rule icmp from 192.0.2.0/24 from web." in response.content.decode()
     assert SecurityRule.objects.for_tenant(alpha).filter(group=group).count() == 2
-    response = member.post(f"{base}delete/", follow=True)
+    response = member.post(f"{base}delete/", {"confirm": "web"}, follow=True)
     assert response.redirect_chain == [("/t/alpha/security-groups/", 302)]
     assert not SecurityGroup.objects.for_tenant(alpha).exists()
 
@@ -251,9 +250,9 @@ def test_a_taken_group_name_is_a_conflict(alpha: Tenant, member: Client) -> None
 def test_a_group_in_use_is_not_deleted(alpha: Tenant, member: Client) -> None:
     group = SecurityGroup.objects.create(tenant=alpha, name="web")
     instance(alpha, "web-1").groups_set([group])
-    response = member.post(f"/t/alpha/security-groups/{group.pk}/delete/")
+    response = member.post(f"/t/alpha/security-groups/{group.pk}/delete/", {"confirm": "web"})
     assert response.status_code == 409
-    assert "is used by web-1" in field_error(response.content.decode(), f"group-{group.pk}")
+    assert "is used by instance web-1" in response.content.decode()
     assert SecurityGroup.objects.for_tenant(alpha).filter(pk=group.pk).exists()
 
 
@@ -265,7 +264,7 @@ def test_member_creates_and_deletes_a_server_group(alpha: Tenant, member: Client
     assert "Every member runs on a different host." in page
     group = ServerGroup.objects.for_tenant(alpha).get(name="db")
     assert group.policy == "anti-affinity"
-    response = member.post(f"/t/alpha/server-groups/{group.pk}/delete/", follow=True)
+    response = member.post(f"/t/alpha/server-groups/{group.pk}/delete/", {"confirm": "db"}, follow=True)
     assert "Deleted server group db." in response.content.decode()
     assert not ServerGroup.objects.for_tenant(alpha).exists()
 
@@ -284,11 +283,9 @@ def test_a_server_group_with_members_refuses_deletion(alpha: Tenant, member: Cli
     assert re.search(
         r"<th scope=\"row\">db</th>.*?db-1", member.get("/t/alpha/server-groups/").content.decode(), re.S
     )
-    response = member.post(f"/t/alpha/server-groups/{group.pk}/delete/")
+    response = member.post(f"/t/alpha/server-groups/{group.pk}/delete/", {"confirm": "db"})
     assert response.status_code == 409
-    assert "server group &#x27;db&#x27; still has db-1" in field_error(
-        response.content.decode(), f"sgroup-{group.pk}"
-    )
+    assert "server group &#x27;db&#x27; is used by instance db-1" in response.content.decode()
     assert ServerGroup.objects.for_tenant(alpha).filter(pk=group.pk).exists()
 
 

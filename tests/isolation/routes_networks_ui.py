@@ -10,6 +10,8 @@ from tests.isolation.world import World
 
 # A member's POST: redirected after success; viewers 403; everyone outside A 404.
 UI_MEMBER_POST = exp(302, 403, 302, 302, 404, 404, 404)
+# A page for members only (a delete's confirmation): viewers 403; everyone outside A 404.
+UI_MEMBER_PAGE = exp(302, 403, 200, 200, 404, 404, 404)
 
 
 def ui_member_fails(status: int) -> dict[str, int | str]:
@@ -64,6 +66,11 @@ def _snap(method: str, expect: dict[str, int | str], suffix: str, **kw: Any) -> 
     return _object_case(method, expect, "snapshots", lambda w, n: w.snaps[n].pk, "snap", suffix, **kw)
 
 
+def _confirm(name: str) -> Callable[[World], dict[str, Any]]:
+    """The body of a delete's confirmation: the name typed."""
+    return lambda w: {"confirm": name}
+
+
 def _rule_path(tenant: str, group: str, rule: str) -> Path:
     def path(w: World) -> str:
         slug = (w.a if tenant == "a" else w.b).slug
@@ -110,8 +117,10 @@ ROUTES: dict[str, list[Case]] = {
         )
     ],
     "ui-network-delete": [
-        _net("POST", UI_MEMBER_POST, "spare", "delete/", action="network.delete"),
-        _net("POST", ui_member_fails(409), "net", "delete/"),  # a-box is on it
+        _net("GET", UI_MEMBER_PAGE, "spare", "delete/"),
+        _net("POST", ui_member_fails(400), "spare", "delete/"),  # the name not typed
+        _net("POST", UI_MEMBER_POST, "spare", "delete/", data=_confirm("a-spare"), action="network.delete"),
+        _net("POST", ui_member_fails(409), "net", "delete/", data=_confirm("a-net")),  # a-box is on it
     ],
     "ui-secgroups": [
         Case("GET", _groups, UI_TENANT_READ, b_path=_groups_b, lists=True),
@@ -127,8 +136,12 @@ ROUTES: dict[str, list[Case]] = {
     ],
     "ui-secgroup": [_group("GET", UI_TENANT_READ, "sg", lists=True)],
     "ui-secgroup-delete": [
-        _group("POST", UI_MEMBER_POST, "spare", "delete/", action="secgroup.delete"),
-        _group("POST", ui_member_fails(409), "sg", "delete/"),  # a-box uses it
+        _group("GET", UI_MEMBER_PAGE, "spare", "delete/"),
+        _group("POST", ui_member_fails(400), "spare", "delete/"),  # the name not typed
+        _group(
+            "POST", UI_MEMBER_POST, "spare", "delete/", data=_confirm("a-spare"), action="secgroup.delete"
+        ),
+        _group("POST", ui_member_fails(409), "sg", "delete/", data=_confirm("a-sg")),  # a-box uses it
     ],
     "ui-secgroup-rule-add": [
         _group(
@@ -171,8 +184,12 @@ ROUTES: dict[str, list[Case]] = {
         ),
     ],
     "ui-servergroup-delete": [
-        _sgroup("POST", UI_MEMBER_POST, "lone", "delete/", action="servergroup.delete"),
-        _sgroup("POST", ui_member_fails(409), "grp", "delete/"),  # a-vm is in it
+        _sgroup("GET", UI_MEMBER_PAGE, "lone", "delete/"),
+        _sgroup("POST", ui_member_fails(400), "lone", "delete/"),  # the name not typed
+        _sgroup(
+            "POST", UI_MEMBER_POST, "lone", "delete/", data=_confirm("a-lone"), action="servergroup.delete"
+        ),
+        _sgroup("POST", ui_member_fails(409), "grp", "delete/", data=_confirm("a-grp")),  # a-vm is in it
     ],
     "ui-snapshots": [Case("GET", _snaps, UI_TENANT_READ, b_path=_snaps_b, lists=True)],
     "ui-snapshot-revert": [_snap("POST", UI_MEMBER_POST, "revert/", action="snapshot.revert")],
