@@ -114,6 +114,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_beat",
     "channels",
+    "axes",
     "portal",
     "tenants",
     "compute",
@@ -123,6 +124,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "portal.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -138,6 +140,8 @@ MIDDLEWARE = [
     # Inside the audit: a replayed POST is still a request, and still leaves its one record.
     "portal.idempotency.IdempotencyMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a login django-axes refused into the lockout page (portal.lockout).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -166,6 +170,25 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# django-axes first: it refuses a login for a locked account or address before any check of the
+# password; it never logs anyone in itself.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Login lockout (portal.lockout): NUBIS_LOGIN_FAILURES failed logins for one account, or from one
+# client address, lock it for NUBIS_LOGIN_LOCKOUT_SECONDS after the last of them (0: until a staff
+# unlock). A login refused while locked does not extend the lock.
+AXES_FAILURE_LIMIT = config.env_int("NUBIS_LOGIN_FAILURES", 10, minimum=1)
+_LOGIN_LOCKOUT_SECONDS = config.env_int("NUBIS_LOGIN_LOCKOUT_SECONDS", 900, minimum=0)
+AXES_COOLOFF_TIME = timedelta(seconds=_LOGIN_LOCKOUT_SECONDS) if _LOGIN_LOCKOUT_SECONDS else None
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "portal.lockout.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "security.audit.client_ip"  # the address the audit trail records
+AXES_DISABLE_ACCESS_LOG = True  # successful logins are in the audit trail already
+AXES_ENABLE_ADMIN = False  # portal.admin registers the attempts, with an audited unlock
+AXES_VERBOSE = False
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "login"
@@ -227,6 +250,10 @@ REST_FRAMEWORK = {
 NUBIS_API_RATE_TOKEN = config.env_rate("NUBIS_API_RATE_TOKEN", "600/min")
 NUBIS_API_RATE_USER = config.env_rate("NUBIS_API_RATE_USER", "1200/min")
 NUBIS_API_RATE_ANON = config.env_rate("NUBIS_API_RATE_ANON", "60/min")
+# Whether `manage.py serve` takes the client's address from X-Forwarded-For (daphne's
+# --proxy-headers). Only behind a proxy that overwrites that header: otherwise any client could
+# name its own address, and step around the per-address login lockout and rate limits.
+NUBIS_TRUST_PROXY_HEADERS = config.env_bool("NUBIS_TRUST_PROXY_HEADERS", False)
 # The largest request body accepted (bytes); a larger API request is answered 413 (portal.body_limits).
 DATA_UPLOAD_MAX_MEMORY_SIZE = config.env_int("NUBIS_MAX_BODY_BYTES", 2_621_440, minimum=1024)
 # Idempotency-Key on API POSTs (portal.idempotency): how long an answer is kept for retries, and how
@@ -242,6 +269,9 @@ SPECTACULAR_SETTINGS = {
     # Swagger UI assets come from the drf-spectacular-sidecar package, never a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # No validator badge: Swagger UI would load it from validator.swagger.io (sending it the
+    # schema's URL), which the Content-Security-Policy (img-src 'self') refuses anyway.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "REDOC_DIST": "SIDECAR",
     # Choice sets shared by several fields get one named component each (not "Kind870Enum").
     "ENUM_NAME_OVERRIDES": {

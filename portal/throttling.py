@@ -142,7 +142,7 @@ def budget_of(request: Request) -> tuple[str, str, str]:
     if user is not None and user.is_authenticated:
         return "user", str(user.pk), settings.NUBIS_API_RATE_USER
     # Hashed: the key names a budget, it need not spell out who called.
-    # The peer address (daphne applies X-Forwarded-For when run with --proxy-headers).
+    # The peer address (daphne applies X-Forwarded-For only with NUBIS_TRUST_PROXY_HEADERS).
     ip = request.META.get("REMOTE_ADDR") or "unknown"
     return "address", hashlib.sha256(ip.encode()).hexdigest()[:32], settings.NUBIS_API_RATE_ANON
 

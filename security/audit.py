@@ -51,7 +51,7 @@ class Actor:
 
 
 def client_ip(request: HttpRequest) -> str | None:
-    """The peer address (daphne already applied X-Forwarded-For when run with --proxy-headers)."""
+    """The peer address (daphne applies X-Forwarded-For only with NUBIS_TRUST_PROXY_HEADERS)."""
     address = request.META.get("REMOTE_ADDR") or ""
     try:
         # A server on a unix socket, or a test client, gives something that is not an address.

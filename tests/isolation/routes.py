@@ -600,6 +600,8 @@ ADMIN_MODELS: dict[str, dict[str, bool]] = {
     "django_celery_beat.crontabschedule": {"add": True, "delete": True},
     "django_celery_beat.solarschedule": {"add": True, "delete": True},
     "django_celery_beat.clockedschedule": {"add": True, "delete": True},
+    # Login lockouts (portal.admin): deleting the failed attempts unlocks.
+    "axes.accessattempt": {"add": False, "delete": True},
 }
 
 ADMIN_STAFF_ONLY: dict[str, int | str] = exp(302, 302, 302, 302, 302, 200, 200)

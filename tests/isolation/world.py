@@ -127,7 +127,8 @@ def build_world() -> World:
 
 
 def _schedules() -> None:
-    """One row of each beat model and an auth group, so their admin pages have something to show."""
+    """One row of each beat model, an auth group and a failed login, so their admin pages have
+    something to show."""
     from django.contrib.auth.models import Group
     from django.utils import timezone
     from django_celery_beat.models import (
@@ -144,6 +145,12 @@ def _schedules() -> None:
     SolarSchedule.objects.create(event="sunrise", latitude=48.0, longitude=2.0)
     ClockedSchedule.objects.create(clocked_time=timezone.now())
     PeriodicTask.objects.create(name="fixture-task", task="portal.tasks.heartbeat", interval=every)
+    from axes.models import AccessAttempt
+
+    AccessAttempt.objects.create(
+        username="fixture-guess", ip_address="192.0.2.1", user_agent="harness", http_accept="*/*",
+        path_info="/login/", get_data="", post_data="", failures_since_start=1,
+    )  # fmt: skip
 
 
 def _placements(vms: dict[str, Instance]) -> dict[str, ServerGroup]:

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +20,7 @@ from pytest_django import DjangoDbBlocker
 from security.audit import Actor
 from tenants.models import Membership, Role
 from tenants.services.tokens import token_create
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import serve_portal, subprocess_env
 from tests.factories import add_member, make_tenant
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -54,12 +50,6 @@ class Portal:
             conn.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def portal(django_db_blocker: DjangoDbBlocker, tmp_path: Path) -> Iterator[Portal]:
     tenant = make_tenant("bodies")
@@ -74,35 +64,11 @@ def portal(django_db_blocker: DjangoDbBlocker, tmp_path: Path) -> Iterator[Porta
         role=Role.OWNER,
     )
     member_id = Membership.objects.get(user=other, tenant=tenant).pk
-    port, log = _free_port(), tmp_path / "web.log"
+    log = tmp_path / "web.log"
     with django_db_blocker.unblock():
         env = subprocess_env(NUBIS_MAX_BODY_BYTES=str(LIMIT))
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "serve", "--bind", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(0.2)
+    with serve_portal(log, env) as port:
         yield Portal(port, log, tenant.slug, member_id, token)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # Bodies Twisted's multipart parse fails on ("Not a multipart."): no part opens with the boundary,

@@ -185,8 +185,8 @@ def test_staff_see_every_host_with_reserved_use_against_capacity_after_overcommi
     assert gauge(kvm_card, "RAM") == {"used": "6656", "capacity": "12288", "pct": "54"}
     assert gauge(kvm_card, "Disk") == {"used": "50", "capacity": "100", "pct": "50"}
     assert '<div class="bar err" role="meter"' in kvm_card  # vCPUs full
-    assert 'style="width:100%"' in kvm_card
-    assert 'style="width:54%"' in kvm_card
+    assert 'data-width="100"' in kvm_card
+    assert 'data-width="54"' in kvm_card
     assert 'aria-valuetext="6656 of 12288 MiB (54%)"' in kvm_card
     assert 'data-state="enabled"' in kvm_card
     assert "EPT (Intel nested paging)" in kvm_card

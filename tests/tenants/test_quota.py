@@ -170,7 +170,7 @@ def test_admin_quota_list_shows_usage_bars(admin_client: Client) -> None:
     quota_claim(tenant, {"vcpus": 7}, "x")
     html = admin_client.get("/admin/tenants/quota/").content.decode()
     assert 'title="7 of 10"' in html
-    assert "width:70%" in html
+    assert '<meter min="0" max="10" value="7" low="7.0" high="9.0" optimum="0">70%</meter>' in html
 
 
 @pytest.mark.django_db

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from portal import preflight, server
@@ -19,7 +20,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         preflight.require(["database", "redis"])
-        argv = ["--bind", options["bind"], "--port", str(options["port"]), "--proxy-headers"]
+        argv = ["--bind", options["bind"], "--port", str(options["port"])]
+        if settings.NUBIS_TRUST_PROXY_HEADERS:
+            argv.append("--proxy-headers")  # the client's address from the proxy's X-Forwarded-For
         if options["access_log"]:
             argv += ["--access-log", options["access_log"]]
         argv.append("portal.asgi:application")
