@@ -5,13 +5,25 @@ with its inline errors and quota preview data, one instance's page, actions and 
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from html import unescape
 from typing import Any
 
 import pytest
+from django.db.models import Q
 from django.test import Client
+from django.utils import timezone
 
-from compute.models import CpuMode, Flavor, Image, ImageKind, Instance, InstanceState, Operation
+from compute.models import (
+    CpuMode,
+    Flavor,
+    Image,
+    ImageKind,
+    Instance,
+    InstanceKind,
+    InstanceState,
+    Operation,
+)
 from tenants.models import Role, Tenant
 from tests.factories import add_member, make_tenant
 from tests.scheduler.test_placement import make_host
@@ -174,3 +186,196 @@ def test_dashboard_shows_quota_states_operations_and_the_queue(catalog: None) ->
         f"/t/{tenant.slug}/instances/{Instance.objects.for_tenant(tenant).get(name='waits').uuid}/"
     )
     assert "Waiting for room: place 1 of 1" in detail.content.decode()
+
+
+# ---- the list in pages ------------------------------------------------------------------------
+
+ROW = re.compile(r'<tr data-instance="([0-9a-f-]{36})"')
+LINK = re.compile(r'<a class="button" href="([^"]+)" rel="(first|prev|next)">')
+
+
+def many(tenant: Tenant, n: int, tag: str = "p", hours_ago: int = 1) -> list[Instance]:
+    """Instances of both kinds in several states; every 5th shares its timestamp with the next
+    ones, so the id must break the ties."""
+    flavor = Flavor.objects.get(name="u.small")
+    image = Image.objects.get(name="u-image")
+    start = timezone.now() - timedelta(hours=hours_ago)
+    states = [InstanceState.RUNNING, InstanceState.STOPPED, InstanceState.ERROR, InstanceState.QUEUED]
+    return Instance.objects.unscoped().bulk_create(
+        Instance(
+            tenant=tenant,
+            name=f"{tag}-{i:03d}",
+            flavor=flavor,
+            image=image,
+            kind=InstanceKind.VM if i % 2 else InstanceKind.CONTAINER,
+            state=states[i % len(states)],
+            ip_address=f"10.9.{i // 100}.{i % 100 + 1}",
+            created=start + timedelta(seconds=i // 5 * 5),
+        )
+        for i in range(n)
+    )
+
+
+def expected(tenant: Tenant, where: Q) -> list[str]:
+    rows = Instance.objects.for_tenant(tenant).filter(where).order_by("-created", "-pk")
+    return [str(u) for u in rows.values_list("uuid", flat=True)]
+
+
+def page_of(client: Client, url: str) -> tuple[Any, list[str], dict[str, str]]:
+    response = client.get(url)
+    html = response.content.decode()
+    links = {rel: unescape(href) for href, rel in LINK.findall(html)}
+    return response, ROW.findall(html), links
+
+
+def walk(client: Client, url: str) -> list[list[str]]:
+    """Follow "Older" from the first page to the last; the instances of each page."""
+    pages: list[list[str]] = []
+    link: str | None = url
+    while link:
+        response, rows, links = page_of(client, link)
+        assert response.status_code == 200, link
+        html = response.content.decode()
+        first = not pages
+        assert ('id="not-first-page"' not in html) == first, link
+        assert ("first" not in links and "prev" not in links) == first, link
+        assert ('data-first-page="1"' in html) == first, link
+        pages.append(rows)
+        link = links.get("next")
+        assert len(pages) < 100, "the walk does not end"
+    return pages
+
+
+CASES = [
+    ("", ~Q(state__in=[InstanceState.DELETED, InstanceState.ERROR])),
+    ("?state=&kind=vm", Q(kind=InstanceKind.VM)),
+    ("?state=running&kind=", Q(state=InstanceState.RUNNING)),
+    ("?state=&q=p-01", Q(name__icontains="p-01")),
+    ("?state=active&q=10.9.0.1", Q(ip_address__startswith="10.9.0.1") & ~Q(state=InstanceState.ERROR)),
+]
+
+
+@pytest.mark.parametrize(("query", "where"), CASES, ids=[q or "default" for q, _ in CASES])
+def test_every_instance_is_reached_once_in_order_by_following_the_pages(
+    catalog: None, query: str, where: Q
+) -> None:
+    tenant = make_tenant("ui-pages")
+    many(tenant, 43)
+    client = member_client(tenant)
+    base = f"/t/{tenant.slug}/instances/"
+    url = base + query + ("&" if query else "?") + "page_size=4"
+    want = expected(tenant, where)
+    assert len(want) > 4, "the case needs more than one page"
+    pages = walk(client, url)
+    assert [u for page in pages for u in page] == want
+    assert all(len(page) == 4 for page in pages[:-1])
+    # The links keep the filters and the page size.
+    _, _, links = page_of(client, url)
+    params = dict(p.split("=", 1) for p in links["next"].split("?", 1)[1].split("&"))
+    for part in (query.lstrip("?").split("&") if query else ["state=active"]) + ["page_size=4"]:
+        key, value = part.split("=", 1)
+        assert params[key] == value.replace(":", "%3A"), (key, links["next"])
+    # Back from the last page through "Newer": the same pages; the newest lands on the first page.
+    last = url
+    for _ in pages[:-1]:
+        last = page_of(client, last)[2]["next"]
+    back: list[list[str]] = []
+    link: str | None = last
+    while link:
+        response = client.get(link)
+        if response.status_code == 302:
+            assert "cursor=" not in response["Location"]
+            link = response["Location"]
+            continue
+        back.append(ROW.findall(response.content.decode()))
+        link = {rel: unescape(h) for h, rel in LINK.findall(response.content.decode())}.get("prev")
+    assert back[::-1] == pages
+
+
+def test_the_default_page_holds_50_and_instances_made_between_pages_are_not_repeated(catalog: None) -> None:
+    tenant = make_tenant("ui-pages-add")
+    made = many(tenant, 120)
+    client = member_client(tenant)
+    base = f"/t/{tenant.slug}/instances/?state="
+    _, first, links = page_of(client, base)
+    assert len(first) == 50
+    assert first == [str(i.uuid) for i in sorted(made, key=lambda i: (i.created, i.pk), reverse=True)][:50]
+    many(tenant, 7, tag="late", hours_ago=0)  # newer than all: they go on the first page, not the next ones
+    seen = list(first)
+    link: str | None = links["next"]
+    while link:
+        _, rows, links = page_of(client, link)
+        seen += rows
+        link = links.get("next")
+    assert sorted(seen) == sorted(str(i.uuid) for i in made)
+    assert len(seen) == len(set(seen))
+
+
+def test_a_bad_cursor_or_page_size_answers_400_with_the_first_page_and_says_why(catalog: None) -> None:
+    tenant = make_tenant("ui-pages-bad")
+    many(tenant, 9)
+    client = member_client(tenant)
+    base = f"/t/{tenant.slug}/instances/"
+    _, _, links = page_of(client, base + "?state=&page_size=3")
+    cursor = links["next"].split("cursor=")[1].split("&")[0]
+    other = make_tenant("ui-pages-other")
+    many(other, 9, tag="o")
+    other_client = member_client(other)
+    cases = [
+        (client, base + "?state=&page_size=3&cursor=garbage", "cursor is not a page of this list"),
+        (client, base + f"?state=&page_size=3&cursor={cursor[:-3]}xyz", "cursor is not a page of this list"),
+        (client, base + f"?state=&kind=vm&page_size=3&cursor={cursor}", "cursor belongs to other filters"),
+        (
+            other_client,
+            f"/t/{other.slug}/instances/?state=&page_size=3&cursor={cursor}",
+            "cursor is not a page of this list",
+        ),
+    ]
+    for who, url, message in cases:
+        response = who.get(url)
+        assert response.status_code == 400, url
+        html = html_of(response)
+        assert re.search(r'id="list-errors" role="alert"><p>' + re.escape(message), html), url
+        assert "showing the first page" in html
+        assert 'data-first-page="1"' in html
+        assert len(ROW.findall(html)) == 3  # the first page, with its own page size
+    assert ROW.findall(client.get(base + "?state=&kind=vm&page_size=3&cursor=x").content.decode()) == [
+        str(u) for u in Instance.objects.for_tenant(tenant).filter(kind="vm").order_by("-created", "-pk")
+        .values_list("uuid", flat=True)[:3]
+    ]  # fmt: skip
+    for size in ("0", "201", "ten", "-1"):
+        response = client.get(base + f"?state=&page_size={size}")
+        assert response.status_code == 400
+        assert "page_size must be a whole number from 1 to 200" in html_of(response)
+        assert len(ROW.findall(response.content.decode())) == 9
+    # A NUL in the search box finds nothing instead of failing.
+    assert client.get(base + "?q=a%00b").status_code == 200
+
+
+def test_the_row_the_live_list_asks_for_keeps_to_its_filters(catalog: None) -> None:
+    tenant = make_tenant("ui-row")
+    box, vm, failed = many(tenant, 3)  # a running container, a stopped VM, a failed container
+    assert (box.kind, vm.kind, failed.state) == ("container", "vm", InstanceState.ERROR)
+    client = member_client(tenant)
+
+    def row(instance: Instance, query: str) -> int:
+        return int(client.get(f"/t/{tenant.slug}/instances/{instance.uuid}/row/?{query}").status_code)
+
+    assert row(vm, "state=active&kind=&q=") == 200
+    assert row(vm, "state=active&kind=container&q=") == 204
+    assert row(box, "state=active&kind=container&q=") == 200
+    assert row(box, f"state=&kind=&q={box.name}") == 200
+    assert row(box, "state=&kind=&q=nomatch") == 204
+    assert row(failed, "state=active&kind=&q=") == 204  # active hides failed instances
+    assert row(failed, "state=error&kind=&q=") == 200
+    assert row(failed, "") == 204  # no filters: the list's default, active
+
+
+def test_the_filter_form_keeps_a_valid_page_size(catalog: None) -> None:
+    tenant = make_tenant("ui-pages-form")
+    many(tenant, 3)
+    client = member_client(tenant)
+    base = f"/t/{tenant.slug}/instances/"
+    assert '<input type="hidden" name="page_size" value="2">' in html_of(client.get(base + "?page_size=2"))
+    assert 'name="page_size"' not in html_of(client.get(base))
+    assert 'name="page_size"' not in html_of(client.get(base + "?page_size=0"))

@@ -8,10 +8,12 @@ list missing from the table.
 from __future__ import annotations
 
 import itertools
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from html import unescape
 from typing import Any
 
 import pytest
@@ -784,3 +786,32 @@ def test_the_coverage_check_notices_an_unpaginated_list(monkeypatch: pytest.Monk
     monkeypatch.setitem(globals(), "_schema", patched)
     with pytest.raises(AssertionError, match="api-networks"):
         test_every_list_endpoint_is_covered()
+
+
+# ---- the web UI's instance list -----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("query", ["", "state=&kind=vm", "state=running&q=big"])
+def test_the_ui_instance_list_queries_do_not_grow_with_the_page(query: str) -> None:
+    """The web UI's list pages like the API: the same number of queries for 10 rows and 100, on
+    the first page and on a later one."""
+    w = build_world()
+    make_instances(w, 900, "big")  # a quarter running: two full pages of 100 for every query
+    client = w.client()
+    url = _join(f"/t/{w.tenant.slug}/instances/", query)
+    client.get(_join(url, "page_size=1"))  # warm the per-process caches (session, tenant list)
+    counts, sizes = [], []
+    for size in (10, 100):
+        first = client.get(_join(url, f"page_size={size}"))
+        older = re.search(r'href="([^"]+)" rel="next"', first.content.decode())
+        assert older is not None, "the first page has no link to older instances"
+        for page in (_join(url, f"page_size={size}"), unescape(older.group(1))):
+            with CaptureQueriesContext(connection) as queries:
+                response = client.get(page)
+            assert response.status_code == 200, page
+            counts.append(len(queries))
+            sizes.append(response.content.decode().count("<tr data-instance="))
+    assert sizes == [10, 10, 100, 100]
+    assert counts[0] == counts[2], f"first page: {counts[0]} queries at 10 rows, {counts[2]} at 100"
+    assert counts[1] == counts[3], f"later page: {counts[1]} queries at 10 rows, {counts[3]} at 100"
