@@ -8,28 +8,62 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, sync_playwright
 from pytest_django import DjangoDbBlocker
 
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import ROOT, serve_portal, subprocess_env
 
 CHROMIUM = os.environ.get("NUBIS_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("NUBIS_TEST_ARTIFACTS", str(ROOT / "var" / "test-artifacts"))) / "e2e"
 
+# Content-Security-Policy violations seen by any page of the current test (see watch_csp); the
+# autouse fixture no_csp_violations fails the test on any.
+CSP_VIOLATIONS: list[str] = []
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# Runs in every page before its own scripts: reports each violation to the test (and keeps it in
+# window.__cspViolations for a test to read).
+_CSP_LISTENER = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  const text = `${e.effectiveDirective} refused ${e.blockedURI || "inline code"}` +
+    ` in ${e.sourceFile || document.location.href}:${e.lineNumber} ${e.sample || ""}`.trimEnd();
+  window.__cspViolations.push(text);
+  if (window.__nubisCspViolation) window.__nubisCspViolation(text);
+});
+"""
+
+
+def watch_csp(context: BrowserContext) -> BrowserContext:
+    """Record every CSP violation of the context's pages: the DOM event, and Chromium's console
+    message ("Refused to ... because it violates the following Content Security Policy ...")."""
+
+    def on_event(source: dict[str, Any], text: str) -> None:
+        CSP_VIOLATIONS.append(f"{source['page'].url}: {text}")
+
+    def on_console(message: ConsoleMessage) -> None:
+        if "Content Security Policy" in message.text:
+            CSP_VIOLATIONS.append(f"{message.page.url if message.page else '?'}: {message.text}")
+
+    context.expose_binding("__nubisCspViolation", on_event)
+    context.add_init_script(_CSP_LISTENER)
+    context.on("console", on_console)
+    return context
+
+
+@pytest.fixture(autouse=True)
+def no_csp_violations() -> Iterator[None]:
+    """Fail any browser test during which a page broke the Content-Security-Policy."""
+    CSP_VIOLATIONS.clear()
+    yield
+    seen, CSP_VIOLATIONS[:] = list(CSP_VIOLATIONS), []
+    assert not seen, "Content-Security-Policy violations:\n" + "\n".join(seen)
 
 
 @pytest.fixture
@@ -42,24 +76,14 @@ def portal_url(
     and a long-lived server would go on using the ids it cached (quota claims name their holder's
     content type).
     """
-    port = _free_port()
     log = tmp_path_factory.mktemp("portal") / "web.log"
     with django_db_blocker.unblock():
         env = subprocess_env()
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "serve", "--bind", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with serve_portal(log, env) as port:
+        url = f"http://127.0.0.1:{port}"
+        # Listening is not yet serving: wait for the application's own answer.
         deadline = time.monotonic() + 60
         while True:
-            if process.poll() is not None:
-                pytest.fail(f"the portal exited with {process.returncode}:\n{log.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:  # noqa: S310 - loopback
                     if response.status == 200:
@@ -70,13 +94,6 @@ def portal_url(
                 pytest.fail(f"the portal did not answer in 60 s:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +113,17 @@ def browser() -> Iterator[Browser]:
             chromium = playwright.chromium.launch(
                 executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
             )
+            # Every context (and so every page) a test opens watches for CSP violations.
+            new_context = chromium.new_context
+
+            def watched_context(**options: Any) -> BrowserContext:
+                return watch_csp(new_context(**options))
+
+            def watched_page(**options: Any) -> Page:
+                return watched_context(**options).new_page()
+
+            chromium.new_context = watched_context  # type: ignore[method-assign]
+            chromium.new_page = watched_page  # type: ignore[method-assign]
             yield chromium
             chromium.close()
     finally:
