@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import hashlib
 import json
@@ -173,6 +174,32 @@ def verify(tarball: Path, manifest: dict[str, Any] | Path) -> None:
         raise RootfsError(f"{tarball}: sha256 {digest} does not match the manifest's {data['sha256']}")
 
 
+def _tar_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """tarfile's ``tar`` filter, for a Python without extraction filters (3.11 before 3.11.4, as
+    Debian 12's 3.11.2, the production image's): leading slashes stripped, nothing outside
+    ``dest`` even through a link already extracted, no set-id, sticky or group/other write bits."""
+    name = member.name.lstrip("/" + os.sep)
+    if os.path.isabs(name):
+        raise tarfile.ExtractError(f"{member.name}: an absolute path")
+    target = os.path.realpath(os.path.join(dest, name))
+    if os.path.commonpath([target, dest]) != dest:
+        raise tarfile.ExtractError(f"{member.name}: would land outside the tree, at {target}")
+    filtered = copy.copy(member)
+    filtered.name = name
+    if member.mode is not None:
+        filtered.mode = member.mode & 0o755
+    return filtered
+
+
+def _extract_all(tar: tarfile.TarFile, dest: Path) -> None:
+    if hasattr(tarfile, "tar_filter"):
+        tar.extractall(dest, filter="tar")
+    else:  # checked one by one as extracted: a path is resolved through the links made before it
+        real = os.path.realpath(dest)
+        members = (_tar_filter(member, real) for member in tar)
+        tar.extractall(dest, members=members)  # noqa: S202 - each member filtered as above
+
+
 def unpack(tarball: Path, dest: Path, uid: int = 0, gid: int = 0) -> Path:
     """Extract ``tarball`` into ``dest`` (made atomically: a half-extracted tree is never seen there).
 
@@ -187,7 +214,7 @@ def unpack(tarball: Path, dest: Path, uid: int = 0, gid: int = 0) -> Path:
     partial = dest.with_name(f".{dest.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
     try:
         with tarfile.open(tarball, "r:*") as tar:
-            tar.extractall(partial, filter="tar")
+            _extract_all(tar, partial)
         partial.chmod(0o755)
         if uid or gid:
             os.lchown(partial, uid, gid)
