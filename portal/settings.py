@@ -200,8 +200,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = DATA_DIR / "staticfiles"
-STATIC_ROOT.mkdir(exist_ok=True)
+# The image collects its static files at build time (NUBIS_STATIC_ROOT=/app/staticfiles), so a data
+# directory mounted over /var/lib/nubis neither hides them nor keeps an older release's.
+STATIC_ROOT = config.env_path("NUBIS_STATIC_ROOT", DATA_DIR / "staticfiles")
 # WhiteNoise serves static files from the ASGI process itself; finders let it work before collectstatic.
 WHITENOISE_USE_FINDERS = True
 
