@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from compute.network.plumbing import NetSpec, Rule
+from tests.compute.netlab import UDHCPC_SCRIPT, pings, sh
 from tests.conftest import ROOT
 
 RUN = secrets.token_hex(3)
@@ -80,15 +81,6 @@ while True:
     for s in select.select(socks, [], [])[0]:
         s.accept()[0].close()
 """
-
-UDHCPC_SCRIPT = '#!/bin/sh\n[ "$1" = bound ] && echo "LEASE ip=$ip router=$router"\nexit 0\n'
-
-
-def sh(*argv: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{argv} failed ({proc.returncode}): {proc.stderr}{proc.stdout}")
-    return proc
 
 
 class Lab:
@@ -201,18 +193,6 @@ def lab() -> Iterator[Lab]:
         shutil.rmtree(root, ignore_errors=True)
     names = sh("ip", "netns", "list").stdout
     assert RUN not in names, names
-
-
-def pings(pairs: list[tuple[str, str]]) -> list[bool]:
-    procs = [
-        subprocess.Popen(
-            ["ip", "netns", "exec", ns, "ping", "-n", "-c1", "-W1", ip],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for ns, ip in pairs
-    ]
-    return [proc.wait(timeout=10) == 0 for proc in procs]
 
 
 def tcp_probe(netns: str, *targets: str) -> dict[str, str]:

@@ -43,6 +43,7 @@ from compute.network.plumbing import (
     port_rules_set,
     ports_list,
 )
+from tests.compute.netlab import UDHCPC_SCRIPT, in_ns, pings, sh
 
 RUN = secrets.token_hex(3)
 TAG = f"nubis:t{RUN}:"
@@ -88,32 +89,6 @@ while True:
         print(s.getsockname()[1], peer[0], flush=True)
         conn.close()
 """
-
-UDHCPC_SCRIPT = '#!/bin/sh\n[ "$1" = bound ] && echo "LEASE ip=$ip router=$router"\nexit 0\n'
-
-
-def sh(*argv: str, check: bool = True, timeout: float = 15) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{argv} failed ({proc.returncode}): {proc.stderr}{proc.stdout}")
-    return proc
-
-
-def in_ns(netns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return sh("ip", "netns", "exec", netns, *argv, check=check)
-
-
-def pings(pairs: list[tuple[str, str]]) -> list[bool]:
-    """Ping (netns, address) pairs at once, one echo each with a 1 s wait; True where it answered."""
-    procs = [
-        subprocess.Popen(
-            ["ip", "netns", "exec", ns, "ping", "-n", "-c1", "-W1", ip],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for ns, ip in pairs
-    ]
-    return [proc.wait(timeout=10) == 0 for proc in procs]
 
 
 def tcp_probe(netns: str, targets: list[str], timeout: float = 1.0) -> dict[str, str]:
