@@ -26,7 +26,7 @@ from compute.drivers.oci import OciDriver
 from compute.guest.builder import GuestImage, build_guest_image
 from compute.models import CpuMode, Flavor, Host, Image, Instance, IoModel, Operation, domain_uuid
 from compute.services.images import image_register
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import ROOT, stop_process, subprocess_env
 
 DEADLINE = 120.0  # seconds; a TCG boot takes about 5 s, several at once on 2 cores take longer
 ROOTFS_GRACE = "3"  # seconds an agent of the tests keeps an unpacked tree no container uses
@@ -180,12 +180,7 @@ def agent(
             time.sleep(0.2)
         yield agent
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 30)
 
 
 @pytest.fixture

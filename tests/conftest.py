@@ -57,6 +57,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_process(process: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM ``process``, and SIGKILL it if it has not exited within ``grace`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextlib.contextmanager
 def serve_portal(log: Path, env: dict[str, str]) -> Iterator[int]:
     """`manage.py serve` (daphne, as in production) on a free loopback port; yields the port once it
@@ -84,12 +94,7 @@ def serve_portal(log: Path, env: dict[str, str]) -> Iterator[int]:
                 time.sleep(0.2)
         yield port
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 20)
 
 
 class CeleryWorker:
@@ -150,9 +155,4 @@ def celery_worker(
             pytest.fail(f"celery worker did not answer a ping in 60 s:\n{log.read_text()[-3000:]}")
         yield CeleryWorker(queue, node, process, log)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 20)
