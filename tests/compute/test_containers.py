@@ -29,6 +29,7 @@ from tenants.errors import ServiceError
 from tenants.models import Role, Tenant
 from tenants.services.quotas import quota_drift, usage_of
 from tests.compute.conftest import (
+    Agent,
     container_traces,
     containers,
     instance_dir_of,
@@ -385,9 +386,13 @@ def test_debian_container_from_a_debootstrap_image(ctx, host: Host, cflavors, no
 
 
 def test_orphan_container_and_namespace_are_reconciled_away(
-    host: Host, rootfs_image: Image, settings
+    agent: Agent, host: Host, rootfs_image: Image, settings
 ) -> None:
-    """A container, bundle and named namespace of this cloud that no instance owns are removed."""
+    """A container, bundle and named namespace of this cloud that no instance owns are removed.
+
+    The namespace has no grace period, so the session agent's own reconciler (every 2 s) may take
+    it first: then that pass's report, in the agent's log, must name it instead of ours.
+    """
     from compute.containers.oci_spec import oci_config
     from compute.containers.rootfs import unpack
     from compute.drivers.oci import OciDriver
@@ -416,7 +421,8 @@ def test_orphan_container_and_namespace_are_reconciled_away(
         assert name in containers()
         report = reconcile_host(host, local_driver())
         assert f"container:{name}" in report.orphans_removed
-        assert f"port:netns:{lost}" in report.orphans_removed
+        removed = f"port:netns:{lost}"
+        assert removed in report.orphans_removed or removed in agent.text(), report.as_dict()
         assert name not in containers()
         assert not bundle.exists()
         assert not (Path("/var/run/netns") / lost).exists()
