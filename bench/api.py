@@ -6,7 +6,7 @@ a network with two security groups, as the API lists them. Requests go through D
 handler (every middleware, token authentication, the rate limit in Redis, the tenant lookup,
 rendering to JSON) in this one process and thread: one worker, no network.
 
-- **Cursor**: ``GET /api/v1/tenants/<slug>/instances/?page_size=50`` (portal.pagination, default
+- **Cursor**: ``GET /api/v1/tenants/<slug>/instances/?page_size=50`` (core.pagination, default
   ordering ``-created``), following the ``next`` links.
 - **Baseline**: the same view body with ``rest_framework.pagination.PageNumberPagination``
   (``?page=N``: a COUNT and an OFFSET read) on the same queryset, ordering, serializer and context,

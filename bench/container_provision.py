@@ -442,7 +442,7 @@ class ContainerBench:
         from django.core.management import call_command
 
         from compute.models import Flavor, Image
-        from portal.events import tenant_group
+        from core.events import tenant_group
         from tenants.models import Membership, Quota, Role, Tenant
 
         self.log(f"data dir {self.env.data_dir}, database {settings.DATABASES['default']['ENGINE']}")
@@ -709,7 +709,7 @@ class ContainerBench:
         """Milliseconds of calls on the agent's path, timed here (same code, same machine)."""
         from compute.drivers.oci import OciDriver
         from compute.models import Operation
-        from portal.events import send_now
+        from core.events import send_now
 
         def timed(call: Callable[[], object]) -> dict[str, float]:
             times = []

@@ -26,9 +26,9 @@ from compute.models import (
     UsageSample,
 )
 from compute.services.hosts import host_maintenance_set
+from core.errors import ServiceError
 from security.audit import Actor
 from tenants.admin import TenantOwnedAdmin
-from tenants.errors import ServiceError
 
 
 class ReadOnlyMixin:

@@ -34,10 +34,10 @@ from compute.models import (
 )
 from compute.services import instances as svc
 from compute.services import resize, snapshots
-from portal.pagination import Filter, ListSchema, ListSpec, paginated
+from core.errors import Conflict, ServiceError
+from core.pagination import Filter, ListSchema, ListSpec, paginated
 from security.audit import Actor, audit_log
 from tenants.access import require_role, tenant_for_request
-from tenants.errors import Conflict, ServiceError
 from tenants.models import PriorityClass, Role, Tenant
 
 # ---- serializers ---------------------------------------------------------------------------

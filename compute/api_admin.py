@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 
 from compute.models import Host, HostState
 from compute.services.hosts import host_maintenance_set
-from portal.pagination import Filter, ListSchema, ListSpec, paginated
+from core.pagination import Filter, ListSchema, ListSpec, paginated
 from scheduler.engine import HostTable
 from scheduler.hosts import host_rows
 from security.audit import Actor

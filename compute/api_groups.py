@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from compute.api import InstanceSerializer, TenantView, instance_rows, queue_context
 from compute.models import GroupPolicy, Instance, InstanceKind, InstanceState, ServerGroup
 from compute.services import server_groups as svc
-from portal.pagination import Filter, ListSchema, ListSpec, paginated
+from core.pagination import Filter, ListSchema, ListSpec, paginated
 from security.audit import Actor
 from tenants.models import Role, Tenant
 

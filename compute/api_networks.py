@@ -17,7 +17,7 @@ from rest_framework.response import Response
 from compute.api import TenantView
 from compute.models import Network, SecurityGroup, SecurityRule, UsageSample
 from compute.services import networks as svc
-from portal.pagination import Filter, ListSchema, ListSpec, paginated
+from core.pagination import Filter, ListSchema, ListSpec, paginated
 from security.audit import Actor
 from tenants.models import Role, Tenant
 

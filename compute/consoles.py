@@ -18,7 +18,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocke
 from django.conf import settings
 
 from compute.models import Instance, InstanceState
-from portal.redis import redis_client
+from core.redis import redis_client
 from tenants.access import membership_role
 from tenants.models import Role
 

@@ -13,7 +13,7 @@ from django import forms
 from compute.models import Allocation, CpuMode, Flavor, InstanceKind, IoModel
 from compute.services.instances import flavors_for, images_for
 from compute.services.networks import networks_for
-from tenants.errors import ServiceError
+from core.errors import ServiceError
 from tenants.models import PriorityClass, Tenant
 
 DEFAULT_NETWORK_CHOICE = "__default__"

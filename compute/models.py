@@ -13,6 +13,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from core.querysets import VersionedQuerySet, count_save
+from core.queues import host_queue
 from tenants.models import PriorityClass, Tenant, TenantOwned
 
 
@@ -28,25 +30,6 @@ class Paging(models.TextChoices):
     NPT = "npt", "NPT (AMD nested paging)"
     SHADOW = "shadow", "Shadow page tables"
     NONE = "none", "No KVM (software MMU under TCG)"
-
-
-class VersionedQuerySet(models.QuerySet[Any]):
-    """Rows whose ``version`` the scheduler's host table reads: an update moves it, unless it
-    changes only ``live_fields`` (which the table re-reads every time anyway)."""
-
-    live_fields: frozenset[str] = frozenset()
-
-    def update(self, **kwargs: Any) -> int:
-        if set(kwargs) - self.live_fields - {"version"}:
-            kwargs.setdefault("version", models.F("version") + 1)
-        return super().update(**kwargs)
-
-
-def count_save(obj: Any, kwargs: dict[str, Any]) -> None:
-    """Move ``obj.version`` for the save about to happen (and save it, when fields are named)."""
-    obj.version = (obj.version or 0) + 1
-    if kwargs.get("update_fields") is not None:
-        kwargs["update_fields"] = {*kwargs["update_fields"], "version"}
 
 
 class HostQuerySet(VersionedQuerySet):
@@ -112,8 +95,6 @@ class Host(models.Model):
 
     @property
     def queue(self) -> str:
-        from portal.celery import host_queue
-
         return host_queue(self.name)
 
     def heartbeat_fresh(self, now: datetime | None = None) -> bool:

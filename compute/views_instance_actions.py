@@ -19,10 +19,10 @@ from compute.models import OperationKind
 from compute.services import instances as svc
 from compute.services import resize, snapshots
 from compute.views_instances import detail_context, instance_of
+from core.errors import ServiceError
 from security.audit import Actor
 from tenants.access import require_role, tenant_for_request
 from tenants.api import quota_report
-from tenants.errors import ServiceError
 from tenants.models import PriorityClass, Quota, Role, Tenant
 
 ACTIONS = {"start": OperationKind.START, "stop": OperationKind.STOP, "reboot": OperationKind.REBOOT}

@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET
 
 from compute.forms import ResizeForm, flavor_summary
 from compute.models import Instance, InstanceKind, InstanceState, Operation, SecurityGroup, Snapshot
-from portal.pagination import MAX_PAGE_SIZE, beyond, encode
+from core.pagination import MAX_PAGE_SIZE, beyond, encode
 from tenants.access import tenant_for_request
 from tenants.models import Role, Tenant
 
@@ -124,7 +124,7 @@ def read_cursor(
 def list_page(request: HttpRequest, rows: QuerySet[Instance], filters: ListFilters) -> ListPage:
     """Cut one page out of ``rows`` (newest first) at the request's cursor, with one query.
 
-    Keyset paging as the API does it (portal.pagination): a cursor names the (created, id) of
+    Keyset paging as the API does it (core.pagination): a cursor names the (created, id) of
     the row it starts after, so a page costs one range read of the index at any depth, and no
     row is shown twice or skipped when instances are created or deleted between pages.
     """

@@ -22,9 +22,9 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from compute.models import Instance, InstanceState, Network
 from compute.services import networks as svc
+from core.errors import ServiceError
 from security.audit import Actor
 from tenants.access import require_role, tenant_for_request
-from tenants.errors import ServiceError
 from tenants.models import Role, Tenant
 
 # What a page's forms hold: a form name -> the fields an error may be shown next to.

@@ -14,9 +14,9 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from compute.models import Protocol, SecurityGroup, SecurityRule
 from compute.services import networks as svc
 from compute.views_networks import Forms, confirm_delete, live_instances, page, run
+from core.errors import ServiceError
 from security.audit import Actor
 from tenants.access import require_role, tenant_for_request
-from tenants.errors import ServiceError
 from tenants.models import Role, Tenant
 
 GROUP_FORMS: Forms = {"create": ("name", "description"), "rule": ("protocol", "port_min", "port_max", "cidr")}

@@ -14,9 +14,9 @@ from django.views.decorators.http import require_http_methods
 from compute.models import GroupPolicy, ServerGroup
 from compute.services import server_groups as svc
 from compute.views_networks import Forms, confirm_delete, live_instances, page, run
+from core.errors import ServiceError
 from security.audit import Actor
 from tenants.access import require_role, tenant_for_request
-from tenants.errors import ServiceError
 from tenants.models import Role, Tenant
 
 # What each policy means for where the scheduler puts the group's members, in plain words.

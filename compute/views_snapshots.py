@@ -15,9 +15,9 @@ from django.views.decorators.http import require_GET, require_POST
 from compute.models import Operation, OperationKind, OperationState, Snapshot
 from compute.services import snapshots as svc
 from compute.views_networks import Forms, page, run
+from core.errors import ServiceError
 from security.audit import Actor
 from tenants.access import require_role, tenant_for_request
-from tenants.errors import ServiceError
 from tenants.models import Role, Tenant
 
 SNAPSHOT_KINDS = (OperationKind.SNAPSHOT, OperationKind.REVERT, OperationKind.DELETE_SNAPSHOT)

@@ -12,7 +12,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from tenants.errors import ServiceError
+from core.errors import ServiceError
 
 PROBLEM_TYPE = "https://nubis.invalid/problems/"  # .invalid: a name, not a place to fetch
 # What a parse or media-type error is about: the body, or the Content-Type header.

@@ -8,20 +8,15 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_init
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+from core.queues import CONTROL_QUEUE, host_queue
 
-CONTROL_QUEUE = "control"
+__all__ = ["CONTROL_QUEUE", "app", "host_queue"]
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
 app = Celery("nubis")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
-
-
-def host_queue(host_name: str) -> str:
-    """Return the name of the queue that the compute agent of ``host_name`` consumes."""
-    if not host_name or any(ch.isspace() for ch in host_name):
-        raise ValueError(f"invalid host name for a queue: {host_name!r}")
-    return f"host.{host_name}"
 
 
 @worker_init.connect

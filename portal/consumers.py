@@ -7,7 +7,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from portal.events import tenant_group
+from core.events import tenant_group
 from tenants.selectors import tenant_ids_for_user
 
 # Close codes in the 4000 range are for applications; 4401 mirrors HTTP 401.

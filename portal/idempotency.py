@@ -30,8 +30,8 @@ import redis
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
+from core.redis import redis_client
 from portal.api_errors import problem
-from portal.redis import redis_client
 
 log = logging.getLogger(__name__)
 

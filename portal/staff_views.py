@@ -27,12 +27,12 @@ from django.views.decorators.http import require_GET, require_POST
 
 from compute.models import Host, HostState, Instance, InstanceState
 from compute.services.hosts import host_maintenance_set
+from core.errors import ServiceError
 from scheduler.admission import queue_entries, queue_statuses
 from scheduler.engine import HostTable
 from scheduler.hosts import host_rows
 from scheduler.models import QueueEntry, QueueState
 from security.audit import Actor
-from tenants.errors import ServiceError
 from tenants.models import PriorityClass
 
 HOSTS_PER_PAGE = 50

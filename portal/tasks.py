@@ -7,7 +7,7 @@ from typing import Any
 from celery import shared_task
 from django.utils import timezone
 
-from portal.events import publish
+from core.events import publish
 from tenants.models import Tenant
 
 

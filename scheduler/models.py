@@ -9,7 +9,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
-from compute.models import Host, Instance, VersionedQuerySet, count_save
+from compute.models import Host, Instance
+from core.querysets import VersionedQuerySet, count_save
 from tenants.models import Tenant, TenantOwned
 
 RATIO_LIMITS = {"cpu_ratio": (0.1, 32.0), "ram_ratio": (0.1, 4.0), "disk_ratio": (0.1, 10.0)}

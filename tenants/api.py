@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from portal.pagination import Filter, ListSchema, ListSpec, paginated
+from core.pagination import Filter, ListSchema, ListSpec, paginated
 from security.audit import Actor
 from security.models import AuditRecord, Outcome, Source
 from tenants.access import tenant_for_request, tenants_for_request

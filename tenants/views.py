@@ -14,11 +14,11 @@ from django.utils.dateparse import parse_datetime
 from django.utils.timezone import make_aware
 from django.views.decorators.http import require_GET, require_POST
 
+from core.errors import ServiceError
 from security.audit import Actor
 from security.models import AuditRecord
 from tenants.access import tenant_for_request
 from tenants.api import quota_report, visible_tokens
-from tenants.errors import ServiceError
 from tenants.models import ApiToken, Membership, Role, Tenant
 from tenants.services import members as member_services
 from tenants.services import tokens as token_services

@@ -43,7 +43,7 @@ from compute.services.instances import (
 )
 from compute.services.resize import resize_failed
 from compute.services.snapshots import snapshot_forget
-from portal.redis import redis_client
+from core.redis import redis_client
 
 logger = logging.getLogger(__name__)
 

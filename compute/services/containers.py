@@ -20,7 +20,7 @@ from compute.drivers.base import DriverError
 from compute.drivers.container import ContainerDriver
 from compute.drivers.oci import CGROUP_ROOT
 from compute.models import Image, Instance, InstanceKind, InstanceState
-from portal.redis import redis_client
+from core.redis import redis_client
 
 logger = logging.getLogger(__name__)
 

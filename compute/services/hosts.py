@@ -17,8 +17,8 @@ from compute.drivers.base import HostFacts
 from compute.models import Host, HostState
 from compute.network import plumbing
 from compute.network.plumbing import PlumbingError
+from core.errors import Conflict
 from security.audit import Actor, audit_log
-from tenants.errors import Conflict
 
 if TYPE_CHECKING:
     from scheduler.engine import HostRow

@@ -32,10 +32,10 @@ from compute.models import (
     ServerGroup,
     Snapshot,
 )
-from portal.events import publish
+from core.errors import Conflict, ServiceError
+from core.events import publish
 from scheduler.services import NoValidHost, place
 from security.audit import Actor, audit_log
-from tenants.errors import Conflict, ServiceError
 from tenants.models import PriorityClass, QuotaClaim, Tenant
 from tenants.services.quotas import quota_claim, quota_release
 

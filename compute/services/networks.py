@@ -28,8 +28,8 @@ from compute.models import (
 )
 from compute.network import plumbing
 from compute.network.plumbing import PlumbingError
+from core.errors import Conflict, ServiceError
 from security.audit import Actor, audit_log
-from tenants.errors import Conflict, ServiceError
 from tenants.models import Tenant
 
 NETWORK_PREFIXES = (16, 29)  # smallest and largest prefix length a tenant subnet may have

@@ -38,7 +38,7 @@ from compute.models import (
 from compute.network.plumbing import PlumbingError
 from compute.services.instances import instance_event, instance_fail, operation_finish
 from compute.services.ports import host_networks_sync, port_detach
-from portal.redis import redis_client
+from core.redis import redis_client
 from security.audit import Actor, audit_log
 
 logger = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from compute.services.instances import (
     operation_record,
     release_claims,
 )
+from core.errors import Conflict, ServiceError
 from security.audit import Actor, audit_log
-from tenants.errors import Conflict, ServiceError
 from tenants.services.quotas import quota_claim
 
 

@@ -6,8 +6,8 @@ from django.db import IntegrityError, transaction
 
 from compute.models import GroupPolicy, Instance, ServerGroup
 from compute.services.networks import in_use, name_ok
+from core.errors import Conflict, ServiceError
 from security.audit import Actor, audit_log
-from tenants.errors import Conflict, ServiceError
 from tenants.models import Tenant
 
 

@@ -12,8 +12,8 @@ from compute.services.instances import (
     operation_enqueue,
     operation_record,
 )
+from core.errors import Conflict, ServiceError
 from security.audit import Actor, audit_log
-from tenants.errors import Conflict, ServiceError
 from tenants.models import QuotaClaim
 from tenants.services.quotas import quota_claim, quota_release
 

@@ -6,8 +6,8 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from core.errors import Conflict, ServiceError
 from security.audit import Actor, audit_log
-from tenants.errors import Conflict, ServiceError
 from tenants.models import Membership, Role, Tenant, quota_defaults, slug_validator
 from tenants.services.quotas import quota_of
 

@@ -12,7 +12,7 @@ from django.db import models, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from tenants.errors import PriorityNotAllowed, QuotaExceeded, ServiceError
+from core.errors import PriorityNotAllowed, QuotaExceeded, ServiceError
 from tenants.models import RESOURCES, PriorityClass, Quota, QuotaClaim, Tenant, quota_defaults
 
 logger = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 from django.db import transaction
 from django.utils import timezone
 
+from core.errors import ServiceError
 from security.audit import Actor, audit_log
-from tenants.errors import ServiceError
 from tenants.models import ROLE_RANK, ApiToken, Role, Tenant
 
 TOKEN_PREFIX = "nubis_"  # noqa: S105 - a public marker, not a secret

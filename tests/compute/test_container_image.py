@@ -12,8 +12,8 @@ from compute.containers.rootfs import RootfsError, sha256_of, verify
 from compute.models import Image, ImageKind
 from compute.services.images import ImageCorrupt, verify_image
 from compute.services.instances import instance_create
+from core.errors import ServiceError
 from security.audit import Actor
-from tenants.errors import ServiceError
 from tests.factories import make_tenant
 
 pytestmark = pytest.mark.django_db

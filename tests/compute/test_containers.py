@@ -23,9 +23,9 @@ from compute.models import Flavor, Host, HostState, Image, Instance, InstanceSta
 from compute.services.containers import uid_base_for
 from compute.services.instances import instance_action, instance_create, instance_delete
 from compute.services.resize import instance_resize, instance_set_memory
+from core.errors import ServiceError
 from security.audit import Actor
 from security.models import AuditRecord
-from tenants.errors import ServiceError
 from tenants.models import Role, Tenant
 from tenants.services.quotas import quota_drift, usage_of
 from tests.compute.conftest import (

@@ -7,8 +7,8 @@ import pytest
 
 from compute.models import CpuMode, Flavor, Host, Image, Instance, InstanceState, IoModel, OperationState
 from compute.services.instances import instance_create
+from core.errors import QuotaExceeded, ServiceError
 from security.audit import Actor
-from tenants.errors import QuotaExceeded, ServiceError
 from tenants.models import QuotaClaim, Role
 from tenants.services.quotas import usage_of
 from tests.compute.conftest import domains, wait_operation

@@ -15,8 +15,8 @@ from compute.services.instances import (
 from compute.services.resize import instance_resize, instance_set_memory
 from compute.services.snapshots import snapshot_create, snapshot_delete, snapshot_revert
 from compute.tasks import local_driver
+from core.errors import Conflict, ServiceError
 from security.audit import Actor
-from tenants.errors import Conflict, ServiceError
 from tenants.models import Role
 from tenants.services.quotas import usage_of
 from tests.compute.conftest import domains, libvirt_conn, serial_text, wait_for, wait_marker, wait_operation

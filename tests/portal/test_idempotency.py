@@ -19,7 +19,7 @@ from rest_framework.test import APIClient
 
 from compute import api as compute_api
 from compute.models import CpuMode, Flavor, Host, Image, ImageKind, Instance, Operation
-from portal.redis import redis_client
+from core.redis import redis_client
 from security.audit import Actor
 from tenants.models import Role, Tenant
 from tenants.services.tokens import token_create

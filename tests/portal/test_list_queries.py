@@ -49,7 +49,7 @@ from compute.models import (
 )
 from compute.services.instances import flavors_for, images_for
 from compute.services.networks import networks_for
-from portal.pagination import MAX_PAGE_SIZE, PAGE_SIZE, ListSpec
+from core.pagination import MAX_PAGE_SIZE, PAGE_SIZE, ListSpec
 from scheduler.models import QueueEntry, QueueState
 from security.audit import Actor, audit_log
 from security.models import AuditRecord, Outcome

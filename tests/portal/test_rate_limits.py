@@ -17,9 +17,9 @@ from django.contrib.auth.models import User
 from pytest_django import Settings as SettingsWrapper
 from rest_framework.test import APIClient
 
+from core.redis import redis_client
 from portal import throttling
 from portal.config import parse_rate
-from portal.redis import redis_client
 from security.audit import Actor
 from tenants.models import Role, Tenant
 from tenants.services.tokens import token_create

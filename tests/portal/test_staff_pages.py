@@ -23,6 +23,7 @@ from compute.models import (
 )
 from compute.services.hosts import host_maintenance_set
 from compute.services.instances import instance_delete
+from core.errors import Conflict
 from scheduler.admission import queue_entries
 from scheduler.engine import HostTable
 from scheduler.hosts import host_rows
@@ -30,7 +31,6 @@ from scheduler.models import Aggregate
 from security.audit import Actor
 from security.models import AuditRecord
 from tenants.api import quota_report
-from tenants.errors import Conflict
 from tenants.models import PriorityClass, Quota, Role
 from tenants.services.quotas import quota_claim
 from tenants.services.tokens import token_create

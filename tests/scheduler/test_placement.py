@@ -184,8 +184,8 @@ def test_one_hundred_concurrent_placements_never_overfill_a_host() -> None:
 def test_a_resize_must_fit_in_what_its_host_has_free() -> None:
     """The instance's own reservation counts as free for its new size; nothing beyond the host's room."""
     from compute.services.resize import instance_resize
+    from core.errors import Conflict
     from security.audit import Actor
-    from tenants.errors import Conflict
 
     tenant = make_tenant("grow")
     host = make_host("tight", cpus=3, cpu_ratio=1.0)

@@ -160,7 +160,7 @@ def test_a_server_group_of_another_tenant_cannot_be_named(catalog: dict[str, obj
     mine, theirs = make_tenant("mine-g"), make_tenant("theirs-g")
     make_host("o1", cpus=4)
     ServerGroup.objects.create(tenant=theirs, name="secret", policy="affinity")
-    from tenants.errors import ServiceError
+    from core.errors import ServiceError
 
     with pytest.raises(ServiceError) as refused:
         instance_create(

@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 
-from tenants.errors import PriorityNotAllowed, QuotaExceeded, ServiceError
+from core.errors import PriorityNotAllowed, QuotaExceeded, ServiceError
 from tenants.models import PriorityClass, Quota, QuotaClaim, Tenant
 from tenants.services.quotas import quota_claim, quota_drift, quota_release, usage_of
 from tenants.tasks import quota_drift_check
