@@ -73,7 +73,9 @@ def baseline_urls(module_name: str) -> None:
     from rest_framework.request import Request
     from rest_framework.response import Response
 
-    from compute.api import InstanceSerializer, TenantView, instance_rows, queue_context
+    from compute.api.serializers import InstanceSerializer
+    from compute.api.views.base import TenantView
+    from compute.selectors import instance_rows, queue_context
 
     class Numbered(PageNumberPagination):
         page_size = 50

@@ -1,4 +1,5 @@
-"""Background threads of the compute agent: heartbeat, reconciler, and the libvirt event listener."""
+"""Background threads of the compute agent: heartbeat, reconciler, the libvirt event listener, and
+the answers to the portal's quick calls (compute.agent_rpc)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,20 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import asdict
 
-import libvirt
 from django.conf import settings
 from django.db import close_old_connections, connection
 
+from compute.agent_rpc import rpc_loop
 from compute.drivers.base import DriverError, HostFacts
-from compute.models import Host, Instance, domain_uuid
-from compute.services.hosts import host_heartbeat, host_register, local_routes
-from compute.services.reconcile import reconcile_host, sync_power
+from compute.drivers.libvirt import LibvirtDriver, events_enable
+from compute.models import Host, Instance, InstanceKind, InstanceState, domain_uuid
+from compute.services.containers import container_driver
+from compute.services.hosts import host_heartbeat, host_register
+from compute.services.metrics import Sampler, metrics_collect
+from compute.services.ports import local_routes
+from compute.services.reconcile import container_check, reconcile_host, sync_power
 from compute.tasks import local_driver
 
 logger = logging.getLogger("nubis.agent")
@@ -35,7 +41,7 @@ def heartbeat_loop(name: str, facts: HostFacts, every: float, stop: threading.Ev
     def beat() -> None:
         if not host_heartbeat(name, routes=local_routes()):
             # The row was deleted (by an admin, say): the host is still here, so register again.
-            host_register(name=name, uri=settings.LIBVIRT_URI, facts=facts)
+            host_register(name=name, uri=settings.LIBVIRT_URI, facts=asdict(facts))
 
     while not stop.wait(every):
         _db_safely("heartbeat", beat)
@@ -54,9 +60,6 @@ def reconcile_loop(name: str, every: float, stop: threading.Event) -> None:
 def containers_loop(name: str, every: float, stop: threading.Event) -> None:
     """runc sends no events to a detached supervisor: watch this host's containers for OOM kills
     and exits instead (reading two cgroup files and `runc state` per container)."""
-    from compute.models import InstanceKind, InstanceState
-    from compute.services.containers import container_driver
-    from compute.services.reconcile import container_check
 
     def once() -> None:
         driver = container_driver()
@@ -75,23 +78,15 @@ def containers_loop(name: str, every: float, stop: threading.Event) -> None:
 
 def metrics_loop(name: str, every: float, stop: threading.Event) -> None:
     """Sample this host and its running instances into the usage time series."""
-    from compute.metrics import Sampler, metrics_collect
-
     sampler = Sampler()
-    conn: libvirt.virConnect | None = None
+    # Its own read-only connection, reopened when the daemon comes back.
+    vms = LibvirtDriver(settings.LIBVIRT_URI, read_only=True)
 
     def once() -> None:
-        nonlocal conn
         host = Host.objects.filter(name=name).first()
         if host is None:
             return
-        try:
-            if conn is None or not conn.isAlive():
-                conn = libvirt.openReadOnly(settings.LIBVIRT_URI)
-        except libvirt.libvirtError as exc:
-            logger.warning("metrics: libvirt: %s", exc)
-            conn = None
-        metrics_collect(host, sampler, conn)
+        metrics_collect(host, sampler, vms, container_driver())
 
     while not stop.wait(every):
         _db_safely("metrics", once)
@@ -101,9 +96,9 @@ def event_loop(name: str, stop: threading.Event) -> None:
     """Turn libvirt lifecycle events into state changes (and so into websocket events)."""
     pending: queue.Queue[str] = queue.Queue()
 
-    def on_lifecycle(_conn: object, dom: libvirt.virDomain, event: int, detail: int, _opaque: object) -> None:
-        if domain_uuid(dom.name()) is not None:
-            pending.put(dom.name())
+    def on_lifecycle(domain: str) -> None:
+        if domain_uuid(domain) is not None:
+            pending.put(domain)
 
     def handle(domain: str) -> None:
         uid = domain_uuid(domain)
@@ -120,16 +115,12 @@ def event_loop(name: str, stop: threading.Event) -> None:
             _db_safely("event", functools.partial(handle, domain))
 
     threading.Thread(target=apply, name="libvirt-events-apply", daemon=True).start()
-    conn = libvirt.openReadOnly(settings.LIBVIRT_URI)
-    conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_lifecycle, None)
-    conn.setKeepAlive(5, 3)
-    while not stop.is_set():
-        libvirt.virEventRunDefaultImpl()
+    LibvirtDriver(settings.LIBVIRT_URI, read_only=True).watch_lifecycle(on_lifecycle, stop)
 
 
 def start_threads(name: str, facts: HostFacts, stop: threading.Event) -> None:
     # The event implementation must be registered before the connection that listens for events.
-    libvirt.virEventRegisterDefaultImpl()
+    events_enable()
     threads = [
         threading.Thread(
             target=heartbeat_loop, args=(name, facts, settings.NUBIS_HOST_HEARTBEAT_SECONDS, stop)
@@ -138,6 +129,8 @@ def start_threads(name: str, facts: HostFacts, stop: threading.Event) -> None:
         threading.Thread(target=event_loop, args=(name, stop)),
         threading.Thread(target=metrics_loop, args=(name, settings.NUBIS_METRICS_SECONDS, stop)),
         threading.Thread(target=containers_loop, args=(name, settings.NUBIS_CONTAINER_WATCH_SECONDS, stop)),
+        # The portal's quick calls (consoles, logs, exec), never queued behind an operation.
+        threading.Thread(target=rpc_loop, args=(name, stop), name="rpc"),
     ]
     for thread in threads:
         thread.daemon = True

@@ -1,4 +1,5 @@
-"""Consoles: the serial log as a live stream, and VNC through a websocket proxy.
+"""Consoles: the serial log as a live stream (read by the host's agent), and VNC through a
+websocket proxy.
 
 A VNC console needs a token that is short-lived, single-use, and bound to one instance and one
 user: the websocket for VM 2 refuses a token issued for VM 1, and so does anyone else's session.
@@ -10,14 +11,14 @@ import asyncio
 import contextlib
 import json
 import secrets
-from pathlib import Path
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
-from django.conf import settings
 
 from compute.models import Instance, InstanceState
+from compute.services import host_rpc
+from core.errors import HostUnavailable
 from core.redis import redis_client
 from tenants.access import membership_role
 from tenants.models import Role
@@ -58,10 +59,25 @@ def _instance_for(user: Any, uuid: str, need: Role) -> Instance | None:
     return instance if role is not None and role.at_least(need) else None
 
 
-class SerialConsoleConsumer(AsyncJsonWebsocketConsumer):
-    """Send the tail of the serial log, then every new line as it is written."""
+def _console_target(uuid: str) -> host_rpc.ConsoleTarget | None:
+    """Where the instance's console is now (None while it is on no host)."""
+    instance = Instance.objects.unscoped().filter(uuid=uuid).select_related("host").first()
+    return host_rpc.ConsoleTarget.of(instance) if instance is not None else None
 
-    poll_seconds = 0.3
+
+class SerialConsoleConsumer(AsyncJsonWebsocketConsumer):
+    """Send the tail of the serial log, then what is written to it, as ``{"type": "serial", "data"}``.
+
+    The log is on the instance's host: its agent is asked for what follows the last offset every
+    ``poll_seconds`` (compute.services.host_rpc). While the agent does not answer, one
+    ``{"type": "unavailable", "host", "detail"}`` says so and the stream resumes once it answers
+    again (``{"type": "available"}``); both carry an empty ``data`` for clients that only append it.
+    """
+
+    poll_seconds = 0.5
+    retry_seconds = 2.0
+    first_bytes = 16 * 1024
+    follow_bytes = 64 * 1024
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -70,29 +86,42 @@ class SerialConsoleConsumer(AsyncJsonWebsocketConsumer):
         if instance is None:
             await self.close(code=CLOSE_UNAUTHORISED)
             return
-        self.path = Path(settings.NUBIS_INSTANCE_DIR) / str(instance.uuid) / instance.console_log
+        self.uuid = str(instance.uuid)
         await self.accept()
         self.task = asyncio.get_running_loop().create_task(self._follow())
 
     async def _follow(self) -> None:
-        offset = 0
-        first = True
-        while True:
-            try:
-                size = self.path.stat().st_size
-            except OSError:
-                size = 0
-            if size < offset:
-                offset = 0  # the log was replaced
-            if size > offset:
-                start = max(offset, size - 16 * 1024) if first else offset
-                with self.path.open("rb") as handle:
-                    handle.seek(start)
-                    chunk = handle.read(size - start)
-                offset = size
-                await self.send_json({"type": "serial", "data": chunk.decode(errors="replace")})
-            first = False
-            await asyncio.sleep(self.poll_seconds)
+        client = host_rpc.async_client()
+        target: host_rpc.ConsoleTarget | None = None
+        offset: int | None = None  # None: the tail first
+        down = False
+        try:
+            while True:
+                if target is None:
+                    target = await database_sync_to_async(_console_target)(self.uuid)
+                    if target is None:  # not placed yet: nothing written anywhere
+                        await asyncio.sleep(self.retry_seconds)
+                        continue
+                size = self.first_bytes if offset is None else self.follow_bytes
+                try:
+                    chunk = await host_rpc.aconsole_read(client, target, offset, size)
+                except (HostUnavailable, host_rpc.AgentError) as exc:
+                    if not down:
+                        down = True
+                        detail = {"host": target.host, "detail": exc.message, "data": ""}
+                        await self.send_json({"type": "unavailable", **detail})
+                    target = None  # it may have moved meanwhile
+                    await asyncio.sleep(self.retry_seconds)
+                    continue
+                if down:
+                    down = False
+                    await self.send_json({"type": "available", "host": target.host, "data": ""})
+                if chunk.text:
+                    await self.send_json({"type": "serial", "data": chunk.text})
+                offset = chunk.end
+                await asyncio.sleep(self.poll_seconds)
+        finally:
+            await client.aclose()
 
     async def disconnect(self, code: int) -> None:
         task = getattr(self, "task", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from celery import shared_task
 from django.conf import settings
@@ -40,12 +41,21 @@ def networks_sync(host_name: str) -> dict[str, list[str]]:
     return host_networks_sync(host) if host is not None else {}
 
 
-@shared_task(name="compute.container_exec")
-def container_exec(instance_uuid: str, argv: list[str], timeout: int) -> tuple[int, str, str]:
-    """On the container's host: run ``argv`` in it (the API waits for this result)."""
-    from compute.services.containers import container_driver
+@shared_task(name="compute.admission_run")
+def admission_run() -> list[str]:
+    """Periodic and on release (control queue): admit waiting requests that now fit, in the queue's
+    order; fail those waiting too long."""
+    from compute.services.admission import admission_run as run
 
-    return container_driver().exec(f"{settings.NUBIS_DOMAIN_PREFIX}{instance_uuid}", argv, float(timeout))
+    return run()
+
+
+@shared_task(name="compute.allocation_adjust")
+def allocation_adjust() -> dict[str, Any]:
+    """Periodic (control queue): move dynamic instances' memory toward their measured demand."""
+    from compute.services.allocation import allocation_adjust_all
+
+    return allocation_adjust_all()
 
 
 @shared_task(name="compute.metrics_rollup")

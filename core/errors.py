@@ -19,6 +19,16 @@ class Conflict(ServiceError):
     status = 409
 
 
+class HostUnavailable(ServiceError):
+    """A host's agent did not answer in time (stopped, hung or unreachable): 503, naming the host."""
+
+    status = 503
+
+    def __init__(self, host: str, message: str) -> None:
+        self.host = host
+        super().__init__("host", "agent", message)
+
+
 class QuotaExceeded(ServiceError):
     """A claim would take the tenant over one of its limits."""
 

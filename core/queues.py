@@ -1,6 +1,10 @@
-"""Names of the Celery queues: one per compute host, plus the control queue."""
+"""Names of the Celery queues (one per compute host, plus the control queue), and of each host's
+request list for quick calls that must not wait behind its operations (compute.services.host_rpc)."""
 
 from __future__ import annotations
+
+from celery import current_app
+from django.db import transaction
 
 CONTROL_QUEUE = "control"
 
@@ -10,3 +14,26 @@ def host_queue(host_name: str) -> str:
     if not host_name or any(ch.isspace() for ch in host_name):
         raise ValueError(f"invalid host name for a queue: {host_name!r}")
     return f"host.{host_name}"
+
+
+def rpc_queue(host_name: str) -> str:
+    """Return the name of the Redis list of requests that ``host_name``'s agent answers at once."""
+    host_queue(host_name)  # the same check of the name
+    return f"rpc.{host_name}"
+
+
+def send_task(name: str, *, queue: str, args: tuple[object, ...] = (), **options: object) -> None:
+    """Send the Celery task ``name`` to ``queue`` now, by name.
+
+    By name, so that the sender (the web process, a service) never imports the module that
+    defines the task: the agent's tasks import the drivers and libvirt, which the web must not load.
+    The project's Celery app is the current one once Django has loaded ``portal``.
+    """
+    current_app.send_task(name, args=args, queue=queue, **options)  # type: ignore[arg-type]
+
+
+def send_task_after_commit(
+    name: str, *, queue: str, args: tuple[object, ...] = (), **options: object
+) -> None:
+    """Send the task once the surrounding transaction commits (at once outside a transaction)."""
+    transaction.on_commit(lambda: send_task(name, queue=queue, args=args, **options))

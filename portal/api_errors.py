@@ -12,7 +12,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from core.errors import ServiceError
+from core.errors import HostUnavailable, ServiceError
 
 PROBLEM_TYPE = "https://nubis.invalid/problems/"  # .invalid: a name, not a place to fetch
 # What a parse or media-type error is about: the body, or the Content-Type header.
@@ -20,6 +20,12 @@ BODY_FIELDS: dict[type[Exception], str] = {
     exceptions.ParseError: "body",
     exceptions.UnsupportedMediaType: "Content-Type",
 }
+
+SERVICE_TITLES = {
+    status.HTTP_409_CONFLICT: "Conflict",
+    status.HTTP_503_SERVICE_UNAVAILABLE: "Service Unavailable",
+}
+RETRY_AFTER_SECONDS = 5  # a host's agent that did not answer: restarting, or its host is down
 
 
 def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
@@ -63,8 +69,12 @@ def problem(
 def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ServiceError):
         errors = [{"field": exc.field, "rule": exc.rule, "message": exc.message}]
-        title = "Conflict" if exc.status == status.HTTP_409_CONFLICT else "Invalid request"
-        return problem(exc.status, title, f"{exc.field}: {exc.message}", exc.rule, errors)
+        title = SERVICE_TITLES.get(exc.status, "Invalid request")
+        out = problem(exc.status, title, f"{exc.field}: {exc.message}", exc.rule, errors)
+        if isinstance(exc, HostUnavailable):  # which host did not answer, and when to ask again
+            out.data["host"] = exc.host
+            out["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return out
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or "Not found.")
     elif isinstance(exc, PermissionDenied):

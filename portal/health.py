@@ -19,7 +19,10 @@ def healthz(request: HttpRequest) -> HttpResponse:
 @never_cache
 @require_GET
 def readyz(request: HttpRequest) -> HttpResponse:
-    """Report the database, Redis and libvirt, one line each; 503 when any of them fails.
+    """Report the database and Redis, one line each; 503 when either fails.
+
+    libvirt is not the web process's to reach (it never loads it): each compute host's agent checks
+    its own before it starts, and its heartbeat says it is alive.
 
     Plain text by default (one ``name: ok|FAIL (detail)`` line per dependency); JSON with
     ``?format=json`` or ``Accept: application/json``.

@@ -67,14 +67,15 @@ def problem_response(
 
 
 def principal_of(request: HttpRequest) -> str | None:
-    """Whose key space the request uses: a token (hashed), a user, or None for anonymous."""
+    """Whose key space the request uses: a token (hashed), a user, or None for anonymous.
+
+    The credentials are read as the API's authentication classes read them, in their order: an
+    ``Authorization: Bearer`` (or ``Token``) header first, then the session's user, which Django's
+    AuthenticationMiddleware has already resolved. Nothing else authenticates an API request.
+    """
     header = request.headers.get("Authorization", "").split()
     if len(header) == 2 and header[0].lower() in ("bearer", "token"):
         return "token:" + hashlib.sha256(header[1].encode()).hexdigest()
-    # DRF's test client authenticates this way, below the middleware layer.
-    forced = getattr(request, "_force_auth_user", None)
-    if forced is not None and forced.is_authenticated:
-        return f"user:{forced.pk}"
     user = getattr(request, "user", None)
     if user is not None and user.is_authenticated:
         return f"user:{user.pk}"

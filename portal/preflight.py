@@ -1,92 +1,24 @@
-"""Checks that the services Nubis depends on answer: used by /readyz and before start-up."""
+"""The checks a portal process runs: /readyz and `serve` and the Celery worker before they start.
+
+The database and Redis (core.preflight), and for a compute host the stores (whether QEMU and the
+containers' mapped root reach them). libvirt is the compute layer's to check
+(compute.services.preflight, used by the agent and by `manage.py preflight`): the web process never
+loads it.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from django.conf import settings
-from django.db import connection
 
-from portal import config, stores
+from core import preflight
+from core.preflight import CheckResult, check_database, check_redis
+from portal import stores
 
-
-@dataclass(frozen=True)
-class CheckResult:
-    """The outcome of one dependency check."""
-
-    name: str
-    setting: str
-    ok: bool
-    detail: str
-    millis: float
-
-    def line(self) -> str:
-        status = "ok" if self.ok else "FAIL"
-        return f"{self.name}: {status} ({self.detail}; {self.millis:.0f} ms)"
-
-
-def _timed(name: str, setting: str, probe: Callable[[], str]) -> CheckResult:
-    started = time.perf_counter()
-    try:
-        detail = probe()
-        ok = True
-    except Exception as exc:  # any failure of a dependency is reported, not raised
-        detail = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}"
-        ok = False
-    return CheckResult(name, setting, ok, detail, (time.perf_counter() - started) * 1000)
-
-
-def check_database() -> CheckResult:
-    """Run a trivial query on the default database."""
-
-    def probe() -> str:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-            cursor.fetchone()
-        name = settings.DATABASES["default"]["NAME"]
-        return f"{connection.vendor} {name}"
-
-    return _timed("database", "DATABASE_URL", probe)
-
-
-def check_redis() -> CheckResult:
-    """PING the Redis that Celery, Channels and the cache share."""
-
-    def probe() -> str:
-        import redis
-
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
-        try:
-            client.ping()
-            info: dict[str, Any] = client.info("server")  # type: ignore[assignment]
-            version = info.get("redis_version", "?")
-        finally:
-            client.close()
-        return f"redis {version} at {config.redact(settings.REDIS_URL)}"
-
-    return _timed("redis", "REDIS_URL", probe)
-
-
-def check_libvirt() -> CheckResult:
-    """Open a read-only libvirt connection and read the hypervisor's version."""
-
-    def probe() -> str:
-        import libvirt
-
-        conn = libvirt.openReadOnly(settings.LIBVIRT_URI)
-        try:
-            version = conn.getLibVersion()
-            hv = conn.getType()
-        finally:
-            conn.close()
-        major, minor, micro = version // 1_000_000, (version // 1000) % 1000, version % 1000
-        return f"libvirt {major}.{minor}.{micro} {hv} at {settings.LIBVIRT_URI}"
-
-    return _timed("libvirt", "LIBVIRT_URI", probe)
+__all__ = ["CHECKS", "DEFAULT_CHECKS", "CheckResult", "require", "run_checks"]
 
 
 def check_stores() -> CheckResult:
@@ -120,12 +52,11 @@ def check_stores() -> CheckResult:
 CHECKS: dict[str, Callable[[], CheckResult]] = {
     "database": check_database,
     "redis": check_redis,
-    "libvirt": check_libvirt,
     "stores": check_stores,
 }
-# What /readyz and a bare `manage.py preflight` report: the services a portal process depends on.
-# `stores` is for a compute host (scripts/up asks for it by name).
-DEFAULT_CHECKS = ["database", "redis", "libvirt"]
+# What /readyz reports: the services a portal process depends on. `stores` is for a compute host
+# (scripts/up asks for it by name).
+DEFAULT_CHECKS = ["database", "redis"]
 
 
 def run_checks(names: list[str] | None = None) -> list[CheckResult]:
@@ -135,8 +66,4 @@ def run_checks(names: list[str] | None = None) -> list[CheckResult]:
 
 def require(names: list[str]) -> None:
     """Exit with one clear line per failed dependency; used before a server or worker starts."""
-    failures = [result for result in run_checks(names) if not result.ok]
-    if failures:
-        first = failures[0]
-        others = "".join(f"; also {f.setting}: {f.detail}" for f in failures[1:])
-        config.fail(first.setting, f"cannot reach the {first.name}: {first.detail}{others}")
+    preflight.require(CHECKS[name] for name in names)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from compute.services.host_rpc import SCHEMA_EXTENSION
+
 PROBLEM: dict[str, Any] = {
     "type": "object",
     "description": "RFC 9457 problem details; `errors` names each field and the rule it broke.",
@@ -42,6 +44,11 @@ ALWAYS = {
     "406": "No acceptable representation.",
     "429": "Over the rate limit; Retry-After says when to retry.",
 }
+# What an operation marked with host_rpc.SCHEMA_EXTENSION (it asks the instance's host agent) adds.
+HOST_AGENT = {
+    "503": "The instance's host agent did not answer in time (stopped, hung or unreachable); the "
+    "problem names the host, Retry-After says when to ask again.",
+}
 WRITES = {
     "409": "Conflict with the current state (busy, in use, a taken name, over a quota).",
     "413": "The request body is larger than the server's limit (2.5 MiB unless configured).",
@@ -61,6 +68,8 @@ def problem_responses(result: dict[str, Any], generator: Any, request: Any, publ
             codes = dict(ALWAYS)
             if method in ("post", "put", "patch", "delete"):
                 codes |= WRITES
+            if operation.pop(SCHEMA_EXTENSION, False):
+                codes |= HOST_AGENT
             for code, description in codes.items():
                 operation["responses"].setdefault(code, {"description": description, "content": content})
     return result

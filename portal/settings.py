@@ -75,6 +75,10 @@ NUBIS_CONTAINER_STOP_TIMEOUT = config.env_int("NUBIS_CONTAINER_STOP_TIMEOUT", 10
 # Each agent samples its host and instances this often (the UI's sparklines, the scheduler's load).
 NUBIS_METRICS_SECONDS = config.env_int("NUBIS_METRICS_SECONDS", 10, minimum=1)
 NUBIS_CONTAINER_WATCH_SECONDS = config.env_int("NUBIS_CONTAINER_WATCH_SECONDS", 1, minimum=1)
+# The portal asks a host's agent for console output, container logs and exec (compute.services.
+# host_rpc): no answer within this many seconds is a 503 naming the host (exec waits its own
+# timeout on top).
+NUBIS_AGENT_RPC_TIMEOUT = config.env_int("NUBIS_AGENT_RPC_TIMEOUT", 5, minimum=1)
 # Tenant networks: per-network dnsmasq state on each host. dnsmasq reads it as "nobody", so every
 # directory above must be searchable by others; it is rebuilt from the database, so /run will do.
 NUBIS_NETWORK_STATE_DIR = config.env_path("NUBIS_NETWORK_STATE_DIR", Path("/run/nubis/networks"))
@@ -132,6 +136,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "security.middleware.AuditMiddleware",
+    # A NUL in any query string (PostgreSQL text cannot hold one): 400 naming the parameter, on every
+    # route; inside the audit, so a refused write still leaves its one record.
+    "portal.query_strings.QueryStringMiddleware",
     # API bodies: too large (413), not JSON (415) or nested too deep (400) are refused before anything
     # reads them; inside the audit, so a refused write still leaves its one record.
     "portal.body_limits.ApiBodyMiddleware",
@@ -321,12 +328,12 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"queue": "control", "expires": 300.0},
     },
     "admission-queue": {
-        "task": "scheduler.admission_run",
+        "task": "compute.admission_run",
         "schedule": float(NUBIS_QUEUE_SECONDS),
         "options": {"queue": "control", "expires": float(NUBIS_QUEUE_SECONDS)},
     },
     "allocation-adjust": {
-        "task": "scheduler.allocation_adjust",
+        "task": "compute.allocation_adjust",
         "schedule": float(NUBIS_ALLOCATION_SECONDS),
         "options": {"queue": "control", "expires": float(NUBIS_ALLOCATION_SECONDS)},
     },

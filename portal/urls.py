@@ -1,4 +1,4 @@
-"""URL root: UI shell, auth, admin, health and the versioned API."""
+"""URL root: the UI shell, auth, admin, health, the API schema, and each app's own routes."""
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
@@ -19,10 +19,10 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("staff/", include("portal.staff_urls")),
     path("api/v1/", views.ApiRootView.as_view(), name="api-root"),
-    path("api/v1/", include("tenants.api_urls")),
-    path("api/v1/admin/", include("compute.api_admin_urls")),
-    path("api/v1/tenants/<slug:tenant>/", include("compute.api_urls")),
-    path("t/<slug:tenant>/", include("tenants.urls")),
+    path("t/<slug:tenant>/", views.tenant_dashboard, name="tenant-home"),
+    # Each app routes its own API (under /api/v1/) and pages (under /t/<tenant>/).
+    path("", include("tenants.urls")),
+    path("", include("compute.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # The split view serves Swagger UI's start-up script as a file (?script=), for the CSP.
     path(

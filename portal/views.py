@@ -36,7 +36,7 @@ def tenant_dashboard(request: HttpRequest, tenant: str) -> HttpResponse:
     from compute.models import Instance, InstanceState, Operation
     from scheduler.admission import queue_statuses
     from scheduler.models import QueueEntry, QueueState
-    from tenants.api import quota_report
+    from tenants.selectors import quota_report
 
     obj, role = tenant_for_request(request, tenant, Role.VIEWER)
     request.session["tenant"] = obj.slug

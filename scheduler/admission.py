@@ -1,15 +1,16 @@
 """The admission queue in the database: requests that found no room and asked to wait.
 
-A queued instance holds its quota and no host. Passes (beat every NUBIS_QUEUE_SECONDS, and soon
-after capacity is released) admit what now fits, in the order of scheduler.queueing: overdue
-first, then priority with aging, then the tenant's dominant share. An admitted instance goes on
-as if it had been placed at once: state scheduled, its create Operation enqueued on the host.
+A queued instance holds its quota and no host. The scheduler keeps the queue and decides: which
+request a pass tries next (scheduler.queueing: overdue first, then priority with aging, then the
+tenant's dominant share), which one has waited too long (a :class:`GiveUp`), and where an admitted
+one goes (scheduler.services.decide). Compute acts on those decisions (compute.services.admission):
+the instance's state, the claim of its host, its create Operation, the events. Passes run every
+NUBIS_QUEUE_SECONDS and soon after capacity is released.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,21 +18,30 @@ from typing import Any
 
 import numpy as np
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
 
-from compute.models import Instance, InstanceState, Operation, OperationKind, OperationState
+from compute.models import Instance, InstanceState
 from scheduler.engine import HostTable
 from scheduler.hosts import HOSTS
 from scheduler.models import QueueEntry, QueueState
 from scheduler.queueing import QueuePolicy, Waiting, admission_pass, dominant_shares, order
-from scheduler.services import HELD_RAM, NoValidHost, engine, host_rows, never_fits, place, request_of
+from scheduler.services import HELD_RAM, NoValidHost, engine, host_rows, never_fits, request_of
 
-log = logging.getLogger(__name__)
 HISTORY = timedelta(hours=24)  # admissions the wait estimate learns from
 # pg_advisory_xact_lock key: one admission pass at a time across all processes ("nubis-q").
 PASS_LOCK = 0x6E756269_735F71
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """Decision: the request has waited past NUBIS_QUEUE_GIVE_UP; its instance fails with ``reason``."""
+
+    entry_id: int
+    tenant_id: int
+    instance_id: int
+    reason: str
 
 
 def policy() -> QueuePolicy:
@@ -40,33 +50,14 @@ def policy() -> QueuePolicy:
     )
 
 
-def admission_enqueue(instance: Instance, reason: str) -> QueueEntry:
-    """Put an instance that found no room in the queue (inside its create transaction)."""
-    from compute.services.instances import instance_event
-
-    entry = QueueEntry.objects.create(
-        tenant_id=instance.tenant_id,
-        instance=instance,
-        priority=instance.priority,
-        vcpus=instance.vcpus,
-        ram_mib=instance.current_ram_mib,
-        disk_gib=instance.disk_gib,
-        reason=reason[:2000],
-    )
-    instance.state = InstanceState.QUEUED
-    instance.state_deadline = None
-    instance.save(update_fields=["state", "state_deadline", "updated"])
-    instance_event(instance, queue=queue_status(entry))
-    return entry
-
-
 def admission_precheck(instance: Instance, wait: bool) -> frozenset[int]:
     """Before a new request is placed: the queue goes first. Returns the hosts it may not take.
 
     A request that may wait joins the queue behind the requests already waiting (it is admitted
     on the next pass if its turn has come): NoValidHost, unless no host could ever take it. One
     that may not wait is placed now, but not on a host an overdue request could use: that room is
-    held for the overdue one (or, with a steady stream of new requests, it could starve).
+    held for the overdue one (or, with a steady stream of new requests, it could starve). Both
+    read the process's host table (scheduler.hosts.HOSTS), as placement does.
     """
     waiting = QueueEntry.objects.unscoped().filter(state=QueueState.WAITING)
     if wait:
@@ -89,28 +80,56 @@ def admission_precheck(instance: Instance, wait: bool) -> frozenset[int]:
         return frozenset(int(i) for i in table.ids[held])
 
 
-def admission_cancel(instance: Instance, reason: str) -> None:
-    """Take a queued instance out of the queue (its delete); its create Operation fails."""
-    from compute.services.instances import operation_finish
+# -- the queue's own records (compute changes the instances) ------------------------------------------
+def queue_join(instance: Instance, reason: str) -> QueueEntry:
+    """Put an instance that found no room in the queue (inside its create transaction)."""
+    return QueueEntry.objects.create(
+        tenant_id=instance.tenant_id,
+        instance=instance,
+        priority=instance.priority,
+        vcpus=instance.vcpus,
+        ram_mib=instance.current_ram_mib,
+        disk_gib=instance.disk_gib,
+        reason=reason[:2000],
+    )
 
+
+def queue_leave(instance: Instance, reason: str) -> None:
+    """The instance no longer waits (its delete, or it gave up): its waiting entry is cancelled."""
     QueueEntry.objects.for_tenant(instance.tenant_id).filter(
         instance=instance, state=QueueState.WAITING
     ).update(state=QueueState.CANCELLED, finished_at=timezone.now(), reason=reason[:2000])
-    for operation in Operation.objects.for_tenant(instance.tenant_id).filter(
-        instance=instance, kind=OperationKind.CREATE, state=OperationState.PENDING
-    ):
-        operation_finish(operation, OperationState.FAILED, reason)
 
 
-def admission_kick() -> None:
-    """After commit, ask for a pass soon if anything waits (capacity was just released)."""
-    if not QueueEntry.objects.unscoped().filter(state=QueueState.WAITING).exists():
-        return
-    from scheduler.tasks import admission_run
-
-    transaction.on_commit(lambda: admission_run.apply_async(queue="control", expires=60))
+def queue_refused(entry: QueueEntry, reason: str) -> None:
+    """A pass found no room for the entry: the refusal it shows until the next pass."""
+    entry.reason = reason[:2000]
+    entry.save(update_fields=["reason"])
 
 
+def queue_admitted(entry: QueueEntry, now: datetime) -> None:
+    entry.state, entry.finished_at, entry.reason = QueueState.ADMITTED, now, ""
+    entry.save(update_fields=["state", "finished_at", "reason"])
+
+
+def queue_dropped(entry: QueueEntry, now: datetime) -> None:
+    """The entry's instance is not queued any more (deleted or admitted meanwhile)."""
+    entry.state, entry.finished_at = QueueState.CANCELLED, now
+    entry.save(update_fields=["state", "finished_at"])
+
+
+def queue_given_up(decision: GiveUp) -> None:
+    QueueEntry.objects.for_tenant(decision.tenant_id).filter(pk=decision.entry_id).update(
+        state=QueueState.FAILED
+    )
+
+
+def queue_waiting() -> bool:
+    """Whether any request waits (a release of capacity should then ask for a pass)."""
+    return QueueEntry.objects.unscoped().filter(state=QueueState.WAITING).exists()
+
+
+# -- a pass ------------------------------------------------------------------------------------------
 def _waiting_of(entry: QueueEntry) -> Waiting:
     return Waiting(
         key=entry.pk,
@@ -159,56 +178,29 @@ def _one_pass_at_a_time() -> Iterator[None]:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [PASS_LOCK])
 
 
-def _admit(entry: QueueEntry, hosts: Any, now: datetime) -> bool:
-    """Try to place one queued instance; on success it moves on to its host's agent."""
-    from compute.services.instances import deadline, instance_event, operation_enqueue
-
-    instance = Instance.objects.for_tenant(entry.tenant_id).select_for_update().get(pk=entry.instance_id)
-    if instance.state != InstanceState.QUEUED:
-        entry.state, entry.finished_at = QueueState.CANCELLED, now
-        entry.save(update_fields=["state", "finished_at"])
-        return False
-    try:
-        place(instance, hosts)  # its decision record stays, refused or not: it explains the wait
-    except NoValidHost as exc:
-        entry.reason = str(exc)[:2000]
-        entry.save(update_fields=["reason"])
-        return False
-    instance.state = InstanceState.SCHEDULED
-    instance.state_deadline = deadline()
-    instance.save(update_fields=["state", "state_deadline", "updated"])
-    entry.state, entry.finished_at, entry.reason = QueueState.ADMITTED, now, ""
-    entry.save(update_fields=["state", "finished_at", "reason"])
-    instance_event(instance, host=instance.host.name if instance.host else "")
-    operation = Operation.objects.for_tenant(entry.tenant_id).filter(
-        instance=instance, kind=OperationKind.CREATE, state=OperationState.PENDING
-    )
-    for op in operation:
-        operation_enqueue(op)
-    return True
-
-
-def _give_up(entry: QueueEntry, now: datetime) -> None:
-    from compute.services.instances import instance_fail
-
+def _give_up_of(entry: QueueEntry, now: datetime) -> GiveUp:
     waited = int((now - entry.enqueued_at).total_seconds())
     reason = f"no host had room for {waited} s (the queue gives up after {settings.NUBIS_QUEUE_GIVE_UP} s)"
     if entry.reason:
         reason += f"; last: {entry.reason}"
-    instance = Instance.objects.for_tenant(entry.tenant_id).select_for_update().get(pk=entry.instance_id)
-    admission_cancel(instance, reason)
-    QueueEntry.objects.for_tenant(entry.tenant_id).filter(pk=entry.pk).update(state=QueueState.FAILED)
-    if instance.state == InstanceState.QUEUED:
-        instance_fail(instance, reason)
+    return GiveUp(entry.pk, entry.tenant_id, entry.instance_id, reason)
 
 
-def admission_run(now: datetime | None = None, hosts: Any = None) -> list[str]:
-    """One pass over the queue; returns the names of the admitted instances, in admission order.
+def queue_pass(
+    now: datetime,
+    admit: Callable[[QueueEntry], bool],
+    give_up: Callable[[GiveUp], None],
+    hosts: Any = None,
+) -> list[QueueEntry]:
+    """One pass over the queue, one pass at a time; returns the admitted entries in admission order.
 
-    ``now`` is the clock the ordering uses (tests move it); ``hosts`` narrows placement, as in
-    scheduler.services.place. Each admission (and each give-up) is its own transaction.
+    The scheduler decides the order and who gives up; the callers act. ``give_up`` is called with
+    each request that has waited too long, first. Then ``admit`` is called with the next entry in
+    the queue's order: it tries to place the entry's instance and says whether it got a host
+    (room only shrinks during a pass, so one refused is not tried again). Each call is meant to be
+    its own transaction. ``now`` is the clock the ordering uses (tests move it); ``hosts`` narrows
+    the capacity the dominant shares are taken of, as placement's ``hosts`` narrows its choice.
     """
-    now = now or timezone.now()
     with _one_pass_at_a_time():
         entries = {
             e.pk: e
@@ -217,30 +209,21 @@ def admission_run(now: datetime | None = None, hosts: Any = None) -> list[str]:
             .select_related("instance")
             .order_by("enqueued_at", "pk")
         }
-        give_up = timedelta(seconds=settings.NUBIS_QUEUE_GIVE_UP)
-        for entry in [e for e in entries.values() if now - e.enqueued_at > give_up]:
-            with transaction.atomic():
-                _give_up(entry, now)
+        limit = timedelta(seconds=settings.NUBIS_QUEUE_GIVE_UP)
+        for entry in [e for e in entries.values() if now - e.enqueued_at > limit]:
+            give_up(_give_up_of(entry, now))
             del entries[entry.pk]
         if not entries:
             return []
-
-        def try_place(w: Waiting) -> bool:
-            with transaction.atomic():
-                return _admit(entries[w.key], hosts, now)
-
         admitted = admission_pass(
             [_waiting_of(e) for e in entries.values()],
             now.timestamp(),
             policy(),
             _tenant_usage(),
             _cloud_capacity(hosts),
-            try_place,
+            lambda w: admit(entries[w.key]),
         )
-    names = [entries[w.key].instance.name for w in admitted]
-    if names:
-        log.info("admission: admitted %s", ", ".join(names))
-    return names
+    return [entries[w.key] for w in admitted]
 
 
 @dataclass(frozen=True)

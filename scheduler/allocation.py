@@ -3,23 +3,21 @@ following its measured demand, without ever giving out more than its host has fr
 
 The grant is ``Instance.current_ram_mib``: a VM's balloon target, a container's memory limit. Its
 host counts it as used (``scheduler.services.HELD_RAM``), so a grant only grows into the host's
-free RAM. :func:`plan` is the pure policy; :func:`allocation_adjust_host` runs it for one host under
-the host's row lock and saves the new grants, and the host's agent applies them afterwards
+free RAM. :func:`plan` is the pure policy and :func:`allocation_decide` runs it for one host, read
+from the database: it returns :class:`Grant` decisions. The adjuster (compute.services.allocation)
+saves them under the host's row lock, and the host's agent applies them afterwards
 (``compute.memory_apply``, see compute/services/memory.py).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Count, Exists, Max, OuterRef, Sum
+from django.db.models import Count, Exists, Max, OuterRef, QuerySet, Sum
 from django.utils import timezone
 
 from compute.models import (
@@ -36,8 +34,7 @@ from compute.models import (
     SampleResolution,
     UsageSample,
 )
-
-log = logging.getLogger(__name__)
+from scheduler.services import FREE_STATES, HELD_RAM, host_table_of
 
 MIB = 1 << 20
 
@@ -133,12 +130,53 @@ def plan(free_mib: int, demands: Iterable[Demand], policy: Policy = DEFAULT_POLI
     return new
 
 
-# -- the adjuster ------------------------------------------------------------------------------
+# -- the adjuster's decisions ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Grant:
+    """Decision: the instance (``key``, its uuid) should hold ``to_mib`` instead of ``from_mib``."""
+
+    instance_id: int
+    key: str
+    from_mib: int
+    to_mib: int
+    usage_mib: float  # the busiest sample of the window: the demand the grant follows
+
+
+@dataclass(frozen=True)
+class HostGrants:
+    """The grants that should move on one host, and the host's free RAM they were decided against."""
+
+    host_id: int
+    free_mib: int
+    grants: tuple[Grant, ...]
+
+
 def usage_window(policy: Policy = DEFAULT_POLICY) -> timedelta:
     """How far back usage counts: one adjuster period, so each pass sees what happened since the last
     (or longer, if the period is too short for the samples the policy wants)."""
     seconds = max(settings.NUBIS_ALLOCATION_SECONDS, policy.min_samples * settings.NUBIS_METRICS_SECONDS)
     return timedelta(seconds=seconds)
+
+
+def allocation_hosts(now: datetime | None = None) -> list[Host]:
+    """The hosts the adjuster visits: enabled, real, with a fresh heartbeat."""
+    now = now or timezone.now()
+    hosts = Host.objects.filter(simulated=False, state=HostState.ENABLED)
+    return [host for host in hosts if host.heartbeat_fresh(now)]
+
+
+def allocation_candidates(host: Host) -> QuerySet[Instance]:
+    """The host's instances whose grant may move now: running, dynamic, not busy with an operation
+    (one busy waits for the next pass)."""
+    busy = Operation.objects.unscoped().filter(
+        instance=OuterRef("pk"), state__in=[OperationState.PENDING, OperationState.RUNNING]
+    )
+    return (
+        Instance.objects.unscoped()
+        .select_related("flavor")
+        .filter(host=host, state=InstanceState.RUNNING, allocation=Allocation.DYNAMIC)
+        .exclude(Exists(busy))
+    )
 
 
 def _bounds(instance: Instance) -> tuple[int, int]:
@@ -150,8 +188,6 @@ def _bounds(instance: Instance) -> tuple[int, int]:
 def _free_ram(host: Host) -> int:
     """The host's RAM after overcommit minus every grant on it (reservations, whatever the
     admission mode: the adjuster must never hand out memory that is reserved but idle)."""
-    from scheduler.services import FREE_STATES, HELD_RAM, host_table_of
-
     capacity = int(host_table_of(host).capacity[1, 0])
     held = (
         Instance.objects.unscoped()
@@ -162,96 +198,39 @@ def _free_ram(host: Host) -> int:
     return capacity - int(held or 0)
 
 
-def allocation_adjust_host(host: Host, policy: Policy = DEFAULT_POLICY) -> dict[str, list[int]]:
-    """One pass over ``host``'s running dynamic instances: new grants saved, applied after commit.
+def allocation_decide(
+    host: Host, instances: Iterable[Instance], policy: Policy = DEFAULT_POLICY
+) -> HostGrants:
+    """The grants of ``instances`` (dynamic ones on ``host``) that should move, by their demand.
 
-    Returns {instance uuid: [old MiB, new MiB]} for the grants that moved. Instances busy with an
-    operation, or locked by one being requested right now, wait for the next pass; so does one
-    without recent samples. The host's agent is asked to apply the grants even when none moved,
-    so a move that failed there, or a container restarted with its old limit, is retried.
+    Demand is the busiest sample of the usage window: growing follows a burst at once, shrinking
+    waits until even the peak is low. An instance without ``policy.min_samples`` recent samples is
+    left where it is. Read under the caller's locks (the host's row, the instances'), so that the
+    host's free RAM cannot change before the grants are saved.
     """
-    from compute.services.instances import instance_event
-    from compute.tasks import memory_apply
-    from security.audit import Actor, audit_log
-
-    if host.simulated:
-        return {}
+    by_pk = {i.pk: i for i in instances}
     since = timezone.now() - usage_window(policy)
-    busy = Operation.objects.unscoped().filter(
-        instance=OuterRef("pk"), state__in=[OperationState.PENDING, OperationState.RUNNING]
+    usage = {
+        row["instance_id"]: row
+        for row in UsageSample.objects.filter(
+            instance_id__in=list(by_pk), resolution=SampleResolution.RAW, at__gte=since
+        )
+        .values("instance_id")
+        .annotate(peak=Max("mem_bytes"), n=Count("id"))
+    }
+    demands, ids = [], {}
+    for pk, instance in by_pk.items():
+        row = usage.get(pk)
+        if row is None or row["n"] < policy.min_samples:
+            continue  # no recent demand known: leave it where it is
+        key = str(instance.uuid)
+        low, high = _bounds(instance)
+        demands.append(Demand(key, low, high, instance.current_ram_mib, row["peak"] / MIB))
+        ids[key] = pk
+    free = _free_ram(host)
+    wanted = {d.key: d for d in demands}
+    grants = tuple(
+        Grant(ids[key], key, wanted[key].grant_mib, grant, wanted[key].usage_mib)
+        for key, grant in plan(free, demands, policy).items()
     )
-    moved: dict[str, list[int]] = {}
-    with transaction.atomic():
-        locked = Host.objects.select_for_update().get(pk=host.pk)
-        # skip_locked: a resize or placement locks the instance, then the host; waiting here with the
-        # host locked could deadlock against it, so a locked instance is left for the next pass.
-        instances = {
-            str(i.uuid): i
-            for i in Instance.objects.unscoped()
-            .select_for_update(skip_locked=True, of=("self",))
-            .select_related("flavor")
-            .filter(host=locked, state=InstanceState.RUNNING, allocation=Allocation.DYNAMIC)
-            .exclude(Exists(busy))
-        }
-        if not instances:
-            return {}
-        usage = {
-            row["instance_id"]: row
-            for row in UsageSample.objects.filter(
-                instance_id__in=[i.pk for i in instances.values()],
-                resolution=SampleResolution.RAW,
-                at__gte=since,
-            )
-            .values("instance_id")
-            .annotate(peak=Max("mem_bytes"), n=Count("id"))
-        }
-        demands = []
-        for key, instance in instances.items():
-            row = usage.get(instance.pk)
-            if row is None or row["n"] < policy.min_samples:
-                continue  # no recent demand known: leave it where it is
-            low, high = _bounds(instance)
-            # The busiest sample of the window: growing follows a burst at once, shrinking waits
-            # until even the peak is low.
-            demands.append(Demand(key, low, high, instance.current_ram_mib, row["peak"] / MIB))
-        free = _free_ram(locked)
-        peaks = {d.key: d.usage_mib for d in demands}
-        for key, grant in plan(free, demands, policy).items():
-            instance = instances[key]
-            old = instance.current_ram_mib
-            instance.current_ram_mib = grant
-            instance.save(update_fields=["current_ram_mib", "updated"])
-            moved[key] = [old, grant]
-            log.info(
-                "allocation %s: %s %s %d -> %d MiB (usage %.0f MiB, host free %d MiB)",
-                *(locked.name, instance.kind, key, old, grant, peaks[key], free),
-            )
-            instance_event(instance, current_ram_mib=grant)
-        actor = Actor.system(f"allocation@{locked.name}")
-        for key, (old, grant) in moved.items():  # last: the audit chain's lock serialises appends
-            audit_log(
-                actor=actor,
-                action="instance.memory.adjust",
-                target=instances[key],
-                detail={"from_mib": old, "to_mib": grant, "usage_mib": round(peaks[key], 1)},
-            )
-        queue, name = locked.queue, locked.name
-        transaction.on_commit(lambda: memory_apply.apply_async(args=(name,), queue=queue))
-    return moved
-
-
-def allocation_adjust_all(policy: Policy = DEFAULT_POLICY) -> dict[str, Any]:
-    """Adjust every enabled, live, real host; {host name: {instance uuid: [old, new]}} of the moves.
-
-    A host that fails is logged and skipped: the others are still adjusted.
-    """
-    now = timezone.now()
-    summary: dict[str, Any] = {}
-    for host in Host.objects.filter(simulated=False, state=HostState.ENABLED):
-        if not host.heartbeat_fresh(now):
-            continue
-        try:
-            summary[host.name] = allocation_adjust_host(host, policy)
-        except Exception:  # one broken host must not stop the others
-            log.exception("allocation: adjusting host %s failed", host.name)
-    return summary
+    return HostGrants(host.pk, free, grants)

@@ -1,22 +1,21 @@
-"""Placement through the engine: the host table from the database, the claim under a row lock,
-and the decision record kept with the instance."""
+"""Placement decisions through the engine: the host table from the database, the request an
+instance makes, the hosts to try for it best first, and the decision record kept with it.
+
+The scheduler decides and never acts: the claim of a host (under its row lock, trying the next
+candidate when one filled up meanwhile) is compute's (compute.services.placement).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
-from compute.models import (
-    Allocation,
-    CpuMode,
-    Host,
-    Instance,
-    ServerGroup,
-)
+from compute.models import Allocation, CpuMode, Host, Instance
 from scheduler.engine import Decision, Engine, HostTable, Request
 from scheduler.hosts import FREE_STATES as FREE_STATES
 from scheduler.hosts import HELD_RAM as HELD_RAM
@@ -37,17 +36,39 @@ class NoValidHost(Exception):
         self.never = never
 
 
-class _Filled(Exception):
-    """The candidate filled up between the decision and its claim."""
+@dataclass(frozen=True)
+class Placement:
+    """The decision for one instance: the hosts to claim, best first, and the record that explains it.
+
+    Whoever claims (compute.services.placement) takes the first candidate that still has room
+    under its row lock, and keeps the record with the host it got (:func:`placement_record`).
+    """
+
+    instance_id: int
+    request: Request
+    candidates: tuple[int, ...]  # host ids
+    record: Mapping[str, Any] = field(compare=False, hash=False)
 
 
 def engine() -> Engine:
     return Engine(settings.NUBIS_SCHEDULER_FILTERS, settings.NUBIS_SCHEDULER_WEIGHERS)
 
 
-def request_of(instance: Instance) -> Request:
-    from compute.services.server_groups import group_hosts
+def group_hosts(instance: Instance) -> frozenset[int]:
+    """The hosts the other live members of the instance's server group hold capacity on."""
+    if instance.server_group_id is None:
+        return frozenset()
+    hosts = (
+        Instance.objects.for_tenant(instance.tenant_id)
+        .filter(server_group_id=instance.server_group_id, host__isnull=False)
+        .exclude(pk=instance.pk)
+        .exclude(state__in=FREE_STATES)
+        .values_list("host_id", flat=True)
+    )
+    return frozenset(hosts)
 
+
+def request_of(instance: Instance) -> Request:
     flavor = instance.flavor
     group = instance.server_group
     return Request(
@@ -63,8 +84,15 @@ def request_of(instance: Instance) -> Request:
 
 
 def never_fits(instance: Instance, hosts: Any = None) -> str:
-    """Why no host could ever take the instance, even empty ("": some host could)."""
-    return engine().never_fits(HostTable(host_rows(hosts)), request_of(instance))
+    """Why no host could ever take the instance, even empty ("": some host could).
+
+    ``hosts`` narrows the hosts as in :func:`decide`; default: the process's table of all real ones.
+    """
+    request = request_of(instance)
+    if hosts is None:
+        with HOSTS.use() as table:
+            return engine().never_fits(table, request)
+    return engine().never_fits(HostTable(host_rows(hosts)), request)
 
 
 def host_table_of(host: Host) -> HostTable:
@@ -72,70 +100,56 @@ def host_table_of(host: Host) -> HostTable:
     return HostTable(host_rows(Host.objects.filter(pk=host.pk)))
 
 
-def _still_fits(host: Host, request: Request) -> bool:
-    """Under the host's row lock: the database, not the table read before, decides."""
+def host_fits(host: Host, request: Request) -> bool:
+    """Whether ``host`` has room for ``request`` now: the database decides, not a table read before.
+
+    A claim asks this under the host's row lock.
+    """
     free = host_table_of(host).free()[:, 0]
     return bool((free >= request.demand()).all())
 
 
-def place(instance: Instance, hosts: Any = None, held: frozenset[int] = frozenset()) -> Host:
-    """Choose a host and claim it, inside the caller's transaction; record why.
+def decide(instance: Instance, hosts: Any = None, held: frozenset[int] = frozenset()) -> Placement:
+    """Choose the hosts to try for ``instance``, best first; NoValidHost (recorded) when none can take it.
 
-    The candidates are tried best first: a claim that finds the host filled meanwhile (another
-    placement won the race) moves on to the next one. ``hosts`` narrows the choice to a queryset
-    of hosts (a what-if, or a test that must not see the suite's own agent); default: all real ones.
-    ``held``: ids of hosts it may not take (their room is held for overdue queued requests).
+    ``hosts`` narrows the choice to a queryset of hosts (a what-if, or a test that must not see the
+    suite's own agent); default: all real ones, through the process's table. ``held``: ids of hosts
+    it may not take (their room is held for overdue queued requests). A caller that claims the
+    decision holds the lock of the instance's server group first, so that members of one group
+    are decided one at a time (compute.services.placement does).
     """
-    if instance.server_group_id is not None:
-        # Members of one group are placed one at a time, so two cannot both take the same host
-        # (anti-affinity) or both open a host of their own (affinity).
-        ServerGroup.objects.for_tenant(instance.tenant_id).select_for_update().get(
-            pk=instance.server_group_id
-        )
     request = request_of(instance)
     pipeline = engine()
 
-    def decide(table: HostTable) -> tuple[Decision, str]:
+    def select(table: HostTable) -> tuple[Decision, str]:
         mask = np.isin(table.ids, np.fromiter(held, dtype=np.int64)) if held else None
         decision = pipeline.select(table, request, top_n=CANDIDATES, held=mask)
         return decision, "" if decision.host_id is not None else pipeline.never_fits(table, request)
 
     if hosts is None:  # all real hosts: the process's table, refreshed incrementally
         with HOSTS.use() as table:
-            decision, never = decide(table)
+            decision, never = select(table)
     else:
-        decision, never = decide(HostTable(host_rows(hosts)))
+        decision, never = select(HostTable(host_rows(hosts)))
     record = decision.as_dict()
     if decision.host_id is None:
         if never:  # the filter that refused still leads; waiting would not help, so no nearest miss
             record["error"] = f"{record['error']}; it can never be placed: {never}"
             record["nearest_miss"] = ""
-        _record(instance, None, record)
+        placement_record(instance, None, record)
         miss = f"; nearest miss: {record['nearest_miss']}" if record["nearest_miss"] else ""
         raise NoValidHost(f"{record['error']}{miss}", never=bool(never))
-    for candidate in decision.top:
-        try:
-            with transaction.atomic():
-                locked = Host.objects.select_for_update().get(pk=candidate.host_id)
-                if not _still_fits(locked, request):
-                    # Rolling the savepoint back releases this host's lock: a placement holds
-                    # at most the one host it claims, so two can never wait on each other.
-                    raise _Filled
-                instance.host = locked
-                instance.save(update_fields=["host", "updated"])
-                record["host"] = locked.name
-                _record(instance, locked, record)
-                return locked
-        except _Filled:
-            continue
-    record["error"] = "no valid host: every candidate filled up while placing (lost the race)"
-    record["host"] = ""
-    _record(instance, None, record)
-    raise NoValidHost(record["error"])
+    return Placement(instance.pk, request, tuple(c.host_id for c in decision.top), record)
 
 
-def _record(instance: Instance, host: Host | None, record: dict[str, Any]) -> None:
+def placement_record(instance: Instance, host: Host | None, record: Mapping[str, Any]) -> None:
+    """Keep why the instance went where it went (or nowhere): one record per instance, the latest."""
     PlacementDecision.objects.unscoped().update_or_create(
         instance=instance,
-        defaults={"tenant_id": instance.tenant_id, "host": host, "record": record, "created": timezone.now()},
+        defaults={
+            "tenant_id": instance.tenant_id,
+            "host": host,
+            "record": dict(record),
+            "created": timezone.now(),
+        },
     )

@@ -34,14 +34,13 @@ class Actor:
     def from_request(cls, request: HttpRequest, source: str | None = None) -> Actor:
         user = getattr(request, "user", None)
         authenticated = bool(user is not None and user.is_authenticated)
+        # DRF's request.auth: an API token row under token authentication, None under a session.
         token = getattr(request, "auth", None)
-        from tenants.models import ApiToken
-
         return cls(
             name=user.get_username() if authenticated and user is not None else "anonymous",
             source=source or source_of(request),
             user_id=user.pk if authenticated and user is not None else None,
-            token_id=token.pk if isinstance(token, ApiToken) else None,
+            token_id=token.pk if isinstance(token, models.Model) else None,
             ip=client_ip(request),
         )
 
@@ -83,13 +82,17 @@ current_request: contextvars.ContextVar[RequestAudit | None] = contextvars.Conte
 
 
 def _tenant_of(target: Any) -> tuple[int | None, str]:
-    from tenants.models import Tenant
+    """The tenant a target is, or belongs to: anything with ``audit_scope()`` (tenants.Tenant).
 
-    if isinstance(target, Tenant):
-        return target.pk, target.slug
-    tenant = getattr(target, "tenant", None) if target is not None else None
-    if isinstance(tenant, Tenant):
-        return tenant.pk, tenant.slug
+    Duck-typed, because the audit trail sits below the tenants app and imports nothing of it.
+    """
+    if target is None:
+        return None, ""
+    for candidate in (target, getattr(target, "tenant", None)):
+        scope = getattr(candidate, "audit_scope", None)
+        if callable(scope):
+            tenant_id, slug = scope()
+            return tenant_id, slug
     return None, ""
 
 

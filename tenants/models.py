@@ -31,6 +31,10 @@ class Tenant(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def audit_scope(self) -> tuple[int, str]:
+        """The audit trail's key of this tenant: its id and slug (security.audit reads it)."""
+        return self.pk, self.slug
+
 
 class Role(models.TextChoices):
     """A member's role; each one can do everything the one below it can."""

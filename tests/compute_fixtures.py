@@ -36,13 +36,13 @@ def remove_network_leftovers() -> list[str]:
     """This run's bridges, namespaces and iptables chains (every run has its own prefix, and its
     database is gone at the end): left up, a bridge keeps its subnet's route and shadows the next
     run's network, and the chains of ports whose interface vanished would stay forever."""
-    from compute.network import plumbing
-    from compute.services.ports import _owner, chain_owner, tag_prefix
+    from compute.drivers import network as plumbing
+    from compute.services.ports import alias_owner, chain_owner, tag_prefix
 
     owner = chain_owner()
     removed = []
     for bridge, alias in plumbing.bridges_list(tag_prefix()).items():
-        if _owner(alias) is not None:  # not a deployment whose prefix merely starts with ours
+        if alias_owner(alias) is not None:  # not a deployment whose prefix merely starts with ours
             plumbing.bridge_remove(bridge, Path(settings.NUBIS_NETWORK_STATE_DIR) / bridge, owner)
             removed.append(bridge)
     for bridge in sorted(plumbing.network_chains_list(owner)):
@@ -51,11 +51,10 @@ def remove_network_leftovers() -> list[str]:
     for port in sorted(plumbing.port_chains_list(owner)):
         plumbing.port_rules_remove(port, owner)
         removed.append(f"NSA/NSG-{owner}-{port}")
-    netns = Path("/var/run/netns")
-    for path in sorted(netns.iterdir()) if netns.exists() else []:
-        if domain_uuid(path.name) is not None:  # ours, not a longer prefix's that starts with ours
-            plumbing.netns_remove(path.name)
-            removed.append(path.name)
+    for name in plumbing.netns_list():
+        if domain_uuid(name) is not None:  # ours, not a longer prefix's that starts with ours
+            plumbing.netns_remove(name)
+            removed.append(name)
     return removed
 
 
@@ -141,18 +140,19 @@ class Agent:
 
 
 def start_agent(name: str, log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
-    env = subprocess_env(
-        NUBIS_HOST_HEARTBEAT_SECONDS="1",
-        NUBIS_INSTANCE_DIR=str(settings.NUBIS_INSTANCE_DIR),
-        NUBIS_IMAGE_DIR=str(settings.NUBIS_IMAGE_DIR),
-        NUBIS_ROOTFS_DIR=str(settings.NUBIS_ROOTFS_DIR),
+    """``extra_env`` adds to the environment below or overrides it (another host's own directories)."""
+    defaults = {
+        "NUBIS_HOST_HEARTBEAT_SECONDS": "1",
+        "NUBIS_INSTANCE_DIR": str(settings.NUBIS_INSTANCE_DIR),
+        "NUBIS_IMAGE_DIR": str(settings.NUBIS_IMAGE_DIR),
+        "NUBIS_ROOTFS_DIR": str(settings.NUBIS_ROOTFS_DIR),
         # Unused unpacked trees go within seconds: every container test then races the collector.
-        NUBIS_ROOTFS_GRACE=ROOTFS_GRACE,
-        NUBIS_SHUTDOWN_TIMEOUT="20",
-        NUBIS_RECONCILE_SECONDS="2",
-        NUBIS_METRICS_SECONDS="1",
-        **extra_env,
-    )
+        "NUBIS_ROOTFS_GRACE": ROOTFS_GRACE,
+        "NUBIS_SHUTDOWN_TIMEOUT": "20",
+        "NUBIS_RECONCILE_SECONDS": "2",
+        "NUBIS_METRICS_SECONDS": "1",
+    }
+    env = subprocess_env(**{**defaults, **extra_env})
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "manage.py", "compute_agent", "--name", name, "--kvm-probe", "never"],

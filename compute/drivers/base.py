@@ -1,10 +1,17 @@
-"""The driver interface every hypervisor backend implements (in the spirit of Nova's virt driver)."""
+"""The driver interfaces every backend implements (in the spirit of Nova's virt driver).
+
+``GuestDriver`` is what VMs and containers share; ``VmDriver`` adds what only a hypervisor does and
+``ContainerDriver`` what only a container runtime does, so neither has the other's methods to refuse.
+Drivers take plain specs (``GuestSpec``, an OCI config) and give plain facts (``HostFacts``,
+``Counters``, ``LogChunk``): no model, no database, no Django.
+"""
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 class DriverError(RuntimeError):
@@ -26,6 +33,29 @@ class HostFacts:
     paging: str
     iommu: bool
     vmm: str
+
+
+@dataclass(frozen=True)
+class Counters:
+    """One reading of a guest's or the host's cumulative counters and gauges.
+
+    ``taken`` is time.monotonic() at the reading: rates divide by monotonic time, immune to clock jumps.
+    A VM whose guest reports memory statistics also carries the balloon's size at the reading, the
+    wall-clock second of the guest's last report, and when the Sampler last saw the balloon move.
+    """
+
+    cpu_ns: int
+    mem_bytes: int
+    mem_peak_bytes: int | None
+    pids: int | None
+    blk_read_bytes: int
+    blk_write_bytes: int
+    net_rx_bytes: int
+    net_tx_bytes: int
+    taken: float
+    balloon_kib: int | None = None
+    guest_report_at: int | None = None
+    balloon_moved_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -54,8 +84,74 @@ class GuestSpec:
     mac: str = ""
 
 
-class VmDriver(abc.ABC):
-    """Lifecycle of virtual machines on one host. Every method is safe to call twice."""
+@dataclass(frozen=True)
+class LogChunk:
+    """Bytes of a log on the host (a serial console, a container's output) and where they sit in it."""
+
+    data: bytes
+    start: int  # the offset of ``data`` in the log
+    size: int  # the log's size when read: where the next read from the same place starts
+
+
+def read_log(path: Path, offset: int | None, max_bytes: int) -> LogChunk:
+    """From ``offset`` to the end of the log at ``path``, at most the last ``max_bytes`` of it.
+
+    ``offset`` None reads the tail; an offset past the end (the log was replaced) reads from the
+    start again. A log that does not exist (yet) is empty.
+    """
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, 2)
+            begin = 0 if offset is None or offset > size else max(0, offset)
+            start = max(begin, size - max(0, max_bytes))
+            handle.seek(start)
+            data = handle.read(size - start)
+    except (FileNotFoundError, NotADirectoryError):
+        return LogChunk(b"", 0, 0)
+    except OSError as exc:
+        raise DriverError(f"read {path.name}: {exc.strerror}") from None
+    return LogChunk(data, start, start + len(data))
+
+
+class GuestDriver(abc.ABC):
+    """What every guest of one host does, VM or container: power, memory, listing, removal and its
+    console, addressed by name. Every method is safe to call twice."""
+
+    @abc.abstractmethod
+    def start(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def shutdown(self, name: str, timeout: float) -> bool:
+        """Ask the guest to power off; force it after ``timeout``. True if it stopped cleanly."""
+
+    @abc.abstractmethod
+    def reboot(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def set_memory(self, name: str, mib: int) -> None: ...
+
+    @abc.abstractmethod
+    def power_state(self, name: str) -> str | None:
+        """'running', 'stopped', 'paused', 'crashed', or None when no such guest exists."""
+
+    @abc.abstractmethod
+    def undefine(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def remove_files(self, spec_dir: str) -> None: ...
+
+    @abc.abstractmethod
+    def list_guests(self, prefix: str) -> list[str]: ...
+
+    @abc.abstractmethod
+    def console_read(self, name: str, offset: int | None, max_bytes: int) -> LogChunk:
+        """The guest's console output (a VM's serial log, a container's stdout) from ``offset``, as
+        ``read_log``; empty when the guest has none (never made, or gone)."""
+
+
+class VmDriver(GuestDriver):
+    """Virtual machines of one host: what only a hypervisor does (disks, definitions, snapshots,
+    consoles, the host's own facts) on top of the common guest abilities."""
 
     @abc.abstractmethod
     def facts(
@@ -81,37 +177,64 @@ class VmDriver(abc.ABC):
     def snapshot_delete(self, name: str, snapshot: str) -> None: ...
 
     @abc.abstractmethod
-    def start(self, name: str) -> None: ...
-
-    @abc.abstractmethod
-    def shutdown(self, name: str, timeout: float) -> bool:
-        """Ask the guest to power off; force it after ``timeout``. True if it stopped cleanly."""
-
-    @abc.abstractmethod
-    def reboot(self, name: str) -> None: ...
-
-    @abc.abstractmethod
-    def set_memory(self, name: str, mib: int) -> None: ...
-
-    @abc.abstractmethod
-    def power_state(self, name: str) -> str | None:
-        """'running', 'stopped', 'paused', 'crashed', or None when no such domain exists."""
-
-    @abc.abstractmethod
-    def undefine(self, name: str) -> None: ...
-
-    @abc.abstractmethod
-    def remove_files(self, spec_dir: str) -> None: ...
-
-    @abc.abstractmethod
-    def list_guests(self, prefix: str) -> list[str]: ...
-
-    @abc.abstractmethod
     def vnc_port(self, name: str) -> int | None: ...
 
     @abc.abstractmethod
     def ip_address(self, name: str) -> str | None: ...
 
+    @abc.abstractmethod
+    def memory_stats(self, name: str) -> dict[str, int]:
+        """The balloon's statistics of a running guest, in KiB ('actual': its size); {} otherwise."""
+
+    @abc.abstractmethod
+    def guest_usage(self) -> dict[str, Counters]:
+        """Usage counters of every active guest of the host, by name, read at once."""
+
     def remove_stale_probes(self, older_than: float = 300.0) -> list[str]:
         """Remove capability-probe guests left by an agent that died mid-probe (none by default)."""
         return []
+
+
+class ContainerDriver(GuestDriver):
+    """Containers of one host: what only a container runtime does (bundles, live cgroup limits,
+    OOM counts, exec, output) on top of the common guest abilities."""
+
+    @abc.abstractmethod
+    def create(self, name: str, config: dict[str, Any]) -> None:
+        """Write the container's bundle with ``config`` (an OCI config.json) and run it."""
+
+    @abc.abstractmethod
+    def save_config(self, name: str, config: dict[str, Any]) -> None:
+        """Replace the bundle's config: what the container's next start runs with."""
+
+    @abc.abstractmethod
+    def update(self, name: str, **limits: Any) -> None:
+        """Change the cgroup limits of a running container (the keys of ``OciDriver.update``)."""
+
+    @abc.abstractmethod
+    def memory_limit_mib(self, name: str) -> int | None:
+        """The memory limit the kernel holds for the container; None without one."""
+
+    @abc.abstractmethod
+    def oom_kills(self, name: str) -> int | None:
+        """Processes of the container the OOM killer killed; None once its cgroup is gone."""
+
+    @abc.abstractmethod
+    def pid(self, name: str) -> int | None:
+        """The host pid of the container's init while it runs (to name its network namespace)."""
+
+    @abc.abstractmethod
+    def exec(self, name: str, argv: list[str], timeout: float) -> tuple[int, str, str]:
+        """Run ``argv`` in the running container: (exit code, stdout, stderr)."""
+
+    @abc.abstractmethod
+    def logs(self, name: str, max_bytes: int) -> str:
+        """The end of the container's stdout and stderr, oldest first (at most ``max_bytes``)."""
+
+    @abc.abstractmethod
+    def usage(self, name: str) -> Counters | None:
+        """The container's usage counters from its cgroup (no network); None once it is gone."""
+
+    @abc.abstractmethod
+    def blkio_weight_supported(self) -> bool:
+        """Whether the host's I/O scheduler offers a block I/O weight to set."""

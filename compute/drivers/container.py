@@ -1,5 +1,6 @@
-"""Containers behind the same driver interface as VMs, so the agent's steps and the reconciler
-treat both alike: start, stop, reboot, power state, undefine, listing.
+"""runc containers behind the ContainerDriver interface: the guest abilities they share with VMs
+(start, stop, reboot, power state, undefine, listing, console), so the agent's steps and the
+reconciler treat both alike, and what only containers do (limits, OOM counts, exec, logs, usage).
 
 A container's bundle lives in the instance directory (``<instance dir>/<uuid>``): config.json and
 the stdout/stderr logs. Its root filesystem is a read-only tree shared by the containers of one
@@ -8,18 +9,17 @@ image and one uid range; its network namespace is named like the container.
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
-from compute.drivers.base import DriverError, GuestSpec, HostFacts, VmDriver
-from compute.drivers.oci import OciDriver
-
-NOT_FOR_CONTAINERS = "containers have no disk, snapshots or hypervisor definition"
+from compute.drivers.base import ContainerDriver, Counters, DriverError, LogChunk, read_log
+from compute.drivers.oci import CGROUP_ROOT, OciDriver
 
 
-class ContainerDriver(VmDriver):
+class RuncDriver(ContainerDriver):
     """runc containers of one host, addressed by name (``<prefix><uuid>``)."""
 
     def __init__(self, instance_dir: Path, prefix: str, oci: OciDriver | None = None) -> None:
@@ -37,6 +37,9 @@ class ContainerDriver(VmDriver):
     # -- what containers do ---------------------------------------------------------------------
     def create(self, name: str, config: dict[str, Any]) -> None:
         self.oci.create(name, self.bundle_dir(name), None, config)
+
+    def save_config(self, name: str, config: dict[str, Any]) -> None:
+        (self.bundle_dir(name) / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     def start(self, name: str) -> None:
         self.oci.start(name, self.bundle_dir(name))
@@ -86,6 +89,18 @@ class ContainerDriver(VmDriver):
     def oom_kills(self, name: str) -> int | None:
         return self.oci.oom_kills(name)
 
+    def pid(self, name: str) -> int | None:
+        return self.oci.pid(name)
+
+    def usage(self, name: str) -> Counters | None:
+        return self.oci.usage(name)
+
+    def blkio_weight_supported(self) -> bool:
+        """runc fails when asked for a weight the host's I/O scheduler does not offer (no BFQ here)."""
+        return any(
+            (CGROUP_ROOT / p).exists() for p in ("blkio/blkio.weight", "blkio/blkio.bfq.weight", "io.weight")
+        )
+
     def exec(self, name: str, argv: list[str], timeout: float) -> tuple[int, str, str]:
         if self.oci.state(name) != "running":
             raise DriverError(f"{name} is not running")
@@ -106,32 +121,6 @@ class ContainerDriver(VmDriver):
                 continue
         return "".join(parts)[-max_bytes:]
 
-    def vnc_port(self, name: str) -> int | None:
-        return None
-
-    def ip_address(self, name: str) -> str | None:
-        return None  # assigned by Nubis when the port is made, never learnt
-
-    # -- VM-only parts of the interface -----------------------------------------------------------
-    def facts(
-        self, probe_kvm: bool = True, probe_image: GuestSpec | None = None, scratch: Path | None = None
-    ) -> HostFacts:
-        raise DriverError(NOT_FOR_CONTAINERS)
-
-    def create_disk(self, spec: GuestSpec, base: str, size_gib: int) -> None:
-        raise DriverError(NOT_FOR_CONTAINERS)
-
-    def define(self, spec: GuestSpec) -> None:
-        raise DriverError(NOT_FOR_CONTAINERS)
-
-    def redefine(self, spec: GuestSpec) -> None:
-        raise DriverError(NOT_FOR_CONTAINERS)
-
-    def snapshot_create(self, name: str, snapshot: str) -> None:
-        raise DriverError(NOT_FOR_CONTAINERS)
-
-    def snapshot_revert(self, name: str, snapshot: str) -> str:
-        raise DriverError(NOT_FOR_CONTAINERS)
-
-    def snapshot_delete(self, name: str, snapshot: str) -> None:
-        raise DriverError(NOT_FOR_CONTAINERS)
+    def console_read(self, name: str, offset: int | None, max_bytes: int) -> LogChunk:
+        """A container's console is its stdout (its stderr stays for ``logs``)."""
+        return read_log(self.bundle_dir(name) / "stdout.log", offset, max_bytes)

@@ -9,13 +9,14 @@ import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
 import libvirt
 
-from compute.drivers.base import DriverError, GuestSpec, HostFacts, VmDriver
+from compute.drivers.base import Counters, DriverError, GuestSpec, HostFacts, LogChunk, VmDriver, read_log
 from compute.drivers.domain_xml import domain_xml
 
 
@@ -38,16 +39,32 @@ _STATES = {
 
 PROBE_PREFIX = "nubis-kvm-probe-"
 
+DOMAIN_STATS = (
+    libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+    | libvirt.VIR_DOMAIN_STATS_BALLOON
+    | libvirt.VIR_DOMAIN_STATS_BLOCK
+    | libvirt.VIR_DOMAIN_STATS_INTERFACE
+)
+# Active = running or paused (a paused guest still holds its memory). NOWAIT: a domain busy with a
+# long job (migration, snapshot) gives what libvirt has without blocking the whole collection.
+DOMAIN_FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | getattr(
+    libvirt, "VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT", 0
+)
+
 
 def libvirt_message(exc: libvirt.libvirtError) -> str:
     return exc.get_error_message() or str(exc)
 
 
 class LibvirtDriver(VmDriver):
-    """One connection per process, reopened if the daemon went away."""
+    """One connection per process, reopened if the daemon went away.
 
-    def __init__(self, uri: str) -> None:
+    ``read_only``: a read-only connection, for readers (the metrics sampler) that never change a guest.
+    """
+
+    def __init__(self, uri: str, read_only: bool = False) -> None:
         self.uri = uri
+        self.read_only = read_only
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
 
@@ -56,7 +73,7 @@ class LibvirtDriver(VmDriver):
         with self._lock:
             if self._conn is None or not self._conn.isAlive():
                 try:
-                    self._conn = libvirt.open(self.uri)
+                    self._conn = libvirt.openReadOnly(self.uri) if self.read_only else libvirt.open(self.uri)
                 except libvirt.libvirtError as exc:
                     raise DriverError(f"cannot connect to {self.uri}: {libvirt_message(exc)}") from None
             return self._conn
@@ -276,6 +293,12 @@ class LibvirtDriver(VmDriver):
             return {}
         return {str(k): int(v) for k, v in self._call("memory stats", dom.memoryStats).items()}
 
+    def guest_usage(self) -> dict[str, Counters]:
+        """Counters of every active domain, by name, from one bulk stats call."""
+        records = self._call("domain stats", self.conn().getAllDomainStats, DOMAIN_STATS, DOMAIN_FLAGS)
+        taken = time.monotonic()
+        return {dom.name(): domain_counters(stats, taken) for dom, stats in records}
+
     def power_state(self, name: str) -> str | None:
         dom = self._lookup(name)
         if dom is None:
@@ -330,6 +353,17 @@ class LibvirtDriver(VmDriver):
                     return str(addr["addr"])
         return None
 
+    def console_read(self, name: str, offset: int | None, max_bytes: int) -> LogChunk:
+        """The serial console log that the domain's definition names (running or stopped)."""
+        dom = self._lookup(name)
+        if dom is None:
+            return LogChunk(b"", 0, 0)
+        # The XML comes from our own libvirt daemon, not from a user.
+        xml = self._call(f"console of {name}", dom.XMLDesc, 0)
+        source = ET.fromstring(xml).find("./devices/serial[@type='file']/source")  # noqa: S314
+        path = source.get("path") if source is not None else None
+        return read_log(Path(path), offset, max_bytes) if path else LogChunk(b"", 0, 0)
+
     def remove_stale_probes(self, older_than: float = 300.0) -> list[str]:
         """Destroy KVM probe guests left behind by an agent that died while probing."""
         removed = []
@@ -339,6 +373,25 @@ class LibvirtDriver(VmDriver):
                 self.undefine(name)
                 removed.append(name)
         return removed
+
+    def watch_lifecycle(self, on_event: Callable[[str], None], stop: threading.Event) -> None:
+        """Call ``on_event(domain name)`` for every lifecycle event of the daemon until ``stop`` is set.
+
+        Blocks: it runs libvirt's event loop on a read-only connection of its own. ``events_enable``
+        must have been called before, in this process.
+        """
+
+        def on_lifecycle(_conn: object, dom: libvirt.virDomain, _event: int, _detail: int, _: object) -> None:
+            on_event(dom.name())
+
+        try:
+            conn = libvirt.openReadOnly(self.uri)
+        except libvirt.libvirtError as exc:
+            raise DriverError(f"cannot connect to {self.uri}: {libvirt_message(exc)}") from None
+        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_lifecycle, None)
+        conn.setKeepAlive(5, 3)
+        while not stop.is_set():
+            libvirt.virEventRunDefaultImpl()
 
     def ensure_network(self, name: str) -> None:
         """Make sure the libvirt network exists and is active (defining libvirt's default if missing)."""
@@ -361,6 +414,78 @@ _DEFAULT_NETWORK = """<network>
     <dhcp><range start='192.168.122.2' end='192.168.122.254'/></dhcp>
   </ip>
 </network>"""
+
+
+def events_enable() -> None:
+    """Register libvirt's default event loop; before any connection that listens for events is opened."""
+    libvirt.virEventRegisterDefaultImpl()
+
+
+def daemon_version(uri: str) -> str:
+    """The daemon at ``uri`` as 'libvirt 10.0.0 QEMU', read over a read-only connection of its own."""
+    try:
+        conn = libvirt.openReadOnly(uri)
+    except libvirt.libvirtError as exc:
+        raise DriverError(f"cannot connect to {uri}: {libvirt_message(exc)}") from None
+    try:
+        return f"libvirt {_ver(conn.getLibVersion())} {conn.getType()}"
+    finally:
+        conn.close()
+
+
+def domain_counters(stats: dict[str, Any], taken: float) -> Counters:
+    """Counters of one domain from its record of ``getAllDomainStats``."""
+    blk_read = blk_write = net_rx = net_tx = 0
+    for key, value in stats.items():
+        parts = key.split(".")
+        # block.<i>.rd.bytes, net.<i>.rx.bytes; libvirt already reports the network from the
+        # guest's side (it swaps a tap's counters), so rx is what the guest received.
+        if len(parts) != 4 or parts[3] != "bytes":
+            continue
+        kind, metric = parts[0], parts[2]
+        if kind == "block" and metric == "rd":
+            blk_read += int(value)
+        elif kind == "block" and metric == "wr":
+            blk_write += int(value)
+        elif kind == "net" and metric == "rx":
+            net_rx += int(value)
+        elif kind == "net" and metric == "tx":
+            net_tx += int(value)
+    # Memory is what the guest needs of the memory it was given: balloon.current (the balloon's actual
+    # size) minus balloon.usable (the guest's MemAvailable: free pages plus caches it can drop). The
+    # dynamic-allocation adjuster compares this with the grant, so it must be in the grant's units:
+    # it includes the memory the guest kernel reserves outside MemTotal (about 50 MiB of a 256 MiB
+    # busybox guest), which the balloon can never take either. QEMU's resident set (balloon.rss) is
+    # no demand signal: measured under TCG, an idle 256 MiB guest using 34 MiB had an RSS of 248 MiB,
+    # still 210 MiB after ballooning down to 100, so every VM would look full and grow to its maximum.
+    # The guest reports its statistics only with the balloon driver loaded and a stats period set
+    # (domain_xml sets 2 s); until then, or without a driver, the host's cost (RSS) is the fallback.
+    # Right after a balloon move the guest's last report is older than the move: see
+    # compute.services.metrics.settle_balloon.
+    current = stats.get("balloon.current")
+    reported = stats.get("balloon.usable", stats.get("balloon.unused"))
+    balloon_kib = guest_free_kib = None
+    if current is not None and reported is not None:
+        balloon_kib, guest_free_kib = int(current), int(reported)
+    if balloon_kib is not None and guest_free_kib is not None:
+        mem = max(balloon_kib - guest_free_kib, 0) * 1024
+    elif "balloon.rss" in stats:
+        mem = int(stats["balloon.rss"]) * 1024
+    else:
+        mem = int(current or 0) * 1024
+    return Counters(
+        cpu_ns=int(stats.get("cpu.time", 0)),
+        mem_bytes=mem,
+        mem_peak_bytes=None,
+        pids=None,
+        blk_read_bytes=blk_read,
+        blk_write_bytes=blk_write,
+        net_rx_bytes=net_rx,
+        net_tx_bytes=net_tx,
+        taken=taken,
+        balloon_kib=balloon_kib,
+        guest_report_at=None if balloon_kib is None else int(stats.get("balloon.last-update", 0)),
+    )
 
 
 def _ver(value: int) -> str:

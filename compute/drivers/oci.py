@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from compute.drivers.base import DriverError
+from compute.drivers.base import Counters, DriverError
 
 RUNC = "/usr/bin/runc"
 RUNC_ROOT = Path("/run/runc")  # runc's default state directory when run as root
@@ -308,6 +308,110 @@ class OciDriver:
             counters = dict(line.split() for line in text.splitlines() if line.strip())
             return int(counters.get("oom_kill", "0"))
         return None
+
+    def usage(self, name: str) -> Counters | None:
+        """Counters of container ``name`` from its cgroup (v1 or v2); None if the cgroup is gone.
+
+        Memory is the working set: usage minus inactive file cache, which the kernel drops first under
+        pressure (what `docker stats` shows). tmpfs pages are shmem, on the anon lists, so they count.
+        The peak is the kernel's high-water mark of the whole charge (cache included) since the start.
+        The network is not the cgroup's: its counters stay 0 here (the port's are the network driver's).
+        """
+        # The path oci_config gives every container: no `runc state` per reading.
+        config = {"linux": {"cgroupsPath": f"/nubis/{name}"}}
+        try:
+            if (CGROUP_ROOT / "cgroup.controllers").exists():  # pure v2: one directory for everything
+                directory = _cgroup_dir("", config)
+                taken = time.monotonic()
+                cpu_ns = _keyed(directory / "cpu.stat")["usage_usec"] * 1000
+                stat = _keyed(directory / "memory.stat")
+                mem = _read_int(directory / "memory.current") - stat.get("inactive_file", 0)
+                peak = _optional_int(directory / "memory.peak")  # kernel 5.19+
+                pids = _optional_int(directory / "pids.current")
+                blk_read, blk_write = _io_v2(directory)
+            else:
+                memory = _cgroup_dir("memory", config)
+                taken = time.monotonic()
+                cpu_ns = _read_int(_cgroup_dir("cpuacct", config) / "cpuacct.usage")
+                stat = _keyed(memory / "memory.stat")
+                # total_*: hierarchical, though runc's container cgroup has no children anyway.
+                mem = _read_int(memory / "memory.usage_in_bytes") - stat.get("total_inactive_file", 0)
+                peak = _optional_int(memory / "memory.max_usage_in_bytes")
+                pids = _optional_int(_cgroup_dir("pids", config) / "pids.current")
+                blk_read, blk_write = _blkio_v1(_cgroup_dir("blkio", config))
+        except (FileNotFoundError, KeyError):
+            # The cgroup went away (container stopped or deleted), possibly between two of the reads.
+            return None
+        return Counters(
+            cpu_ns=cpu_ns,
+            mem_bytes=max(mem, 0),
+            mem_peak_bytes=peak,
+            pids=pids,
+            blk_read_bytes=blk_read,
+            blk_write_bytes=blk_write,
+            net_rx_bytes=0,
+            net_tx_bytes=0,
+            taken=taken,
+        )
+
+
+# -- cgroup files ----------------------------------------------------------------------------------
+def _read_int(path: Path) -> int:
+    return int(path.read_text().split()[0])
+
+
+def _optional_int(path: Path) -> int | None:
+    try:
+        return _read_int(path)
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+
+
+def _keyed(path: Path) -> dict[str, int]:
+    """A flat 'key value' file (memory.stat, cpu.stat) as a dict."""
+    out: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def _blkio_v1(directory: Path) -> tuple[int, int]:
+    """Read and written bytes from blkio.throttle.io_service_bytes ('MAJ:MIN Read N' lines).
+
+    The throttle file is there whatever the I/O scheduler (the weight files are BFQ's only). On v1,
+    buffered writes are written back outside the cgroup, so mostly reads and direct writes show.
+    """
+    read = written = 0
+    try:
+        text = (directory / "blkio.throttle.io_service_bytes").read_text()
+    except FileNotFoundError:
+        return 0, 0
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] == "Read":
+            read += int(parts[2])
+        elif len(parts) == 3 and parts[1] == "Write":
+            written += int(parts[2])
+    return read, written
+
+
+def _io_v2(directory: Path) -> tuple[int, int]:
+    """Read and written bytes from io.stat ('MAJ:MIN rbytes=N wbytes=N ...' lines)."""
+    read = written = 0
+    try:
+        text = (directory / "io.stat").read_text()
+    except FileNotFoundError:
+        return 0, 0
+    for line in text.splitlines():
+        for item in line.split()[1:]:
+            key, _, value = item.partition("=")
+            if key == "rbytes":
+                read += int(value)
+            elif key == "wbytes":
+                written += int(value)
+    return read, written
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-from compute.drivers.base import DriverError, GuestSpec, HostFacts, VmDriver
+from compute.drivers.base import Counters, DriverError, GuestSpec, HostFacts, LogChunk, VmDriver
 
 
 class NotSimulated(DriverError):
@@ -182,6 +182,18 @@ class SimulatorDriver(VmDriver):
 
     def ip_address(self, name: str) -> str | None:
         return None
+
+    def memory_stats(self, name: str) -> dict[str, int]:
+        domain = self.domains.get(name)
+        if domain is None or domain.state != "running":
+            return {}
+        return {"actual": domain.memory_mib * 1024}  # the balloon sits at the target at once
+
+    def guest_usage(self) -> dict[str, Counters]:
+        return {}  # a simulated guest burns no CPU and reads no disk: there is nothing to sample
+
+    def console_read(self, name: str, offset: int | None, max_bytes: int) -> LogChunk:
+        return LogChunk(b"", 0, 0)  # a simulated guest writes no console log
 
     # -- what a simulation reads back ------------------------------------------------------------
     def running_memory_mib(self) -> int:

@@ -8,7 +8,6 @@ again), and the last completed step is stored on the Operation for the reconcile
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -20,7 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import LockError
 
-from compute.drivers.base import DriverError, GuestSpec, VmDriver
+from compute.drivers.base import ContainerDriver, DriverError, GuestDriver, GuestSpec, VmDriver
 from compute.models import (
     Image,
     Instance,
@@ -150,19 +149,17 @@ def _execute(operation_id: int, driver: VmDriver) -> str:
         return "skipped"
     crash_point("claim")
     instance = operation.instance
-    if instance.kind == InstanceKind.CONTAINER:
-        driver = container_driver()
+    container = instance.kind == InstanceKind.CONTAINER
+    guests: GuestDriver = container_driver() if container else driver
     try:
-        handler = (_CONTAINER_HANDLERS if instance.kind == InstanceKind.CONTAINER else _HANDLERS)[
-            operation.kind
-        ]
-        handler(operation, instance, driver)
+        handler = (_CONTAINER_HANDLERS if container else _HANDLERS)[operation.kind]
+        handler(operation, instance, guests)
     except (DriverError, ImageCorrupt) as exc:
         logger.warning("operation %s (%s of %s) failed: %s", operation.pk, operation.kind, instance.uuid, exc)
         error = str(exc)
         with transaction.atomic():
             if operation.kind == OperationKind.CREATE:
-                _cleanup(instance, driver)
+                _cleanup(instance, guests)
                 instance_fail(instance, str(exc))
             elif operation.kind == OperationKind.DELETE:
                 instance_fail(instance, f"delete failed: {exc}")
@@ -174,15 +171,15 @@ def _execute(operation_id: int, driver: VmDriver) -> str:
                     for snapshot in failed:
                         snapshot_forget(snapshot, "snapshot failed")
                 if operation.kind == OperationKind.RESIZE:
-                    error = _resize_undo(operation, instance, driver, error)
-                _settle_after_failure(instance, driver, error)
+                    error = _resize_undo(operation, instance, guests, error)
+                _settle_after_failure(instance, guests, error)
             operation_finish(operation, OperationState.FAILED, error)
         return OperationState.FAILED
     operation_finish(operation, OperationState.SUCCEEDED)
     return OperationState.SUCCEEDED
 
 
-def _cleanup(instance: Instance, driver: VmDriver) -> None:
+def _cleanup(instance: Instance, driver: GuestDriver) -> None:
     """Remove whatever a failed create left on the host: domain or container, port, disk, logs."""
     try:
         driver.undefine(instance.domain_name)
@@ -191,7 +188,7 @@ def _cleanup(instance: Instance, driver: VmDriver) -> None:
         driver.remove_files(str(instance_dir(instance)))
 
 
-def _settle_after_failure(instance: Instance, driver: VmDriver, error: str) -> None:
+def _settle_after_failure(instance: Instance, driver: GuestDriver, error: str) -> None:
     """After a failed start/stop/reboot, set the state the hypervisor really shows, with the fault."""
     power = driver.power_state(instance.domain_name)
     state = {"running": InstanceState.RUNNING, "stopped": InstanceState.STOPPED}.get(
@@ -222,13 +219,11 @@ def _create(operation: Operation, instance: Instance, driver: VmDriver) -> None:
 
 def _start(operation: Operation, instance: Instance, driver: VmDriver) -> None:
     driver.start(instance.domain_name)
-    if instance.kind == InstanceKind.CONTAINER:
-        _container_port(instance)
     _step(operation, "start", 90)
     _set_state(instance, InstanceState.RUNNING, vnc_port=driver.vnc_port(instance.domain_name))
 
 
-def _stop(operation: Operation, instance: Instance, driver: VmDriver) -> None:
+def _stop(operation: Operation, instance: Instance, driver: GuestDriver) -> None:
     container = instance.kind == InstanceKind.CONTAINER
     timeout = settings.NUBIS_CONTAINER_STOP_TIMEOUT if container else settings.NUBIS_SHUTDOWN_TIMEOUT
     clean = driver.shutdown(instance.domain_name, timeout)
@@ -242,13 +237,11 @@ def _stop(operation: Operation, instance: Instance, driver: VmDriver) -> None:
 
 def _reboot(operation: Operation, instance: Instance, driver: VmDriver) -> None:
     driver.reboot(instance.domain_name)
-    if instance.kind == InstanceKind.CONTAINER:
-        _container_port(instance)
     _step(operation, "reset", 90)
     _set_state(instance, InstanceState.RUNNING)
 
 
-def _delete(operation: Operation, instance: Instance, driver: VmDriver) -> None:
+def _delete(operation: Operation, instance: Instance, driver: GuestDriver) -> None:
     driver.undefine(instance.domain_name)
     _step(operation, "undefine", 40)
     ports.port_detach(instance)
@@ -271,15 +264,15 @@ def _resize(operation: Operation, instance: Instance, driver: VmDriver) -> None:
     _set_state(instance, InstanceState.STOPPED)
 
 
-def _resize_undo(operation: Operation, instance: Instance, driver: VmDriver, error: str) -> str:
+def _resize_undo(operation: Operation, instance: Instance, driver: GuestDriver, error: str) -> str:
     """Put a refused resize back: the old size in the database, and in a running container's cgroups.
 
     runc may have set some limits before the one the kernel refused. Returns the fault to record.
     """
     error = resize_failed(instance, operation, error)
-    if instance.kind == InstanceKind.CONTAINER and driver.power_state(instance.domain_name) == "running":
+    if isinstance(driver, ContainerDriver) and driver.power_state(instance.domain_name) == "running":
         try:
-            container_driver().update(instance.domain_name, **limits_of(instance))
+            driver.update(instance.domain_name, **limits_of(instance))
         except DriverError as exc:
             error = f"{error}; putting its old limits back failed too: {exc}"
     return error
@@ -306,50 +299,61 @@ def _delete_snapshot(operation: Operation, instance: Instance, driver: VmDriver)
             snapshot_forget(snapshot, "deleted")
 
 
-def _container_create(operation: Operation, instance: Instance, driver: VmDriver) -> None:
+def _container_create(operation: Operation, instance: Instance, driver: ContainerDriver) -> None:
     """Verified root filesystem, bundle and `runc run`, then its port on the tenant network."""
     if instance.state not in (InstanceState.SCHEDULED, InstanceState.BUILDING):
         raise DriverError(f"create: the instance is {instance.state}, not scheduled")
     _set_state(instance, InstanceState.BUILDING)
     rootfs = prepared_rootfs(instance)
     _step(operation, "image", 20)
-    containers = container_driver()
-    containers.create(instance.domain_name, container_config(instance, rootfs))
+    driver.create(instance.domain_name, container_config(instance, rootfs))
     _step(operation, "start", 60)
     if instance.network_id is not None:
-        _container_port(instance)
+        _container_port(instance, driver)
         _step(operation, "network", 90)
     _set_state(instance, InstanceState.RUNNING, fault="")
 
 
-def _container_port(instance: Instance) -> None:
+def _container_start(operation: Operation, instance: Instance, driver: ContainerDriver) -> None:
+    driver.start(instance.domain_name)
+    _container_port(instance, driver)
+    _step(operation, "start", 90)
+    _set_state(instance, InstanceState.RUNNING, vnc_port=None)
+
+
+def _container_reboot(operation: Operation, instance: Instance, driver: ContainerDriver) -> None:
+    driver.reboot(instance.domain_name)
+    _container_port(instance, driver)
+    _step(operation, "reset", 90)
+    _set_state(instance, InstanceState.RUNNING)
+
+
+def _container_port(instance: Instance, driver: ContainerDriver) -> None:
     """Plug a container that just started into its network (runc made it a fresh namespace)."""
     if instance.network_id is None:
         return
-    pid = container_driver().oci.pid(instance.domain_name)
+    pid = driver.pid(instance.domain_name)
     if pid is None:
         raise DriverError(f"{instance.name} stopped right after it started; see its logs")
     ports.port_attach(instance, pid)
 
 
-def _container_resize(operation: Operation, instance: Instance, driver: VmDriver) -> None:
+def _container_resize(operation: Operation, instance: Instance, driver: ContainerDriver) -> None:
     """New limits, live, through `runc update` (the bundle keeps them for the next start)."""
     if "memory_mib" in operation.params:
         instance.current_ram_mib = int(operation.params["memory_mib"])
     limits = limits_of(instance)
     if driver.power_state(instance.domain_name) == "running":
-        container_driver().update(instance.domain_name, **limits)
+        driver.update(instance.domain_name, **limits)
     _step(operation, "limits", 80)
-    bundle = container_driver().bundle_dir(instance.domain_name)
-    config = container_config(instance, prepared_rootfs(instance))
-    (bundle / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    driver.save_config(instance.domain_name, container_config(instance, prepared_rootfs(instance)))
     _step(operation, "bundle", 90)
     power = driver.power_state(instance.domain_name)
     state = InstanceState.RUNNING if power == "running" else InstanceState.STOPPED
     _set_state(instance, state, current_ram_mib=instance.current_ram_mib)
 
 
-def _no_snapshots(operation: Operation, instance: Instance, driver: VmDriver) -> None:
+def _no_snapshots(operation: Operation, instance: Instance, driver: ContainerDriver) -> None:
     raise DriverError("containers have no snapshots")
 
 
@@ -367,8 +371,11 @@ _HANDLERS: dict[str, Any] = {
 
 
 _CONTAINER_HANDLERS: dict[str, Any] = {
-    **_HANDLERS,
     OperationKind.CREATE: _container_create,
+    OperationKind.START: _container_start,
+    OperationKind.STOP: _stop,
+    OperationKind.REBOOT: _container_reboot,
+    OperationKind.DELETE: _delete,
     OperationKind.RESIZE: _container_resize,
     OperationKind.SNAPSHOT: _no_snapshots,
     OperationKind.REVERT: _no_snapshots,

@@ -16,9 +16,8 @@ from django.conf import settings
 
 from compute.containers.oci_spec import USERNS_SIZE, oci_config
 from compute.containers.rootfs import INIT, RootfsError, tree_lock, unpack, verify
-from compute.drivers.base import DriverError
-from compute.drivers.container import ContainerDriver
-from compute.drivers.oci import CGROUP_ROOT
+from compute.drivers.base import ContainerDriver, DriverError
+from compute.drivers.container import RuncDriver
 from compute.models import Image, Instance, InstanceKind, InstanceState
 from core.redis import redis_client
 
@@ -30,7 +29,7 @@ UID_BASE = 200_000  # first host uid given to containers; each tenant gets its o
 
 @lru_cache(maxsize=1)
 def container_driver() -> ContainerDriver:
-    return ContainerDriver(Path(settings.NUBIS_INSTANCE_DIR), settings.NUBIS_DOMAIN_PREFIX)
+    return RuncDriver(Path(settings.NUBIS_INSTANCE_DIR), settings.NUBIS_DOMAIN_PREFIX)
 
 
 def uid_base_for(tenant_id: int) -> int:
@@ -173,13 +172,6 @@ def rootfs_collect(host_name: str, grace: int | None = None) -> list[str]:
     return removed
 
 
-def blkio_weight_supported() -> bool:
-    """runc fails when asked for a weight the host's I/O scheduler does not offer (no BFQ here)."""
-    return any(
-        (CGROUP_ROOT / p).exists() for p in ("blkio/blkio.weight", "blkio/blkio.bfq.weight", "io.weight")
-    )
-
-
 def limits_of(instance: Instance) -> dict[str, Any]:
     """The cgroup limits an instance's flavor and its current memory give its container."""
     flavor = instance.flavor
@@ -190,7 +182,7 @@ def limits_of(instance: Instance) -> dict[str, Any]:
         "cpu_period": CPU_PERIOD,
         "cpu_shares": 1024 * instance.vcpus,
         "pids_max": flavor.pids_max,
-        "blkio_weight": flavor.blkio_weight if blkio_weight_supported() else None,
+        "blkio_weight": flavor.blkio_weight if container_driver().blkio_weight_supported() else None,
     }
 
 

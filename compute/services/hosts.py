@@ -2,36 +2,30 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from compute.drivers.base import HostFacts
 from compute.models import Host, HostState
-from compute.network import plumbing
-from compute.network.plumbing import PlumbingError
 from core.errors import Conflict
 from security.audit import Actor, audit_log
 
 if TYPE_CHECKING:
     from scheduler.engine import HostRow
 
-logger = logging.getLogger(__name__)
-
 
 @transaction.atomic
-def host_register(*, name: str, uri: str, facts: HostFacts) -> Host:
-    """Create or refresh the host row with what the agent found; a host that was down comes back enabled."""
+def host_register(*, name: str, uri: str, facts: Mapping[str, Any]) -> Host:
+    """Create or refresh the host row with what the agent found (the fields of its driver's HostFacts,
+    as a dict); a host that was down comes back enabled."""
     now = timezone.now()
     host, _created = Host.objects.select_for_update().get_or_create(name=name, defaults={"uri": uri})
-    for key, value in asdict(facts).items():
+    for key, value in facts.items():
         setattr(host, key, value)
     host.uri = uri
     host.probed_at = now
@@ -40,15 +34,6 @@ def host_register(*, name: str, uri: str, facts: HostFacts) -> Host:
         host.state = HostState.ENABLED
     host.save()
     return host
-
-
-def local_routes() -> list[dict[str, str]] | None:
-    """This machine's routes and address subnets (see plumbing.host_routes); None if `ip` failed."""
-    try:
-        return plumbing.host_routes()
-    except (PlumbingError, ValueError) as exc:
-        logger.warning("cannot read this host's routes: %s", exc)
-        return None
 
 
 def host_heartbeat(name: str, routes: list[dict[str, str]] | None = None) -> bool:

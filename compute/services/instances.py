@@ -1,17 +1,18 @@
 """Instance lifecycle requests: validate, claim, record an Operation, hand it to the host's agent.
 
 Each request is one transaction: the state change, the quota claim, the placement and the
-Operation row commit together, and the agent's task is enqueued only after the commit.
+Operation row commit together, and the agent's task is enqueued only after the commit. The steps
+the services share (events, Operation rows, failing, the idle lock) are in
+compute.services.lifecycle; they are imported here under their old names too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import datetime, timedelta
+from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -25,6 +26,7 @@ from compute.models import (
     Instance,
     InstanceKind,
     InstanceState,
+    Network,
     Operation,
     OperationKind,
     OperationState,
@@ -32,26 +34,32 @@ from compute.models import (
     ServerGroup,
     Snapshot,
 )
+from compute.services.admission import admission_cancel, admission_enqueue
+from compute.services.lifecycle import NAME_RULE as NAME_RULE
+from compute.services.lifecycle import admission_kick
+from compute.services.lifecycle import deadline as deadline
+from compute.services.lifecycle import instance_event as instance_event
+from compute.services.lifecycle import instance_fail as instance_fail
+from compute.services.lifecycle import instance_lock_idle as instance_lock_idle
+from compute.services.lifecycle import name_is_valid as name_is_valid
+from compute.services.lifecycle import operation_enqueue as operation_enqueue
+from compute.services.lifecycle import operation_event as operation_event
+from compute.services.lifecycle import operation_finish as operation_finish
+from compute.services.lifecycle import operation_record as operation_record
+from compute.services.lifecycle import release_claims as release_claims
+from compute.services.networks import attach_to_network, default_network, networks_for
+from compute.services.placement import instance_place
+from compute.services.snapshots import snapshot_forget
 from core.errors import Conflict, ServiceError
-from core.events import publish
-from scheduler.services import NoValidHost, place
+from scheduler.admission import admission_precheck
+from scheduler.services import NoValidHost
 from security.audit import Actor, audit_log
-from tenants.models import PriorityClass, QuotaClaim, Tenant
-from tenants.services.quotas import quota_claim, quota_release
+from tenants.models import PriorityClass, Tenant
+from tenants.services.quotas import quota_claim
 
 IDEMPOTENCY_KEY_MAX = 100  # Operation.idempotency_key's length
-NAME_RULE = "1-63 letters, digits or hyphens, starting with a letter"
 # instance_create's network when the caller names none: the tenant's own default network.
 DEFAULT_NETWORK = "\x00default"
-
-
-def name_is_valid(name: str) -> bool:
-    return (
-        0 < len(name) <= 63
-        and name[0].isalpha()
-        and all(c.isalnum() or c == "-" for c in name)
-        and name.isascii()
-    )
 
 
 def flavors_for(tenant: Tenant) -> Any:
@@ -62,92 +70,30 @@ def images_for(tenant: Tenant) -> Any:
     return Image.objects.filter(Q(public=True) | Q(tenant=tenant))
 
 
-def instance_event(instance: Instance, **extra: Any) -> None:
-    """Tell the tenant's browsers about the instance's new state, after commit."""
-    publish(
-        instance.tenant_id,
-        {
-            "type": "instance.state",
-            "instance": str(instance.uuid),
-            "name": instance.name,
-            "state": instance.state,
-            "fault": instance.fault,
-            **extra,
-        },
-    )
+# -- create ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Build:
+    """What a create request is made of, its references resolved and checked."""
 
+    kind: str
+    flavor: Flavor
+    image: Image
+    allocation: str
+    network: Network | None
+    security_groups: list[SecurityGroup]
+    server_group: ServerGroup | None
 
-def operation_event(operation: Operation, instance_uuid: str | None = None) -> None:
-    """Tell the tenant's browsers how an Operation stands (its state, step and progress), after commit."""
-    publish(
-        operation.tenant_id,
-        {
-            "type": "operation",
-            "operation": str(operation.uuid),
-            "instance": instance_uuid or str(operation.instance.uuid),
-            "kind": operation.kind,
-            "state": operation.state,
-            "step": operation.step,
-            "progress": operation.progress,
-            "error": operation.error[:500],
-        },
-    )
+    @property
+    def container(self) -> bool:
+        return self.kind == InstanceKind.CONTAINER
 
-
-def deadline() -> datetime:
-    return timezone.now() + timedelta(seconds=settings.NUBIS_TRANSIENT_DEADLINE)
-
-
-def operation_enqueue(operation: Operation) -> None:
-    from compute.tasks import run_operation
-
-    queue = operation.instance.host.queue if operation.instance.host else None
-    if queue is None:
-        return
-    op_id = operation.pk
-    transaction.on_commit(lambda: run_operation.apply_async(args=(op_id,), queue=queue))
-
-
-def operation_record(
-    instance: Instance,
-    kind: str,
-    actor: Actor,
-    params: dict[str, Any] | None = None,
-    idempotency_key: str | None = None,
-) -> Operation:
-    operation = Operation.objects.create(
-        tenant=instance.tenant,
-        instance=instance,
-        kind=kind,
-        params=params or {},
-        requested_by_id=actor.user_id,
-        idempotency_key=idempotency_key,
-    )
-    operation_event(operation, str(instance.uuid))
-    return operation
-
-
-def release_claims(instance: Instance, reason: str) -> int:
-    """Give back every quota claim the instance holds."""
-    released = 0
-    for claim in QuotaClaim.objects.for_tenant(instance.tenant_id).filter(
-        holder_type__model="instance", holder_id=str(instance.pk), released_at__isnull=True
-    ):
-        released += int(quota_release(claim, reason))
-    return released
-
-
-def instance_fail(instance: Instance, fault: str) -> None:
-    """Put the instance in error with its fault recorded, and give its quota back."""
-    instance.state = InstanceState.ERROR
-    instance.fault = fault[:4000]
-    instance.fault_at = timezone.now()
-    instance.state_deadline = None
-    instance.save(update_fields=["state", "fault", "fault_at", "state_deadline", "updated"])
-    release_claims(instance, f"error: {fault[:150]}")
-    instance_event(instance)
-    if instance.host_id is not None:
-        _capacity_released()
+    @property
+    def granted_mib(self) -> int:
+        """The RAM its host holds: all of it, or (dynamic) the minimum, the adjuster granting more
+        as demand grows."""
+        if self.allocation == Allocation.DYNAMIC and self.flavor.min_ram_mib is not None:
+            return self.flavor.min_ram_mib
+        return self.flavor.ram_mib
 
 
 @transaction.atomic
@@ -172,51 +118,69 @@ def instance_create(
     When no host has room and ``wait`` is set, the instance waits in the admission queue (state
     queued, its quota held) instead of failing; a request no host could ever take fails at once.
     """
-    from compute.services.networks import attach_to_network, default_network, networks_for
+    idempotency_key = _idempotency_digest(idempotency_key)
+    replayed = _replayed(tenant, idempotency_key)
+    if replayed is not None:
+        return replayed
+    _check_request(name, kind, priority)
+    build = _resolve(actor, tenant, kind, flavor, image, allocation, network, security_groups, server_group)
+    _check_name_free(tenant, name)
+    instance = _instance_new(actor, tenant, name, priority, build)
+    _quota_claim(instance, build)
+    _network_attach(instance, build)
+    operation = operation_record(instance, OperationKind.CREATE, actor, idempotency_key=idempotency_key)
+    try:
+        _place(instance, wait)
+    except NoValidHost as exc:
+        if wait and not exc.never:
+            _queue(actor, instance, str(exc))
+        else:
+            _refuse(actor, instance, operation, str(exc))
+        return operation
+    _schedule(actor, instance, operation, build)
+    return operation
 
-    if idempotency_key and len(idempotency_key) > IDEMPOTENCY_KEY_MAX:
-        # Keys may be longer than the column (the API takes up to 255 characters): keep a digest.
-        idempotency_key = "sha256:" + hashlib.sha256(idempotency_key.encode()).hexdigest()
-    if idempotency_key:
-        existing = Operation.objects.for_tenant(tenant).filter(idempotency_key=idempotency_key).first()
-        if existing is not None:
-            return existing
+
+def _idempotency_digest(key: str | None) -> str | None:
+    """Keys may be longer than the column (the API takes up to 255 characters): keep a digest."""
+    if key and len(key) > IDEMPOTENCY_KEY_MAX:
+        return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    return key
+
+
+def _replayed(tenant: Tenant, key: str | None) -> Operation | None:
+    """The Operation an earlier request with the same idempotency key made (a retry gets it back)."""
+    if not key:
+        return None
+    return Operation.objects.for_tenant(tenant).filter(idempotency_key=key).first()
+
+
+def _check_request(name: str, kind: str, priority: int) -> None:
     if not name_is_valid(name):
         raise ServiceError("name", "name", f"invalid name {name!r}: {NAME_RULE}")
     if kind not in InstanceKind.values:
         raise ServiceError("kind", "choice", f"kind must be one of {', '.join(InstanceKind.values)}")
-    container = kind == InstanceKind.CONTAINER
     if priority not in PriorityClass.values:
         raise ServiceError("priority", "choice", f"unknown priority {priority!r}")
+
+
+def _resolve(
+    actor: Actor,
+    tenant: Tenant,
+    kind: str,
+    flavor: str | int,
+    image: str | int,
+    allocation: str | None,
+    network: str | int | None,
+    security_groups: list[str | int] | None,
+    server_group: str | int | None,
+) -> _Build:
+    """The references by name or id, each checked as soon as it is known (in this order)."""
     flavor_obj = _by_name_or_id(flavors_for(tenant), flavor, "flavor")
     image_obj = _by_name_or_id(images_for(tenant), image, "image")
-    if not container and image_obj.kind == ImageKind.ROOTFS:
-        raise ServiceError(
-            "image", "kind", f"image {image_obj.name!r} is a container root filesystem; it cannot boot a VM"
-        )
-    if container and image_obj.kind != ImageKind.ROOTFS:
-        raise ServiceError(
-            "image", "kind", f"image {image_obj.name!r} is a VM image; a container needs a root filesystem"
-        )
-    if not container and flavor_obj.ram_mib < VM_MIN_RAM_MIB:
-        raise ServiceError(
-            "flavor",
-            "min_ram",
-            f"flavor {flavor_obj.name} has {flavor_obj.ram_mib} MiB; a VM needs {VM_MIN_RAM_MIB}",
-        )
-    allocation = allocation or flavor_obj.allocation
-    if allocation not in Allocation.values:
-        raise ServiceError(
-            "allocation", "choice", f"allocation must be one of {', '.join(Allocation.values)}"
-        )
-    if allocation == Allocation.DYNAMIC and not (flavor_obj.min_ram_mib or 0) < flavor_obj.ram_mib:
-        raise ServiceError(
-            "allocation",
-            "range",
-            f"dynamic allocation needs a flavor with a minimum RAM below its RAM; {flavor_obj.name} has none",
-        )
-    # Dynamic: the host holds the minimum, and the adjuster grants more as demand grows.
-    granted = flavor_obj.min_ram_mib if allocation == Allocation.DYNAMIC else flavor_obj.ram_mib
+    _check_image(kind, image_obj)
+    _check_flavor(kind, flavor_obj)
+    allocation = _allocation_of(flavor_obj, allocation)
     if network == DEFAULT_NETWORK:
         network_obj = default_network(tenant, actor)
     elif network is None or network == "":
@@ -234,23 +198,70 @@ def instance_create(
     )
     if groups and network_obj is None:
         raise ServiceError("security_groups", "network", "security groups apply to ports on a tenant network")
+    return _Build(kind, flavor_obj, image_obj, allocation, network_obj, groups, group_obj)
+
+
+def _check_image(kind: str, image: Image) -> None:
+    """A VM boots a disk image; a container runs a root filesystem."""
+    container = kind == InstanceKind.CONTAINER
+    if not container and image.kind == ImageKind.ROOTFS:
+        raise ServiceError(
+            "image", "kind", f"image {image.name!r} is a container root filesystem; it cannot boot a VM"
+        )
+    if container and image.kind != ImageKind.ROOTFS:
+        raise ServiceError(
+            "image", "kind", f"image {image.name!r} is a VM image; a container needs a root filesystem"
+        )
+
+
+def _check_flavor(kind: str, flavor: Flavor) -> None:
+    if kind != InstanceKind.CONTAINER and flavor.ram_mib < VM_MIN_RAM_MIB:
+        raise ServiceError(
+            "flavor",
+            "min_ram",
+            f"flavor {flavor.name} has {flavor.ram_mib} MiB; a VM needs {VM_MIN_RAM_MIB}",
+        )
+
+
+def _allocation_of(flavor: Flavor, allocation: str | None) -> str:
+    """The request's allocation, else the flavor's; dynamic needs a flavor with a minimum below its RAM."""
+    allocation = allocation or flavor.allocation
+    if allocation not in Allocation.values:
+        raise ServiceError(
+            "allocation", "choice", f"allocation must be one of {', '.join(Allocation.values)}"
+        )
+    minimum = flavor.min_ram_mib
+    if allocation == Allocation.DYNAMIC and (minimum is None or not minimum < flavor.ram_mib):
+        raise ServiceError(
+            "allocation",
+            "range",
+            f"dynamic allocation needs a flavor with a minimum RAM below its RAM; {flavor.name} has none",
+        )
+    return allocation
+
+
+def _check_name_free(tenant: Tenant, name: str) -> None:
     if Instance.objects.for_tenant(tenant).filter(name=name, deleted_at__isnull=True).exists():
         raise Conflict("name", "unique", f"an instance named {name!r} already exists in {tenant.slug}")
+
+
+def _instance_new(actor: Actor, tenant: Tenant, name: str, priority: int, build: _Build) -> Instance:
+    """The instance's row (a concurrent create of the same name loses here: a Conflict)."""
     try:
         with transaction.atomic():
-            instance = Instance.objects.create(
+            return Instance.objects.create(
                 tenant=tenant,
                 name=name,
-                kind=kind,
-                flavor=flavor_obj,
-                image=image_obj,
+                kind=build.kind,
+                flavor=build.flavor,
+                image=build.image,
                 priority=priority,
-                vcpus=flavor_obj.vcpus,
-                ram_mib=flavor_obj.ram_mib,
-                current_ram_mib=granted,
-                allocation=allocation,
-                server_group=group_obj,
-                disk_gib=0 if container else flavor_obj.disk_gib,
+                vcpus=build.flavor.vcpus,
+                ram_mib=build.flavor.ram_mib,
+                current_ram_mib=build.granted_mib,
+                allocation=build.allocation,
+                server_group=build.server_group,
+                disk_gib=0 if build.container else build.flavor.disk_gib,
                 vnc_password=secrets.token_hex(4),
                 created_by_id=actor.user_id,
                 state_deadline=deadline(),
@@ -259,39 +270,52 @@ def instance_create(
         raise Conflict(
             "name", "unique", f"an instance named {name!r} already exists in {tenant.slug}"
         ) from None
-    # A container has no disk: its root is a shared read-only tree, /tmp is charged to its memory.
-    amounts = {
-        "containers" if container else "instances": 1,
-        "vcpus": flavor_obj.vcpus,
-        "ram_mib": flavor_obj.ram_mib,
-    }
-    if not container:
-        amounts["disk_gib"] = flavor_obj.disk_gib
-    quota_claim(tenant, amounts, f"{kind} {name}", holder=instance, priority=priority)
-    attach_to_network(instance, network_obj)
-    if groups:
-        instance.groups_set(groups)
-    operation = operation_record(instance, OperationKind.CREATE, actor, idempotency_key=idempotency_key)
-    from scheduler.admission import admission_enqueue, admission_kick, admission_precheck
 
-    try:
-        place(instance, held=admission_precheck(instance, wait))
-    except NoValidHost as exc:
-        if wait and not exc.never:
-            admission_enqueue(instance, str(exc))
-            admission_kick()
-            audit_log(actor=actor, action="instance.queued", target=instance, detail={"reason": str(exc)})
-            return operation
-        instance_fail(instance, str(exc))
-        operation_finish(operation, OperationState.FAILED, str(exc))
-        audit_log(
-            actor=actor,
-            action="instance.create",
-            target=instance,
-            outcome="error",
-            detail={"fault": str(exc)},
-        )
-        return operation
+
+def _quota_claim(instance: Instance, build: _Build) -> None:
+    """The tenant's quota for the instance: a container has no disk (its root is a shared read-only
+    tree, its /tmp is charged to its memory)."""
+    amounts = {
+        "containers" if build.container else "instances": 1,
+        "vcpus": build.flavor.vcpus,
+        "ram_mib": build.flavor.ram_mib,
+    }
+    if not build.container:
+        amounts["disk_gib"] = build.flavor.disk_gib
+    quota_claim(
+        instance.tenant, amounts, f"{build.kind} {instance.name}", holder=instance, priority=instance.priority
+    )
+
+
+def _network_attach(instance: Instance, build: _Build) -> None:
+    """Its port on the network (MAC and address), and its security groups."""
+    attach_to_network(instance, build.network)
+    if build.security_groups:
+        instance.groups_set(build.security_groups)
+
+
+def _place(instance: Instance, wait: bool) -> None:
+    """The queue goes first (scheduler.admission.admission_precheck), then a host is claimed."""
+    instance_place(instance, held=admission_precheck(instance, wait))
+
+
+def _queue(actor: Actor, instance: Instance, reason: str) -> None:
+    """No room now and it may wait: it joins the admission queue, its quota held."""
+    admission_enqueue(instance, reason)
+    audit_log(actor=actor, action="instance.queued", target=instance, detail={"reason": reason})
+
+
+def _refuse(actor: Actor, instance: Instance, operation: Operation, fault: str) -> None:
+    """No host for it (now, and it may not wait; or ever): it fails, and so does its create."""
+    instance_fail(instance, fault)
+    operation_finish(operation, OperationState.FAILED, fault)
+    audit_log(
+        actor=actor, action="instance.create", target=instance, outcome="error", detail={"fault": fault}
+    )
+
+
+def _schedule(actor: Actor, instance: Instance, operation: Operation, build: _Build) -> None:
+    """Placed: scheduled, audited, and its create handed to its host's agent after commit."""
     instance.state = InstanceState.SCHEDULED
     instance.save(update_fields=["state", "updated"])
     audit_log(
@@ -299,16 +323,15 @@ def instance_create(
         action="instance.create",
         target=instance,
         detail={
-            "kind": kind,
-            "flavor": flavor_obj.name,
-            "image": image_obj.name,
-            "network": network_obj.name if network_obj else "",
+            "kind": build.kind,
+            "flavor": build.flavor.name,
+            "image": build.image.name,
+            "network": build.network.name if build.network else "",
             "host": instance.host.name if instance.host else "",
         },
     )
     instance_event(instance)
     operation_enqueue(operation)
-    return operation
 
 
 def _by_name_or_id(queryset: Any, ref: str | int, field: str) -> Any:
@@ -319,35 +342,12 @@ def _by_name_or_id(queryset: Any, ref: str | int, field: str) -> Any:
     return obj
 
 
-def operation_finish(operation: Operation, state: str, error: str = "") -> None:
-    """Record how an Operation ended."""
-    operation.state = state
-    operation.error = error[:4000]
-    operation.progress = 100 if state == OperationState.SUCCEEDED else operation.progress
-    operation.finished = timezone.now()
-    operation.save(update_fields=["state", "error", "progress", "finished"])
-    operation_event(operation)
-
-
 # state an action needs -> the transient state it moves to
 _TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
     OperationKind.START: ((InstanceState.STOPPED,), InstanceState.STARTING),
     OperationKind.STOP: ((InstanceState.RUNNING,), InstanceState.STOPPING),
     OperationKind.REBOOT: ((InstanceState.RUNNING,), InstanceState.REBOOTING),
 }
-
-
-def instance_lock_idle(instance: Instance) -> Instance:
-    """Lock the instance row; refuse if another operation on it has not finished yet."""
-    locked = Instance.objects.for_tenant(instance.tenant_id).select_for_update().get(pk=instance.pk)
-    busy = (
-        Operation.objects.for_tenant(instance.tenant_id)
-        .filter(instance=locked, state__in=[OperationState.PENDING, OperationState.RUNNING])
-        .first()
-    )
-    if busy is not None:
-        raise Conflict("state", "busy", f"the instance is busy with a {busy.kind} operation ({busy.uuid})")
-    return locked
 
 
 @transaction.atomic
@@ -395,8 +395,6 @@ def instance_delete(*, actor: Actor, instance: Instance) -> Operation:
 
 def _delete_queued(actor: Actor, instance: Instance) -> Operation:
     """A queued instance has nothing on any host: leave the queue, fail its create, done."""
-    from scheduler.admission import admission_cancel
-
     locked = Instance.objects.for_tenant(instance.tenant_id).select_for_update().get(pk=instance.pk)
     if locked.state != InstanceState.QUEUED:  # admitted meanwhile: delete it the usual way
         return instance_delete(actor=actor, instance=locked)
@@ -409,8 +407,7 @@ def _delete_queued(actor: Actor, instance: Instance) -> Operation:
 
 
 def instance_deleted(instance: Instance) -> None:
-    from compute.services.snapshots import snapshot_forget
-
+    """The instance is gone (from its host, or it never had one): its snapshots and claims too."""
     for snapshot in Snapshot.objects.for_tenant(instance.tenant_id).filter(instance=instance):
         snapshot_forget(snapshot, "instance deleted")
     instance.state = InstanceState.DELETED
@@ -420,10 +417,4 @@ def instance_deleted(instance: Instance) -> None:
     release_claims(instance, "deleted")
     instance_event(instance)
     if instance.host_id is not None:
-        _capacity_released()
-
-
-def _capacity_released() -> None:
-    from scheduler.admission import admission_kick
-
-    admission_kick()
+        admission_kick()  # its room is free: requests waiting for room may fit now

@@ -7,13 +7,11 @@ the host: a VM's balloon target through libvirt, a container's memory limit thro
 
 from __future__ import annotations
 
-import json
 import logging
 
 from django.db import transaction
 
-from compute.drivers.base import DriverError, VmDriver
-from compute.drivers.libvirt import LibvirtDriver
+from compute.drivers.base import DriverError, GuestDriver, VmDriver
 from compute.models import (
     Allocation,
     Host,
@@ -28,7 +26,7 @@ from compute.services.containers import container_config, container_driver, prep
 log = logging.getLogger(__name__)
 
 
-def _live_mib(instance: Instance, vm_driver: LibvirtDriver) -> int | None:
+def _live_mib(instance: Instance, vm_driver: VmDriver) -> int | None:
     """The memory the instance has now, in MiB; None when it does not run."""
     name = instance.domain_name
     if instance.kind == InstanceKind.VM:
@@ -42,7 +40,7 @@ def _live_mib(instance: Instance, vm_driver: LibvirtDriver) -> int | None:
     return containers.memory_limit_mib(name)
 
 
-def _apply_one(pk: int, vm_driver: LibvirtDriver) -> str:
+def _apply_one(pk: int, vm_driver: VmDriver) -> str:
     """Apply one instance's grant under its row lock; what happened, in a word or two."""
     with transaction.atomic():
         instance = (
@@ -62,7 +60,7 @@ def _apply_one(pk: int, vm_driver: LibvirtDriver) -> str:
         if busy.exists():
             return "busy"  # a resize or a stop is under way: it sets the memory itself
         container = instance.kind == InstanceKind.CONTAINER
-        driver: VmDriver = container_driver() if container else vm_driver
+        driver: GuestDriver = container_driver() if container else vm_driver
         live = _live_mib(instance, vm_driver)
         grant = instance.current_ram_mib
         if live is None:
@@ -72,14 +70,13 @@ def _apply_one(pk: int, vm_driver: LibvirtDriver) -> str:
         driver.set_memory(instance.domain_name, grant)
         if container:
             # The bundle holds the limits of the next start (as a resize leaves them).
-            bundle = container_driver().bundle_dir(instance.domain_name)
             config = container_config(instance, prepared_rootfs(instance))
-            (bundle / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            container_driver().save_config(instance.domain_name, config)
         log.info("memory %s %s: %d -> %d MiB", instance.kind, instance.uuid, live, grant)
         return f"{live} -> {grant} MiB"
 
 
-def memory_apply(host: Host, vm_driver: LibvirtDriver) -> dict[str, str]:
+def memory_apply(host: Host, vm_driver: VmDriver) -> dict[str, str]:
     """Apply the grants of ``host``'s running dynamic instances; {instance uuid: what happened}.
 
     A failed move is logged and reported, and the others go on: the instance stays as it is (a

@@ -14,12 +14,10 @@ from pathlib import Path
 
 from django.conf import settings
 
+from compute.drivers import network as plumbing
+from compute.drivers.network import PlumbingError
 from compute.models import domain_uuid
-from compute.network import plumbing
-from compute.network.plumbing import PlumbingError
-from compute.services.ports import _owner, chain_owner, tag_prefix
-
-NETNS_DIR = Path("/var/run/netns")
+from compute.services.ports import alias_owner, chain_owner, tag_prefix
 
 
 @dataclass
@@ -50,7 +48,8 @@ def _state_dir(bridge: str) -> Path:
 
 
 def _bridges() -> list[str]:
-    return sorted(b for b, alias in plumbing.bridges_list(tag_prefix()).items() if _owner(alias) is not None)
+    bridges = plumbing.bridges_list(tag_prefix())
+    return sorted(b for b, alias in bridges.items() if alias_owner(alias) is not None)
 
 
 def leftovers() -> Leftovers:
@@ -62,9 +61,8 @@ def leftovers() -> Leftovers:
         pids = plumbing.dnsmasq_pids(bridge, _state_dir(bridge))
         dnsmasq = f"dnsmasq pid {', '.join(map(str, pids))}" if pids else "no dnsmasq"
         found.bridges[bridge] = ", ".join([*addresses, dnsmasq])
-    names = sorted(p.name for p in NETNS_DIR.iterdir()) if NETNS_DIR.exists() else []
-    found.namespaces = [n for n in names if domain_uuid(n) is not None]
-    found.ports = sorted(p for p, alias in plumbing.ports_list(tag_prefix()).items() if _owner(alias))
+    found.namespaces = [n for n in plumbing.netns_list() if domain_uuid(n) is not None]
+    found.ports = sorted(p for p, alias in plumbing.ports_list(tag_prefix()).items() if alias_owner(alias))
     found.chains = sorted(
         [f"NBR-{owner}-{b}" for b in plumbing.network_chains_list(owner)]
         + [f"NSA/NSG-{owner}-{p}" for p in plumbing.port_chains_list(owner)]

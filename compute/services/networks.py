@@ -8,8 +8,6 @@ own network only.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import ipaddress
 from typing import Any
 
@@ -26,9 +24,8 @@ from compute.models import (
     SecurityGroup,
     SecurityRule,
 )
-from compute.network import plumbing
-from compute.network.plumbing import PlumbingError
 from core.errors import Conflict, ServiceError
+from core.queues import send_task_after_commit
 from security.audit import Actor, audit_log
 from tenants.models import Tenant
 
@@ -68,9 +65,8 @@ def _reserved() -> list[ipaddress.IPv4Network]:
 def host_routes() -> list[tuple[ipaddress.IPv4Network, str]]:
     """Subnets routed, or with an address, on any compute host, whoever made them: (subnet, where).
 
-    The allocator runs in the control process, which need not be a compute host: each agent
-    reports its host's routes with its heartbeat (Host.routes), and this machine's own table is
-    read too (fresher than the last heartbeat when it is a compute host; harmless when it is not).
+    The allocator runs in the control process, which need not be a compute host and never
+    touches one: each agent reports its host's routes with its heartbeat (Host.routes).
     Routes through this deployment's own bridges are left out: their subnets are networks in the
     database, and a deleted network's bridge is about to go (port_attach removes it first).
     """
@@ -79,8 +75,6 @@ def host_routes() -> list[tuple[ipaddress.IPv4Network, str]]:
         (f"host {name}", routes or [])
         for name, routes in Host.objects.filter(simulated=False).values_list("name", "routes")
     ]
-    with contextlib.suppress(PlumbingError, ValueError):  # no `ip` here: the agents' reports count
-        reported.append((f"this machine ({settings.NUBIS_HOST_NAME})", plumbing.host_routes()))
     found: list[tuple[ipaddress.IPv4Network, str]] = []
     for where, routes in reported:
         for route in routes:
@@ -396,11 +390,8 @@ def hosts_sync(hosts: Any) -> None:
     A host whose agent is silent is skipped (it syncs when its agent starts), and a request
     expires unread after SYNC_EXPIRES, so no queue of a dead host fills up.
     """
-    from compute.tasks import networks_sync
-
-    def send(name: str, queue: str) -> None:
-        networks_sync.apply_async(args=(name,), queue=queue, expires=SYNC_EXPIRES)
-
     for host in hosts:
         if host.heartbeat_fresh():
-            transaction.on_commit(functools.partial(send, host.name, host.queue))
+            send_task_after_commit(
+                "compute.networks_sync", queue=host.queue, args=(host.name,), expires=SYNC_EXPIRES
+            )

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db.models import Prefetch
 
+from compute.drivers import network as plumbing
 from compute.drivers.base import DriverError
+from compute.drivers.network import NetSpec, PlumbingError, Rule
 from compute.models import (
     Host,
     Instance,
@@ -25,10 +28,8 @@ from compute.models import (
     SecurityRule,
     domain_uuid,
 )
-from compute.network import plumbing
-from compute.network.plumbing import NetSpec, PlumbingError, Rule
 
-NETNS_DIR = Path("/var/run/netns")
+logger = logging.getLogger(__name__)
 
 
 def tag_prefix() -> str:
@@ -45,13 +46,23 @@ def chain_owner() -> str:
     return hashlib.sha256(settings.NUBIS_DOMAIN_PREFIX.encode()).hexdigest()[:8]
 
 
-def _owner(alias: str) -> str | None:
+def alias_owner(alias: str) -> str | None:
     """The UUID in a bridge's or port's alias when this deployment made it, else None.
 
     Another deployment on the host may use a longer prefix that starts with ours ("nubis-" and
     "nubis-t42-"); its aliases do not hold a bare UUID after our prefix, so they are left alone.
     """
     return domain_uuid(alias.removeprefix("nubis:"))
+
+
+def local_routes() -> list[dict[str, str]] | None:
+    """This machine's routes and address subnets (the network driver's ``host_routes``), for the
+    agent's heartbeat: the subnet allocator avoids them. None if `ip` failed."""
+    try:
+        return plumbing.host_routes()
+    except (PlumbingError, ValueError) as exc:
+        logger.warning("cannot read this host's routes: %s", exc)
+        return None
 
 
 def net_spec(network: Network) -> NetSpec:
@@ -156,7 +167,7 @@ def remove_dead_bridges() -> list[str]:
     }
     removed = []
     for bridge, alias in plumbing.bridges_list(tag_prefix()).items():
-        owner = _owner(alias)
+        owner = alias_owner(alias)
         if owner is not None and owner not in live_networks:
             plumbing.bridge_remove(bridge, Path(settings.NUBIS_NETWORK_STATE_DIR) / bridge, chain_owner())
             removed.append(bridge)
@@ -239,14 +250,13 @@ def host_networks_sync(host: Host) -> dict[str, list[str]]:
         .values_list("uuid", flat=True)
     }
     for port, alias in plumbing.ports_list(prefix).items():
-        uid = _owner(alias)
+        uid = alias_owner(alias)
         if uid is not None and uid not in live_instances:
             plumbing.port_rules_remove(port, chain_owner())
             plumbing.port_detach_netns(f"{settings.NUBIS_DOMAIN_PREFIX}{uid}", port)
             done["removed_ports"].append(port)
     # A namespace named for a container whose veth was never made (an agent killed in between).
-    names = sorted(p.name for p in NETNS_DIR.iterdir()) if NETNS_DIR.exists() else []
-    for name in names:
+    for name in plumbing.netns_list():
         owner = domain_uuid(name)
         if owner is not None and owner not in live_instances:
             plumbing.netns_remove(name)

@@ -21,9 +21,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from compute.drivers.base import DriverError, VmDriver
-from compute.drivers.container import ContainerDriver
+from compute.drivers.base import ContainerDriver, DriverError, GuestDriver, VmDriver
 from compute.drivers.libvirt import PROBE_PREFIX
+from compute.drivers.network import PlumbingError
 from compute.models import (
     TRANSIENT_STATES,
     Host,
@@ -35,7 +35,6 @@ from compute.models import (
     OperationState,
     domain_uuid,
 )
-from compute.network.plumbing import PlumbingError
 from compute.services.instances import instance_event, instance_fail, operation_finish
 from compute.services.ports import host_networks_sync, port_detach
 from core.redis import redis_client
@@ -56,7 +55,7 @@ class Report:
         return dict(self.__dict__)
 
 
-def sync_power(instance: Instance, driver: VmDriver, report: Report | None = None) -> None:
+def sync_power(instance: Instance, driver: GuestDriver, report: Report | None = None) -> None:
     """Make a running/stopped instance follow the hypervisor (used by events and the reconciler)."""
     with transaction.atomic():
         locked = Instance.objects.unscoped().select_for_update().filter(pk=instance.pk).first()
@@ -114,7 +113,7 @@ def _learn_address(instance: Instance, driver: VmDriver) -> None:
         instance_event(instance, ip_address=address)
 
 
-def _settle_stuck(instance: Instance, driver: VmDriver, report: Report) -> None:
+def _settle_stuck(instance: Instance, driver: GuestDriver, report: Report) -> None:
     """An instance past its transient-state deadline: finish it if the host shows it done, else fail it."""
     op = (
         Operation.objects.for_tenant(instance.tenant_id)
@@ -200,15 +199,16 @@ def reconcile_host(host: Host, driver: VmDriver, containers: ContainerDriver | N
         .select_related("flavor")
     )
     for instance in instances:
-        own: VmDriver = containers if instance.kind == InstanceKind.CONTAINER else driver
+        own: GuestDriver = containers if instance.kind == InstanceKind.CONTAINER else driver
         try:
             if instance.state in (InstanceState.RUNNING, InstanceState.STOPPED):
                 if instance.kind == InstanceKind.CONTAINER:
                     container_check(instance, containers, report)  # OOM kills, then power
                 else:
-                    sync_power(instance, own, report)
-                if instance.state == InstanceState.RUNNING and instance.ip_address is None:
-                    _learn_address(instance, own)
+                    sync_power(instance, driver, report)
+                    # A container's address is Nubis's own, given with its port; a VM's is learnt.
+                    if instance.state == InstanceState.RUNNING and instance.ip_address is None:
+                        _learn_address(instance, driver)
             elif (
                 instance.state in TRANSIENT_STATES
                 and instance.state_deadline
@@ -227,7 +227,8 @@ def reconcile_host(host: Host, driver: VmDriver, containers: ContainerDriver | N
         .values_list("uuid", flat=True)
     }
     prefix = settings.NUBIS_DOMAIN_PREFIX
-    for kind, own in (("domain", driver), ("container", containers)):
+    guests: tuple[tuple[str, GuestDriver], ...] = (("domain", driver), ("container", containers))
+    for kind, own in guests:
         for name in own.list_guests(prefix):
             uid = domain_uuid(name)
             if uid is None or uid in live:

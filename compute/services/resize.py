@@ -14,7 +14,8 @@ from compute.models import (
     Operation,
     OperationKind,
 )
-from compute.services.instances import (
+from compute.services.lifecycle import (
+    admission_kick,
     deadline,
     instance_event,
     instance_lock_idle,
@@ -23,6 +24,7 @@ from compute.services.instances import (
     release_claims,
 )
 from core.errors import Conflict, ServiceError
+from scheduler.services import host_table_of
 from security.audit import Actor, audit_log
 from tenants.services.quotas import quota_claim
 
@@ -77,8 +79,6 @@ def instance_resize(*, actor: Actor, instance: Instance, vcpus: int, ram_mib: in
 
     A VM must be stopped; a container changes live (its cgroup limits), running or stopped.
     """
-    from scheduler.services import host_table_of
-
     locked = instance_lock_idle(instance)
     container = locked.kind == InstanceKind.CONTAINER
     allowed = (InstanceState.STOPPED, InstanceState.RUNNING) if container else (InstanceState.STOPPED,)
@@ -185,7 +185,5 @@ def resize_failed(instance: Instance, operation: Operation, error: str) -> str:
     )
     if frees_room:
         # The host got back the room the bigger size had taken: requests waiting for it may fit.
-        from scheduler.admission import admission_kick
-
         admission_kick()
     return fault

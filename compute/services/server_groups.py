@@ -45,19 +45,3 @@ def server_group_delete(*, actor: Actor, group: ServerGroup) -> None:
     Instance.objects.for_tenant(locked.tenant_id).filter(server_group=locked).update(server_group=None)
     audit_log(actor=actor, action="servergroup.delete", target=locked)
     locked.delete()
-
-
-def group_hosts(instance: Instance) -> frozenset[int]:
-    """The hosts the other live members of the instance's server group hold capacity on."""
-    from scheduler.services import FREE_STATES
-
-    if instance.server_group_id is None:
-        return frozenset()
-    hosts = (
-        Instance.objects.for_tenant(instance.tenant_id)
-        .filter(server_group_id=instance.server_group_id, host__isnull=False)
-        .exclude(pk=instance.pk)
-        .exclude(state__in=FREE_STATES)
-        .values_list("host_id", flat=True)
-    )
-    return frozenset(hosts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import transaction
 
 from compute.models import Instance, InstanceKind, InstanceState, Operation, OperationKind, Snapshot
-from compute.services.instances import (
+from compute.services.lifecycle import (
     NAME_RULE,
     instance_lock_idle,
     name_is_valid,

@@ -13,7 +13,9 @@ those answer 4xx in the documented problem shape, which the checks above do veri
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -74,9 +76,25 @@ def _world() -> tuple[str, str]:
     return tenant.slug, secret
 
 
+@pytest.fixture
+def fuzz_host_answers() -> Iterator[None]:
+    """The fuzz host's agent answers consoles, logs and exec (compute.agent_rpc, with this host's
+    real drivers) from a thread here; its guests are never made, so what it reads is empty."""
+    from compute.agent_rpc import rpc_loop
+
+    stop = threading.Event()
+    thread = threading.Thread(target=rpc_loop, args=("fuzz-host", stop), daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(5)
+
+
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_the_api_survives_fuzzing_and_keeps_to_its_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_api_survives_fuzzing_and_keeps_to_its_schema(
+    monkeypatch: pytest.MonkeyPatch, fuzz_host_answers: None
+) -> None:
     # The in-process ASGI transport runs an event loop in this thread around each call; the
     # test's own ORM calls between them are plain synchronous ones.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")

@@ -5,6 +5,8 @@ PATCH or DELETE handler), so a route added later is covered without a word here.
 by a persona the isolation table says may use it (tests/isolation/routes.py, which must cover every
 route), on that table's real objects: without the body checks the request would reach the view.
 No answer may be a 500, an HTML page or empty, and nothing may be logged with a traceback.
+
+A NUL in a query string is refused the same way, on every route of the isolation table.
 """
 
 from __future__ import annotations
@@ -277,3 +279,93 @@ def test_drf_takes_the_body_the_check_decoded_without_decoding_it_again() -> Non
 
     parsed = CheckedJSONParser().parse(Unreadable(), "application/json", {"request": Request(http_request)})  # type: ignore[arg-type]
     assert parsed == {"name": "vm-1"}
+
+
+# --- NUL in a query string -------------------------------------------------------------------------
+# PostgreSQL text cannot hold NUL: portal.query_strings refuses it at the entry, on every route.
+NUL_MESSAGE = "must not contain NUL characters"
+NUL_QUERIES = {
+    "in a value nobody reads": ("probe=a%00b", "probe"),
+    "after a good parameter": ("page_size=2&q=%00", "q"),
+    "in a parameter's name": ("a%00b=1", "a\\x00b"),
+}
+
+
+def _with_query(path: str, query: str) -> str:
+    return f"{path}{'&' if '?' in path else '?'}{query}"
+
+
+def _client(world: World, clients: dict[str, APIClient], persona: str) -> APIClient:
+    if persona not in clients:
+        clients[persona] = APIClient(REMOTE_ADDR="127.0.0.1")
+        if persona != "anon":
+            clients[persona].force_login(world.users[persona])
+    return clients[persona]
+
+
+def _call(client: APIClient, case: Case, world: World, path: str) -> Any:
+    """The case's request, its body as the isolation table sends it (a body the view would take)."""
+    data = case.data(world) if case.data else {}
+    method = getattr(client, case.method.lower())
+    if case.method == "GET":
+        return method(path)
+    return method(path, data, format="json") if case.json else method(path, data)
+
+
+def test_a_nul_in_the_query_string_is_refused_naming_the_parameter_on_every_route(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every route of the isolation table (lists, details, actions, other API endpoints, pages and
+    the admin), called as a persona allowed to use it: a NUL anywhere in the query string is a 400
+    naming the parameter (problem+json under /api/, a plain 400 elsewhere); a write still leaves one
+    audit record, and nothing runs."""
+    world = build_world()
+    clients: dict[str, APIClient] = {}
+    caplog.set_level(logging.INFO)
+    failures: list[str] = []
+    seen: set[str] = set()
+    for name, cases in all_http_cases().items():
+        for case in cases:
+            base = case.path(world)
+            api = base.startswith("/api/")
+            persona = _allowed_persona(case) or "anon"
+            client = _client(world, clients, persona)
+            queries = NUL_QUERIES.items() if api else list(NUL_QUERIES.items())[:1]
+            for label, (query, field) in queries:
+                path = _with_query(base, query)
+                where = f"{label}: {case.method} {path} as {persona}"
+                before = AuditRecord.objects.count()
+                try:
+                    response = _call(client, case, world, path)
+                except Exception as exc:  # the test client re-raises what the view raised: a 500
+                    failures.append(f"{where} -> raised {exc!r}"[:300])
+                    continue
+                if response.status_code != 400:
+                    failures.append(f"{where} -> {response.status_code} {response.content[:200]!r}")
+                    continue
+                if api:
+                    problem = problem_of(response, where)
+                    assert problem["errors"] == [{"field": field, "rule": "invalid", "message": NUL_MESSAGE}]
+                    assert problem["detail"] == f"{field}: {NUL_MESSAGE}", where
+                else:
+                    assert response["Content-Type"].startswith("text/plain"), where
+                    assert f"{field!r} {NUL_MESSAGE}" in response.content.decode(), where
+                if case.mutating:
+                    written = list(AuditRecord.objects.order_by("seq")[before:])
+                    assert [r.outcome for r in written] == ["invalid"], where
+                seen.add(name)
+    assert not failures, "\n".join(failures)
+    # Among them: a list, a detail, an action, an endpoint that is neither, a page, an admin view.
+    for name in ("api-instances", "api-instance", "api-instance-stop", "api-quota", "api-root"):
+        assert name in seen, name
+    assert {"ui-instances", "tenant-member-add", "admin:index", "login"} <= seen
+    tracebacks = [r.getMessage() for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not tracebacks, tracebacks
+
+
+def test_a_query_string_without_nul_passes() -> None:
+    """Percent-escapes other than %00, and an empty value, reach the view (here: 401, anonymous)."""
+    client = APIClient()
+    for query in ("name=a%20b", "name=%E2%82%AC", "name=", "name=%2500"):
+        response = client.get(f"/api/v1/tenants/?{query}")
+        assert response.status_code == 401, (query, response.content[:200])

@@ -30,14 +30,12 @@ from compute.models import (
     SampleResolution,
     UsageSample,
 )
+from compute.services.allocation import allocation_adjust_host
 from compute.services.instances import instance_delete
 from compute.services.memory import memory_apply
 from compute.services.resize import instance_set_memory
 from compute.tasks import local_driver
-from scheduler.allocation import (
-    DEFAULT_POLICY,
-    allocation_adjust_host,
-)
+from scheduler.allocation import DEFAULT_POLICY, usage_window
 from security.audit import Actor
 from tenants.models import Role, Tenant
 from tests.compute.conftest import instance_dir_of, libvirt_conn, wait_for, wait_marker, wait_operation
@@ -50,8 +48,6 @@ CGROUP = Path("/sys/fs/cgroup")
 # -- real guests and containers ----------------------------------------------------------------
 def _window_peak(instance: Instance, since: datetime | None = None) -> tuple[int, float]:
     """(samples, peak MiB) of the instance in the adjuster's window (or since ``since``)."""
-    from scheduler.allocation import usage_window
-
     start = since or timezone.now() - usage_window()
     rows = list(
         UsageSample.objects.filter(
@@ -63,8 +59,6 @@ def _window_peak(instance: Instance, since: datetime | None = None) -> tuple[int
 
 def _wait_window_after(instance: Instance, moment: datetime) -> float:
     """Wait until the whole window was sampled after ``moment``; the peak of the window (MiB)."""
-    from scheduler.allocation import usage_window
-
     window = usage_window().total_seconds()
     wait_for(
         lambda: (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def test_stale_host_goes_down_and_comes_back_with_its_heartbeat(settings) -> Non
 
 def test_real_host_facts_are_recorded() -> None:
     facts = local_driver().facts(probe_kvm=False)
-    host = host_register(name="here", uri="qemu:///system", facts=facts)
+    host = host_register(name="here", uri="qemu:///system", facts=asdict(facts))
     assert host.cpus >= 1
     assert host.ram_mib > 1024
     assert host.tcg_available is True

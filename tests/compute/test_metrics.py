@@ -1,5 +1,6 @@
 """Usage metrics against real components: runc containers and their cgroups, a QEMU domain of the real
-libvirt daemon, /proc of this host, and the real database for collection, rollups and charts.
+libvirt daemon, /proc of this host (each read through its driver), and the real database for
+collection, rollups and charts.
 """
 
 from __future__ import annotations
@@ -19,21 +20,11 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from compute.containers.oci_spec import oci_config
+from compute.drivers.base import Counters
+from compute.drivers.host import host_usage
+from compute.drivers.libvirt import LibvirtDriver
 from compute.drivers.oci import RUNC, OciDriver
-from compute.metrics import (
-    HOUR_KEEP,
-    Counters,
-    Sampler,
-    host_load,
-    metrics_collect,
-    metrics_rollup,
-    pick_resolution,
-    rates,
-    read_container,
-    read_domains,
-    read_host,
-    series,
-)
+from compute.metrics import HOUR_KEEP, host_load, metrics_rollup, pick_resolution, series
 from compute.models import (
     Flavor,
     Host,
@@ -45,6 +36,8 @@ from compute.models import (
     SampleResolution,
     UsageSample,
 )
+from compute.services.containers import container_driver
+from compute.services.metrics import Sampler, container_usage, metrics_collect, rates
 from tests.factories import make_tenant
 
 assert Path(RUNC).exists(), f"{RUNC} is missing: run scripts/bootstrap-host"
@@ -60,6 +53,11 @@ BUSY = (
 
 # -- real containers ---------------------------------------------------------------------------
 Start = Callable[..., str]
+
+
+def read_container(name: str, port: str | None) -> Counters | None:
+    """What the collector reads of a container: its cgroup (container driver), its port's traffic."""
+    return container_usage(container_driver(), name, port)
 
 
 @pytest.fixture
@@ -141,12 +139,12 @@ def test_container_network_is_seen_from_inside(start: Start) -> None:
 
 
 # -- host and domains ---------------------------------------------------------------------------
-def test_read_host() -> None:
-    first = read_host()
+def test_host_usage() -> None:
+    first = host_usage()
     spin_until = time.monotonic() + 0.3
     while time.monotonic() < spin_until:  # burn a little so busy time must grow
         pass
-    second = read_host()
+    second = host_usage()
     assert 0 < first.cpu_ns < second.cpu_ns
     total = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
     assert 0 < second.mem_bytes < total
@@ -188,10 +186,11 @@ def tiny_domain(conn: libvirt.virConnect) -> Iterator[str]:
             dom.destroy()
 
 
-def test_read_domains(conn: libvirt.virConnect, tiny_domain: str) -> None:
-    first = read_domains(conn)[tiny_domain]
+def test_guest_usage_of_domains(tiny_domain: str) -> None:
+    vms = LibvirtDriver(settings.LIBVIRT_URI, read_only=True)  # as the agent's sampler reads them
+    first = vms.guest_usage()[tiny_domain]
     time.sleep(0.5)
-    stats = read_domains(conn)
+    stats = vms.guest_usage()
     second = stats[tiny_domain]
     assert 0 < first.cpu_ns < second.cpu_ns
     # balloon.rss: QEMU's resident memory, more than nothing and less than a few times the guest.
@@ -518,7 +517,7 @@ def test_metrics_collect(start: Start, django_assert_num_queries: Any) -> None:
     host = make_host()
     running = make_instance(host)
     make_instance(host, state=InstanceState.STOPPED)  # not read
-    make_instance(host, kind=InstanceKind.VM)  # no libvirt connection given: skipped
+    make_instance(host, kind=InstanceKind.VM)  # no VM driver given: skipped
     make_instance(make_host())  # another host's
     start("while :; do :; done", name=running.domain_name)
     sampler = Sampler()

@@ -25,12 +25,12 @@ from django.conf import settings
 from django.db import transaction
 from rest_framework.test import APIClient
 
+from compute.drivers import network as plumbing
+from compute.drivers.network import NetSpec, Rule
 from compute.models import Flavor, Host, Image, ImageKind, Instance, InstanceState, Network
-from compute.network import plumbing
-from compute.network.plumbing import NetSpec, Rule
-from compute.services.hosts import host_heartbeat, local_routes
+from compute.services.hosts import host_heartbeat
 from compute.services.networks import default_network, network_create
-from compute.services.ports import chain_owner, tag_prefix
+from compute.services.ports import chain_owner, local_routes, tag_prefix
 from compute.services.reconcile import reconcile_host
 from compute.tasks import local_driver
 from security.audit import Actor
@@ -105,9 +105,12 @@ def instance(tenant: Tenant, name: str, **fields: object) -> Instance:
 
 @pytest.mark.django_db(transaction=True)
 def test_allocator_skips_a_subnet_routed_on_this_host(dummy: str) -> None:
+    """This machine's routes count as its agent reports them: the control process reads no host."""
     first, second = pool_subnet(0), pool_subnet(1)
     address = f"{first.network_address + 1}/{first.prefixlen}"
+    here = Host.objects.create(name=f"here-{RUN}", uri="qemu:///system")
     sh("ip", "addr", "add", address, "dev", dummy)
+    assert host_heartbeat(here.name, routes=local_routes())  # what the agent's heartbeat does
     tenant, actor, client = member_of("routes-a")
 
     with transaction.atomic():  # as in instance_create, its caller
@@ -123,8 +126,9 @@ def test_allocator_skips_a_subnet_routed_on_this_host(dummy: str) -> None:
     assert f"overlaps the route {first} (dev {dummy})" in error["message"], error
     assert not Network.objects.for_tenant(tenant).filter(name="mine").exists()
 
-    # Once the other network is gone, its subnet can be had again.
+    # Once the other network is gone (and the next heartbeat says so), its subnet can be had again.
     sh("ip", "addr", "del", address, "dev", dummy)
+    assert host_heartbeat(here.name, routes=local_routes())
     created = client.post(
         "/api/v1/tenants/routes-a/networks/", {"name": "mine", "cidr": str(first)}, format="json"
     )

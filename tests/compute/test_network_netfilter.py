@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from compute.network.plumbing import NetSpec, Rule
+from compute.drivers.network import NetSpec, Rule
 from tests.compute.netlab import UDHCPC_SCRIPT, pings, sh
 from tests.conftest import ROOT
 
@@ -33,7 +33,7 @@ OWNER = f"l{RUN}"
 CALL = r"""
 import json, sys
 from pathlib import Path
-from compute.network import plumbing
+from compute.drivers import network as plumbing
 name, args = sys.argv[1], json.loads(sys.argv[2])
 for i, arg in enumerate(args):
     if isinstance(arg, dict) and "state_dir" in arg:
@@ -106,7 +106,7 @@ class Lab:
         return self.run("cat", f"/proc/sys/{key}").stdout.strip()
 
     def call(self, function: str, *args: object, prefix: tuple[str, ...] = ()) -> dict[str, object]:
-        """compute.network.plumbing.FUNCTION(*ARGS) run inside the lab; {"ok"} or {"error": message}."""
+        """compute.drivers.network.FUNCTION(*ARGS) run inside the lab; {"ok"} or {"error": message}."""
         plain = [asdict(a) if isinstance(a, NetSpec) else a for a in args]
         plain = [
             [asdict(r) for r in a] if a and isinstance(a, list) and isinstance(a[0], Rule) else a

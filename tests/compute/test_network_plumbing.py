@@ -1,4 +1,5 @@
-"""Real tests of compute.network.plumbing: bridges, namespaces, iptables and dnsmasq on this host.
+"""Real tests of the network driver (compute.drivers.network): bridges, namespaces, iptables and
+dnsmasq on this host.
 
 They need root, and touch only what they create: bridges ``nbrt<run><n>``, namespaces ``nnt<run><n>``,
 veths ``vnt<run><n>``, subnets 10.250.x.0/24, and state under /run/nubis-nettest-<run>. Fixtures remove
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from compute.network.plumbing import (
+from compute.drivers.network import (
     BRIDGE_PREFIX,
     NetSpec,
     PlumbingError,

@@ -17,6 +17,7 @@ from django.db import transaction
 
 from compute.drivers.oci import RUNC_ROOT
 from compute.models import Host, Image, Instance, InstanceState, OperationState
+from compute.services import host_rpc
 from compute.services.instances import instance_action, instance_create, instance_delete
 from compute.services.resize import instance_resize
 from scheduler.hosts import host_rows
@@ -119,8 +120,6 @@ def cgroup(instance: Instance, controller: str, filename: str) -> str:
 def test_failed_resize_of_a_running_container_keeps_its_old_limits(
     ctx, host: Host, rootfs_image: Image, cflavors, no_leftovers
 ) -> None:
-    from compute.tasks import container_exec
-
     tenant, actor = ctx
     op = wait_operation(
         instance_create(
@@ -137,10 +136,9 @@ def test_failed_resize_of_a_running_container_keeps_its_old_limits(
     instance = Instance.objects.for_tenant(tenant).get(pk=op.instance_id)
     try:
         # 80 MiB in its /tmp (a tmpfs charged to its memory cgroup; there is no swap to push it to).
-        code, _out, err = container_exec.apply_async(
-            args=(str(instance.uuid), ["sh", "-c", "head -c 83886080 /dev/zero > /tmp/fill"], 30),
-            queue=host.queue,
-        ).get(timeout=60)
+        code, _out, err = host_rpc.container_exec(
+            instance, ["sh", "-c", "head -c 83886080 /dev/zero > /tmp/fill"], 30
+        )
         assert code == 0, err
         assert int(cgroup(instance, "memory", "memory.usage_in_bytes")) > 80 << 20
 

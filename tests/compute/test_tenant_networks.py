@@ -227,13 +227,13 @@ def test_tenant_networks_connect_a_tenant_and_isolate_it(
 def test_only_this_deployments_bridges_and_ports_count_as_its_own(settings) -> None:
     """Aliases of a deployment whose prefix starts with ours are never taken for orphans of ours."""
     from compute.models import domain_uuid
-    from compute.services.ports import _owner
+    from compute.services.ports import alias_owner
 
     settings.NUBIS_DOMAIN_PREFIX = "nubis-"
     some = uuid.uuid4()
-    assert _owner(f"nubis:nubis-{some}") == str(some)
-    assert _owner(f"nubis:nubis-t42-{some}") is None
-    assert _owner(f"nubis:nubis-{some.hex}") is None
+    assert alias_owner(f"nubis:nubis-{some}") == str(some)
+    assert alias_owner(f"nubis:nubis-t42-{some}") is None
+    assert alias_owner(f"nubis:nubis-{some.hex}") is None
     assert domain_uuid(f"nubis-t42-{some}") is None
     assert domain_uuid(f"nubis-{str(some).upper()}") is None
 

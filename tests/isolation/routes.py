@@ -6,94 +6,46 @@ the per-model rules at the bottom); test_harness fails on any route that does no
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
+from tests.isolation.cases import (
+    API_OWNER_WRITE,
+    API_TENANT_READ,
+    EVERYONE_200,
+    INSTANCE,
+    MEMBERSHIP,
+    NETWORK,
+    OPERATION,
+    SECURITY_GROUP,
+    SECURITY_RULE,
+    SERVER_GROUP,
+    SNAPSHOT,
+    TOKEN,
+    UI_OWNER_POST,
+    UI_TENANT_READ,
+    Case,
+    const,
+    exp,
+    object_case,
+    tenant_path,
+)
+from tests.isolation.routes_admin_api import ROUTES as _ADMIN_API
+from tests.isolation.routes_instances_ui import ROUTES as _INSTANCES_UI
+from tests.isolation.routes_networks_ui import ROUTES as _NETWORKS_UI
+from tests.isolation.routes_staff import ROUTES as _STAFF
 from tests.isolation.world import PERSONAS as PERSONAS_ALL
 from tests.isolation.world import World
 
-Path = Callable[[World], str]
-
-
-@dataclass(frozen=True)
-class Case:
-    method: str
-    path: Path
-    expect: dict[str, int | str]
-    data: Callable[[World], dict[str, Any]] | None = None
-    # The same route on tenant B's object: every persona of A must get 404 there.
-    b_path: Path | None = None
-    # A's tenant URL naming B's object (a guessed id): every persona of A must get 404 there too.
-    idor_path: Path | None = None
-    # A list or page: nothing of B may appear in what A's personas get.
-    lists: bool = False
-    json: bool = True
-    # The audit action a successful call must record (None: a no-op, recorded generically).
-    action: str | None = None
-
-    @property
-    def mutating(self) -> bool:
-        return self.method in {"POST", "PUT", "PATCH", "DELETE"}
-
-
-def exp(
-    anon: int | str, viewer: int, member: int, owner: int, b: int, staff: int, su: int
-) -> dict[str, int | str]:
-    return dict(
-        zip(
-            ("anon", "a_viewer", "a_member", "a_owner", "b_member", "staff", "superuser"),
-            (anon, viewer, member, owner, b, staff, su),
-            strict=True,
-        )
-    )
-
-
-def const(path: str) -> Path:
-    return lambda w: path
-
-
-def tenant_path(suffix: str = "", api: bool = True) -> tuple[Path, Path]:
-    base = "/api/v1/tenants/{}/" if api else "/t/{}/"
-    return (lambda w: base.format(w.a.slug) + suffix), (lambda w: base.format(w.b.slug) + suffix)
-
-
-def member_path(api: bool, suffix: str = "") -> tuple[Path, Path]:
-    base = "/api/v1/tenants/{}/members/{}/" if api else "/t/{}/members/{}/"
-    return (lambda w: base.format(w.a.slug, w.a_extra.pk) + suffix), (
-        lambda w: base.format(w.b.slug, w.b_extra.pk) + suffix
-    )
-
-
-def token_path(api: bool, suffix: str = "") -> tuple[Path, Path]:
-    base = "/api/v1/tenants/{}/tokens/{}/" if api else "/t/{}/tokens/{}/"
-    return (lambda w: base.format(w.a.slug, w.a_token.pk) + suffix), (
-        lambda w: base.format(w.b.slug, w.b_token.pk) + suffix
-    )
-
-
-# Common shapes.
-API_TENANT_READ: dict[str, int | str] = exp(401, 200, 200, 200, 404, 404, 404)
-API_OWNER_WRITE: dict[str, int | str] = exp(401, 403, 403, 200, 404, 404, 404)
-UI_TENANT_READ: dict[str, int | str] = exp(302, 200, 200, 200, 404, 404, 404)
-UI_OWNER_POST: dict[str, int | str] = exp(302, 403, 403, 302, 404, 404, 404)
-EVERYONE_200: dict[str, int | str] = exp(200, 200, 200, 200, 200, 200, 200)
+__all__ = ["ADMIN_MODELS", "ADMIN_SITE", "ROUTES", "WEBSOCKETS", "Case", "all_http_cases"]
 
 _api_tenant, _api_tenant_b = tenant_path()
 _api_quota, _api_quota_b = tenant_path("quota/")
 _api_members, _api_members_b = tenant_path("members/")
-_api_member, _api_member_b = member_path(api=True)
 _api_tokens, _api_tokens_b = tenant_path("tokens/")
-_api_token, _api_token_b = token_path(api=True)
 _api_audit, _api_audit_b = tenant_path("audit/")
 _ui_home, _ui_home_b = tenant_path(api=False)
 _ui_quota, _ui_quota_b = tenant_path("quota/", api=False)
 _ui_settings, _ui_settings_b = tenant_path("settings/", api=False)
 _ui_member_add, _ui_member_add_b = tenant_path("members/add/", api=False)
-_ui_member_role, _ui_member_role_b = member_path(api=False, suffix="role/")
-_ui_member_remove, _ui_member_remove_b = member_path(api=False, suffix="remove/")
 _ui_token_create, _ui_token_create_b = tenant_path("tokens/create/", api=False)
-_ui_token_revoke, _ui_token_revoke_b = token_path(api=False, suffix="revoke/")
 _ui_audit, _ui_audit_b = tenant_path("audit/", api=False)
 
 ROUTES: dict[str, list[Case]] = {
@@ -134,21 +86,23 @@ ROUTES: dict[str, list[Case]] = {
         ),
     ],
     "api-member": [
-        Case("GET", _api_member, API_TENANT_READ, b_path=_api_member_b),
-        Case(
+        object_case("GET", API_TENANT_READ, MEMBERSHIP, "extra", guessed=False),
+        object_case(
             "PATCH",
-            _api_member,
             API_OWNER_WRITE,
-            b_path=_api_member_b,
+            MEMBERSHIP,
+            "extra",
             data=lambda w: {"role": "viewer"},
             action="member.role",
+            guessed=False,
         ),
-        Case(
+        object_case(
             "DELETE",
-            _api_member,
             exp(401, 403, 403, 204, 404, 404, 404),
-            b_path=_api_member_b,
+            MEMBERSHIP,
+            "extra",
             action="member.remove",
+            guessed=False,
         ),
     ],
     "api-tokens": [
@@ -163,13 +117,14 @@ ROUTES: dict[str, list[Case]] = {
         ),
     ],
     "api-token": [
-        Case("GET", _api_token, exp(401, 403, 200, 200, 404, 404, 404), b_path=_api_token_b),
-        Case(
+        object_case("GET", exp(401, 403, 200, 200, 404, 404, 404), TOKEN, "token", guessed=False),
+        object_case(
             "DELETE",
-            _api_token,
             exp(401, 403, 200, 200, 404, 404, 404),
-            b_path=_api_token_b,
+            TOKEN,
+            "token",
             action="token.revoke",
+            guessed=False,
         ),
     ],
     "api-audit": [
@@ -201,24 +156,28 @@ ROUTES: dict[str, list[Case]] = {
         ),
     ],
     "tenant-member-role": [
-        Case(
+        object_case(
             "POST",
-            _ui_member_role,
             UI_OWNER_POST,
-            b_path=_ui_member_role_b,
-            json=False,
+            MEMBERSHIP,
+            "extra",
+            "role/",
+            api=False,
             data=lambda w: {"role": "viewer"},
             action="member.role",
+            guessed=False,
         ),
     ],
     "tenant-member-remove": [
-        Case(
+        object_case(
             "POST",
-            _ui_member_remove,
             UI_OWNER_POST,
-            b_path=_ui_member_remove_b,
-            json=False,
+            MEMBERSHIP,
+            "extra",
+            "remove/",
+            api=False,
             action="member.remove",
+            guessed=False,
         ),
     ],
     "tenant-token-create": [
@@ -233,60 +192,24 @@ ROUTES: dict[str, list[Case]] = {
         ),
     ],
     "tenant-token-revoke": [
-        Case(
+        object_case(
             "POST",
-            _ui_token_revoke,
             exp(302, 403, 302, 302, 404, 404, 404),
-            b_path=_ui_token_revoke_b,
-            json=False,
+            TOKEN,
+            "token",
+            "revoke/",
+            api=False,
             action="token.revoke",
+            guessed=False,
         ),
     ],
     "instance-console": [
-        Case(
-            "GET",
-            lambda w: f"/t/{w.a.slug}/instances/{w.vms['a-vm'].uuid}/console/",
-            exp(302, 403, 200, 200, 404, 404, 404),
-            b_path=lambda w: f"/t/{w.b.slug}/instances/{w.vms['b-vm'].uuid}/console/",
-            idor_path=lambda w: f"/t/{w.a.slug}/instances/{w.vms['b-vm'].uuid}/console/",
-        ),
+        object_case("GET", exp(302, 403, 200, 200, 404, 404, 404), INSTANCE, "vm", "console/", api=False),
     ],
     "tenant-audit": [
         Case("GET", _ui_audit, exp(302, 403, 403, 200, 404, 404, 404), b_path=_ui_audit_b, lists=True)
     ],
 }
-
-
-def vm_path(vm: str, suffix: str = "", tenant: str = "a") -> Path:
-    def build(w: World) -> str:
-        slug = w.a.slug if tenant == "a" else w.b.slug
-        return f"/api/v1/tenants/{slug}/instances/{w.vms[vm].uuid}/{suffix}"
-
-    return build
-
-
-def _snap(vm: str, snap: str, tenant: str, suffix: str) -> Path:
-    def build(w: World) -> str:
-        slug = (w.a if tenant == "a" else w.b).slug
-        return f"/api/v1/tenants/{slug}/instances/{w.vms[vm].uuid}/snapshots/{w.snaps[snap].pk}/{suffix}"
-
-    return build
-
-
-def _snap_case(method: str, expect: dict[str, int | str], suffix: str = "", **kw: Any) -> Case:
-    """The case on A's snapshot, with B's snapshot under B's URL and under A's URL."""
-    return Case(
-        method,
-        _snap("a-vm", "a-snap", "a", suffix),
-        expect,
-        b_path=_snap("b-vm", "b-snap", "b", suffix),
-        idor_path=_snap("a-vm", "b-snap", "a", suffix),
-        **kw,
-    )
-
-
-def _op(vm: str, tenant: str) -> Path:
-    return lambda w: f"/api/v1/tenants/{(w.a if tenant == 'a' else w.b).slug}/operations/{w.ops[vm].uuid}/"
 
 
 API_MEMBER_ACT: dict[str, int | str] = exp(401, 403, 202, 202, 404, 404, 404)
@@ -295,89 +218,21 @@ API_MEMBER_OK: dict[str, int | str] = exp(401, 403, 200, 200, 404, 404, 404)
 API_MEMBER_GONE: dict[str, int | str] = exp(401, 403, 204, 204, 404, 404, 404)
 API_MEMBER_CONFLICT: dict[str, int | str] = exp(401, 403, 409, 409, 404, 404, 404)
 API_MEMBER_READ: dict[str, int | str] = exp(401, 403, 200, 200, 404, 404, 404)
+# Read by the host's agent (compute.services.host_rpc): the harness host has none, so members get
+# as far as asking it, and a 503 that names the host.
+API_MEMBER_AGENT: dict[str, int | str] = exp(401, 403, 503, 503, 404, 404, 404)
 _api_flavors, _api_flavors_b = tenant_path("flavors/")
 _api_images, _api_images_b = tenant_path("images/")
 _api_instances, _api_instances_b = tenant_path("instances/")
 _api_operations, _api_operations_b = tenant_path("operations/")
-
-
 _api_networks, _api_networks_b = tenant_path("networks/")
 _api_groups, _api_groups_b = tenant_path("security-groups/")
 _api_sgroups, _api_sgroups_b = tenant_path("server-groups/")
 _api_queue, _api_queue_b = tenant_path("queue/")
 
 
-def _sgroup_case(method: str, expect: dict[str, int | str], which: str, **kw: Any) -> Case:
-    """The case on A's server group ``a-<which>``, with B's under B's URL and under A's URL."""
-
-    def build(tenant: str, group: str) -> Path:
-        def path(w: World) -> str:
-            slug = (w.a if tenant == "a" else w.b).slug
-            return f"/api/v1/tenants/{slug}/server-groups/{w.server_groups[group].pk}/"
-
-        return path
-
-    return Case(
-        method,
-        build("a", f"a-{which}"),
-        expect,
-        b_path=build("b", f"b-{which}"),
-        idor_path=build("a", f"b-{which}"),
-        **kw,
-    )
-
-
-def _net_case(method: str, expect: dict[str, int | str], which: str, **kw: Any) -> Case:
-    """The case on A's network ``a-<which>``, with B's under B's URL and under A's URL."""
-
-    def build(tenant: str, net: str) -> Path:
-        return lambda w: (
-            f"/api/v1/tenants/{(w.a if tenant == 'a' else w.b).slug}/networks/{w.nets[net].uuid}/"
-        )
-
-    return Case(
-        method,
-        build("a", f"a-{which}"),
-        expect,
-        b_path=build("b", f"b-{which}"),
-        idor_path=build("a", f"b-{which}"),
-        **kw,
-    )
-
-
-def _group_case(method: str, expect: dict[str, int | str], which: str, suffix: str = "", **kw: Any) -> Case:
-    """The case on A's security group ``a-<which>``, with B's under B's URL and under A's URL."""
-
-    def build(tenant: str, group: str) -> Path:
-        def path(w: World) -> str:
-            slug = (w.a if tenant == "a" else w.b).slug
-            return f"/api/v1/tenants/{slug}/security-groups/{w.groups[group].pk}/{suffix}"
-
-        return path
-
-    return Case(
-        method,
-        build("a", f"a-{which}"),
-        expect,
-        b_path=build("b", f"b-{which}"),
-        idor_path=build("a", f"b-{which}"),
-        **kw,
-    )
-
-
-def _vm_case(
-    method: str, expect: dict[str, int | str], a_vm: str, b_vm: str, suffix: str = "", **kw: Any
-) -> Case:
-    """The case on A's VM, with B's VM under B's URL and under A's URL."""
-    return Case(
-        method,
-        vm_path(a_vm, suffix),
-        expect,
-        b_path=vm_path(b_vm, suffix, "b"),
-        idor_path=vm_path(b_vm, suffix),
-        **kw,
-    )
-
+# A snapshot's URL goes through its instance's: a-snap is under a-vm, b-snap under b-vm.
+_IN_VM = (INSTANCE, "vm")
 
 ROUTES.update(
     {
@@ -395,69 +250,73 @@ ROUTES.update(
             ),
         ],
         "api-instance": [
-            _vm_case("GET", API_TENANT_READ, "a-vm", "b-vm"),
-            _vm_case("DELETE", API_MEMBER_ACT, "a-vm", "b-vm", action="instance.delete"),
+            object_case("GET", API_TENANT_READ, INSTANCE, "vm"),
+            object_case("DELETE", API_MEMBER_ACT, INSTANCE, "vm", action="instance.delete"),
         ],
         "api-instance-start": [
-            _vm_case("POST", API_MEMBER_ACT, "a-off", "b-off", "start/", action="instance.start")
+            object_case("POST", API_MEMBER_ACT, INSTANCE, "off", "start/", action="instance.start")
         ],
         "api-instance-stop": [
-            _vm_case("POST", API_MEMBER_ACT, "a-vm", "b-vm", "stop/", action="instance.stop")
+            object_case("POST", API_MEMBER_ACT, INSTANCE, "vm", "stop/", action="instance.stop")
         ],
         "api-instance-reboot": [
-            _vm_case("POST", API_MEMBER_ACT, "a-vm", "b-vm", "reboot/", action="instance.reboot")
+            object_case("POST", API_MEMBER_ACT, INSTANCE, "vm", "reboot/", action="instance.reboot")
         ],
         "api-instance-resize": [
-            _vm_case(
+            object_case(
                 "POST",
                 API_MEMBER_ACT,
-                "a-vm",
-                "b-vm",
+                INSTANCE,
+                "vm",
                 "resize/",
                 action="instance.memory",
                 data=lambda w: {"memory_mib": 96},
             ),
         ],
         "api-instance-vnc": [
-            _vm_case("POST", API_MEMBER_READ, "a-vm", "b-vm", "console/vnc/", action="instance.console")
+            object_case("POST", API_MEMBER_READ, INSTANCE, "vm", "console/vnc/", action="instance.console")
         ],
-        "api-instance-serial": [_vm_case("GET", API_MEMBER_READ, "a-vm", "b-vm", "console/serial/")],
+        "api-instance-serial": [object_case("GET", API_MEMBER_AGENT, INSTANCE, "vm", "console/serial/")],
         "api-snapshots": [
-            _vm_case("GET", API_TENANT_READ, "a-vm", "b-vm", "snapshots/", lists=True),
-            _vm_case(
+            object_case("GET", API_TENANT_READ, INSTANCE, "vm", "snapshots/", lists=True),
+            object_case(
                 "POST",
                 API_MEMBER_ACT,
-                "a-vm",
-                "b-vm",
+                INSTANCE,
+                "vm",
                 "snapshots/",
                 action="snapshot.create",
                 data=lambda w: {"name": "snap2"},
             ),
         ],
         "api-snapshot": [
-            _snap_case("GET", API_TENANT_READ),
-            _snap_case("DELETE", API_MEMBER_ACT, action="snapshot.delete"),
+            object_case("GET", API_TENANT_READ, SNAPSHOT, "snap", parent=_IN_VM),
+            object_case("DELETE", API_MEMBER_ACT, SNAPSHOT, "snap", parent=_IN_VM, action="snapshot.delete"),
         ],
-        "api-snapshot-revert": [_snap_case("POST", API_MEMBER_ACT, "revert/", action="snapshot.revert")],
+        "api-snapshot-revert": [
+            object_case(
+                "POST", API_MEMBER_ACT, SNAPSHOT, "snap", "revert/", parent=_IN_VM, action="snapshot.revert"
+            )
+        ],
         "api-operations": [
             Case("GET", _api_operations, API_TENANT_READ, b_path=_api_operations_b, lists=True)
         ],
-        "api-instance-placement": [_vm_case("GET", API_TENANT_READ, "a-vm", "b-vm", "placement/")],
-        "api-instance-logs": [_vm_case("GET", API_MEMBER_READ, "a-box", "b-box", "logs/")],
+        "api-instance-placement": [object_case("GET", API_TENANT_READ, INSTANCE, "vm", "placement/")],
+        "api-instance-logs": [object_case("GET", API_MEMBER_AGENT, INSTANCE, "box", "logs/")],
         # a-box is stopped: members get as far as the state check.
         "api-instance-exec": [
-            _vm_case(
-                "POST", API_MEMBER_CONFLICT, "a-box", "b-box", "exec/", data=lambda w: {"argv": ["true"]}
+            object_case(
+                "POST", API_MEMBER_CONFLICT, INSTANCE, "box", "exec/", data=lambda w: {"argv": ["true"]}
             )
         ],
-        "api-instance-metrics": [_vm_case("GET", API_TENANT_READ, "a-vm", "b-vm", "metrics/", lists=True)],
+        "api-instance-metrics": [object_case("GET", API_TENANT_READ, INSTANCE, "vm", "metrics/", lists=True)],
         "api-instance-groups": [
-            Case(
+            object_case(
                 "PUT",
-                vm_path("a-box", "security-groups/"),
                 API_MEMBER_OK,
-                b_path=vm_path("b-box", "security-groups/", "b"),
-                idor_path=vm_path("b-box", "security-groups/"),
+                INSTANCE,
+                "box",
+                "security-groups/",
                 data=lambda w: {"security_groups": ["a-sg", "a-spare"]},
                 action="instance.security_groups",
             )
@@ -474,12 +333,17 @@ ROUTES.update(
             ),
         ],
         "api-network": [
-            _net_case("GET", API_TENANT_READ, "net"),
-            _net_case(
-                "PATCH", API_MEMBER_OK, "net", data=lambda w: {"nat_egress": True}, action="network.update"
+            object_case("GET", API_TENANT_READ, NETWORK, "net"),
+            object_case(
+                "PATCH",
+                API_MEMBER_OK,
+                NETWORK,
+                "net",
+                data=lambda w: {"nat_egress": True},
+                action="network.update",
             ),
-            _net_case("DELETE", API_MEMBER_GONE, "spare", action="network.delete"),
-            _net_case("DELETE", API_MEMBER_CONFLICT, "net"),  # a-box is on it
+            object_case("DELETE", API_MEMBER_GONE, NETWORK, "spare", action="network.delete"),
+            object_case("DELETE", API_MEMBER_CONFLICT, NETWORK, "net"),  # a-box is on it
         ],
         "api-secgroups": [
             Case("GET", _api_groups, API_TENANT_READ, b_path=_api_groups_b, lists=True),
@@ -493,14 +357,15 @@ ROUTES.update(
             ),
         ],
         "api-secgroup": [
-            _group_case("GET", API_TENANT_READ, "sg"),
-            _group_case("DELETE", API_MEMBER_GONE, "spare", action="secgroup.delete"),
-            _group_case("DELETE", API_MEMBER_CONFLICT, "sg"),  # a-box uses it
+            object_case("GET", API_TENANT_READ, SECURITY_GROUP, "sg"),
+            object_case("DELETE", API_MEMBER_GONE, SECURITY_GROUP, "spare", action="secgroup.delete"),
+            object_case("DELETE", API_MEMBER_CONFLICT, SECURITY_GROUP, "sg"),  # a-box uses it
         ],
         "api-secgroup-rules": [
-            _group_case(
+            object_case(
                 "POST",
                 API_MEMBER_CREATE,
+                SECURITY_GROUP,
                 "sg",
                 "rules/",
                 data=lambda w: {"protocol": "tcp", "port_min": 80, "cidr": "0.0.0.0/0"},
@@ -508,18 +373,12 @@ ROUTES.update(
             )
         ],
         "api-secgroup-rule": [
-            Case(
+            object_case(
                 "DELETE",
-                lambda w: (
-                    f"/api/v1/tenants/{w.a.slug}/security-groups/{w.groups['a-sg'].pk}/rules/{w.rules['a-rule'].pk}/"
-                ),
                 API_MEMBER_GONE,
-                b_path=lambda w: (
-                    f"/api/v1/tenants/{w.b.slug}/security-groups/{w.groups['b-sg'].pk}/rules/{w.rules['b-rule'].pk}/"
-                ),
-                idor_path=lambda w: (
-                    f"/api/v1/tenants/{w.a.slug}/security-groups/{w.groups['a-sg'].pk}/rules/{w.rules['b-rule'].pk}/"
-                ),
+                SECURITY_RULE,
+                "rule",
+                parent=(SECURITY_GROUP, "sg"),
                 action="secgroup.rule_delete",
             )
         ],
@@ -535,25 +394,16 @@ ROUTES.update(
             ),
         ],
         "api-servergroup": [
-            _sgroup_case("GET", API_TENANT_READ, "grp"),
-            _sgroup_case("DELETE", API_MEMBER_GONE, "lone", action="servergroup.delete"),
-            _sgroup_case("DELETE", API_MEMBER_CONFLICT, "grp"),  # a-vm is in it
+            object_case("GET", API_TENANT_READ, SERVER_GROUP, "grp"),
+            object_case("DELETE", API_MEMBER_GONE, SERVER_GROUP, "lone", action="servergroup.delete"),
+            object_case("DELETE", API_MEMBER_CONFLICT, SERVER_GROUP, "grp"),  # a-vm is in it
         ],
         "api-queue": [Case("GET", _api_queue, API_TENANT_READ, b_path=_api_queue_b, lists=True)],
-        "api-operation": [
-            Case(
-                "GET", _op("a-vm", "a"), API_TENANT_READ, b_path=_op("b-vm", "b"), idor_path=_op("b-vm", "a")
-            )
-        ],
+        "api-operation": [object_case("GET", API_TENANT_READ, OPERATION, "vm")],
     }
 )
 
-# UI pages kept in modules of their own (they import Case and the helpers above).
-from tests.isolation.routes_admin_api import ROUTES as _ADMIN_API  # noqa: E402
-from tests.isolation.routes_instances_ui import ROUTES as _INSTANCES_UI  # noqa: E402
-from tests.isolation.routes_networks_ui import ROUTES as _NETWORKS_UI  # noqa: E402
-from tests.isolation.routes_staff import ROUTES as _STAFF  # noqa: E402
-
+# Route tables kept in modules of their own.
 for _extra in (_ADMIN_API, _INSTANCES_UI, _NETWORKS_UI, _STAFF):
     if set(_extra) & set(ROUTES):
         raise ValueError(f"routes listed twice: {sorted(set(_extra) & set(ROUTES))}")

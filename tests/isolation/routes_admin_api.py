@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from tests.isolation.routes import Case, const, exp
+from tests.isolation.cases import Case, const, exp, tenant_path
 from tests.isolation.world import World
 
 STAFF_READ = exp(401, 403, 403, 403, 403, 200, 200)
@@ -15,15 +15,11 @@ def _host(w: World) -> str:
     return f"/api/v1/admin/hosts/{w.vms['a-vm'].host_id}/maintenance/"
 
 
+_snapshots, _snapshots_b = tenant_path("snapshots/")
+
 ROUTES: dict[str, list[Case]] = {
     "api-tenant-snapshots": [
-        Case(
-            "GET",
-            lambda w: f"/api/v1/tenants/{w.a.slug}/snapshots/",
-            exp(401, 200, 200, 200, 404, 404, 404),
-            b_path=lambda w: f"/api/v1/tenants/{w.b.slug}/snapshots/",
-            lists=True,
-        )
+        Case("GET", _snapshots, exp(401, 200, 200, 200, 404, 404, 404), b_path=_snapshots_b, lists=True)
     ],
     "api-admin-hosts": [Case("GET", const("/api/v1/admin/hosts/"), STAFF_READ)],
     "api-admin-host-maintenance": [

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from tests.isolation.routes import UI_TENANT_READ, Case, Path, exp, tenant_path
-from tests.isolation.world import World
+from tests.isolation.cases import INSTANCE, UI_TENANT_READ, Case, exp, object_case, tenant_path
 
 UI_MEMBER_PAGE = exp(302, 403, 200, 200, 404, 404, 404)
 UI_MEMBER_POST = exp(302, 403, 302, 302, 404, 404, 404)
@@ -13,29 +10,6 @@ UI_VIEWER_PAGE = exp(302, 200, 200, 200, 404, 404, 404)
 
 _list, _list_b = tenant_path("instances/", api=False)
 _new, _new_b = tenant_path("instances/new/", api=False)
-
-
-def _page(vm: str, suffix: str, tenant: str = "a", of: str | None = None) -> Path:
-    def build(w: World) -> str:
-        slug = (w.a if tenant == "a" else w.b).slug
-        return f"/t/{slug}/instances/{w.vms[of or vm].uuid}/{suffix}"
-
-    return build
-
-
-def _case(
-    method: str, expect: dict[str, int | str], a_vm: str, b_vm: str, suffix: str = "", **kw: Any
-) -> Case:
-    """The case on A's instance, with B's under B's URL and under A's URL (a guessed id)."""
-    return Case(
-        method,
-        _page(a_vm, suffix),
-        expect,
-        b_path=_page(b_vm, suffix, "b"),
-        idor_path=_page(b_vm, suffix),
-        json=False,
-        **kw,
-    )
 
 
 ROUTES: dict[str, list[Case]] = {
@@ -59,51 +33,55 @@ ROUTES: dict[str, list[Case]] = {
             action="instance.create",
         ),
     ],
-    "ui-instance": [_case("GET", UI_VIEWER_PAGE, "a-vm", "b-vm")],
-    "ui-instance-row": [_case("GET", UI_VIEWER_PAGE, "a-vm", "b-vm", "row/")],
+    "ui-instance": [object_case("GET", UI_VIEWER_PAGE, INSTANCE, "vm", api=False)],
+    "ui-instance-row": [object_case("GET", UI_VIEWER_PAGE, INSTANCE, "vm", "row/", api=False)],
     "ui-instance-action": [
-        _case(
+        object_case(
             "POST",
             UI_MEMBER_POST,
-            "a-vm",
-            "b-vm",
+            INSTANCE,
+            "vm",
             "action/",
             data=lambda w: {"action": "stop"},
             action="instance.stop",
+            api=False,
         )
     ],
     "ui-instance-resize": [
-        _case(
+        object_case(
             "POST",
             UI_MEMBER_POST,
-            "a-vm",
-            "b-vm",
+            INSTANCE,
+            "vm",
             "resize/",
             data=lambda w: {"memory_mib": "100"},
             action="instance.memory",
+            api=False,
         )
     ],
     "ui-instance-snapshot": [
-        _case(
+        object_case(
             "POST",
             UI_MEMBER_POST,
-            "a-vm",
-            "b-vm",
+            INSTANCE,
+            "vm",
             "snapshot/",
             data=lambda w: {"name": "snap2"},
             action="snapshot.create",
+            api=False,
         )
     ],
     "ui-instance-delete": [
-        _case("GET", UI_MEMBER_PAGE, "a-vm", "b-vm", "delete/"),
-        _case(
+        object_case("GET", UI_MEMBER_PAGE, INSTANCE, "vm", "delete/", api=False),
+        object_case(
             "POST",
             UI_MEMBER_POST,
-            "a-vm",
-            "b-vm",
+            INSTANCE,
+            "vm",
             "delete/",
             data=lambda w: {"confirm": "a-vm"},
             action="instance.delete",
+            api=False,
         ),
     ],
 }

@@ -5,7 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tests.isolation.routes import UI_TENANT_READ, Case, Path, exp, tenant_path
+from tests.isolation.cases import (
+    NETWORK,
+    SECURITY_GROUP,
+    SECURITY_RULE,
+    SERVER_GROUP,
+    SNAPSHOT,
+    UI_TENANT_READ,
+    Case,
+    exp,
+    object_case,
+    tenant_path,
+)
 from tests.isolation.world import World
 
 # A member's POST: redirected after success; viewers 403; everyone outside A 404.
@@ -19,64 +30,9 @@ def ui_member_fails(status: int) -> dict[str, int | str]:
     return exp(302, 403, status, status, 404, 404, 404)
 
 
-def _object_case(
-    method: str,
-    expect: dict[str, int | str],
-    section: str,
-    ref: Callable[[World, str], Any],
-    which: str,
-    suffix: str = "",
-    **kw: Any,
-) -> Case:
-    """The case on A's object ``a-<which>``, with B's under B's URL and B's guessed under A's URL."""
-
-    def build(tenant: str, name: str) -> Path:
-        def path(w: World) -> str:
-            slug = (w.a if tenant == "a" else w.b).slug
-            return f"/t/{slug}/{section}/{ref(w, name)}/{suffix}"
-
-        return path
-
-    return Case(
-        method,
-        build("a", f"a-{which}"),
-        expect,
-        b_path=build("b", f"b-{which}"),
-        idor_path=build("a", f"b-{which}"),
-        json=False,
-        **kw,
-    )
-
-
-def _net(method: str, expect: dict[str, int | str], which: str, suffix: str, **kw: Any) -> Case:
-    return _object_case(method, expect, "networks", lambda w, n: w.nets[n].uuid, which, suffix, **kw)
-
-
-def _group(method: str, expect: dict[str, int | str], which: str, suffix: str = "", **kw: Any) -> Case:
-    return _object_case(method, expect, "security-groups", lambda w, n: w.groups[n].pk, which, suffix, **kw)
-
-
-def _sgroup(method: str, expect: dict[str, int | str], which: str, suffix: str, **kw: Any) -> Case:
-    return _object_case(
-        method, expect, "server-groups", lambda w, n: w.server_groups[n].pk, which, suffix, **kw
-    )
-
-
-def _snap(method: str, expect: dict[str, int | str], suffix: str, **kw: Any) -> Case:
-    return _object_case(method, expect, "snapshots", lambda w, n: w.snaps[n].pk, "snap", suffix, **kw)
-
-
 def _confirm(name: str) -> Callable[[World], dict[str, Any]]:
     """The body of a delete's confirmation: the name typed."""
     return lambda w: {"confirm": name}
-
-
-def _rule_path(tenant: str, group: str, rule: str) -> Path:
-    def path(w: World) -> str:
-        slug = (w.a if tenant == "a" else w.b).slug
-        return f"/t/{slug}/security-groups/{w.groups[group].pk}/rules/{w.rules[rule].pk}/delete/"
-
-    return path
 
 
 _networks, _networks_b = tenant_path("networks/", api=False)
@@ -107,20 +63,35 @@ ROUTES: dict[str, list[Case]] = {
         ),
     ],
     "ui-network-nat": [
-        _net(
+        object_case(
             "POST",
             UI_MEMBER_POST,
+            NETWORK,
             "net",
             "nat/",
             data=lambda w: {"nat_egress": "on"},
             action="network.update",
+            api=False,
         )
     ],
     "ui-network-delete": [
-        _net("GET", UI_MEMBER_PAGE, "spare", "delete/"),
-        _net("POST", ui_member_fails(400), "spare", "delete/"),  # the name not typed
-        _net("POST", UI_MEMBER_POST, "spare", "delete/", data=_confirm("a-spare"), action="network.delete"),
-        _net("POST", ui_member_fails(409), "net", "delete/", data=_confirm("a-net")),  # a-box is on it
+        object_case("GET", UI_MEMBER_PAGE, NETWORK, "spare", "delete/", api=False),
+        object_case(
+            "POST", ui_member_fails(400), NETWORK, "spare", "delete/", api=False
+        ),  # the name not typed
+        object_case(
+            "POST",
+            UI_MEMBER_POST,
+            NETWORK,
+            "spare",
+            "delete/",
+            data=_confirm("a-spare"),
+            action="network.delete",
+            api=False,
+        ),
+        object_case(
+            "POST", ui_member_fails(409), NETWORK, "net", "delete/", data=_confirm("a-net"), api=False
+        ),  # a-box is on it
     ],
     "ui-secgroups": [
         Case("GET", _groups, UI_TENANT_READ, b_path=_groups_b, lists=True),
@@ -134,40 +105,56 @@ ROUTES: dict[str, list[Case]] = {
             action="secgroup.create",
         ),
     ],
-    "ui-secgroup": [_group("GET", UI_TENANT_READ, "sg", lists=True)],
+    "ui-secgroup": [object_case("GET", UI_TENANT_READ, SECURITY_GROUP, "sg", lists=True, api=False)],
     "ui-secgroup-delete": [
-        _group("GET", UI_MEMBER_PAGE, "spare", "delete/"),
-        _group("POST", ui_member_fails(400), "spare", "delete/"),  # the name not typed
-        _group(
-            "POST", UI_MEMBER_POST, "spare", "delete/", data=_confirm("a-spare"), action="secgroup.delete"
-        ),
-        _group("POST", ui_member_fails(409), "sg", "delete/", data=_confirm("a-sg")),  # a-box uses it
-    ],
-    "ui-secgroup-rule-add": [
-        _group(
+        object_case("GET", UI_MEMBER_PAGE, SECURITY_GROUP, "spare", "delete/", api=False),
+        object_case(
+            "POST", ui_member_fails(400), SECURITY_GROUP, "spare", "delete/", api=False
+        ),  # the name not typed
+        object_case(
             "POST",
             UI_MEMBER_POST,
+            SECURITY_GROUP,
+            "spare",
+            "delete/",
+            data=_confirm("a-spare"),
+            action="secgroup.delete",
+            api=False,
+        ),
+        object_case(
+            "POST", ui_member_fails(409), SECURITY_GROUP, "sg", "delete/", data=_confirm("a-sg"), api=False
+        ),  # a-box uses it
+    ],
+    "ui-secgroup-rule-add": [
+        object_case(
+            "POST",
+            UI_MEMBER_POST,
+            SECURITY_GROUP,
             "sg",
             "rules/",
             data=lambda w: {"protocol": "tcp", "port_min": "80", "port_max": "", "cidr": "0.0.0.0/0"},
             action="secgroup.rule_create",
+            api=False,
         ),
-        _group(
+        object_case(
             "POST",
             ui_member_fails(400),
+            SECURITY_GROUP,
             "sg",
             "rules/",
             data=lambda w: {"protocol": "tcp", "port_min": "80", "cidr": "10.0.0.1/8"},
+            api=False,
         ),
     ],
     "ui-secgroup-rule-delete": [
-        Case(
+        object_case(
             "POST",
-            _rule_path("a", "a-sg", "a-rule"),
             UI_MEMBER_POST,
-            b_path=_rule_path("b", "b-sg", "b-rule"),
-            idor_path=_rule_path("a", "a-sg", "b-rule"),
-            json=False,
+            SECURITY_RULE,
+            "rule",
+            "delete/",
+            parent=(SECURITY_GROUP, "sg"),
+            api=False,
             action="secgroup.rule_delete",
         )
     ],
@@ -184,14 +171,29 @@ ROUTES: dict[str, list[Case]] = {
         ),
     ],
     "ui-servergroup-delete": [
-        _sgroup("GET", UI_MEMBER_PAGE, "lone", "delete/"),
-        _sgroup("POST", ui_member_fails(400), "lone", "delete/"),  # the name not typed
-        _sgroup(
-            "POST", UI_MEMBER_POST, "lone", "delete/", data=_confirm("a-lone"), action="servergroup.delete"
+        object_case("GET", UI_MEMBER_PAGE, SERVER_GROUP, "lone", "delete/", api=False),
+        object_case(
+            "POST", ui_member_fails(400), SERVER_GROUP, "lone", "delete/", api=False
+        ),  # the name not typed
+        object_case(
+            "POST",
+            UI_MEMBER_POST,
+            SERVER_GROUP,
+            "lone",
+            "delete/",
+            data=_confirm("a-lone"),
+            action="servergroup.delete",
+            api=False,
         ),
-        _sgroup("POST", ui_member_fails(409), "grp", "delete/", data=_confirm("a-grp")),  # a-vm is in it
+        object_case(
+            "POST", ui_member_fails(409), SERVER_GROUP, "grp", "delete/", data=_confirm("a-grp"), api=False
+        ),  # a-vm is in it
     ],
     "ui-snapshots": [Case("GET", _snaps, UI_TENANT_READ, b_path=_snaps_b, lists=True)],
-    "ui-snapshot-revert": [_snap("POST", UI_MEMBER_POST, "revert/", action="snapshot.revert")],
-    "ui-snapshot-delete": [_snap("POST", UI_MEMBER_POST, "delete/", action="snapshot.delete")],
+    "ui-snapshot-revert": [
+        object_case("POST", UI_MEMBER_POST, SNAPSHOT, "snap", "revert/", action="snapshot.revert", api=False)
+    ],
+    "ui-snapshot-delete": [
+        object_case("POST", UI_MEMBER_POST, SNAPSHOT, "snap", "delete/", action="snapshot.delete", api=False)
+    ],
 }

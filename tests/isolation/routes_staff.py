@@ -8,7 +8,7 @@ permissions only) lacks.
 from __future__ import annotations
 
 from compute.models import Host
-from tests.isolation.routes import Case, const, exp
+from tests.isolation.cases import Case, const, exp
 from tests.isolation.world import World
 
 STAFF_PAGE = exp(302, 403, 403, 403, 403, 200, 200)

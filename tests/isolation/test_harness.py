@@ -19,7 +19,8 @@ from rest_framework.test import APIClient
 
 from portal.routing import websocket_urlpatterns
 from security.models import AuditRecord
-from tests.isolation.routes import ADMIN_MODELS, WEBSOCKETS, Case, all_http_cases
+from tests.isolation.cases import Case
+from tests.isolation.routes import ADMIN_MODELS, WEBSOCKETS, all_http_cases
 from tests.isolation.world import A_PERSONAS, B_MARKERS, PERSONAS, World, build_world
 
 CASES = all_http_cases()

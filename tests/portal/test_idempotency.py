@@ -17,7 +17,7 @@ from django.utils import timezone
 from pytest_django import Settings as SettingsWrapper
 from rest_framework.test import APIClient
 
-from compute import api as compute_api
+from compute.api.views import instances as instance_views
 from compute.models import CpuMode, Flavor, Host, Image, ImageKind, Instance, Operation
 from core.redis import redis_client
 from security.audit import Actor
@@ -73,8 +73,9 @@ def url(tenant: Tenant) -> str:
 
 
 def client_for(user: User, **kwargs: Any) -> APIClient:
+    """A client signed in as ``user`` with a real session, as a browser or a script with a cookie."""
     client = APIClient(**kwargs)
-    client.force_authenticate(user)
+    client.force_login(user)
     return client
 
 
@@ -188,15 +189,15 @@ def test_a_server_error_is_not_kept_and_a_client_error_is(
 ) -> None:
     tenant, member = world["tenant"], world["member"]
     client = client_for(member, raise_request_exception=False)
-    real = compute_api.svc.instance_create
+    real = instance_views.instance_service.instance_create
 
     def broken(**kwargs: Any) -> Operation:
         raise RuntimeError("the database went away")
 
-    monkeypatch.setattr(compute_api.svc, "instance_create", broken)
+    monkeypatch.setattr(instance_views.instance_service, "instance_create", broken)
     failed = client.post(url(tenant), body(), format="json", headers=key_header("flaky"))
     assert failed.status_code == 500
-    monkeypatch.setattr(compute_api.svc, "instance_create", real)
+    monkeypatch.setattr(instance_views.instance_service, "instance_create", real)
     retried = client.post(url(tenant), body(), format="json", headers=key_header("flaky"))
     assert retried.status_code == 202
     assert "Idempotent-Replayed" not in retried
@@ -218,7 +219,7 @@ def test_a_duplicate_waiting_too_long_gets_409(
 ) -> None:
     tenant, member = world["tenant"], world["member"]
     settings.NUBIS_IDEMPOTENCY_WAIT = 0.3
-    real = compute_api.svc.instance_create
+    real = instance_views.instance_service.instance_create
     started = threading.Event()
 
     def slow(**kwargs: Any) -> Operation:
@@ -226,7 +227,7 @@ def test_a_duplicate_waiting_too_long_gets_409(
         time.sleep(1.5)
         return real(**kwargs)
 
-    monkeypatch.setattr(compute_api.svc, "instance_create", slow)
+    monkeypatch.setattr(instance_views.instance_service, "instance_create", slow)
     first: list[Any] = []
 
     def post_first() -> None:

@@ -25,7 +25,8 @@ from django.urls import resolve
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from compute import api, api_admin, api_groups, api_networks
+from compute.api.views import admin as api_admin
+from compute.api.views import catalog, groups, instances, networks, operations, snapshots
 from compute.models import (
     CpuMode,
     Flavor,
@@ -53,7 +54,7 @@ from core.pagination import MAX_PAGE_SIZE, PAGE_SIZE, ListSpec
 from scheduler.models import QueueEntry, QueueState
 from security.audit import Actor, audit_log
 from security.models import AuditRecord, Outcome
-from tenants import api as tenant_api
+from tenants.api import views as tenant_api
 from tenants.models import ApiToken, Membership, Role, Tenant
 from tests.factories import add_member, make_tenant, make_user
 
@@ -391,7 +392,7 @@ CASES: dict[str, ListCase] = {
         key="seq",
     ),
     "api-flavors": ListCase(
-        api.FLAVORS,
+        catalog.FLAVORS,
         _t("flavors/"),
         lambda w: flavors_for(w.tenant),
         make_flavors,
@@ -401,14 +402,14 @@ CASES: dict[str, ListCase] = {
         ],
     ),
     "api-images": ListCase(
-        api.IMAGES,
+        catalog.IMAGES,
         _t("images/"),
         lambda w: images_for(w.tenant),
         make_images,
         lambda w: [("kind=disk,rootfs", Q(kind__in=["disk", "rootfs"])), ("os_name=os1", Q(os_name="os1"))],
     ),
     "api-instances": ListCase(
-        api.INSTANCES,
+        instances.INSTANCES,
         _t("instances/"),
         _live,
         make_some_instances,
@@ -422,7 +423,7 @@ CASES: dict[str, ListCase] = {
         ident="uuid",
     ),
     "api-operations": ListCase(
-        api.OPERATIONS,
+        operations.OPERATIONS,
         _t("operations/"),
         lambda w: Operation.objects.for_tenant(w.tenant),
         make_operations,
@@ -434,7 +435,7 @@ CASES: dict[str, ListCase] = {
         ident="uuid",
     ),
     "api-networks": ListCase(
-        api_networks.NETWORKS,
+        networks.NETWORKS,
         _t("networks/"),
         lambda w: networks_for(w.tenant),
         make_networks,
@@ -442,35 +443,35 @@ CASES: dict[str, ListCase] = {
         ident="uuid",
     ),
     "api-secgroups": ListCase(
-        api_networks.SECURITY_GROUPS,
+        networks.SECURITY_GROUPS,
         _t("security-groups/"),
         lambda w: SecurityGroup.objects.for_tenant(w.tenant),
         make_secgroups,
         lambda w: [("name=sg1", Q(name="sg1"))],
     ),
     "api-servergroups": ListCase(
-        api_groups.SERVER_GROUPS,
+        groups.SERVER_GROUPS,
         _t("server-groups/"),
         lambda w: ServerGroup.objects.for_tenant(w.tenant),
         make_servergroups,
         lambda w: [("policy=affinity", Q(policy="affinity"))],
     ),
     "api-snapshots": ListCase(
-        api.SNAPSHOTS,
+        snapshots.SNAPSHOTS,
         lambda w: f"/api/v1/tenants/{w.tenant.slug}/instances/{w.instance.uuid}/snapshots/",
         lambda w: Snapshot.objects.for_tenant(w.tenant).filter(instance=w.instance),
         make_snapshots,
         lambda w: [],
     ),
     "api-tenant-snapshots": ListCase(
-        api.TENANT_SNAPSHOTS,
+        snapshots.TENANT_SNAPSHOTS,
         _t("snapshots/"),
         lambda w: Snapshot.objects.for_tenant(w.tenant).exclude(instance__state=InstanceState.DELETED),
         make_snapshots,
         lambda w: [(f"instance={w.instance.uuid}", Q(instance=w.instance))],
     ),
     "api-queue": ListCase(
-        api_groups.QUEUE,
+        groups.QUEUE,
         _t("queue/"),
         lambda w: _live(w).filter(queue_entry__state=QueueState.WAITING),
         make_queued,
@@ -492,7 +493,7 @@ CASES.update(
             staff=True,
         ),
         "api-admin-queue": ListCase(
-            api_admin.QUEUE,
+            api_admin.ADMIN_QUEUE,
             lambda w: "/api/v1/admin/queue/",
             lambda w: QueueEntry.objects.unscoped().filter(state=QueueState.WAITING),
             make_queued,

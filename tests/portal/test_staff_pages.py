@@ -30,8 +30,8 @@ from scheduler.hosts import host_rows
 from scheduler.models import Aggregate
 from security.audit import Actor
 from security.models import AuditRecord
-from tenants.api import quota_report
 from tenants.models import PriorityClass, Quota, Role
+from tenants.selectors import quota_report
 from tenants.services.quotas import quota_claim
 from tenants.services.tokens import token_create
 from tests.factories import add_member, make_tenant, make_user

@@ -20,8 +20,9 @@ from compute.models import (
     OperationState,
     UsageSample,
 )
+from compute.services.admission import admission_run
 from compute.services.instances import instance_delete, instance_deleted
-from scheduler.admission import admission_run, queue_status
+from scheduler.admission import queue_status
 from scheduler.models import PlacementDecision, QueueEntry, QueueState
 from scheduler.queueing import QueuePolicy, Waiting, admission_pass, order
 from tenants.models import PriorityClass, QuotaClaim, Role

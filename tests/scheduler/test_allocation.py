@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from compute.metrics import Counters, settle_balloon
+from compute.drivers.base import Counters
 from compute.models import (
     Allocation,
     CpuMode,
@@ -30,14 +30,9 @@ from compute.models import (
     SampleResolution,
     UsageSample,
 )
-from scheduler.allocation import (
-    DEFAULT_POLICY,
-    Demand,
-    Policy,
-    allocation_adjust_all,
-    allocation_adjust_host,
-    plan,
-)
+from compute.services.allocation import allocation_adjust_all, allocation_adjust_host
+from compute.services.metrics import settle_balloon
+from scheduler.allocation import DEFAULT_POLICY, Demand, Policy, plan
 from security.models import AuditRecord
 from tenants.models import Tenant
 from tests.factories import make_tenant

@@ -95,15 +95,16 @@ def test_the_cached_table_follows_every_kind_of_change_and_rereads_only_what_mov
 
 @pytest.mark.django_db
 def test_placement_uses_the_cached_table_and_sees_claims_at_once() -> None:
+    from compute.services.placement import instance_place
     from scheduler.hosts import HOSTS
-    from scheduler.services import NoValidHost, place
+    from scheduler.services import NoValidHost
 
     HOSTS.clear()
     tenant = make_tenant("cached-place")
     host = make_host("only", cpus=2, cpu_ratio=1.0)
     before = dict(HOSTS.reloads)
-    assert place(make_instance(tenant, "a")) == host
-    assert place(make_instance(tenant, "b")) == host
+    assert instance_place(make_instance(tenant, "a")) == host
+    assert instance_place(make_instance(tenant, "b")) == host
     with pytest.raises(NoValidHost, match="filter 'capacity'"):
-        place(make_instance(tenant, "c"))
+        instance_place(make_instance(tenant, "c"))
     assert HOSTS.reloads["full"] - before["full"] == 1  # built once, then kept up to date

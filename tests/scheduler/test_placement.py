@@ -12,8 +12,9 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from compute.models import CpuMode, Flavor, Host, Image, ImageKind, Instance, InstanceState
+from compute.services.placement import instance_place
 from scheduler.models import Aggregate, PlacementDecision
-from scheduler.services import NoValidHost, place
+from scheduler.services import NoValidHost
 from tenants.models import Role, Tenant
 from tests.factories import add_member, make_tenant
 
@@ -60,7 +61,7 @@ def test_placement_is_recorded_and_explained_through_the_api() -> None:
     big = make_host("big", ram_mib=16384)
     make_host("off", state="disabled")
     instance = make_instance(tenant, "web")
-    assert place(instance) == big  # spread: most free RAM
+    assert instance_place(instance) == big  # spread: most free RAM
     record = PlacementDecision.objects.for_tenant(tenant).get(instance=instance).record
     assert record["host"] == "big"
     assert [(f["name"], f["in"], f["out"]) for f in record["filters"]][:1] == [("state", 3, 2)]
@@ -83,15 +84,15 @@ def test_overcommit_of_the_host_then_its_aggregate_then_the_default() -> None:
     aggregate = Aggregate.objects.create(name="strict", cpu_ratio=1.0)
     aggregate.hosts.add(host)  # 2 vCPUs now
     for n in range(2):
-        assert place(make_instance(tenant, f"i{n}")) == host
+        assert instance_place(make_instance(tenant, f"i{n}")) == host
     third = make_instance(tenant, "i2")
     with pytest.raises(NoValidHost) as refused:
-        place(third)
+        instance_place(third)
     assert "filter 'capacity' removed the last 1 candidate(s)" in str(refused.value)
     assert "nearest miss: h1: 1 vCPUs short" in str(refused.value)
     assert PlacementDecision.objects.for_tenant(tenant).get(instance=third).record["nearest_miss"]
     Host.objects.filter(pk=host.pk).update(cpu_ratio=2.0)  # the host's own ratio wins
-    assert place(third) == host
+    assert instance_place(third) == host
 
 
 @pytest.mark.django_db
@@ -100,11 +101,11 @@ def test_hosts_dedicated_to_a_tenant_take_only_its_instances() -> None:
     private = make_host("private", ram_mib=65536)
     shared = make_host("shared", ram_mib=4096)
     Aggregate.objects.create(name="owner-only", tenant=mine).hosts.add(private)
-    assert place(make_instance(mine, "a")) == private
-    assert place(make_instance(other, "b")) == shared
+    assert instance_place(make_instance(mine, "a")) == private
+    assert instance_place(make_instance(other, "b")) == shared
     Host.objects.filter(pk=shared.pk).update(state="maintenance")
     with pytest.raises(NoValidHost, match="filter 'aggregate' removed the last 1 candidate"):
-        place(make_instance(other, "c"))
+        instance_place(make_instance(other, "c"))
 
 
 @pytest.mark.django_db
@@ -157,7 +158,7 @@ def test_one_hundred_concurrent_placements_never_overfill_a_host() -> None:
             for instance in mine:
                 try:
                     with transaction.atomic():
-                        host = place(instance, ours)
+                        host = instance_place(instance, ours)
                     with lock:
                         placed.append(host.pk)
                 except NoValidHost as exc:

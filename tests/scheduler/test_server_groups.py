@@ -11,8 +11,9 @@ from rest_framework.test import APIClient
 
 from compute.models import Host, Instance, InstanceState, ServerGroup
 from compute.services.instances import instance_create
+from compute.services.placement import instance_place
 from scheduler.models import PlacementDecision
-from scheduler.services import NoValidHost, place
+from scheduler.services import NoValidHost
 from security.audit import Actor
 from tenants.models import Role, Tenant
 from tests.factories import add_member, make_tenant
@@ -137,7 +138,7 @@ def test_concurrent_members_of_an_anti_affinity_group_never_share_a_host() -> No
             barrier.wait()
             try:
                 with transaction.atomic():
-                    host = place(instance, ours)
+                    host = instance_place(instance, ours)
                 with lock:
                     placed.append(host.pk)
             except NoValidHost as exc:

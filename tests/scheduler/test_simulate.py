@@ -29,9 +29,10 @@ from compute.models import (
     ServerGroup,
 )
 from compute.services.hosts import simulated_hosts_register
+from compute.services.placement import instance_place
 from scheduler.engine import PACK, SPREAD, Engine, HostRow, HostTable
 from scheduler.queueing import QueuePolicy
-from scheduler.services import NoValidHost, place
+from scheduler.services import NoValidHost
 from scheduler.simulate import (
     BEHIND_THE_QUEUE,
     HELD_FOR_OVERDUE,
@@ -475,11 +476,11 @@ def test_simulated_hosts_are_never_chosen_for_a_real_instance(tmp_path: Path) ->
     )
     real = make_host("small-real", cpus=2, ram_mib=2048)
     tenant = make_tenant("sim-place")
-    assert place(make_instance(tenant, "one", None, state=InstanceState.REQUESTED)) == real
+    assert instance_place(make_instance(tenant, "one", None, state=InstanceState.REQUESTED)) == real
     real.state = HostState.DISABLED
     real.save()
     with pytest.raises(NoValidHost):
-        place(make_instance(tenant, "two", None, state=InstanceState.REQUESTED))
+        instance_place(make_instance(tenant, "two", None, state=InstanceState.REQUESTED))
     assert not Instance.objects.for_tenant(tenant).filter(host__simulated=True).exists()
 
 

@@ -5,24 +5,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
+from compute.agent_rpc import withdraw
 from compute.agent_threads import start_threads
 from compute.drivers.base import DriverError
+from compute.drivers.network import PlumbingError
 from compute.models import Host, Image
-from compute.network.plumbing import PlumbingError
 from compute.services.agent import guest_spec_for_probe, resume_interrupted
-from compute.services.hosts import host_heartbeat, host_register, local_routes
-from compute.services.ports import host_networks_sync
+from compute.services.hosts import host_heartbeat, host_register
+from compute.services.ports import host_networks_sync, local_routes
+from compute.services.preflight import require_agent
 from compute.services.reconcile import reconcile_host
 from compute.tasks import local_driver
-from portal import preflight
-from portal.celery import app, host_queue
+from core.queues import host_queue
 
 logger = logging.getLogger("nubis.agent")
 
@@ -43,7 +45,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        preflight.require(["database", "redis", "libvirt"])
+        require_agent()
         name = options["name"]
         driver = local_driver()
         known = Host.objects.filter(name=name).first()
@@ -68,7 +70,7 @@ class Command(BaseCommand):
                 kvm_probe_detail=known.kvm_probe_detail,
                 paging=known.paging,
             )
-        host = host_register(name=name, uri=settings.LIBVIRT_URI, facts=facts)
+        host = host_register(name=name, uri=settings.LIBVIRT_URI, facts=asdict(facts))
         host_heartbeat(name, routes=local_routes())  # the subnet allocator avoids them from now on
         self.stdout.write(
             f"agent {name}: {host.cpus} CPUs, {host.ram_mib} MiB, KVM usable: {host.kvm_usable} "
@@ -88,7 +90,8 @@ class Command(BaseCommand):
         stop = threading.Event()
         start_threads(name, facts, stop)
         try:
-            app.worker_main(
+            # The project's Celery app (portal.celery, made current when Django loaded the project).
+            current_app.worker_main(
                 argv=[
                     "worker",
                     "-Q",
@@ -107,3 +110,4 @@ class Command(BaseCommand):
             )
         finally:
             stop.set()
+            withdraw(name)  # callers fail at once instead of waiting for an answer

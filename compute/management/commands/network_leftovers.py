@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from compute.network.plumbing import PlumbingError
+from compute.drivers.network import PlumbingError
 from compute.services.network_leftovers import leftovers, leftovers_purge
 from compute.services.ports import chain_owner
 

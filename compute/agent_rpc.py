@@ -1,0 +1,212 @@
+"""The agent's side of compute.services.host_rpc: answer the portal's quick calls for this host.
+
+One thread takes requests off ``rpc.<host>`` (BLPOP, a second at a time, renewing the agent's
+presence mark between takes) and answers reads at once: a console or log read is a file read of
+milliseconds. An exec may run for up to a minute, so execs go to a small pool of their own and
+never hold up the reads. Nothing here touches the database; the Celery queue of the host, with
+its long operations, is another thread's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+import redis
+from django.conf import settings
+
+from compute.drivers.base import ContainerDriver, DriverError, LogChunk, VmDriver
+from compute.models import InstanceKind
+from compute.services.containers import container_driver
+from compute.services.host_rpc import (
+    CONSOLE_READ,
+    CONTAINER_EXEC,
+    CONTAINER_LOGS,
+    PRESENCE_TTL,
+    REPLY_TTL,
+    RpcRequest,
+    error_reply,
+    ok_reply,
+    presence_key,
+)
+from compute.tasks import local_driver
+from core.queues import rpc_queue
+from core.redis import redis_client
+
+logger = logging.getLogger("nubis.agent")
+
+MAX_READ = 1 << 20  # bytes of console or log in one answer
+EXEC_WORKERS = 4
+TAKE_SECONDS = 1  # each BLPOP; the presence mark is renewed between them
+
+
+def whole_utf8(data: bytes) -> tuple[int, int]:
+    """Where the whole UTF-8 characters of ``data`` start and end: a read cut at a byte offset may
+    begin inside one character and end inside another. What is cut off at the end is sent with the
+    next read; bytes that are not UTF-8 at all are sent as they are (and replaced when decoded)."""
+    head = 0
+    while head < min(3, len(data)) and data[head] & 0xC0 == 0x80:
+        head += 1
+    end = len(data)
+    for back in range(1, min(4, len(data) - head) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:
+            continue  # a continuation byte: look further back for its lead
+        need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 1
+        if need > back:
+            end = len(data) - back
+        break
+    return head, end
+
+
+def console_answer(chunk: LogChunk) -> dict[str, Any]:
+    head, end = whole_utf8(chunk.data)
+    return {
+        "text": chunk.data[head:end].decode(errors="replace"),
+        "start": chunk.start + head,
+        "end": chunk.start + end,
+        "size": chunk.size,
+    }
+
+
+class RpcServer:
+    """Answers the calls of one host's request list with this host's drivers."""
+
+    def __init__(
+        self,
+        host: str,
+        vms: VmDriver,
+        containers: ContainerDriver,
+        prefix: str,
+        client: redis.Redis | None = None,
+        exec_workers: int = EXEC_WORKERS,
+    ) -> None:
+        self.host = host
+        self.vms = vms
+        self.containers = containers
+        self.prefix = prefix
+        self.client = client or redis_client()
+        self.exec_workers = exec_workers
+        self.calls: dict[str, Callable[[dict[str, Any], RpcRequest], dict[str, Any]]] = {
+            CONSOLE_READ: self.console_read,
+            CONTAINER_LOGS: self.container_logs,
+            CONTAINER_EXEC: self.container_exec,
+        }
+
+    # -- the calls -------------------------------------------------------------------------------
+    def _name(self, args: dict[str, Any]) -> str:
+        """The guest's name on this host, from the instance's uuid (never a name from the request)."""
+        return f"{self.prefix}{uuidlib.UUID(str(args['uuid']))}"
+
+    @staticmethod
+    def _size(args: dict[str, Any]) -> int:
+        size = int(args["max_bytes"])
+        if not 0 < size <= MAX_READ:
+            raise ValueError(f"max_bytes must be from 1 to {MAX_READ}")
+        return size
+
+    def console_read(self, args: dict[str, Any], _request: RpcRequest) -> dict[str, Any]:
+        driver = self.containers if args.get("kind") == InstanceKind.CONTAINER else self.vms
+        offset = args.get("offset")
+        chunk = driver.console_read(
+            self._name(args), None if offset is None else int(offset), self._size(args)
+        )
+        return console_answer(chunk)
+
+    def container_logs(self, args: dict[str, Any], _request: RpcRequest) -> dict[str, Any]:
+        return {"text": self.containers.logs(self._name(args), self._size(args))}
+
+    def container_exec(self, args: dict[str, Any], request: RpcRequest) -> dict[str, Any]:
+        argv = args["argv"]
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise ValueError("argv must be a list of strings")
+        # Never run past the caller's patience: a late start gets what is left of it.
+        timeout = min(float(args["timeout"]), request.deadline - time.time() - 1)
+        if timeout <= 0:
+            raise DriverError("exec: no time left to run it")
+        rc, out, err = self.containers.exec(self._name(args), argv, timeout)
+        return {"exit_code": rc, "stdout": out, "stderr": err}
+
+    # -- serving ---------------------------------------------------------------------------------
+    def answer(self, request: RpcRequest) -> None:
+        if request.expired():
+            logger.info("rpc %s %s: expired before it ran; dropped", request.call, request.id)
+            return
+        handler = self.calls.get(request.call)
+        try:
+            if handler is None:
+                raise ValueError(f"no such call: {request.call}")
+            reply = ok_reply(handler(request.args, request))
+        except DriverError as exc:
+            reply = error_reply(409, str(exc))
+        except (KeyError, TypeError, ValueError) as exc:
+            reply = error_reply(400, f"{request.call}: bad arguments: {exc}")
+        except Exception as exc:  # an answer in any case: the caller would wait for nothing
+            logger.exception("rpc %s failed", request.call)
+            reply = error_reply(500, f"{request.call} failed on the agent: {exc}")
+        pipe = self.client.pipeline()
+        pipe.rpush(request.reply_to, reply)
+        pipe.expire(request.reply_to, REPLY_TTL)
+        pipe.execute()
+
+    def dispatch(self, raw: bytes, pool: ThreadPoolExecutor) -> None:
+        try:
+            request = RpcRequest.decode(raw)
+        except ValueError as exc:
+            logger.warning("rpc: %s", exc)
+            return
+        if request.expired():
+            logger.info("rpc %s %s: expired in the queue; dropped", request.call, request.id)
+        elif request.call == CONTAINER_EXEC:
+            pool.submit(self._safely, request)
+        else:
+            self._safely(request)
+
+    def _safely(self, request: RpcRequest) -> None:
+        try:
+            self.answer(request)
+        except redis.RedisError as exc:
+            logger.warning("rpc %s: cannot reply: %s", request.call, exc)
+
+    def mark_present(self) -> None:
+        self.client.set(presence_key(self.host), str(time.time()), ex=PRESENCE_TTL)
+
+    def serve(self, stop: threading.Event) -> None:
+        queue = rpc_queue(self.host)
+        pool = ThreadPoolExecutor(self.exec_workers, thread_name_prefix="rpc-exec")
+        marked = 0.0
+        try:
+            while not stop.is_set():
+                try:
+                    if time.monotonic() - marked >= 1:
+                        self.mark_present()
+                        marked = time.monotonic()
+                    got = cast("list[bytes] | None", self.client.blpop([queue], timeout=TAKE_SECONDS))
+                except redis.RedisError as exc:
+                    logger.warning("rpc: redis: %s", exc)
+                    stop.wait(1)
+                    continue
+                if got is not None:
+                    self.dispatch(got[1], pool)
+        finally:
+            with contextlib.suppress(redis.RedisError):
+                self.client.delete(presence_key(self.host))
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def rpc_loop(name: str, stop: threading.Event) -> None:
+    """The agent's RPC thread: this host's server, with drivers of its own (its own libvirt
+    connection), until ``stop``."""
+    RpcServer(name, local_driver(), container_driver(), settings.NUBIS_DOMAIN_PREFIX).serve(stop)
+
+
+def withdraw(name: str) -> None:
+    """Say at once that nobody answers for ``name`` any more (a stopping agent)."""
+    with contextlib.suppress(redis.RedisError):
+        redis_client().delete(presence_key(name))

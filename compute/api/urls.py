@@ -1,0 +1,77 @@
+"""Routes of the compute API: the tenant's resources and the staff's hosts, queue and quotas."""
+
+from django.urls import include, path
+
+from compute.api.views import admin, catalog, consoles, groups, instances, networks, operations, snapshots
+
+tenant_urlpatterns = [
+    path("flavors/", catalog.FlavorListView.as_view(), name="api-flavors"),
+    path("images/", catalog.ImageListView.as_view(), name="api-images"),
+    path("instances/", instances.InstanceListView.as_view(), name="api-instances"),
+    path("instances/<uuid:pk>/", instances.InstanceDetailView.as_view(), name="api-instance"),
+    path("instances/<uuid:pk>/start/", instances.InstanceStartView.as_view(), name="api-instance-start"),
+    path("instances/<uuid:pk>/stop/", instances.InstanceStopView.as_view(), name="api-instance-stop"),
+    path("instances/<uuid:pk>/reboot/", instances.InstanceRebootView.as_view(), name="api-instance-reboot"),
+    path("instances/<uuid:pk>/resize/", instances.InstanceResizeView.as_view(), name="api-instance-resize"),
+    path(
+        "instances/<uuid:pk>/console/serial/",
+        consoles.SerialConsoleView.as_view(),
+        name="api-instance-serial",
+    ),
+    path("instances/<uuid:pk>/console/vnc/", consoles.VncConsoleView.as_view(), name="api-instance-vnc"),
+    path("instances/<uuid:pk>/snapshots/", snapshots.SnapshotListView.as_view(), name="api-snapshots"),
+    path(
+        "instances/<uuid:pk>/snapshots/<int:snapshot>/",
+        snapshots.SnapshotDetailView.as_view(),
+        name="api-snapshot",
+    ),
+    path(
+        "instances/<uuid:pk>/snapshots/<int:snapshot>/revert/",
+        snapshots.SnapshotRevertView.as_view(),
+        name="api-snapshot-revert",
+    ),
+    path("instances/<uuid:pk>/logs/", consoles.ContainerLogsView.as_view(), name="api-instance-logs"),
+    path("instances/<uuid:pk>/exec/", consoles.ContainerExecView.as_view(), name="api-instance-exec"),
+    path(
+        "instances/<uuid:pk>/metrics/", instances.InstanceMetricsView.as_view(), name="api-instance-metrics"
+    ),
+    path(
+        "instances/<uuid:pk>/security-groups/",
+        instances.InstanceGroupsView.as_view(),
+        name="api-instance-groups",
+    ),
+    path("instances/<uuid:pk>/placement/", instances.PlacementView.as_view(), name="api-instance-placement"),
+    path("networks/", networks.NetworkListView.as_view(), name="api-networks"),
+    path("networks/<uuid:pk>/", networks.NetworkDetailView.as_view(), name="api-network"),
+    path("security-groups/", networks.SecurityGroupListView.as_view(), name="api-secgroups"),
+    path("security-groups/<int:pk>/", networks.SecurityGroupDetailView.as_view(), name="api-secgroup"),
+    path("security-groups/<int:pk>/rules/", networks.RuleListView.as_view(), name="api-secgroup-rules"),
+    path(
+        "security-groups/<int:pk>/rules/<int:rule>/",
+        networks.RuleDetailView.as_view(),
+        name="api-secgroup-rule",
+    ),
+    path("server-groups/", groups.ServerGroupListView.as_view(), name="api-servergroups"),
+    path("server-groups/<int:pk>/", groups.ServerGroupDetailView.as_view(), name="api-servergroup"),
+    path("queue/", groups.TenantQueueView.as_view(), name="api-queue"),
+    path("snapshots/", snapshots.TenantSnapshotListView.as_view(), name="api-tenant-snapshots"),
+    path("operations/", operations.OperationListView.as_view(), name="api-operations"),
+    path("operations/<uuid:pk>/", operations.OperationDetailView.as_view(), name="api-operation"),
+]
+
+admin_urlpatterns = [
+    path("hosts/", admin.AdminHostListView.as_view(), name="api-admin-hosts"),
+    path(
+        "hosts/<int:pk>/maintenance/",
+        admin.AdminHostMaintenanceView.as_view(),
+        name="api-admin-host-maintenance",
+    ),
+    path("queue/", admin.AdminQueueView.as_view(), name="api-admin-queue"),
+    path("quotas/", admin.AdminQuotaListView.as_view(), name="api-admin-quotas"),
+    path("tenants/<slug:tenant>/quota/", admin.AdminQuotaView.as_view(), name="api-admin-quota"),
+]
+
+urlpatterns = [
+    path("admin/", include(admin_urlpatterns)),
+    path("tenants/<slug:tenant>/", include(tenant_urlpatterns)),
+]

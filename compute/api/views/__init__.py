@@ -1,0 +1,1 @@
+"""Views of the compute API, one module per resource."""

@@ -1,0 +1,85 @@
+"""The network driver: host-side plumbing of isolated tenant networks (Linux bridges, veths in
+network namespaces, iptables and dnsmasq), the only code that changes a host's networking.
+
+Plain Python without Django or a database, plain specs in (:class:`NetSpec`, :class:`Rule`, names,
+addresses) and plain facts out (names, sets, lists of dicts). Every function shells out to ``ip``,
+``iptables`` (the nf_tables backend, through ``iptables-restore --noflush`` batches, each committed
+as one atomic transaction) and ``dnsmasq``. All of them are idempotent and safe to call again after
+a crash half way; a failing command raises :class:`PlumbingError` carrying that command's stderr.
+
+A tenant network is a bridge named ``BRIDGE_PREFIX...`` in the root namespace holding the gateway
+address, with one dnsmasq serving DHCP (no DNS) on it. The modules, bottom up:
+
+- ``spec``: NetSpec, Rule, PlumbingError and the checks of names and addresses;
+- ``shell``: the per-host lock, ``ip`` and /proc/sys;
+- ``netfilter``: iptables (its layout is described there) and bridge netfilter;
+- ``dhcp``: dnsmasq and its reservations;
+- ``bridges``: a network as a whole, tagged links, the host's routes;
+- ``ports``: an instance's veth and network namespace, a port's counters.
+
+Callers import this package (``from compute.drivers import network``), not its modules.
+"""
+
+from __future__ import annotations
+
+from compute.drivers.network.bridges import (
+    bridge_remove,
+    bridges_list,
+    host_routes,
+    ipv4_addresses,
+    link_alias_set,
+    network_ensure,
+    network_remove,
+    ports_list,
+)
+from compute.drivers.network.dhcp import dhcp_hosts_set, dnsmasq_pids
+from compute.drivers.network.netfilter import (
+    bridge_netfilter_ensure,
+    firewall_base_ensure,
+    firewall_base_remove,
+    legacy_port_chains_list,
+    network_chains_list,
+    port_chains_list,
+    port_rules_remove,
+    port_rules_set,
+)
+from compute.drivers.network.ports import (
+    netns_bind,
+    netns_list,
+    netns_remove,
+    port_attach_netns,
+    port_counters,
+    port_detach_netns,
+)
+from compute.drivers.network.spec import BRIDGE_PREFIX, NetSpec, PlumbingError, Rule
+
+__all__ = [
+    "BRIDGE_PREFIX",
+    "NetSpec",
+    "PlumbingError",
+    "Rule",
+    "bridge_netfilter_ensure",
+    "bridge_remove",
+    "bridges_list",
+    "dhcp_hosts_set",
+    "dnsmasq_pids",
+    "firewall_base_ensure",
+    "firewall_base_remove",
+    "host_routes",
+    "ipv4_addresses",
+    "legacy_port_chains_list",
+    "link_alias_set",
+    "netns_bind",
+    "netns_list",
+    "netns_remove",
+    "network_chains_list",
+    "network_ensure",
+    "network_remove",
+    "port_attach_netns",
+    "port_chains_list",
+    "port_counters",
+    "port_detach_netns",
+    "port_rules_remove",
+    "port_rules_set",
+    "ports_list",
+]

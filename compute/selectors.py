@@ -1,0 +1,33 @@
+"""Reads of the compute app: what a page or an answer shows, in a fixed number of queries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Prefetch
+
+from compute.models import (
+    Instance,
+    InstanceState,
+    SecurityGroup,
+)
+from tenants.models import Tenant
+
+
+def instance_rows(tenant: Tenant) -> Any:
+    """The tenant's live instances with everything their serializer reads, in a fixed number of queries."""
+    return (
+        Instance.objects.for_tenant(tenant)
+        .exclude(state=InstanceState.DELETED)
+        .select_related("flavor", "image", "network", "server_group")
+        .prefetch_related(Prefetch("security_groups", queryset=SecurityGroup.objects.for_tenant(tenant)))
+    )
+
+
+def queue_context(tenant: Tenant) -> dict[str, Any]:
+    """The serializer context of a page of instances: the tenant's queue places, read once."""
+    from scheduler.admission import queue_statuses
+    from scheduler.models import QueueEntry, QueueState
+
+    waiting = list(QueueEntry.objects.for_tenant(tenant).filter(state=QueueState.WAITING))
+    return {"queue": queue_statuses(waiting)}

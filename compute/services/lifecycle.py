@@ -1,0 +1,151 @@
+"""The steps every instance service shares: names, the idle lock, Operation rows and their queueing,
+events after commit, deadlines, giving quota back, failing, asking for an admission pass.
+
+They sit below the services that use them (instances, admission, resize, snapshots, the agent),
+so those import them at module level without a cycle.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+
+from compute.models import Instance, InstanceState, Operation, OperationState
+from core.errors import Conflict
+from core.events import publish
+from core.queues import CONTROL_QUEUE, send_task_after_commit
+from scheduler.admission import queue_waiting
+from security.audit import Actor
+from tenants.models import QuotaClaim
+from tenants.services.quotas import quota_release
+
+NAME_RULE = "1-63 letters, digits or hyphens, starting with a letter"
+
+
+def name_is_valid(name: str) -> bool:
+    return (
+        0 < len(name) <= 63
+        and name[0].isalpha()
+        and all(c.isalnum() or c == "-" for c in name)
+        and name.isascii()
+    )
+
+
+def instance_event(instance: Instance, **extra: Any) -> None:
+    """Tell the tenant's browsers about the instance's new state, after commit."""
+    publish(
+        instance.tenant_id,
+        {
+            "type": "instance.state",
+            "instance": str(instance.uuid),
+            "name": instance.name,
+            "state": instance.state,
+            "fault": instance.fault,
+            **extra,
+        },
+    )
+
+
+def operation_event(operation: Operation, instance_uuid: str | None = None) -> None:
+    """Tell the tenant's browsers how an Operation stands (its state, step and progress), after commit."""
+    publish(
+        operation.tenant_id,
+        {
+            "type": "operation",
+            "operation": str(operation.uuid),
+            "instance": instance_uuid or str(operation.instance.uuid),
+            "kind": operation.kind,
+            "state": operation.state,
+            "step": operation.step,
+            "progress": operation.progress,
+            "error": operation.error[:500],
+        },
+    )
+
+
+def deadline() -> datetime:
+    return timezone.now() + timedelta(seconds=settings.NUBIS_TRANSIENT_DEADLINE)
+
+
+def operation_enqueue(operation: Operation) -> None:
+    """After commit, hand the Operation to its host's agent (nothing while it has no host)."""
+    queue = operation.instance.host.queue if operation.instance.host else None
+    if queue is None:
+        return
+    op_id = operation.pk
+    send_task_after_commit("compute.run_operation", queue=queue, args=(op_id,))
+
+
+def operation_record(
+    instance: Instance,
+    kind: str,
+    actor: Actor,
+    params: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+) -> Operation:
+    operation = Operation.objects.create(
+        tenant=instance.tenant,
+        instance=instance,
+        kind=kind,
+        params=params or {},
+        requested_by_id=actor.user_id,
+        idempotency_key=idempotency_key,
+    )
+    operation_event(operation, str(instance.uuid))
+    return operation
+
+
+def operation_finish(operation: Operation, state: str, error: str = "") -> None:
+    """Record how an Operation ended."""
+    operation.state = state
+    operation.error = error[:4000]
+    operation.progress = 100 if state == OperationState.SUCCEEDED else operation.progress
+    operation.finished = timezone.now()
+    operation.save(update_fields=["state", "error", "progress", "finished"])
+    operation_event(operation)
+
+
+def instance_lock_idle(instance: Instance) -> Instance:
+    """Lock the instance row; refuse if another operation on it has not finished yet."""
+    locked = Instance.objects.for_tenant(instance.tenant_id).select_for_update().get(pk=instance.pk)
+    busy = (
+        Operation.objects.for_tenant(instance.tenant_id)
+        .filter(instance=locked, state__in=[OperationState.PENDING, OperationState.RUNNING])
+        .first()
+    )
+    if busy is not None:
+        raise Conflict("state", "busy", f"the instance is busy with a {busy.kind} operation ({busy.uuid})")
+    return locked
+
+
+def release_claims(instance: Instance, reason: str) -> int:
+    """Give back every quota claim the instance holds."""
+    released = 0
+    for claim in QuotaClaim.objects.for_tenant(instance.tenant_id).filter(
+        holder_type__model="instance", holder_id=str(instance.pk), released_at__isnull=True
+    ):
+        released += int(quota_release(claim, reason))
+    return released
+
+
+def instance_fail(instance: Instance, fault: str) -> None:
+    """Put the instance in error with its fault recorded, and give its quota back."""
+    instance.state = InstanceState.ERROR
+    instance.fault = fault[:4000]
+    instance.fault_at = timezone.now()
+    instance.state_deadline = None
+    instance.save(update_fields=["state", "fault", "fault_at", "state_deadline", "updated"])
+    release_claims(instance, f"error: {fault[:150]}")
+    instance_event(instance)
+    if instance.host_id is not None:
+        admission_kick()
+
+
+def admission_kick() -> None:
+    """After commit, ask for an admission pass soon if anything waits (capacity was just released)."""
+    if not queue_waiting():
+        return
+    send_task_after_commit("compute.admission_run", queue=CONTROL_QUEUE, expires=60)

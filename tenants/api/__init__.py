@@ -1,0 +1,1 @@
+"""The REST API of tenants: serializers, views and the routes in ``urls``."""

@@ -1,0 +1,1 @@
+"""The web UI of tenants: quota, settings, members, tokens and the audit trail."""
