@@ -11,6 +11,8 @@ from compute.models import (
     InstanceState,
     SecurityGroup,
 )
+from scheduler.admission import queue_statuses
+from scheduler.models import QueueEntry, QueueState
 from tenants.models import Tenant
 
 
@@ -26,8 +28,6 @@ def instance_rows(tenant: Tenant) -> Any:
 
 def queue_context(tenant: Tenant) -> dict[str, Any]:
     """The serializer context of a page of instances: the tenant's queue places, read once."""
-    from scheduler.admission import queue_statuses
-    from scheduler.models import QueueEntry, QueueState
 
     waiting = list(QueueEntry.objects.for_tenant(tenant).filter(state=QueueState.WAITING))
     return {"queue": queue_statuses(waiting)}

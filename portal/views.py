@@ -14,9 +14,12 @@ from rest_framework.response import Response
 from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
+from compute.models import Instance, InstanceState, Operation
+from scheduler.admission import queue_statuses
+from scheduler.models import QueueEntry, QueueState
 from tenants.access import tenant_for_request
 from tenants.models import Role
-from tenants.selectors import tenants_of_user
+from tenants.selectors import quota_report, tenants_of_user
 
 
 @login_required
@@ -33,10 +36,6 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @require_GET
 def tenant_dashboard(request: HttpRequest, tenant: str) -> HttpResponse:
     """A tenant's overview: quota bars, instances by state, recent operations, waiting requests."""
-    from compute.models import Instance, InstanceState, Operation
-    from scheduler.admission import queue_statuses
-    from scheduler.models import QueueEntry, QueueState
-    from tenants.selectors import quota_report
 
     obj, role = tenant_for_request(request, tenant, Role.VIEWER)
     request.session["tenant"] = obj.slug

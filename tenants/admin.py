@@ -11,6 +11,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from security.audit import Actor
 from tenants.models import RESOURCES, ApiToken, Membership, Quota, QuotaClaim, Role, Tenant
 
 
@@ -210,7 +211,6 @@ class ApiTokenAdmin(TenantOwnedAdmin):
 
     @admin.action(description="Revoke the selected tokens", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
-        from security.audit import Actor
         from tenants.services.tokens import token_revoke
 
         actor = Actor.from_request(request)

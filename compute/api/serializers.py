@@ -25,6 +25,8 @@ from compute.models import (
     Snapshot,
     UsageSample,
 )
+from scheduler.admission import queue_statuses
+from scheduler.models import QueueEntry
 from tenants.models import PriorityClass
 
 
@@ -104,9 +106,6 @@ class InstanceSerializer(serializers.ModelSerializer[Instance]):
             return None
         statuses = self.context.get("queue")
         if statuses is None:  # one instance: read its own entry
-            from scheduler.admission import queue_statuses
-            from scheduler.models import QueueEntry
-
             statuses = queue_statuses(list(QueueEntry.objects.for_tenant(obj.tenant_id).filter(instance=obj)))
         status: dict[str, Any] | None = statuses.get(obj.pk)
         return status

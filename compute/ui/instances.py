@@ -18,6 +18,8 @@ from django.views.decorators.http import require_GET
 from compute.models import Instance, InstanceKind, InstanceState, Operation, SecurityGroup, Snapshot
 from compute.ui.forms import ResizeForm, flavor_summary
 from core.pagination import MAX_PAGE_SIZE, beyond, encode
+from scheduler.admission import queue_statuses
+from scheduler.models import PlacementDecision, QueueEntry, QueueState
 from tenants.access import tenant_for_request
 from tenants.models import Role, Tenant
 
@@ -219,13 +221,10 @@ def instance_row(request: HttpRequest, tenant: str, pk: str) -> HttpResponse:
 
 def detail_context(tenant: Tenant, role: Role, instance: Instance) -> dict[str, Any]:
     """Everything one instance's page shows: its settings, operations, placement and snapshots."""
-    from scheduler.models import PlacementDecision, QueueEntry, QueueState
 
     placement = PlacementDecision.objects.for_tenant(tenant).filter(instance=instance).first()
     queue = None
     if instance.state == InstanceState.QUEUED:
-        from scheduler.admission import queue_statuses
-
         entries = list(
             QueueEntry.objects.for_tenant(tenant).filter(instance=instance, state=QueueState.WAITING)
         )

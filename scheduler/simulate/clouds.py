@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from compute.models import CpuMode, Host, Instance, InstanceState, ServerGroup
 from scheduler.engine import HostRow
 from scheduler.simulate.trace import GROUP_POLICIES, Arrival, Departure, Event, Instances, Ints, Trace
 
@@ -166,7 +167,6 @@ def record(hosts: Any = None) -> Trace:
     waiting in the admission queue become arrivals at time 0 that wait. Simulated hosts have no
     agent to send heartbeats, so they count as alive; real hosts keep their heartbeat's verdict.
     """
-    from compute.models import CpuMode, Host, Instance, InstanceState, ServerGroup
     from scheduler.services import FREE_STATES, HELD_RAM, host_rows
 
     queryset = Host.objects.all() if hosts is None else hosts

@@ -13,6 +13,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from core.errors import PriorityNotAllowed, QuotaExceeded, ServiceError
+from security.audit import audit_log
 from tenants.models import RESOURCES, PriorityClass, Quota, QuotaClaim, Tenant, quota_defaults
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,6 @@ def quota_set(
 ) -> Quota:
     """Change a tenant's limits (staff). A limit below what is in use stands: running instances
     keep their claims, and new claims are refused until usage falls under it."""
-    from security.audit import audit_log
 
     clean = _validate(limits)
     if max_priority is not None and max_priority not in PriorityClass.values:

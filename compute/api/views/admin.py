@@ -24,11 +24,13 @@ from compute.models import (
 )
 from compute.services.hosts import host_maintenance_set
 from core.pagination import Filter, ListSchema, ListSpec, paginated
+from scheduler.admission import queue_statuses
 from scheduler.engine import HostTable
 from scheduler.hosts import host_rows
+from scheduler.models import QueueEntry, QueueState
 from security.audit import Actor
 from tenants.access import require_model_permission
-from tenants.models import Tenant
+from tenants.models import ApiToken, Tenant
 from tenants.selectors import quota_report
 from tenants.services.quotas import quota_reports, quota_set
 
@@ -37,8 +39,6 @@ class StaffOnly(IsAdminUser):
     """Staff users, signed in as themselves: a tenant-bound API token never carries staff rights."""
 
     def has_permission(self, request: Request, view: Any) -> bool:
-        from tenants.models import ApiToken
-
         return super().has_permission(request, view) and not isinstance(request.auth, ApiToken)
 
 
@@ -110,9 +110,6 @@ class AdminQueueView(APIView):
 
     @extend_schema(parameters=ADMIN_QUEUE.parameters(), responses=paginated(QueueItemSerializer))
     def get(self, request: Request) -> Response:
-        from scheduler.admission import queue_statuses
-        from scheduler.models import QueueEntry, QueueState
-
         waiting = (
             QueueEntry.objects.unscoped()
             .filter(state=QueueState.WAITING)

@@ -23,6 +23,7 @@ from compute.models import (
 from compute.selectors import instance_rows, queue_context
 from compute.services import server_groups as group_service
 from core.pagination import Filter, ListSchema, ListSpec, paginated
+from scheduler.models import QueueState
 from security.audit import Actor
 from tenants.models import Role, Tenant
 
@@ -94,8 +95,6 @@ class TenantQueueView(TenantView):
 
     @extend_schema(parameters=QUEUE.parameters(), responses=paginated(InstanceSerializer))
     def get(self, request: Request, tenant: str) -> Response:
-        from scheduler.models import QueueState
-
         obj = self.tenant(request, tenant)
         page = QUEUE.page(request, instance_rows(obj).filter(queue_entry__state=QueueState.WAITING))
         return page.response(InstanceSerializer(page.rows, many=True, context=queue_context(obj)).data)

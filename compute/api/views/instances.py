@@ -30,6 +30,7 @@ from compute.services import instances as instance_service
 from compute.services import networks as network_service
 from compute.services import resize
 from core.pagination import Filter, ListSchema, ListSpec, paginated
+from scheduler.models import PlacementDecision
 from security.audit import Actor
 from tenants.models import PriorityClass, Role
 
@@ -180,8 +181,6 @@ class PlacementView(TenantView):
 
     @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request: Request, tenant: str, pk: str) -> Response:
-        from scheduler.models import PlacementDecision
-
         instance = self.instance(request, tenant, pk)
         decision = get_object_or_404(
             PlacementDecision.objects.for_tenant(instance.tenant_id), instance=instance
