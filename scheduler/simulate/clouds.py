@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from compute.models import CpuMode, Host, Instance, InstanceState, ServerGroup
 from scheduler.engine import HostRow
 from scheduler.simulate.trace import GROUP_POLICIES, Arrival, Departure, Event, Instances, Ints, Trace
 
@@ -167,6 +166,8 @@ def record(hosts: Any = None) -> Trace:
     waiting in the admission queue become arrivals at time 0 that wait. Simulated hosts have no
     agent to send heartbeats, so they count as alive; real hosts keep their heartbeat's verdict.
     """
+    # The simulator runs without Django (bench/placement.py): only recording a real cloud needs it.
+    from compute.models import CpuMode, Host, Instance, InstanceState, ServerGroup
     from scheduler.services import FREE_STATES, HELD_RAM, host_rows
 
     queryset = Host.objects.all() if hosts is None else hosts

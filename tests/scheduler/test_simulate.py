@@ -498,3 +498,29 @@ def test_registering_simulated_hosts_keeps_existing_ones_and_refuses_a_real_host
     with pytest.raises(ValueError, match="real hosts already have these names: sim-000009"):
         simulated_hosts_register(hosts=clash.simulated_hosts())
     assert registered.count() == 2  # nothing of the refused batch was written
+
+
+def test_the_simulator_runs_without_django() -> None:
+    """bench/placement.py drives the engine and the simulator with no settings and no database."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    script = (
+        "import os, sys\n"
+        "os.environ.pop('DJANGO_SETTINGS_MODULE', None)\n"
+        "from scheduler.simulate import Simulator, generate\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('django.db', 'compute.models'))))\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
