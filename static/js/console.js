@@ -23,8 +23,13 @@ async function openScreen() {
 function followSerial() {
   const out = document.getElementById("serial");
   const ws = new WebSocket(`${scheme}${location.host}/ws/instances/${id}/serial/`);
+  const note = document.getElementById("serial-status");
   ws.onmessage = (msg) => {
-    out.textContent = (out.textContent + JSON.parse(msg.data).data).slice(-20000);
+    const event = JSON.parse(msg.data);
+    // The host's agent stopped answering (or answers again): say so, the stream resumes by itself.
+    if (event.type === "unavailable" && note) note.textContent = event.detail || "the host's agent does not answer";
+    if (event.type === "available" && note) note.textContent = "";
+    out.textContent = (out.textContent + event.data).slice(-20000);
     out.scrollTop = out.scrollHeight;
   };
 }

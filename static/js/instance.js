@@ -12,8 +12,13 @@
     function connect() {
       const ws = new WebSocket(scheme + location.host + "/ws/instances/" + id + "/serial/");
       ws.onopen = function () { delay = 1000; };
+      const note = document.getElementById("serial-status");
       ws.onmessage = function (msg) {
-        out.textContent = (out.textContent + JSON.parse(msg.data).data).slice(-20000);
+        const event = JSON.parse(msg.data);
+        // The host's agent stopped answering (or answers again): say so; the stream resumes by itself.
+        if (event.type === "unavailable" && note) note.textContent = event.detail || "the host's agent does not answer";
+        if (event.type === "available" && note) note.textContent = "";
+        out.textContent = (out.textContent + event.data).slice(-20000);
         out.scrollTop = out.scrollHeight;
       };
       ws.onclose = function (event) {
