@@ -241,3 +241,47 @@ def tree_lock(directory: Path, *, exclusive: bool) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def file_stamp(path: Path) -> tuple[int, int]:
+    """(size, modification time in ns) of a file: whether it changed since it was last checked."""
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def verify_image_files(tarball: Path, sha256: str, size_bytes: int) -> None:
+    """The tarball must match the manifest beside it (if there is one) and the recorded checksum."""
+    manifest = tarball.parent / "manifest.json"
+    if manifest.exists():
+        verify(tarball, manifest)
+    verify(tarball, {"sha256": sha256, "size_bytes": size_bytes})
+
+
+def make_dirs(*directories: Path) -> None:
+    """Create the directories that are missing, each reachable by anyone (0755): a container's
+    mapped root must be able to reach its tree."""
+    for directory in directories:
+        if not directory.exists():
+            directory.mkdir(parents=True, exist_ok=True)
+            directory.chmod(0o755)
+
+
+def is_home(home: Path) -> bool:
+    return home.is_dir()
+
+
+def trees(home: Path) -> list[tuple[str, bool]]:
+    """The unpacked trees under ``home``: (name, whether it is a real directory), sorted by name."""
+    return [(p.name, p.is_dir() and not p.is_symlink()) for p in sorted(home.iterdir())]
+
+
+def retire(home: Path, name: str) -> Path:
+    """Move a tree out of sight at once (``.<name>.<random>.gc``), to be removed later."""
+    doomed = home / f".{name}.{uuid.uuid4().hex[:8]}.gc"
+    (home / name).rename(doomed)
+    return doomed
+
+
+def remove_trees(paths: list[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,10 +1,12 @@
-"""The host itself, read from /proc and /sys: the usage counters of the whole machine."""
+"""The host itself: the usage counters of the whole machine (from /proc and /sys), and what its
+instance store holds."""
 
 from __future__ import annotations
 
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from compute.drivers.base import Counters
@@ -72,3 +74,28 @@ def host_usage() -> Counters:
         net_tx_bytes=net_tx,
         taken=taken,
     )
+
+
+@dataclass(frozen=True)
+class StoreEntry:
+    """One entry of the instance store: its name, whether it is a directory, its age in seconds."""
+
+    name: str
+    is_dir: bool
+    age_s: float
+
+
+def store_entries(root: str) -> list[StoreEntry]:
+    """The entries of the instance store ``root`` (none if it does not exist), sorted by name."""
+    base = Path(root)
+    if not base.exists():
+        return []
+    now = time.time()
+    entries = []
+    for path in sorted(base.iterdir()):
+        try:
+            st = path.lstat()
+        except FileNotFoundError:  # removed meanwhile
+            continue
+        entries.append(StoreEntry(path.name, path.is_dir() and not path.is_symlink(), now - st.st_mtime))
+    return entries

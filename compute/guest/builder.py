@@ -95,6 +95,17 @@ def _run(args: list[str], step: str, cwd: Path | None = None, stdin: bytes | Non
     return proc.stdout
 
 
+def files_stamp(paths: list[str]) -> tuple[str, ...]:
+    """(path, size, mtime) of each file: whether any changed since they were last hashed.
+
+    FileNotFoundError names a missing file."""
+    stamp: list[str] = []
+    for path in paths:
+        st = os.stat(path)
+        stamp += [path, str(st.st_size), str(st.st_mtime_ns)]
+    return tuple(stamp)
+
+
 def files_sha256(paths: list[str]) -> tuple[str, int]:
     """SHA-256 over the files in order, and their total size."""
     digest = hashlib.sha256()

@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import shlex
-import shutil
 import time
-import uuid
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,19 @@ from typing import Any
 from django.conf import settings
 
 from compute.containers.oci_spec import USERNS_SIZE, oci_config
-from compute.containers.rootfs import INIT, RootfsError, tree_lock, unpack, verify
+from compute.containers.rootfs import (
+    INIT,
+    RootfsError,
+    file_stamp,
+    is_home,
+    make_dirs,
+    remove_trees,
+    retire,
+    tree_lock,
+    trees,
+    unpack,
+    verify_image_files,
+)
 from compute.drivers.base import ContainerDriver, DriverError
 from compute.drivers.container import RuncDriver
 from compute.models import Image, Instance, InstanceKind, InstanceState
@@ -45,18 +55,15 @@ _verified: set[tuple[str, int, int, str]] = set()
 def verify_rootfs(image: Image) -> None:
     """The tarball must match the manifest beside it and the checksum the registry recorded."""
     tarball = Path(image.disk_path)
-    manifest = tarball.parent / "manifest.json"
     try:
-        st = tarball.stat()
+        size, mtime_ns = file_stamp(tarball)
     except OSError as exc:
         raise DriverError(f"image {image.name}: {tarball}: {exc.strerror}") from None
-    stamp = (str(tarball), st.st_size, st.st_mtime_ns, image.sha256)
+    stamp = (str(tarball), size, mtime_ns, image.sha256)
     if stamp in _verified:
         return
     try:
-        if manifest.exists():
-            verify(tarball, manifest)
-        verify(tarball, {"sha256": image.sha256, "size_bytes": image.size_bytes})
+        verify_image_files(tarball, image.sha256, image.size_bytes)
     except RootfsError as exc:
         raise DriverError(f"image {image.name}: {exc}") from None
     _verified.add(stamp)
@@ -95,10 +102,7 @@ def prepared_rootfs(instance: Instance) -> Path:
     dest = home / rootfs_name(image.sha256, base)
     # Checked on every create, not only when unpacked: the tarball is the image of record.
     verify_rootfs(image)
-    for directory in (root, home):
-        if not directory.exists():
-            directory.mkdir(parents=True, exist_ok=True)
-            directory.chmod(0o755)  # the mapped root must be able to reach its tree
+    make_dirs(root, home)
     try:
         with tree_lock(home, exclusive=False):
             return unpack(Path(image.disk_path), dest, base, base)
@@ -120,7 +124,7 @@ def rootfs_collect(host_name: str, grace: int | None = None) -> list[str]:
     """
     grace = settings.NUBIS_ROOTFS_GRACE if grace is None else grace
     home = rootfs_home()
-    if not home.is_dir():
+    if not is_home(home):
         return []
     client = redis_client()
     removed: list[str] = []
@@ -138,13 +142,12 @@ def rootfs_collect(host_name: str, grace: int | None = None) -> list[str]:
             used |= {rootfs_name(sha256, uid_base_for(tenant_id)), rootfs_name(sha256, 0)}
         now = time.time()
         in_use: list[str] = []
-        for path in sorted(home.iterdir()):
-            name = path.name
+        for name, is_dir in trees(home):
             if name.startswith("."):
                 # A partial unpack or a tree being deleted: no unpack runs while the lock is ours,
                 # so it is what an agent killed in the middle left behind.
-                if path.is_dir() and not path.is_symlink():
-                    trash.append(path)
+                if is_dir:
+                    trash.append(home / name)
                 continue
             if name in used:
                 in_use.append(_unused_key(host_name, home, name))
@@ -158,15 +161,12 @@ def rootfs_collect(host_name: str, grace: int | None = None) -> list[str]:
             elif now - float(first) < grace:
                 continue
             # Out of sight at once (renamed under the lock); deleted after it is released.
-            doomed = home / f".{name}.{uuid.uuid4().hex[:8]}.gc"
-            path.rename(doomed)
-            trash.append(doomed)
+            trash.append(retire(home, name))
             client.delete(key)
             removed.append(name)
         if in_use:
             client.delete(*in_use)  # used again: its grace starts over when it is next unused
-    for path in trash:
-        shutil.rmtree(path, ignore_errors=True)
+    remove_trees(trash)
     if removed:
         logger.info("rootfs: removed unused trees %s from %s", removed, home)
     return removed

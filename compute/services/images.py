@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
-from compute.guest.builder import GuestImage, files_sha256
+from compute.guest.builder import GuestImage, files_sha256, files_stamp
 from compute.models import Image, ImageKind
 
 # (path, size, mtime) of files already verified in this process, so large images are hashed once.
@@ -16,14 +14,10 @@ class ImageCorrupt(Exception):
 
 
 def _stamp(paths: list[str]) -> tuple[str, ...]:
-    stamp: list[str] = []
-    for path in paths:
-        try:
-            st = os.stat(path)
-        except OSError:
-            raise ImageCorrupt(f"image file {path} is missing") from None
-        stamp += [path, str(st.st_size), str(st.st_mtime_ns)]
-    return tuple(stamp)
+    try:
+        return files_stamp(paths)
+    except OSError as exc:
+        raise ImageCorrupt(f"image file {exc.filename} is missing") from None
 
 
 def verify_image(image: Image) -> None:

@@ -119,7 +119,7 @@ def port_attach(instance: Instance, pid: int | None = None) -> None:
     try:
         # The network's first instance on this host brings up its bridge; for the others the
         # reconciler and the networks_sync task keep it in line, so a create need not check it all.
-        if not Path(f"/sys/class/net/{spec.bridge}").exists():
+        if not plumbing.bridge_exists(spec.bridge):
             remove_dead_bridges()
             plumbing.network_ensure(spec)
         _dhcp(network, instance.host)

@@ -22,6 +22,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from compute.drivers.base import ContainerDriver, DriverError, GuestDriver, VmDriver
+from compute.drivers.host import store_entries
 from compute.drivers.libvirt import PROBE_PREFIX
 from compute.drivers.network import PlumbingError
 from compute.models import (
@@ -239,22 +240,23 @@ def reconcile_host(host: Host, driver: VmDriver, containers: ContainerDriver | N
                 report.orphans_removed.append(f"{kind}:{name}")
     report.orphans_removed += [f"probe:{name}" for name in driver.remove_stale_probes()]
     root = Path(settings.NUBIS_INSTANCE_DIR)
-    for path in root.glob(f"{PROBE_PREFIX}*") if root.exists() else []:
-        if time.time() - path.stat().st_mtime > 300:
-            driver.remove_files(str(path))
-            report.orphans_removed.append(f"probe-disk:{path.name}")
+    store = store_entries(str(root))
+    for entry in store:
+        if entry.name.startswith(PROBE_PREFIX) and entry.age_s > 300:
+            driver.remove_files(str(root / entry.name))
+            report.orphans_removed.append(f"probe-disk:{entry.name}")
     # Listed once, after the domain pass: a directory whose domain still exists waits for it.
     remaining = set(driver.list_guests(prefix)) | set(containers.list_guests(prefix))
-    for path in sorted(root.iterdir()) if root.exists() else []:
-        uid = domain_uuid(prefix + path.name)
-        if uid is None or uid in live or not path.is_dir():
+    for entry in store:
+        uid = domain_uuid(prefix + entry.name)
+        if uid is None or uid in live or not entry.is_dir:
             continue
         if f"{prefix}{uid}" in remaining:
             continue
-        if _orphan(host, "disk", path.name, report):
-            driver.remove_files(str(path))
-            redis_client().delete(_orphan_key(host, "disk", path.name))
-            report.orphans_removed.append(f"disk:{path.name}")
+        if _orphan(host, "disk", entry.name, report):
+            driver.remove_files(str(root / entry.name))
+            redis_client().delete(_orphan_key(host, "disk", entry.name))
+            report.orphans_removed.append(f"disk:{entry.name}")
     try:
         report.orphans_removed += [f"rootfs:{name}" for name in rootfs_collect(host.name)]
     except OSError as exc:

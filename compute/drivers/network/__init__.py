@@ -23,6 +23,7 @@ Callers import this package (``from compute.drivers import network``), not its m
 from __future__ import annotations
 
 from compute.drivers.network.bridges import (
+    bridge_exists,
     bridge_remove,
     bridges_list,
     host_routes,
@@ -58,6 +59,7 @@ __all__ = [
     "NetSpec",
     "PlumbingError",
     "Rule",
+    "bridge_exists",
     "bridge_netfilter_ensure",
     "bridge_remove",
     "bridges_list",

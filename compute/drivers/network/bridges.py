@@ -142,6 +142,11 @@ def _tagged_links(tag_prefix: str, bridges: bool) -> dict[str, str]:
     return found
 
 
+def bridge_exists(name: str) -> bool:
+    """Whether the host has a network link of that name (a quick check, no ``ip`` call)."""
+    return Path(f"/sys/class/net/{name}").exists()
+
+
 def bridges_list(tag_prefix: str) -> dict[str, str]:
     """{bridge: alias} of the bridges whose alias (owner tag) starts with TAG_PREFIX."""
     return _tagged_links(tag_prefix, bridges=True)
