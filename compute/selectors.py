@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Prefetch
+from django.db.models import Prefetch, Q
 
 from compute.models import (
+    Flavor,
+    Image,
     Instance,
     InstanceState,
+    Network,
     SecurityGroup,
 )
 from scheduler.admission import queue_statuses
@@ -31,3 +34,18 @@ def queue_context(tenant: Tenant) -> dict[str, Any]:
 
     waiting = list(QueueEntry.objects.for_tenant(tenant).filter(state=QueueState.WAITING))
     return {"queue": queue_statuses(waiting)}
+
+
+def flavors_for(tenant: Tenant) -> Any:
+    """The flavors the tenant may use: the public ones and its own."""
+    return Flavor.objects.filter(Q(public=True) | Q(tenant=tenant))
+
+
+def images_for(tenant: Tenant) -> Any:
+    """The images the tenant may use: the public ones and its own."""
+    return Image.objects.filter(Q(public=True) | Q(tenant=tenant))
+
+
+def networks_for(tenant: Tenant) -> Any:
+    """The tenant's networks that are not deleted."""
+    return Network.objects.for_tenant(tenant).filter(deleted_at__isnull=True)

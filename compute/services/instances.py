@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from compute.models import (
@@ -34,6 +33,7 @@ from compute.models import (
     ServerGroup,
     Snapshot,
 )
+from compute.selectors import flavors_for, images_for, networks_for
 from compute.services.admission import admission_cancel, admission_enqueue
 from compute.services.lifecycle import NAME_RULE as NAME_RULE
 from compute.services.lifecycle import admission_kick
@@ -47,7 +47,7 @@ from compute.services.lifecycle import operation_event as operation_event
 from compute.services.lifecycle import operation_finish as operation_finish
 from compute.services.lifecycle import operation_record as operation_record
 from compute.services.lifecycle import release_claims as release_claims
-from compute.services.networks import attach_to_network, default_network, networks_for
+from compute.services.networks import attach_to_network, default_network
 from compute.services.placement import instance_place
 from compute.services.snapshots import snapshot_forget
 from core.errors import Conflict, ServiceError
@@ -60,14 +60,6 @@ from tenants.services.quotas import quota_claim
 IDEMPOTENCY_KEY_MAX = 100  # Operation.idempotency_key's length
 # instance_create's network when the caller names none: the tenant's own default network.
 DEFAULT_NETWORK = "\x00default"
-
-
-def flavors_for(tenant: Tenant) -> Any:
-    return Flavor.objects.filter(Q(public=True) | Q(tenant=tenant))
-
-
-def images_for(tenant: Tenant) -> Any:
-    return Image.objects.filter(Q(public=True) | Q(tenant=tenant))
 
 
 # -- create ----------------------------------------------------------------------------------------

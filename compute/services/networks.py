@@ -24,6 +24,7 @@ from compute.models import (
     SecurityGroup,
     SecurityRule,
 )
+from compute.selectors import networks_for
 from core.errors import Conflict, ServiceError
 from core.queues import send_task_after_commit
 from security.audit import Actor, audit_log
@@ -232,10 +233,6 @@ def in_use(field: str, what: str, instances: Any) -> Conflict | None:
         more = f" and {live.count() - USERS_NAMED} more"
     noun = "instance" if len(names) == 1 else "instances"
     return Conflict(field, "in_use", f"{what} is used by {noun} {', '.join(names)}{more}")
-
-
-def networks_for(tenant: Tenant) -> Any:
-    return Network.objects.for_tenant(tenant).filter(deleted_at__isnull=True)
 
 
 def address_allocate(network: Network, instance: Instance) -> str:

@@ -11,8 +11,7 @@ from typing import Any
 from django import forms
 
 from compute.models import Allocation, CpuMode, Flavor, InstanceKind, IoModel
-from compute.services.instances import flavors_for, images_for
-from compute.services.networks import networks_for
+from compute.selectors import flavors_for, images_for, networks_for
 from core.errors import ServiceError
 from tenants.models import PriorityClass, Tenant
 

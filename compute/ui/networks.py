@@ -21,6 +21,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from compute.models import Instance, InstanceState, Network
+from compute.selectors import networks_for
 from compute.services import networks as svc
 from core.errors import ServiceError
 from security.audit import Actor
@@ -144,7 +145,7 @@ def _networks_page(
     form: str = "create",
     row: Any = None,
 ) -> HttpResponse:
-    networks = svc.networks_for(tenant).prefetch_related(
+    networks = networks_for(tenant).prefetch_related(
         Prefetch("instances", queryset=live_instances(tenant), to_attr="live")
     )
     context = {"tenant": tenant, "role": role, "networks": networks}
@@ -154,7 +155,7 @@ def _networks_page(
 
 
 def _network(tenant: Tenant, pk: Any) -> Network:
-    return get_object_or_404(svc.networks_for(tenant), uuid=pk)
+    return get_object_or_404(networks_for(tenant), uuid=pk)
 
 
 def _flag(raw: str | None, field: str) -> bool:

@@ -48,8 +48,7 @@ from compute.models import (
     ServerGroup,
     Snapshot,
 )
-from compute.services.instances import flavors_for, images_for
-from compute.services.networks import networks_for
+from compute.selectors import flavors_for, images_for, networks_for
 from core.pagination import MAX_PAGE_SIZE, PAGE_SIZE, ListSpec
 from scheduler.models import QueueEntry, QueueState
 from security.audit import Actor, audit_log

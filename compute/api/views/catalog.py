@@ -13,7 +13,7 @@ from compute.models import (
     ImageKind,
     IoModel,
 )
-from compute.services import instances as instance_service
+from compute.selectors import flavors_for, images_for
 from core.pagination import Filter, ListSchema, ListSpec, paginated
 
 FLAVORS = ListSpec(
@@ -43,7 +43,7 @@ class FlavorListView(TenantView):
 
     @extend_schema(parameters=FLAVORS.parameters(), responses=paginated(FlavorSerializer))
     def get(self, request: Request, tenant: str) -> Response:
-        page = FLAVORS.page(request, instance_service.flavors_for(self.tenant(request, tenant)))
+        page = FLAVORS.page(request, flavors_for(self.tenant(request, tenant)))
         return page.response(FlavorSerializer(page.rows, many=True).data)
 
 
@@ -52,5 +52,5 @@ class ImageListView(TenantView):
 
     @extend_schema(parameters=IMAGES.parameters(), responses=paginated(ImageSerializer))
     def get(self, request: Request, tenant: str) -> Response:
-        page = IMAGES.page(request, instance_service.images_for(self.tenant(request, tenant)))
+        page = IMAGES.page(request, images_for(self.tenant(request, tenant)))
         return page.response(ImageSerializer(page.rows, many=True).data)

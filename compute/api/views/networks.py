@@ -24,6 +24,7 @@ from compute.models import (
     SecurityGroup,
     SecurityRule,
 )
+from compute.selectors import networks_for
 from compute.services import networks as network_service
 from core.pagination import Filter, ListSchema, ListSpec, paginated
 from security.audit import Actor
@@ -31,7 +32,7 @@ from tenants.models import Role, Tenant
 
 
 def _network(tenant: Tenant, pk: Any) -> Network:
-    return get_object_or_404(network_service.networks_for(tenant), uuid=pk)
+    return get_object_or_404(networks_for(tenant), uuid=pk)
 
 
 def _security_groups(tenant: Tenant) -> Any:
@@ -60,7 +61,7 @@ class NetworkListView(TenantView):
 
     @extend_schema(parameters=NETWORKS.parameters(), responses=paginated(NetworkSerializer))
     def get(self, request: Request, tenant: str) -> Response:
-        page = NETWORKS.page(request, network_service.networks_for(self.tenant(request, tenant)))
+        page = NETWORKS.page(request, networks_for(self.tenant(request, tenant)))
         return page.response(NetworkSerializer(page.rows, many=True).data)
 
     @extend_schema(request=NetworkSerializer, responses={201: NetworkSerializer})
