@@ -8,8 +8,13 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 
+from compute import metrics
 from compute.drivers.libvirt import LibvirtDriver
-from compute.services import agent
+from compute.models import Host
+from compute.services import admission, agent, memory
+from compute.services.allocation import allocation_adjust_all
+from compute.services.hosts import hosts_mark_down
+from compute.services.ports import host_networks_sync
 
 
 @lru_cache(maxsize=1)
@@ -26,17 +31,12 @@ def run_operation(operation_id: int) -> str:
 @shared_task(name="compute.hosts_check")
 def hosts_check() -> list[str]:
     """Periodic (control queue): hosts whose heartbeat went stale are marked down."""
-    from compute.services.hosts import hosts_mark_down
-
     return hosts_mark_down()
 
 
 @shared_task(name="compute.networks_sync")
 def networks_sync(host_name: str) -> dict[str, list[str]]:
     """On a host's queue: bring its bridges, DHCP, NAT and port rules in line with the database."""
-    from compute.models import Host
-    from compute.services.ports import host_networks_sync
-
     host = Host.objects.filter(name=host_name).first()
     return host_networks_sync(host) if host is not None else {}
 
@@ -45,32 +45,23 @@ def networks_sync(host_name: str) -> dict[str, list[str]]:
 def admission_run() -> list[str]:
     """Periodic and on release (control queue): admit waiting requests that now fit, in the queue's
     order; fail those waiting too long."""
-    from compute.services.admission import admission_run as run
-
-    return run()
+    return admission.admission_run()
 
 
 @shared_task(name="compute.allocation_adjust")
 def allocation_adjust() -> dict[str, Any]:
     """Periodic (control queue): move dynamic instances' memory toward their measured demand."""
-    from compute.services.allocation import allocation_adjust_all
-
     return allocation_adjust_all()
 
 
 @shared_task(name="compute.metrics_rollup")
 def metrics_rollup() -> dict[str, int]:
     """Periodic (control queue): down-sample usage series (raw -> minutes -> hours) and expire them."""
-    from compute.metrics import metrics_rollup as rollup
-
-    return rollup()
+    return metrics.metrics_rollup()
 
 
 @shared_task(name="compute.memory_apply", acks_late=True, reject_on_worker_lost=True)
 def memory_apply(host_name: str) -> dict[str, str]:
     """On a host's queue: bring its dynamic instances' live memory to the grants in the database."""
-    from compute.models import Host
-    from compute.services.memory import memory_apply as apply
-
     host = Host.objects.filter(name=host_name).first()
-    return apply(host, local_driver()) if host is not None else {}
+    return memory.memory_apply(host, local_driver()) if host is not None else {}

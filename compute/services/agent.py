@@ -33,15 +33,11 @@ from compute.models import (
 from compute.services import ports
 from compute.services.containers import container_config, container_driver, limits_of, prepared_rootfs
 from compute.services.images import ImageCorrupt, verify_image
-from compute.services.instances import (
-    instance_deleted,
-    instance_event,
-    instance_fail,
-    operation_event,
-    operation_finish,
-)
+from compute.services.instances import instance_deleted
+from compute.services.lifecycle import instance_event, instance_fail, operation_event, operation_finish
 from compute.services.resize import resize_failed
 from compute.services.snapshots import snapshot_forget
+from core.queues import send_task
 from core.redis import redis_client
 
 logger = logging.getLogger(__name__)
@@ -409,8 +405,6 @@ def resume_interrupted(host: Any) -> int:
 
     Their steps are idempotent, so running them again finishes what was cut short.
     """
-    from compute.tasks import run_operation
-
     ops = list(
         Operation.objects.unscoped()
         .filter(instance__host=host, state__in=[OperationState.PENDING, OperationState.RUNNING])
@@ -419,5 +413,5 @@ def resume_interrupted(host: Any) -> int:
     for op_id in ops:
         # The agent that held these locks is gone (this one just started).
         redis_client().delete(f"nubis:operation:{op_id}")
-        run_operation.apply_async(args=(op_id,), queue=host.queue)
+        send_task("compute.run_operation", queue=host.queue, args=(op_id,))
     return len(ops)

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from compute.models import Host
 from compute.services.lifecycle import instance_event
+from core.queues import send_task_after_commit
 from scheduler.allocation import (
     DEFAULT_POLICY,
     Policy,
@@ -35,7 +36,6 @@ def allocation_adjust_host(host: Host, policy: Policy = DEFAULT_POLICY) -> dict[
     without recent samples. The host's agent is asked to apply the grants even when none moved,
     so a move that failed there, or a container restarted with its old limit, is retried.
     """
-    from compute.tasks import memory_apply  # the tasks import the agent's services
 
     if host.simulated:
         return {}
@@ -72,7 +72,7 @@ def allocation_adjust_host(host: Host, policy: Policy = DEFAULT_POLICY) -> dict[
                 },
             )
         queue, name = locked.queue, locked.name
-        transaction.on_commit(lambda: memory_apply.apply_async(args=(name,), queue=queue))
+        send_task_after_commit("compute.memory_apply", queue=queue, args=(name,))
     return {grant.key: [grant.from_mib, grant.to_mib] for grant in decided.grants}
 
 

@@ -3,7 +3,7 @@
 Each request is one transaction: the state change, the quota claim, the placement and the
 Operation row commit together, and the agent's task is enqueued only after the commit. The steps
 the services share (events, Operation rows, failing, the idle lock) are in
-compute.services.lifecycle; they are imported here under their old names too.
+compute.services.lifecycle.
 """
 
 from __future__ import annotations
@@ -35,18 +35,19 @@ from compute.models import (
 )
 from compute.selectors import flavors_for, images_for, networks_for
 from compute.services.admission import admission_cancel, admission_enqueue
-from compute.services.lifecycle import NAME_RULE as NAME_RULE
-from compute.services.lifecycle import admission_kick
-from compute.services.lifecycle import deadline as deadline
-from compute.services.lifecycle import instance_event as instance_event
-from compute.services.lifecycle import instance_fail as instance_fail
-from compute.services.lifecycle import instance_lock_idle as instance_lock_idle
-from compute.services.lifecycle import name_is_valid as name_is_valid
-from compute.services.lifecycle import operation_enqueue as operation_enqueue
-from compute.services.lifecycle import operation_event as operation_event
-from compute.services.lifecycle import operation_finish as operation_finish
-from compute.services.lifecycle import operation_record as operation_record
-from compute.services.lifecycle import release_claims as release_claims
+from compute.services.lifecycle import (
+    NAME_RULE,
+    admission_kick,
+    deadline,
+    instance_event,
+    instance_fail,
+    instance_lock_idle,
+    name_is_valid,
+    operation_enqueue,
+    operation_finish,
+    operation_record,
+    release_claims,
+)
 from compute.services.networks import attach_to_network, default_network
 from compute.services.placement import instance_place
 from compute.services.snapshots import snapshot_forget

@@ -36,7 +36,7 @@ from compute.models import (
     OperationState,
     domain_uuid,
 )
-from compute.services.instances import instance_event, instance_fail, operation_finish
+from compute.services.lifecycle import instance_event, instance_fail, operation_finish
 from compute.services.ports import host_networks_sync, port_detach
 from core.redis import redis_client
 from security.audit import Actor, audit_log

@@ -24,13 +24,8 @@ from compute.models import (
     OperationKind,
     OperationState,
 )
-from compute.services.instances import (
-    instance_action,
-    instance_create,
-    instance_delete,
-    instance_event,
-    operation_event,
-)
+from compute.services.instances import instance_action, instance_create, instance_delete
+from compute.services.lifecycle import instance_event, operation_event
 from security.audit import Actor
 from tenants.models import Role, Tenant
 from tests.compute.conftest import wait_operation
