@@ -3,6 +3,8 @@ request list for quick calls that must not wait behind its operations (compute.s
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from celery import current_app
 from django.db import transaction
 
@@ -32,8 +34,21 @@ def send_task(name: str, *, queue: str, args: tuple[object, ...] = (), **options
     current_app.send_task(name, args=args, queue=queue, **options)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class TaskSend:
+    """A task to send by name, as an on-commit callback: tests can read what it will send."""
+
+    name: str
+    queue: str
+    args: tuple[object, ...] = ()
+    options: dict[str, object] = field(default_factory=dict)
+
+    def __call__(self) -> None:
+        send_task(self.name, queue=self.queue, args=self.args, **self.options)
+
+
 def send_task_after_commit(
     name: str, *, queue: str, args: tuple[object, ...] = (), **options: object
 ) -> None:
     """Send the task once the surrounding transaction commits (at once outside a transaction)."""
-    transaction.on_commit(lambda: send_task(name, queue=queue, args=args, **options))
+    transaction.on_commit(TaskSend(name, queue, tuple(args), dict(options)))

@@ -32,6 +32,7 @@ from compute.models import (
 )
 from compute.services.allocation import allocation_adjust_all, allocation_adjust_host
 from compute.services.metrics import settle_balloon
+from core.queues import TaskSend
 from scheduler.allocation import DEFAULT_POLICY, Demand, Policy, plan
 from security.models import AuditRecord
 from tenants.models import Tenant
@@ -282,8 +283,9 @@ def test_adjuster_saves_grants_within_the_host_and_skips_what_it_must(
     assert {r.target_id: (r.detail["from_mib"], r.detail["to_mib"]) for r in audited} == {
         str(i.pk): tuple(moved[str(i.uuid)]) for i in (pressed, less, idle)
     }
-    applies = [c for c in callbacks if "allocation_adjust_host" in c.__qualname__]
-    assert len(applies) == 1  # the host's agent is asked once to apply them
+    applies = [c for c in callbacks if isinstance(c, TaskSend) and c.name == "compute.memory_apply"]
+    # The host's agent is asked once to apply them, on its own queue.
+    assert [(c.queue, c.args) for c in applies] == [(box.queue, (box.name,))]
 
     # A full host: another pass with the same usage moves nothing (no flapping, no room).
     _samples(pressed, 95, 95)
