@@ -201,8 +201,7 @@ class RpcServer:
 
 
 def rpc_loop(name: str, stop: threading.Event) -> None:
-    """The agent's RPC thread: this host's server, with drivers of its own (its own libvirt
-    connection), until ``stop``."""
+    """The agent's RPC thread: this host's server, on the agent's drivers, until ``stop``."""
     RpcServer(name, local_driver(), container_driver(), settings.NUBIS_DOMAIN_PREFIX).serve(stop)
 
 

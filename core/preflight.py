@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 from django.conf import settings
 from django.db import connection
+
+from core.redaction import redact
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,6 @@ def check_database() -> CheckResult:
     return timed("database", "DATABASE_URL", probe)
 
 
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
-
-
 def check_redis() -> CheckResult:
     """PING the Redis that Celery, Channels and the cache share."""
 
@@ -82,7 +76,7 @@ def check_redis() -> CheckResult:
             version = info.get("redis_version", "?")
         finally:
             client.close()
-        return f"redis {version} at {_without_password(settings.REDIS_URL)}"
+        return f"redis {version} at {redact(settings.REDIS_URL)}"
 
     return timed("redis", "REDIS_URL", probe)
 

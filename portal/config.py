@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from core.redaction import redact
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -246,18 +248,6 @@ def redis_url(name: str = "REDIS_URL", default: str = "redis://127.0.0.1:6379/0"
         db = parts.path.lstrip("/")
         if db and not db.isdigit():
             raise ConfigError(name, f"the database number must be an integer, got {db!r}")
-    return url
-
-
-def redact(url: str) -> str:
-    """Hide the password in a URL for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
     return url
 
 

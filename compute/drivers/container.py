@@ -111,13 +111,9 @@ class RuncDriver(ContainerDriver):
         bundle = self.bundle_dir(name)
         parts: list[str] = []
         for filename in ("stdout.log", "stderr.log"):
-            path = bundle / filename
             try:
-                with path.open("rb") as fh:
-                    size = fh.seek(0, 2)
-                    fh.seek(max(0, size - max_bytes))
-                    parts.append(fh.read().decode(errors="replace"))
-            except OSError:
+                parts.append(read_log(bundle / filename, None, max_bytes).data.decode(errors="replace"))
+            except DriverError:  # unreadable: the other log still says something
                 continue
         return "".join(parts)[-max_bytes:]
 
