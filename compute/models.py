@@ -452,13 +452,30 @@ class Operation(TenantOwned):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     attempts = models.PositiveSmallIntegerField(default=0)
+    # The outbox (compute.services.outbox): the row is the promise, a message on the host's queue
+    # only its delivery. When the dispatcher may send it (again) while it stays pending, how often
+    # it was handed to the broker, when last, and why the last try failed.
+    dispatch_after = models.DateTimeField(null=True, blank=True)
+    dispatches = models.PositiveSmallIntegerField(default=0)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    dispatch_error = models.CharField(max_length=300, blank=True, default="")
+    # The agent that claimed it: "<host>/<pid>" (a lost claim's fault names it).
+    claimed_by = models.CharField(max_length=120, blank=True, default="")
     created = models.DateTimeField(default=timezone.now)
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created"]
-        indexes = [models.Index(fields=["tenant", "created", "id"], name="operation_tenant_created")]
+        indexes = [
+            models.Index(fields=["tenant", "created", "id"], name="operation_tenant_created"),
+            # The dispatcher's and the claim watch's scans: unfinished operations only.
+            models.Index(
+                fields=["dispatch_after"],
+                condition=Q(state__in=["pending", "running"]),
+                name="operation_unfinished",
+            ),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["tenant", "idempotency_key"],

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Prefetch, Q
+from django.utils import timezone
 
 from compute.models import (
     Flavor,
@@ -12,6 +16,8 @@ from compute.models import (
     Instance,
     InstanceState,
     Network,
+    Operation,
+    OperationState,
     SecurityGroup,
 )
 from scheduler.admission import queue_statuses
@@ -49,3 +55,45 @@ def images_for(tenant: Tenant) -> Any:
 def networks_for(tenant: Tenant) -> Any:
     """The tenant's networks that are not deleted."""
     return Network.objects.for_tenant(tenant).filter(deleted_at__isnull=True)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """An operation accepted but not claimed by any agent yet (for /readyz and the hosts page)."""
+
+    uuid: str
+    kind: str
+    instance: str
+    host: str
+    age_s: float
+    dispatches: int
+    error: str
+
+
+def operations_waiting(limit: int = 20) -> dict[str, Any]:
+    """Pending operations on a host that no agent claimed within NUBIS_DISPATCH_GRACE of being
+    accepted: how many, the oldest one's age, and the oldest ``limit`` of them."""
+    now = timezone.now()
+    rows = (
+        Operation.objects.unscoped()
+        .filter(
+            state=OperationState.PENDING,
+            instance__host__isnull=False,
+            created__lt=now - timedelta(seconds=settings.NUBIS_DISPATCH_GRACE),
+        )
+        .select_related("instance", "instance__host")
+        .order_by("created", "pk")
+    )
+    oldest = [
+        Waiting(
+            uuid=str(op.uuid),
+            kind=op.kind,
+            instance=op.instance.name,
+            host=op.instance.host.name if op.instance.host else "",
+            age_s=round((now - op.created).total_seconds(), 1),
+            dispatches=op.dispatches,
+            error=op.dispatch_error,
+        )
+        for op in rows[:limit]
+    ]
+    return {"count": rows.count(), "oldest_age_s": oldest[0].age_s if oldest else 0.0, "oldest": oldest}

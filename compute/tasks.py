@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 from typing import Any
 
 from celery import shared_task
+from celery.signals import worker_ready, worker_shutting_down
 from django.conf import settings
 
 from compute import metrics
@@ -14,7 +16,11 @@ from compute.models import Host
 from compute.services import admission, agent, memory
 from compute.services.allocation import allocation_adjust_all
 from compute.services.hosts import hosts_mark_down
+from compute.services.outbox import dispatcher_loop
 from compute.services.ports import host_networks_sync
+from core.queues import CONTROL_QUEUE
+
+_dispatcher_stop = threading.Event()
 
 
 @lru_cache(maxsize=1)
@@ -65,3 +71,18 @@ def memory_apply(host_name: str) -> dict[str, str]:
     """On a host's queue: bring its dynamic instances' live memory to the grants in the database."""
     host = Host.objects.filter(name=host_name).first()
     return memory.memory_apply(host, local_driver()) if host is not None else {}
+
+
+@worker_ready.connect
+def start_dispatcher(sender: Any = None, **kwargs: Any) -> None:
+    """A worker of the control queue also runs the operations outbox (compute.services.outbox):
+    a thread of its main process, which does not depend on the broker to be woken."""
+    queues = set(sender.app.amqp.queues.consume_from) if sender is not None else set()
+    if CONTROL_QUEUE not in queues:
+        return  # a compute agent, or a worker of other queues
+    threading.Thread(target=dispatcher_loop, args=(_dispatcher_stop,), name="outbox", daemon=True).start()
+
+
+@worker_shutting_down.connect
+def stop_dispatcher(**kwargs: Any) -> None:
+    _dispatcher_stop.set()

@@ -18,6 +18,10 @@ CSRF_TRUSTED_ORIGINS = config.env_list("CSRF_TRUSTED_ORIGINS", [])
 
 DATABASE_URL = config.env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'nubis.sqlite3'}")
 DATABASES = {"default": config.database_from_url(DATABASE_URL)}
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # A database host that does not answer (rather than refuses) fails a connection in seconds,
+    # which the API answers 503 (portal.api_errors), instead of holding the request for minutes.
+    DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 5)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = config.redis_url()
@@ -25,6 +29,7 @@ LIBVIRT_URI = config.env_str("LIBVIRT_URI", "qemu:///system")
 # The compute host this process runs on; its Celery queue is "host.<name>".
 NUBIS_HOST_NAME = config.env_str("NUBIS_HOST_NAME", socket.gethostname())
 NUBIS_HEARTBEAT_SECONDS = config.env_int("NUBIS_HEARTBEAT_SECONDS", 30, minimum=1)
+NUBIS_LIVE_CHECK_SECONDS = config.env_int("NUBIS_LIVE_CHECK_SECONDS", 5, minimum=1)  # portal.consumers
 # Compute: where images and instance disks live, and how hosts report in.
 # QEMU (libvirt-qemu) and containers' mapped root must reach them: a checkout in a private
 # directory gets them under /var/lib/nubis instead of its var/ (portal.stores).
@@ -36,6 +41,25 @@ NUBIS_INSTANCE_DIR = config.env_path(
 )
 NUBIS_HOST_HEARTBEAT_SECONDS = config.env_int("NUBIS_HOST_HEARTBEAT_SECONDS", 5, minimum=1)
 NUBIS_HOST_HEARTBEAT_TIMEOUT = config.env_int("NUBIS_HOST_HEARTBEAT_TIMEOUT", 30, minimum=2)
+# The operations outbox (compute.services.outbox), run by the control worker every
+# NUBIS_DISPATCH_SECONDS: a pending operation no agent claimed within NUBIS_DISPATCH_GRACE seconds
+# of being sent is sent again (the wait doubles each time, up to a minute); one whose send failed
+# (broker down) is tried again each round. A claimed operation is lost once its host's agent has
+# not heartbeated for NUBIS_CLAIM_LEASE_SECONDS, as the control worker saw it: it is then failed.
+# An agent whose database connection breaks mid-operation waits this long for it (with backoff),
+# then runs the operation again from its claim.
+NUBIS_DB_RETRY_SECONDS = config.env_int("NUBIS_DB_RETRY_SECONDS", 120, minimum=0)
+NUBIS_DISPATCH_SECONDS = config.env_int("NUBIS_DISPATCH_SECONDS", 2, minimum=1)
+NUBIS_DISPATCH_GRACE = config.env_int("NUBIS_DISPATCH_GRACE", 5, minimum=1)
+NUBIS_CLAIM_LEASE_SECONDS = config.env_int(
+    "NUBIS_CLAIM_LEASE_SECONDS", max(20, 4 * NUBIS_HOST_HEARTBEAT_SECONDS), minimum=2
+)
+if NUBIS_CLAIM_LEASE_SECONDS < 2 * NUBIS_HOST_HEARTBEAT_SECONDS:
+    raise config.ConfigError(
+        "NUBIS_CLAIM_LEASE_SECONDS",
+        f"must be at least twice NUBIS_HOST_HEARTBEAT_SECONDS ({NUBIS_HOST_HEARTBEAT_SECONDS} s): "
+        "a live agent would lose its claims between two heartbeats",
+    )
 NUBIS_LIBVIRT_NETWORK = config.env_str("NUBIS_LIBVIRT_NETWORK", "default")
 # Domains this deployment owns are named <prefix><instance uuid>; others on the daemon are left alone.
 NUBIS_DOMAIN_PREFIX = config.env_str("NUBIS_DOMAIN_PREFIX", "nubis-")
@@ -310,7 +334,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # acks_late needs a visibility timeout longer than the longest task, or Redis redelivers it.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT * 2}
 CELERY_TIMEZONE = TIME_ZONE
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# django_celery_beat's scheduler, kept alive through a database outage (portal.beat).
+CELERY_BEAT_SCHEDULER = "portal.beat:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     "tenant-heartbeat": {
         "task": "portal.tasks.heartbeat",

@@ -26,8 +26,10 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from compute.models import Host, HostState, Instance, InstanceState
+from compute.selectors import operations_waiting
 from compute.services.hosts import host_maintenance_set
 from core.errors import ServiceError
+from core.preflight import check_redis
 from scheduler.admission import queue_entries, queue_statuses
 from scheduler.engine import HostTable
 from scheduler.hosts import host_rows
@@ -227,8 +229,15 @@ def queue_overview() -> dict[str, Any]:
 
 
 # -- pages -----------------------------------------------------------------------------------------
+def delivery_overview() -> dict[str, Any]:
+    """The broker (the Redis of REDIS_URL) and the operations accepted that no agent claimed yet."""
+    broker = check_redis()
+    return {"broker": broker, "waiting": operations_waiting()}
+
+
 def _hosts_page(request: HttpRequest, error: ServiceError | None = None, status: int = 200) -> HttpResponse:
     context = hosts_overview(request.GET.get("page"))
+    context.update(delivery_overview())
     context["can_toggle"] = request.user.has_perm(MAINTENANCE_PERMISSION)
     context["error"] = error
     return render(request, "staff/hosts.html", context, status=status)

@@ -11,11 +11,12 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, close_old_connections, connection, transaction
 from django.utils import timezone
 from redis.exceptions import LockError
 
@@ -34,10 +35,15 @@ from compute.services import ports
 from compute.services.containers import container_config, container_driver, limits_of, prepared_rootfs
 from compute.services.images import ImageCorrupt, verify_image
 from compute.services.instances import instance_deleted
-from compute.services.lifecycle import instance_event, instance_fail, operation_event, operation_finish
+from compute.services.lifecycle import (
+    instance_event,
+    instance_fail,
+    operation_event,
+    operation_finish,
+    operation_send,
+)
 from compute.services.resize import resize_failed
 from compute.services.snapshots import snapshot_forget
-from core.queues import send_task
 from core.redis import redis_client
 
 logger = logging.getLogger(__name__)
@@ -91,9 +97,15 @@ def _claim(operation_id: int) -> Operation | None:
         operation.state = OperationState.RUNNING
         operation.attempts += 1
         operation.started = operation.started or timezone.now()
-        operation.save(update_fields=["state", "attempts", "started"])
+        operation.claimed_by = agent_identity(operation.instance.host.name if operation.instance.host else "")
+        operation.save(update_fields=["state", "attempts", "started", "claimed_by"])
         operation_event(operation)
         return operation
+
+
+def agent_identity(host_name: str) -> str:
+    """Who claims an operation: the host and this agent's process."""
+    return f"agent@{host_name}/pid {os.getpid()}"[:120]
 
 
 def _step(operation: Operation, step: str, progress: int) -> None:
@@ -120,23 +132,84 @@ def _set_state(instance: Instance, state: str, **fields: Any) -> None:
     instance_event(instance)
 
 
-def operation_lock(operation_id: int) -> Any:
+def operation_lock_key(operation_uuid: object) -> str:
+    # By uuid, not id: deployments (and test databases) sharing a Redis reuse ids, never uuids.
+    return f"nubis:operation:{operation_uuid}"
+
+
+def operation_lock(operation_uuid: object) -> Any:
     """A Redis lock that keeps two deliveries of one Operation from running at the same time."""
     return redis_client().lock(
-        f"nubis:operation:{operation_id}", timeout=settings.CELERY_TASK_TIME_LIMIT, blocking=False
+        operation_lock_key(operation_uuid), timeout=settings.CELERY_TASK_TIME_LIMIT, blocking=False
     )
+
+
+# The database connection broke (PostgreSQL restarting, a network cut): not the operation's fault.
+DATABASE_GONE = (OperationalError, InterfaceError)
 
 
 def execute(operation_id: int, driver: VmDriver) -> str:
     """Run one Operation to its end; returns its final state ("skipped" or "busy" for a repeat)."""
-    lock = operation_lock(operation_id)
+    found = Operation.objects.unscoped().filter(pk=operation_id).values_list("uuid", flat=True).first()
+    if found is None:
+        return "skipped"
+    lock = operation_lock(found)
     if not lock.acquire():
         return "busy"  # another delivery is running it right now
     try:
-        return _execute(operation_id, driver)
+        return _execute_through_outages(operation_id, driver)
     finally:
         with contextlib.suppress(LockError):
             lock.release()
+
+
+def _execute_through_outages(operation_id: int, driver: VmDriver) -> str:
+    """Run the Operation; when the database connection breaks, wait for it with backoff (up to
+    NUBIS_DB_RETRY_SECONDS) and run it again from its claim: every step is idempotent, and a step
+    whose result was already recorded is recognized (_settled)."""
+    waited, delay = 0.0, 0.5
+    while True:
+        try:
+            return _execute(operation_id, driver)
+        except DATABASE_GONE as exc:
+            if waited >= settings.NUBIS_DB_RETRY_SECONDS:
+                logger.error(
+                    "operation %s: the database stayed unreachable for %.0f s: %s", operation_id, waited, exc
+                )
+                raise
+            logger.warning(
+                "operation %s: the database failed (%s); running it again in %.1f s", operation_id, exc, delay
+            )
+            close_old_connections()
+            connection.close()
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 5.0)
+
+
+# What each kind of operation leaves its instance in once done: a second run (after an agent died
+# or the database broke between the work and its record) finds the work recorded.
+_DONE_STATES: dict[str, frozenset[str]] = {
+    OperationKind.CREATE: frozenset({InstanceState.RUNNING}),
+    OperationKind.START: frozenset({InstanceState.RUNNING}),
+    OperationKind.STOP: frozenset({InstanceState.STOPPED}),
+    OperationKind.REBOOT: frozenset({InstanceState.RUNNING}),
+    OperationKind.RESIZE: frozenset({InstanceState.RUNNING, InstanceState.STOPPED}),
+    OperationKind.DELETE: frozenset({InstanceState.DELETED}),
+}
+
+
+def _settled(operation: Operation, instance: Instance) -> str | None:
+    """On a second run: the final state when the instance already shows this operation's outcome."""
+    if operation.attempts < 2:
+        return None
+    if instance.state in _DONE_STATES.get(operation.kind, ()):
+        operation_finish(operation, OperationState.SUCCEEDED)
+        return OperationState.SUCCEEDED
+    if instance.state == InstanceState.ERROR and operation.kind in _DONE_STATES:
+        operation_finish(operation, OperationState.FAILED, instance.fault or "the instance is in error")
+        return OperationState.FAILED
+    return None
 
 
 def _execute(operation_id: int, driver: VmDriver) -> str:
@@ -145,20 +218,34 @@ def _execute(operation_id: int, driver: VmDriver) -> str:
         return "skipped"
     crash_point("claim")
     instance = operation.instance
+    settled = _settled(operation, instance)
+    if settled is not None:
+        return settled
     container = instance.kind == InstanceKind.CONTAINER
     guests: GuestDriver = container_driver() if container else driver
     try:
         handler = (_CONTAINER_HANDLERS if container else _HANDLERS)[operation.kind]
         handler(operation, instance, guests)
-    except (DriverError, ImageCorrupt) as exc:
-        logger.warning("operation %s (%s of %s) failed: %s", operation.pk, operation.kind, instance.uuid, exc)
-        error = str(exc)
+    except DATABASE_GONE:
+        raise  # run again once the database is back (_execute_through_outages)
+    except Exception as exc:  # a driver's refusal, or anything unforeseen: the operation fails
+        if isinstance(exc, (DriverError, ImageCorrupt)):
+            logger.warning(
+                "operation %s (%s of %s) failed: %s", operation.pk, operation.kind, instance.uuid, exc
+            )
+            error = str(exc)
+        else:
+            logger.exception("operation %s (%s of %s) failed", operation.pk, operation.kind, instance.uuid)
+            error = f"internal error: {type(exc).__name__}: {exc}"
         with transaction.atomic():
             if operation.kind == OperationKind.CREATE:
-                _cleanup(instance, guests)
-                instance_fail(instance, str(exc))
+                try:
+                    _cleanup(instance, guests)
+                except DriverError as more:  # the instance, in error, keeps them: its delete retries
+                    error = f"{error}; removing what it made failed too: {more}"
+                instance_fail(instance, error)
             elif operation.kind == OperationKind.DELETE:
-                instance_fail(instance, f"delete failed: {exc}")
+                instance_fail(instance, f"delete failed: {error}")
             else:
                 if operation.kind == OperationKind.SNAPSHOT:
                     failed = Snapshot.objects.for_tenant(instance.tenant_id).filter(
@@ -186,7 +273,10 @@ def _cleanup(instance: Instance, driver: GuestDriver) -> None:
 
 def _settle_after_failure(instance: Instance, driver: GuestDriver, error: str) -> None:
     """After a failed start/stop/reboot, set the state the hypervisor really shows, with the fault."""
-    power = driver.power_state(instance.domain_name)
+    try:
+        power = driver.power_state(instance.domain_name)
+    except DriverError as exc:
+        power, error = None, f"{error}; its power state is unknown: {exc}"
     state = {"running": InstanceState.RUNNING, "stopped": InstanceState.STOPPED}.get(
         power or "", InstanceState.ERROR
     )
@@ -408,10 +498,10 @@ def resume_interrupted(host: Any) -> int:
     ops = list(
         Operation.objects.unscoped()
         .filter(instance__host=host, state__in=[OperationState.PENDING, OperationState.RUNNING])
-        .values_list("pk", flat=True)
+        .values_list("pk", "uuid")
     )
-    for op_id in ops:
+    for op_id, op_uuid in ops:
         # The agent that held these locks is gone (this one just started).
-        redis_client().delete(f"nubis:operation:{op_id}")
-        send_task("compute.run_operation", queue=host.queue, args=(op_id,))
+        redis_client().delete(operation_lock_key(op_uuid))
+        operation_send(op_id, host.queue)
     return len(ops)

@@ -7,20 +7,26 @@ so those import them at module level without a cycle.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from compute.models import Instance, InstanceState, Operation, OperationState
 from core.errors import Conflict
 from core.events import publish
-from core.queues import CONTROL_QUEUE, send_task_after_commit
+from core.queues import CONTROL_QUEUE, send_task, send_task_after_commit
 from scheduler.admission import queue_waiting
 from security.audit import Actor
 from tenants.models import QuotaClaim
 from tenants.services.quotas import quota_release
+
+logger = logging.getLogger(__name__)
 
 NAME_RULE = "1-63 letters, digits or hyphens, starting with a letter"
 
@@ -71,12 +77,61 @@ def deadline() -> datetime:
 
 
 def operation_enqueue(operation: Operation) -> None:
-    """After commit, hand the Operation to its host's agent (nothing while it has no host)."""
+    """After commit, hand the Operation to its host's agent (nothing while it has no host).
+
+    The committed row is the promise; this send is only its first delivery. If the broker is
+    down, or the message is lost, the outbox's dispatcher (compute.services.outbox) sends it again.
+    """
     queue = operation.instance.host.queue if operation.instance.host else None
     if queue is None:
         return
-    op_id = operation.pk
-    send_task_after_commit("compute.run_operation", queue=queue, args=(op_id,))
+    transaction.on_commit(OperationSend(operation.pk, queue))
+
+
+def redispatch_wait(dispatches: int) -> timedelta:
+    """How long a sent operation may stay unclaimed before it is sent again: NUBIS_DISPATCH_GRACE
+    after the first send, doubling with each send after it, at most a minute."""
+    grace = settings.NUBIS_DISPATCH_GRACE
+    return timedelta(seconds=min(grace * 2 ** max(dispatches - 1, 0), max(60, grace)))
+
+
+def operation_send(op_id: int, queue: str, dispatches: int = 0) -> bool:
+    """Send the Operation to ``queue`` now and record the delivery on its row; False (recorded,
+    for the dispatcher to try again next round) when the broker refused it."""
+    now = timezone.now()
+    try:
+        send_task("compute.run_operation", queue=queue, args=(op_id,))
+    except Exception as exc:  # kombu's OperationalError, a Redis or socket error
+        logger.warning("operation %s not sent to %s (the broker failed: %s)", op_id, queue, exc)
+        fields: dict[str, Any] = {
+            "dispatch_error": f"{type(exc).__name__}: {exc}"[:300],
+            "dispatch_after": now + timedelta(seconds=settings.NUBIS_DISPATCH_SECONDS),
+        }
+        sent = False
+    else:
+        fields = {
+            "dispatches": F("dispatches") + 1,
+            "dispatched_at": now,
+            "dispatch_error": "",
+            "dispatch_after": now + redispatch_wait(dispatches + 1),
+        }
+        sent = True
+    try:
+        Operation.objects.unscoped().filter(pk=op_id, state=OperationState.PENDING).update(**fields)
+    except DatabaseError as exc:  # the dispatcher re-reads the row; nothing here is the promise
+        logger.warning("operation %s: its delivery was not recorded: %s", op_id, exc)
+    return sent
+
+
+@dataclass(frozen=True)
+class OperationSend:
+    """The on-commit first delivery of an Operation (tests can read what it sends, and where)."""
+
+    operation_id: int
+    queue: str
+
+    def __call__(self) -> None:
+        operation_send(self.operation_id, self.queue)
 
 
 def operation_record(
@@ -93,6 +148,7 @@ def operation_record(
         params=params or {},
         requested_by_id=actor.user_id,
         idempotency_key=idempotency_key,
+        dispatch_after=timezone.now() + redispatch_wait(1),
     )
     operation_event(operation, str(instance.uuid))
     return operation
