@@ -1,11 +1,21 @@
-"""One error shape for the whole API: RFC 9457 problem details that name the field and the rule."""
+"""One error shape for the whole API: RFC 9457 problem details that name the field and the rule.
+
+An exception no view handled reaches Django's 500 handler (``server_error``), DRF's views included
+(they re-raise what is not an API error). When it comes from a dependency that is down for a while
+(the database restarting, Redis unreachable), the answer is a 503 with ``Retry-After`` naming the
+dependency, never a 500: problem+json under /api/ and for JSON asks (``/readyz?format=json``), a
+plain page without a traceback elsewhere.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
+import redis
 from django.core.exceptions import PermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views import defaults
 from rest_framework import exceptions, status
@@ -26,6 +36,26 @@ SERVICE_TITLES = {
     status.HTTP_503_SERVICE_UNAVAILABLE: "Service Unavailable",
 }
 RETRY_AFTER_SECONDS = 5  # a host's agent that did not answer: restarting, or its host is down
+
+try:  # the PostgreSQL driver's own errors, for one raised outside Django's wrapper
+    import psycopg
+
+    _PSYCOPG_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
+except ImportError:  # pragma: no cover - an SQLite-only install
+    _PSYCOPG_ERRORS = ()
+# What an outage of each dependency raises: Django's wrappers of the database driver's connection
+# errors (a closed or refused connection, a server shutting down) and the driver's own; Redis's
+# connection and timeout errors (kombu's errors for the broker carry them as their cause).
+OUTAGES: tuple[tuple[str, tuple[type[BaseException], ...]], ...] = (
+    ("database", (OperationalError, InterfaceError, *_PSYCOPG_ERRORS)),
+    ("redis", (redis.ConnectionError, redis.TimeoutError)),
+)
+OUTAGE_RETRY_AFTER_SECONDS = 5  # a PostgreSQL restart takes a second or two; Redis about as long
+OUTAGE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Service unavailable</title></head>
+<body><h1>Service unavailable</h1>
+<p>Nubis cannot reach its {dependency} at the moment. Try again in a few seconds.</p></body></html>
+"""
 
 
 def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
@@ -114,8 +144,56 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     return defaults.page_not_found(request, exception or Http404())
 
 
+def outage_of(exc: BaseException | None) -> str | None:
+    """The dependency (``database``, ``redis``) whose outage raised ``exc``, or None.
+
+    The exception's causes count too: a wrapper (kombu's OperationalError around Redis's, a
+    Django error raised while handling a dropped connection) names the outage underneath."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen and len(seen) < 10:
+        seen.add(id(exc))
+        for dependency, kinds in OUTAGES:
+            if isinstance(exc, kinds):
+                return dependency
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def wants_problem(request: HttpRequest) -> bool:
+    """API routes, and requests that ask for JSON (``/readyz?format=json``), get problem+json."""
+    if request.path.startswith("/api/"):
+        return True
+    accept = request.headers.get("Accept", "")
+    return request.GET.get("format") == "json" or "json" in accept
+
+
+def outage_response(request: HttpRequest, dependency: str) -> HttpResponse:
+    """503 with Retry-After naming the dependency that is down; builds nothing that needs it."""
+    if wants_problem(request):
+        message = f"the {dependency} is unavailable; try again in a few seconds"
+        response = plain_problem(
+            503,
+            "Service Unavailable",
+            f"{dependency}: {message}",
+            "unavailable",
+            [{"field": dependency, "rule": "unavailable", "message": message}],
+        )
+    else:  # no template: rendering one may itself need the database (context processors)
+        response = HttpResponse(
+            OUTAGE_PAGE.format(dependency=dependency), status=503, content_type="text/html; charset=utf-8"
+        )
+    response["Retry-After"] = str(OUTAGE_RETRY_AFTER_SECONDS)
+    return response
+
+
 def server_error(request: HttpRequest) -> HttpResponse:
-    """Django's 500 handler: problem details under /api/, the HTML page elsewhere."""
+    """Django's 500 handler, called inside the ``except`` block of the exception no view handled.
+
+    A dependency's outage answers 503 with Retry-After (see ``outage_response``); anything else is
+    a 500: problem details under /api/, the HTML page elsewhere."""
+    dependency = outage_of(sys.exc_info()[1])
+    if dependency is not None:
+        return outage_response(request, dependency)
     if request.path.startswith("/api/"):
         return plain_problem(
             500, "Internal Server Error", "The server failed; it was logged.", "server_error"

@@ -41,14 +41,14 @@ NUBIS_INSTANCE_DIR = config.env_path(
 )
 NUBIS_HOST_HEARTBEAT_SECONDS = config.env_int("NUBIS_HOST_HEARTBEAT_SECONDS", 5, minimum=1)
 NUBIS_HOST_HEARTBEAT_TIMEOUT = config.env_int("NUBIS_HOST_HEARTBEAT_TIMEOUT", 30, minimum=2)
+# An agent whose database connection breaks mid-operation waits this long for it (with backoff),
+# then runs the operation again from its claim.
+NUBIS_DB_RETRY_SECONDS = config.env_int("NUBIS_DB_RETRY_SECONDS", 120, minimum=0)
 # The operations outbox (compute.services.outbox), run by the control worker every
 # NUBIS_DISPATCH_SECONDS: a pending operation no agent claimed within NUBIS_DISPATCH_GRACE seconds
 # of being sent is sent again (the wait doubles each time, up to a minute); one whose send failed
 # (broker down) is tried again each round. A claimed operation is lost once its host's agent has
 # not heartbeated for NUBIS_CLAIM_LEASE_SECONDS, as the control worker saw it: it is then failed.
-# An agent whose database connection breaks mid-operation waits this long for it (with backoff),
-# then runs the operation again from its claim.
-NUBIS_DB_RETRY_SECONDS = config.env_int("NUBIS_DB_RETRY_SECONDS", 120, minimum=0)
 NUBIS_DISPATCH_SECONDS = config.env_int("NUBIS_DISPATCH_SECONDS", 2, minimum=1)
 NUBIS_DISPATCH_GRACE = config.env_int("NUBIS_DISPATCH_GRACE", 5, minimum=1)
 NUBIS_CLAIM_LEASE_SECONDS = config.env_int(

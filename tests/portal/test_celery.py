@@ -60,9 +60,9 @@ def test_one_queue_per_host_plus_control() -> None:
 
 @pytest.mark.django_db(transaction=True)  # the scheduler closes connections between syncs
 def test_beat_uses_the_database_scheduler_editable_in_admin() -> None:
-    from django_celery_beat.schedulers import DatabaseScheduler
+    from portal.beat import DatabaseScheduler
 
-    assert app.conf.beat_scheduler == "django_celery_beat.schedulers:DatabaseScheduler"
+    assert app.conf.beat_scheduler == "portal.beat:DatabaseScheduler"
     DatabaseScheduler(app=app)  # installs the configured schedule into the database
     task = PeriodicTask.objects.get(name="tenant-heartbeat")
     assert task.task == "portal.tasks.heartbeat"
