@@ -12,6 +12,23 @@ user. Anonymous requests are never replayed. Server errors (5xx) are not stored,
 429 (rate limited: the request did not run, and a retry after Retry-After must be able to): the
 key is released, so a retry runs again. Other client errors are stored: a retry gets the same
 refusal.
+
+Redis unavailable. A keyed POST to a route that has no other protection against running twice is
+refused with 503 naming the header (and ``Retry-After``): running it could not be told apart from
+a retry later. A route whose view de-duplicates by the key in the database says so with a class
+attribute, ``idempotent_in_database = True`` (the instance create: compute.services.instances keeps
+the key on its Operation, unique per tenant, and serialises same-key creates); it runs with Redis
+down, unrecorded here, and the database answers its retries and concurrent twins.
+
+Redis lost its data (FLUSHALL, or a restart without persistence). The stored answers and pending
+claims are gone, so a retry (or a twin of a request still running) is neither replayed nor held
+back here; it runs again:
+- an instance create (``POST …/instances/``) returns the Operation the first request made, from
+  the database, as it stands now, with ``Idempotent-Replayed: true``: no second instance;
+- any other POST runs again, and its own rules answer: 409 for a name already in use (a network,
+  a security or server group, a snapshot) or a member already added, 409 for an action the
+  instance's state or its unfinished operation refuses; what no such rule stops runs again (a new
+  API token, a new VNC ticket, a reboot once the first one finished).
 """
 
 from __future__ import annotations
@@ -29,6 +46,7 @@ from typing import Any, cast
 import redis
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.urls import Resolver404, resolve
 
 from core.redis import redis_client
 from portal.api_errors import problem
@@ -118,6 +136,16 @@ def replay(stored: dict[str, Any]) -> HttpResponse:
     return response
 
 
+def deduplicated_in_database(request: HttpRequest) -> bool:
+    """Whether the view of the request's route de-duplicates by the key in the database itself."""
+    try:
+        match = resolve(request.path_info, getattr(request, "urlconf", None))
+    except Resolver404:
+        return False
+    view = getattr(match.func, "view_class", None) or getattr(match.func, "cls", None)
+    return bool(getattr(view, "idempotent_in_database", False))
+
+
 class IdempotencyMiddleware:
     """Replay the stored answer to a retried API POST instead of running it again."""
 
@@ -137,15 +165,26 @@ class IdempotencyMiddleware:
         if principal is None:
             return self.get_response(request)
         redis_key = f"{KEY_PREFIX}{principal}:{key}"
+        fingerprint = fingerprint_of(request)
         try:
-            return self.handle(request, redis_key, fingerprint_of(request))
+            claimed = self.claim(redis_key, fingerprint)
         except redis.RedisError as exc:
+            if deduplicated_in_database(request):
+                log.warning(
+                    "idempotency store unavailable (%s): %s runs, de-duplicated by its database",
+                    exc,
+                    request.path,
+                )
+                return self.get_response(request)
             log.error("idempotency store unavailable: %s", exc)
             detail = f"{HEADER} cannot be honoured now: the idempotency store is unavailable"
             return problem_response(503, "Service Unavailable", detail, "unavailable", 5)
+        if isinstance(claimed, HttpResponse):
+            return claimed
+        return self.run(request, redis_key, claimed, fingerprint)
 
-    def handle(self, request: HttpRequest, redis_key: str, fingerprint: str) -> HttpResponse:
-        """Claim the key and run, or replay / wait for / refuse what the key already holds."""
+    def claim(self, redis_key: str, fingerprint: str) -> str | HttpResponse:
+        """Claim the key (returns the claim), or replay / wait for / refuse what it already holds."""
         client = redis_client()
         wait = float(settings.NUBIS_IDEMPOTENCY_WAIT)
         deadline = time.monotonic() + wait
@@ -155,7 +194,7 @@ class IdempotencyMiddleware:
         claim_ttl = max(60, int(wait * 2))
         while True:
             if client.set(redis_key, claim, nx=True, ex=claim_ttl):
-                return self.run(request, redis_key, claim, fingerprint)
+                return claim
             raw = cast("bytes | None", client.get(redis_key))
             if raw is None:
                 continue  # released or expired between SET and GET: try to claim it again

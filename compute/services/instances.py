@@ -13,7 +13,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models import BooleanField, Value
 from django.utils import timezone
 
 from compute.models import (
@@ -59,6 +60,7 @@ from tenants.models import PriorityClass, Tenant
 from tenants.services.quotas import quota_claim
 
 IDEMPOTENCY_KEY_MAX = 100  # Operation.idempotency_key's length
+_REPLAYED = "idempotent_replay"  # set (an annotation) on the Operation _replayed found
 # instance_create's network when the caller names none: the tenant's own default network.
 DEFAULT_NETWORK = "\x00default"
 
@@ -110,6 +112,13 @@ def instance_create(
 
     When no host has room and ``wait`` is set, the instance waits in the admission queue (state
     queued, its quota held) instead of failing; a request no host could ever take fails at once.
+
+    With an ``idempotency_key``, the tenant's creates are de-duplicated in the database: a create
+    with a key the tenant already used makes nothing and returns that create's Operation as it
+    stands now (``create_replayed()`` tells it apart). Creates of a tenant with the same key run one
+    after the other (see _replayed), so a concurrent twin gets the first one's Operation too: never
+    a second instance, nor a unique-constraint error that would undo its work. This holds without
+    Redis: the API's Redis-side replay (portal.idempotency) is a fast path in front of it.
     """
     idempotency_key = _idempotency_digest(idempotency_key)
     replayed = _replayed(tenant, idempotency_key)
@@ -142,10 +151,34 @@ def _idempotency_digest(key: str | None) -> str | None:
 
 
 def _replayed(tenant: Tenant, key: str | None) -> Operation | None:
-    """The Operation an earlier request with the same idempotency key made (a retry gets it back)."""
+    """The Operation an earlier request with the same idempotency key made (a retry gets it back).
+
+    First it waits for any other create of the tenant with the same key to commit or roll back: a
+    transaction-scoped advisory lock on (tenant, key), taken before this transaction holds any
+    other lock, so it cannot deadlock. Read committed, the query below then sees the winner's
+    Operation. (Not the quota row that quota_claim locks: taken this early, it would come before
+    the tenant row that default_network locks, the reverse of another create's order.) SQLite
+    serialises writers itself.
+    """
     if not key:
         return None
-    return Operation.objects.for_tenant(tenant).filter(idempotency_key=key).first()
+    if connection.vendor == "postgresql":
+        digest = hashlib.sha256(f"nubis-create:{tenant.pk}:{key}".encode()).digest()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s)", [int.from_bytes(digest[:8], "big", signed=True)]
+            )
+    return (
+        Operation.objects.for_tenant(tenant)
+        .filter(idempotency_key=key)
+        .annotate(**{_REPLAYED: Value(True, output_field=BooleanField())})
+        .first()
+    )
+
+
+def create_replayed(operation: Operation) -> bool:
+    """Whether instance_create returned the Operation of an earlier create with the same key."""
+    return bool(getattr(operation, _REPLAYED, False))
 
 
 def _check_request(name: str, kind: str, priority: int) -> None:

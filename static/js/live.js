@@ -3,7 +3,8 @@
 // instances appear in their place on the list's first page (the server says whether they match
 // its filters); operations update their row (state, step, progress); the overview page lists the
 // newest events. Reconnects with backoff, and catches up on every (re)connection before it says
-// "live".
+// "live"; and again when the server says "resync" (Redis lost the channel groups, and with them
+// the events sent meanwhile: the server joined them again).
 (function () {
   "use strict";
   const status = document.getElementById("live-status");
@@ -214,23 +215,33 @@
     return Promise.all(work);
   }
 
+  // Events flow from now on; "live" once what the page shows has caught up with the server. A
+  // newer catch-up (or a closed connection) makes an older one's answer too old to say "live".
+  function catchUp() {
+    const mine = ++generation;
+    document.body.dataset.live = "";
+    show("catching up…", "warn");
+    resync().then(function () {
+      if (mine !== generation) return;
+      show("live", "ok");
+      document.body.dataset.live = "1";
+    });
+  }
+
   function connect() {
     const proto = location.protocol === "https:" ? "wss://" : "ws://";
     const ws = new WebSocket(proto + location.host + "/ws/events/");
     ws.onopen = function () {
       delay = 1000;
-      const mine = ++generation;
-      // Events flow from now on; "live" once what the page shows has caught up with the server.
-      show("catching up…", "warn");
-      resync().then(function () {
-        if (mine !== generation) return;
-        show("live", "ok");
-        document.body.dataset.live = "1";
-      });
+      catchUp();
     };
     ws.onmessage = function (msg) {
       const ev = JSON.parse(msg.data);
       if (ev.type === "hello" || ev.type === "pong") return;
+      if (ev.type === "resync") {
+        catchUp();
+        return;
+      }
       if (ev.type === "instance.state") {
         heard[ev.instance] = Date.now();
         latest[ev.instance] = ev;

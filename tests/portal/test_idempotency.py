@@ -1,6 +1,8 @@
 """Idempotency-Key on API POSTs, against real Redis and PostgreSQL: concurrent duplicates create one
 instance, retries replay the first answer, a reused key for another request is refused, keys are
-per principal, and server errors are not kept."""
+per principal, and server errors are not kept. Without Redis (down, or flushed: a private
+redis-server of the test's own) the instance create is de-duplicated by the database, and other
+keyed POSTs are refused while Redis is down."""
 
 from __future__ import annotations
 
@@ -13,17 +15,21 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection
+from django.test import override_settings
 from django.utils import timezone
 from pytest_django import Settings as SettingsWrapper
 from rest_framework.test import APIClient
 
 from compute.api.views import instances as instance_views
-from compute.models import CpuMode, Flavor, Host, Image, ImageKind, Instance, Operation
+from compute.models import CpuMode, Flavor, Host, Image, ImageKind, Instance, Operation, ServerGroup
+from compute.services import instances as instance_services
 from core.redis import redis_client
 from security.audit import Actor
 from tenants.models import Role, Tenant
+from tenants.services.quotas import quota_drift
 from tenants.services.tokens import token_create
 from tests.factories import add_member, make_tenant
+from tests.outages import PrivateRedis, private_redis
 
 
 def key_header(key: str) -> dict[str, str]:
@@ -174,7 +180,8 @@ def test_keys_belong_to_their_principal(world: dict[str, Any]) -> None:
     by_token.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
     token_answer = by_token.post(url(tenant), body("by-token"), format="json", headers=key_header("shared"))
     assert token_answer.status_code == 202, token_answer.content
-    assert "Idempotent-Replayed" not in token_answer
+    assert token_answer["Idempotent-Replayed"] == "true", "the database's answer: the member's operation"
+    assert token_answer.json()["id"] == mine.json()["id"]
     replay = by_token.post(url(tenant), body("by-token"), format="json", headers=key_header("shared"))
     assert replay["Idempotent-Replayed"] == "true"
     assert replay.content == token_answer.content
@@ -275,3 +282,164 @@ def test_anonymous_requests_are_not_replayed(world: dict[str, Any]) -> None:
 def test_only_api_posts_are_concerned(world: dict[str, Any]) -> None:
     listed = client_for(world["member"]).get(url(world["tenant"]), headers=key_header("x" * 300))
     assert listed.status_code == 200
+
+
+# -- without Redis: the database de-duplicates the instance create ----------------------------------
+@pytest.fixture
+def private_store() -> Iterator[PrivateRedis]:
+    """The idempotency store on a redis-server of the test's own (the session's is never flushed
+    nor stopped): the middleware's client is rebuilt for it, and for the session's afterwards."""
+    with private_redis() as server, override_settings(REDIS_URL=server.url()):
+        redis_client.cache_clear()
+        try:
+            yield server
+        finally:
+            redis_client.cache_clear()
+
+
+@pytest.fixture
+def redis_down(private_store: PrivateRedis) -> PrivateRedis:
+    private_store.stop()
+    return private_store
+
+
+def operation_id(response: Any) -> str:
+    assert response.status_code == 202, response.content
+    return str(response.json()["id"])
+
+
+def test_with_redis_down_a_keyed_create_runs_and_its_retry_gets_the_same_operation(
+    world: dict[str, Any], redis_down: PrivateRedis
+) -> None:
+    tenant, client = world["tenant"], client_for(world["member"])
+    first = client.post(url(tenant), body(), format="json", headers=key_header("down-1"))
+    assert "Idempotent-Replayed" not in first
+    retry = client.post(url(tenant), body(), format="json", headers=key_header("down-1"))
+    assert operation_id(retry) == operation_id(first)
+    assert retry["Idempotent-Replayed"] == "true"
+    assert retry["Content-Type"] == "application/json"
+    assert instances(tenant) == 1
+    assert Operation.objects.for_tenant(tenant).count() == 1
+    # Another key is another create.
+    other = client.post(url(tenant), body("web2"), format="json", headers=key_header("down-2"))
+    assert operation_id(other) != operation_id(first)
+    assert instances(tenant) == 2
+    assert quota_drift(tenant) == []
+
+
+def test_with_redis_down_a_keyed_post_to_a_route_without_database_dedup_gets_503(
+    world: dict[str, Any], redis_down: PrivateRedis
+) -> None:
+    tenant, client = world["tenant"], client_for(world["member"])
+    groups = f"/api/v1/tenants/{tenant.slug}/server-groups/"
+    refused = client.post(
+        groups, {"name": "g", "policy": "anti-affinity"}, format="json", headers=key_header("g")
+    )
+    assert refused.status_code == 503
+    assert refused["Content-Type"] == "application/problem+json"
+    assert int(refused["Retry-After"]) >= 1
+    problem = refused.json()
+    assert problem["errors"][0]["field"] == "Idempotency-Key"
+    assert problem["errors"][0]["rule"] == "unavailable"
+    assert "Idempotency-Key" in problem["detail"]
+    assert not ServerGroup.objects.for_tenant(tenant).exists()
+    # Without a key it runs: only the promise of the key cannot be kept.
+    made = client.post(groups, {"name": "g", "policy": "anti-affinity"}, format="json")
+    assert made.status_code == 201, made.content
+
+
+def test_after_redis_lost_its_data_a_retried_create_returns_the_first_operation(
+    world: dict[str, Any], private_store: PrivateRedis
+) -> None:
+    tenant, client = world["tenant"], client_for(world["member"])
+    first = client.post(url(tenant), body(), format="json", headers=key_header("flushed"))
+    assert "Idempotent-Replayed" not in first
+    private_store.flush()  # the stored answer is gone
+    retry = client.post(url(tenant), body(), format="json", headers=key_header("flushed"))
+    assert retry["Idempotent-Replayed"] == "true"
+    assert operation_id(retry) == operation_id(first)
+    # Its answer is stored again: the next retry is replayed by Redis, the same operation.
+    again = client.post(url(tenant), body(), format="json", headers=key_header("flushed"))
+    assert again["Idempotent-Replayed"] == "true"
+    assert again.content == retry.content
+    assert instances(tenant) == 1
+    # Another POST runs again after the flush, and its own rule answers: the name is taken.
+    groups = f"/api/v1/tenants/{tenant.slug}/server-groups/"
+    group = {"name": "g", "policy": "anti-affinity"}
+    assert client.post(groups, group, format="json", headers=key_header("group")).status_code == 201
+    private_store.flush()
+    taken = client.post(groups, group, format="json", headers=key_header("group"))
+    assert taken.status_code == 409
+    assert "Idempotent-Replayed" not in taken
+    assert ServerGroup.objects.for_tenant(tenant).count() == 1
+
+
+def test_with_redis_down_a_concurrent_twin_gets_the_first_operation_not_a_500(
+    world: dict[str, Any], redis_down: PrivateRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The twin arrives while the first create's transaction is open (held in placement for a
+    second): it waits for it, then answers its operation; without that it made its own instance
+    (or hit the name's or the key's unique constraint: a 409 or a 500, its work undone)."""
+    tenant, member = world["tenant"], world["member"]
+    inside = threading.Event()
+    real_place = instance_services._place
+
+    def slow_place(instance: Instance, wait: bool) -> None:
+        if not inside.is_set():
+            inside.set()
+            time.sleep(1.0)
+        real_place(instance, wait)
+
+    monkeypatch.setattr(instance_services, "_place", slow_place)
+    answers: dict[str, Any] = {}
+
+    def post(who: str) -> None:
+        try:
+            client = client_for(member, raise_request_exception=False)
+            answers[who] = client.post(url(tenant), body(), format="json", headers=key_header("twins"))
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=post, args=("first",))
+    first.start()
+    assert inside.wait(10)
+    post("twin")
+    first.join(30)
+    assert answers["first"].status_code == 202, answers["first"].content
+    assert answers["twin"].status_code == 202, answers["twin"].content
+    assert operation_id(answers["twin"]) == operation_id(answers["first"])
+    assert "Idempotent-Replayed" not in answers["first"]
+    assert answers["twin"]["Idempotent-Replayed"] == "true"
+    assert instances(tenant) == 1
+    assert quota_drift(tenant) == []
+
+
+def test_with_redis_down_five_concurrent_creates_with_one_key_make_one_instance(
+    world: dict[str, Any], redis_down: PrivateRedis
+) -> None:
+    tenant, member = world["tenant"], world["member"]
+    barrier = threading.Barrier(5)
+    answers: list[Any] = []
+    lock = threading.Lock()
+
+    def post() -> None:
+        try:
+            client = client_for(member, raise_request_exception=False)
+            barrier.wait(timeout=10)
+            response = client.post(url(tenant), body(), format="json", headers=key_header("five"))
+            with lock:
+                answers.append(response)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=post) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert [a.status_code for a in answers] == [202] * 5, [a.content for a in answers]
+    assert len({operation_id(a) for a in answers}) == 1
+    assert sorted(str(a.get("Idempotent-Replayed")) for a in answers) == ["None"] + ["true"] * 4
+    assert instances(tenant) == 1
+    assert Operation.objects.for_tenant(tenant).count() == 1
+    assert quota_drift(tenant) == []

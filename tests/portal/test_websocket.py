@@ -1,21 +1,30 @@
-"""A real websocket through the ASGI app, on the channels_redis layer, receives events from a Celery task."""
+"""A real websocket through the ASGI app, on the channels_redis layer, receives events from a Celery task;
+after Redis lost its data (FLUSHALL on a private redis-server) it joins its groups again and says
+"resync"."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.contrib.auth.models import User
-from django.test import Client
+from django.test import Client, override_settings
 
+from core.events import tenant_group
 from portal.asgi import application
-from portal.consumers import CLOSE_UNAUTHENTICATED
+from portal.consumers import CLOSE_UNAUTHENTICATED, EPOCH_KEY
 from portal.tasks import heartbeat
 from tenants.models import Membership, Role, Tenant
 from tests.conftest import CeleryWorker
+from tests.outages import PrivateRedis, private_redis
 
 ORIGIN = (b"origin", b"http://127.0.0.1:8000")
 
@@ -120,3 +129,114 @@ def test_client_ping_gets_a_pong() -> None:
         return reply
 
     assert asyncio.run(scenario()) == {"type": "pong"}
+
+
+# -- Redis loses its data: the consumer joins its groups again and tells the page to resync -------
+CHECK_SECONDS = 0.2
+
+
+@pytest.fixture
+def private_layer() -> Iterator[PrivateRedis]:
+    """The channel layer on a redis-server of the test's own (flushing the session's would take
+    every other test's groups and queues with it), checked every CHECK_SECONDS."""
+    with private_redis() as server:
+        layers: dict[str, Any] = copy.deepcopy(settings.CHANNEL_LAYERS)
+        layers["default"]["CONFIG"]["hosts"] = [server.url()]
+        with override_settings(CHANNEL_LAYERS=layers, NUBIS_LIVE_CHECK_SECONDS=CHECK_SECONDS):
+            yield server
+
+
+async def receive_type(communicator: WebsocketCommunicator, kind: str, seconds: float) -> dict[str, Any]:
+    """The first message of type ``kind`` within ``seconds`` (others before it are skipped)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (left := deadline - loop.time()) > 0:
+        if await communicator.receive_nothing(timeout=left, interval=0.02):
+            break
+        message = await communicator.receive_json_from(timeout=1)
+        if message.get("type") == kind:
+            return message
+    raise AssertionError(f"no {kind!r} message within {seconds} s")
+
+
+def event(tenant: Tenant, text: str) -> dict[str, Any]:
+    return {"type": "nubis.event", "event": {"type": "test", "tenant": tenant.slug, "name": text}}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_after_a_flushall_the_consumer_joins_its_groups_again_and_says_resync(
+    private_layer: PrivateRedis,
+) -> None:
+    tenant = Tenant.objects.create(name="Tenant A", slug="tenant-a")
+    cookie = session_cookie(member_of(tenant, "alice"))
+    group_key = f"nubis:asgi:group:{tenant_group(tenant.id)}".encode()
+
+    async def scenario() -> list[dict[str, Any]]:
+        layer = get_channel_layer()
+        assert layer is not None
+        ws = WebsocketCommunicator(application, "/ws/events/", headers=[ORIGIN, cookie])
+        try:
+            connected, _ = await ws.connect(timeout=10)
+            assert connected
+            assert (await ws.receive_json_from(timeout=5))["type"] == "hello"
+            await layer.group_send(tenant_group(tenant.id), event(tenant, "before"))
+            heard = [await ws.receive_json_from(timeout=5)]
+            # Nothing to resync while Redis keeps its data.
+            assert await ws.receive_nothing(timeout=CHECK_SECONDS * 4)
+            private_layer.flush()
+            assert not private_layer.client().exists(group_key)
+            heard.append(await receive_type(ws, "resync", CHECK_SECONDS * 20))
+            assert private_layer.client().exists(group_key), "the group was joined again"
+            await layer.group_send(tenant_group(tenant.id), event(tenant, "after"))
+            heard.append(await ws.receive_json_from(timeout=5))
+            # One resync per loss, not one per check.
+            assert await ws.receive_nothing(timeout=CHECK_SECONDS * 4)
+            return heard
+        finally:
+            await ws.disconnect()
+
+    heard = asyncio.run(scenario())
+    assert [m["type"] for m in heard] == ["test", "resync", "test"]
+    assert [m.get("name") for m in heard] == ["before", None, "after"]
+    assert heard[1] == {"type": "resync"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_redis_error_in_the_check_keeps_the_socket_and_the_check_runs_again(
+    private_layer: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    tenant = Tenant.objects.create(name="Tenant A", slug="tenant-a")
+    cookie = session_cookie(member_of(tenant, "alice"))
+    epoch_key = f"nubis:asgi:{EPOCH_KEY}"
+
+    async def scenario() -> list[dict[str, Any]]:
+        layer = get_channel_layer()
+        assert layer is not None
+        redis = private_layer.client()
+        ws = WebsocketCommunicator(application, "/ws/events/", headers=[ORIGIN, cookie])
+        try:
+            connected, _ = await ws.connect(timeout=10)
+            assert connected
+            await ws.receive_json_from(timeout=5)
+            # The epoch becomes a list: every check fails with WRONGTYPE (a Redis error) while the
+            # layer itself keeps working.
+            redis.delete(epoch_key)
+            redis.rpush(epoch_key, "not-an-epoch")
+            await asyncio.sleep(CHECK_SECONDS * 5)
+            await ws.send_json_to({"type": "ping"})
+            heard = [await ws.receive_json_from(timeout=5)]
+            redis.delete(epoch_key)  # the next check sets a new epoch: a loss, as after a flush
+            heard.append(await receive_type(ws, "resync", CHECK_SECONDS * 20))
+            await layer.group_send(tenant_group(tenant.id), event(tenant, "after"))
+            heard.append(await ws.receive_json_from(timeout=5))
+            return heard
+        finally:
+            await ws.disconnect()
+
+    with caplog.at_level(logging.DEBUG, logger="portal.consumers"):
+        heard = asyncio.run(scenario())
+    assert [m["type"] for m in heard] == ["pong", "resync", "test"]
+    failures = [r for r in caplog.records if "live check failed" in r.getMessage()]
+    assert failures, "the failed check was logged"
+    assert "WRONGTYPE" in failures[0].getMessage()
+    assert [r.levelno for r in failures][:2] == [logging.WARNING, logging.DEBUG], "warned once, then quieter"

@@ -49,6 +49,9 @@ INSTANCES = ListSpec(
 
 class InstanceListView(TenantView):
     schema = ListSchema()
+    # A create with an Idempotency-Key is de-duplicated per tenant in the database (instance_create):
+    # portal.idempotency lets it run while Redis, which keeps the replayed answers, is unavailable.
+    idempotent_in_database = True
 
     @extend_schema(parameters=INSTANCES.parameters(), responses=paginated(InstanceSerializer))
     def get(self, request: Request, tenant: str) -> Response:
@@ -77,7 +80,11 @@ class InstanceListView(TenantView):
             server_group=data.get("server_group"),
             wait=data["wait"],
         )
-        return accepted(operation)
+        response = accepted(operation)
+        if instance_service.create_replayed(operation):
+            # The tenant made it already with this key: its operation as it stands now, as a replay.
+            response["Idempotent-Replayed"] = "true"
+        return response
 
 
 class InstanceDetailView(TenantView):
