@@ -98,20 +98,32 @@ def wait_ready(agent: Agent, timeout: float = 90) -> None:
         time.sleep(0.2)
 
 
+class OnlyHost:
+    """A host name of the test's own, and the other hosts, disabled while the test runs."""
+
+    def __init__(self) -> None:
+        self.name = f"fault-{uuid.uuid4().hex[:6]}"
+        self.disabled: list[int] = []
+
+    def isolate(self) -> None:
+        """Disable every other host, so placement picks this one. Called once its agent is ready:
+        by then the session's agent, if any, has registered its host again after the test's flush."""
+        others = Host.objects.filter(state=HostState.ENABLED).exclude(name=self.name)
+        self.disabled += list(others.values_list("pk", flat=True))
+        Host.objects.filter(pk__in=self.disabled).update(state=HostState.DISABLED)
+
+
 @pytest.fixture
-def only_host() -> Iterator[str]:
-    """A host name of the test's own; every other host is disabled meanwhile, so placement picks it."""
-    name = f"fault-{uuid.uuid4().hex[:6]}"
-    others = list(Host.objects.filter(state=HostState.ENABLED).values_list("pk", flat=True))
-    Host.objects.filter(pk__in=others).update(state=HostState.DISABLED)
+def only_host() -> Iterator[OnlyHost]:
+    only = OnlyHost()
     try:
-        yield name
+        yield only
     finally:
-        Host.objects.filter(pk__in=others).update(state=HostState.ENABLED)
+        Host.objects.filter(pk__in=only.disabled).update(state=HostState.ENABLED)
 
 
 def test_creates_sent_while_the_broker_is_down_run_once_it_is_back(
-    only_host: str,
+    only_host: OnlyHost,
     image: Image,
     flavors: dict[str, Any],
     rootfs_image: Image,
@@ -125,14 +137,15 @@ def test_creates_sent_while_the_broker_is_down_run_once_it_is_back(
     with private_redis() as broker:
         env = subprocess_env(REDIS_URL=broker.url(), NUBIS_DISPATCH_SECONDS="1", NUBIS_DISPATCH_GRACE="2")
         agent = Agent(
-            only_host,
-            start_agent(only_host, tmp_path / "agent.log", REDIS_URL=broker.url()),
+            only_host.name,
+            start_agent(only_host.name, tmp_path / "agent.log", REDIS_URL=broker.url()),
             tmp_path / "agent.log",
         )
         control = start_control_worker(tmp_path / "control.log", env)
         made: list[str] = []
         try:
             wait_ready(agent)
+            only_host.isolate()
             with serve_portal(tmp_path / "web.log", env) as port:
                 base = f"http://127.0.0.1:{port}"
                 url = f"{base}/api/v1/tenants/{tenant.slug}/instances/"
@@ -231,7 +244,7 @@ def staff_hosts_page(broker: PrivateRedis) -> str:
 
 
 def test_a_claim_lost_with_its_agent_fails_the_operation_naming_the_host(
-    only_host: str, image: Image, flavors: dict[str, Any], tmp_path: Path
+    only_host: OnlyHost, image: Image, flavors: dict[str, Any], tmp_path: Path
 ) -> None:
     tenant = make_tenant("lost")
     user = add_member(tenant, role=Role.MEMBER)
@@ -242,10 +255,11 @@ def test_a_claim_lost_with_its_agent_fails_the_operation_naming_the_host(
     )
     control = start_control_worker(tmp_path / "control.log", env)
     log = tmp_path / "agent.log"
-    proc = start_agent(only_host, log, NUBIS_FAULT_CRASH_AFTER="disk")
+    proc = start_agent(only_host.name, log, NUBIS_FAULT_CRASH_AFTER="disk")
     instance = None
     try:
-        wait_ready(Agent(only_host, proc, log))
+        wait_ready(Agent(only_host.name, proc, log))
+        only_host.isolate()
         op = instance_create(actor=actor, tenant=tenant, name="orphan", flavor="t.virtio", image=image.name)
         instance = Instance.objects.for_tenant(tenant).get(pk=op.instance_id)
         proc.wait(timeout=120)  # killed (SIGKILL) right after its "disk" step, and not restarted
@@ -253,7 +267,7 @@ def test_a_claim_lost_with_its_agent_fails_the_operation_naming_the_host(
         claimed = Operation.objects.for_tenant(tenant).get(pk=op.pk)
         assert claimed.state == OperationState.RUNNING, claimed
         assert claimed.step == "disk", claimed
-        assert claimed.claimed_by.startswith(f"agent@{only_host}/pid ")
+        assert claimed.claimed_by.startswith(f"agent@{only_host.name}/pid ")
         assert usage_of(tenant)["instances"] == 1
         op = wait_operation(op, timeout=60)
         noticed = time.monotonic() - killed
@@ -261,11 +275,11 @@ def test_a_claim_lost_with_its_agent_fails_the_operation_naming_the_host(
         # Noticed within the lease (after the last heartbeat), plus a dispatcher round or two.
         assert noticed <= lease + 4, noticed
         assert op.state == OperationState.FAILED
-        assert f"host {only_host} lost" in op.error, op.error
+        assert f"host {only_host.name} lost" in op.error, op.error
         assert "step 'disk'" in op.error, op.error
         instance.refresh_from_db()
         assert instance.state == InstanceState.ERROR
-        assert f"host {only_host} lost" in instance.fault
+        assert f"host {only_host.name} lost" in instance.fault
         # In error, it holds no quota and no capacity: the claims were given back.
         assert usage_of(tenant)["instances"] == 0
         assert quota_drift(tenant) == []
@@ -275,7 +289,7 @@ def test_a_claim_lost_with_its_agent_fails_the_operation_naming_the_host(
             stop_process(proc, 30)
     # The host's agent comes back: the failed operation stays failed, and deleting the instance in
     # error removes what the dead agent made (its disk).
-    proc = start_agent(only_host, log)
+    proc = start_agent(only_host.name, log)
     try:
         wait_for(lambda: log.read_text().count("ready.") >= 2, "the agent to start again", timeout=90)
         assert Operation.objects.for_tenant(tenant).get(pk=op.pk).state == OperationState.FAILED
