@@ -97,6 +97,27 @@ def serve_portal(log: Path, env: dict[str, str]) -> Iterator[int]:
         stop_process(process, 20)
 
 
+def celery_worker_command(queue: str, node: str, *options: str) -> list[str]:
+    """`celery -A portal worker` on ``queue`` as node ``node``, with ``options`` (its pool)."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "portal",
+        "worker",
+        "-Q",
+        queue,
+        "-n",
+        node,
+        *options,
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        "INFO",
+    ]
+
+
 class CeleryWorker:
     """A real `celery worker` subprocess consuming one private queue of the real Redis."""
 
@@ -121,24 +142,7 @@ def celery_worker(
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "portal",
-                "worker",
-                "-Q",
-                queue,
-                "-n",
-                node,
-                "--pool",
-                "solo",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel",
-                "INFO",
-            ],
+            celery_worker_command(queue, node, "--pool", "solo"),
             cwd=ROOT,
             env=env,
             stdout=out,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import ROOT, free_port, stop_process
+from tests.conftest import ROOT, celery_worker_command, free_port, stop_process
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -102,26 +101,9 @@ def start_control_worker(log: Path, env: dict[str, str]) -> subprocess.Popen[byt
     with the operations dispatcher it starts; ``env`` comes from subprocess_env()."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "portal",
-                "worker",
-                "-Q",
-                "control",
-                "-n",
-                f"control-{free_port()}@pytest",
-                "--pool",
-                "threads",
-                "--concurrency",
-                "2",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel",
-                "INFO",
-            ],
+            celery_worker_command(
+                "control", f"control-{free_port()}@pytest", "--pool", "threads", "--concurrency", "2"
+            ),
             cwd=ROOT,
             env=env,
             stdout=out,

@@ -6,6 +6,7 @@ Screenshots go to $NUBIS_TEST_ARTIFACTS/e2e (default var/test-artifacts/e2e).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -79,9 +80,16 @@ def portal_url(
     log = tmp_path_factory.mktemp("portal") / "web.log"
     with django_db_blocker.unblock():
         env = subprocess_env()
+    with serving_portal(log, env) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving_portal(log: Path, env: dict[str, str]) -> Iterator[str]:
+    """serve_portal, once the application answers /healthz (listening is not yet serving); yields
+    its base URL."""
     with serve_portal(log, env) as port:
         url = f"http://127.0.0.1:{port}"
-        # Listening is not yet serving: wait for the application's own answer.
         deadline = time.monotonic() + 60
         while True:
             try:

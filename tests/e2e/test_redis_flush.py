@@ -10,7 +10,6 @@ is gone) and makes no second instance; the quota counts what exists.
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -27,8 +26,8 @@ from tenants.models import Role, Tenant
 from tenants.services.quotas import quota_drift
 from tenants.services.tokens import token_create
 from tests.compute_fixtures import start_agent, wait_for, wait_operation
-from tests.conftest import serve_portal, stop_process, subprocess_env
-from tests.e2e.conftest import log_in, screenshot
+from tests.conftest import stop_process, subprocess_env
+from tests.e2e.conftest import log_in, screenshot, serving_portal
 from tests.factories import PASSWORD, add_member, make_tenant, make_user
 from tests.outages import PrivateRedis, private_redis
 
@@ -97,20 +96,7 @@ def own_agent(redis_server: PrivateRedis, host: Host, tmp_path: Path) -> Iterato
 def flush_portal(redis_server: PrivateRedis, tmp_path: Path) -> Iterator[str]:
     """`manage.py serve` on the private Redis, its live check every second."""
     env = subprocess_env(REDIS_URL=redis_server.url(), NUBIS_LIVE_CHECK_SECONDS="1")
-    log = tmp_path / "web.log"
-    with serve_portal(log, env) as port:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:  # noqa: S310 - loopback
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the portal did not answer in 60 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+    with serving_portal(tmp_path / "web.log", env) as url:
         yield url
 
 
