@@ -272,8 +272,10 @@ def test_a_claim_lost_with_its_agent_fails_the_operation_naming_the_host(
         op = wait_operation(op, timeout=60)
         noticed = time.monotonic() - killed
         print(f"lost claim: noticed and failed {noticed:.1f} s after the agent died (lease {lease} s)")  # noqa: T201
-        # Noticed within the lease (after the last heartbeat), plus a dispatcher round or two.
-        assert noticed <= lease + 4, noticed
+        # Noticed within the lease after the last heartbeat, plus a dispatcher round (1 s here): 5.8 s
+        # measured. The margin is for a loaded 2-core machine; the point is seconds, not Celery's
+        # 22-minute visibility timeout.
+        assert noticed <= lease + 10, noticed
         assert op.state == OperationState.FAILED
         assert f"host {only_host.name} lost" in op.error, op.error
         assert "step 'disk'" in op.error, op.error
