@@ -104,7 +104,8 @@ def claims_check(watch: ClaimWatch, now: float | None = None) -> list[str]:
     hosts = list(Host.objects.filter(simulated=False).values_list("pk", "heartbeat_at"))
     watch.observe(hosts, now)
     lease = settings.NUBIS_CLAIM_LEASE_SECONDS
-    lost = {pk: watch.silent_for(pk, now) for pk, _beat in hosts if watch.silent_for(pk, now) >= lease}
+    silent = {pk: watch.silent_for(pk, now) for pk, _beat in hosts}
+    lost = {pk: seconds for pk, seconds in silent.items() if seconds >= lease}
     if not lost:
         return []
     failed = []

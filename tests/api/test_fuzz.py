@@ -31,10 +31,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from compute.models import CpuMode, Flavor, Image, ImageKind, Network, SecurityGroup, ServerGroup
-from security.audit import Actor
 from tenants.models import Role
-from tenants.services.tokens import token_create
-from tests.factories import add_member, make_tenant
+from tests.factories import add_member, make_tenant, make_token
 from tests.scheduler.test_placement import make_host
 
 CHECKS = [
@@ -59,14 +57,7 @@ def _world() -> tuple[str, str]:
     """A tenant with something of each kind to find, and a member's token; (slug, token)."""
     tenant = make_tenant("fuzz", instances=1000, vcpus=1000, ram_mib=10**6, disk_gib=10**5, containers=1000)
     user = add_member(tenant, role=Role.MEMBER)
-    _, secret = token_create(
-        actor=Actor.system("fuzz"),
-        tenant=tenant,
-        creator_id=user.pk,
-        creator_role=Role.MEMBER,
-        name="fuzzer",
-        role=Role.MEMBER,
-    )
+    secret = make_token(tenant, user, Role.MEMBER, "fuzzer")
     make_host("fuzz-host", cpus=64, ram_mib=262144)
     Flavor.objects.create(name="f.small", vcpus=1, ram_mib=256, disk_gib=1, cpu_mode=CpuMode.EMULATED)
     Image.objects.create(name="f-image", kind=ImageKind.KERNEL, os_name="t", disk_path="/x", sha256="0" * 64)

@@ -8,12 +8,10 @@ from django.contrib.auth.models import Permission
 from rest_framework.test import APIClient
 
 from compute.models import Host, HostState
-from security.audit import Actor
 from security.models import AuditRecord
 from tenants.models import Quota, Role
 from tenants.services.quotas import quota_claim
-from tenants.services.tokens import token_create
-from tests.factories import add_member, make_tenant, make_user
+from tests.factories import add_member, make_tenant, make_token, make_user
 from tests.scheduler.test_placement import make_host, make_instance
 
 pytestmark = pytest.mark.django_db
@@ -85,14 +83,7 @@ def test_a_tenant_token_of_a_staff_user_has_no_staff_rights() -> None:
     tenant = make_tenant("adm-t")
     user = make_user(is_staff=True)
     add_member(tenant, user, Role.OWNER)
-    _, secret = token_create(
-        actor=Actor.system("test"),
-        tenant=tenant,
-        creator_id=user.pk,
-        creator_role=Role.OWNER,
-        name="t",
-        role=Role.OWNER,
-    )
+    secret = make_token(tenant, user, Role.OWNER, "t")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert client.get(f"/api/v1/tenants/{tenant.slug}/").status_code == 200  # the token works

@@ -27,7 +27,6 @@ from compute.services.usage import real_usage
 from security.audit import Actor
 from tenants.models import Role, Tenant
 from tenants.services.quotas import quota_drift, usage_of
-from tenants.services.tokens import token_create
 from tests.compute.conftest import (
     Agent,
     container_traces,
@@ -38,7 +37,7 @@ from tests.compute.conftest import (
     wait_operation,
 )
 from tests.conftest import serve_portal, stop_process, subprocess_env
-from tests.factories import add_member, make_tenant, make_user
+from tests.factories import add_member, make_tenant, make_token, make_user
 from tests.outages import PrivateRedis, private_redis, start_control_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -79,15 +78,7 @@ def api(url: str, token: str, method: str = "GET", body: Any = None) -> tuple[in
 def owner_token(tenant: Tenant) -> str:
     user = make_user(is_staff=True)
     add_member(tenant, user, Role.OWNER)
-    _, secret = token_create(
-        actor=Actor.system("test"),
-        tenant=tenant,
-        creator_id=user.pk,
-        creator_role=Role.OWNER,
-        name="faults",
-        role=Role.OWNER,
-    )
-    return secret
+    return make_token(tenant, user, Role.OWNER, "faults")
 
 
 def wait_ready(agent: Agent, timeout: float = 90) -> None:

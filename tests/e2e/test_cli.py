@@ -15,10 +15,8 @@ import pytest
 
 from compute.models import Flavor, Host, Image, Instance, InstanceState
 from portal.cli import main
-from security.audit import Actor
 from tenants.models import Role, Tenant
-from tenants.services.tokens import token_create
-from tests.factories import add_member, make_tenant, make_user
+from tests.factories import add_member, make_tenant, make_token, make_user
 
 
 @pytest.fixture
@@ -36,15 +34,7 @@ def tenant_token(transactional_db: None) -> tuple[Tenant, str]:
     """A tenant with a member, and a member token of theirs (members create and delete)."""
     tenant = make_tenant("cli-a")
     user = add_member(tenant, make_user("carol"), Role.MEMBER)
-    _, raw = token_create(
-        actor=Actor.system("test"),
-        tenant=tenant,
-        creator_id=user.pk,
-        creator_role=Role.MEMBER,
-        name="cli",
-        role=Role.MEMBER,
-    )
-    return tenant, raw
+    return tenant, make_token(tenant, user, Role.MEMBER, "cli")
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -21,14 +21,12 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from compute.models import Flavor, Host, HostState, Image, Instance, InstanceState, Operation
-from security.audit import Actor
 from tenants.models import Role, Tenant
 from tenants.services.quotas import quota_drift
-from tenants.services.tokens import token_create
 from tests.compute_fixtures import start_agent, wait_for, wait_operation
 from tests.conftest import stop_process, subprocess_env
 from tests.e2e.conftest import log_in, screenshot, serving_portal
-from tests.factories import PASSWORD, add_member, make_tenant, make_user
+from tests.factories import PASSWORD, add_member, make_tenant, make_token, make_user
 from tests.outages import PrivateRedis, private_redis
 
 pytestmark = pytest.mark.slow
@@ -122,14 +120,7 @@ def test_a_flushall_with_a_page_open_resyncs_it_and_a_retried_create_makes_no_se
     tenant: Tenant = make_tenant("flush")
     user = make_user("fran")
     add_member(tenant, user, Role.MEMBER)
-    _token, raw = token_create(
-        actor=Actor("test", "api", user.pk),
-        tenant=tenant,
-        creator_id=user.pk,
-        creator_role=Role.MEMBER,
-        name="script",
-        role="member",
-    )
+    raw = make_token(tenant, user, Role.MEMBER, "script")
     api = Api(flush_portal, tenant.slug, raw)
     create: dict[str, Any] = {
         "name": "after-flush",

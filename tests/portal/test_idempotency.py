@@ -24,11 +24,9 @@ from compute.api.views import instances as instance_views
 from compute.models import CpuMode, Flavor, Host, Image, ImageKind, Instance, Operation, ServerGroup
 from compute.services import instances as instance_services
 from core.redis import redis_client
-from security.audit import Actor
 from tenants.models import Role, Tenant
 from tenants.services.quotas import quota_drift
-from tenants.services.tokens import token_create
-from tests.factories import add_member, make_tenant
+from tests.factories import add_member, make_tenant, make_token
 from tests.outages import PrivateRedis, private_redis
 
 
@@ -168,14 +166,7 @@ def test_keys_belong_to_their_principal(world: dict[str, Any]) -> None:
     # An API token is a principal of its own, even for the same user: another body under the same
     # key is no 422 there. (The instance service, for its part, dedupes keys per tenant: it answers
     # with the member's operation, so no second instance appears.)
-    _, raw = token_create(
-        actor=Actor("test", "api", member.pk),
-        tenant=tenant,
-        creator_id=member.pk,
-        creator_role=Role.MEMBER,
-        name="ci",
-        role="member",
-    )
+    raw = make_token(tenant, member, Role.MEMBER, "ci")
     by_token = APIClient()
     by_token.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
     token_answer = by_token.post(url(tenant), body("by-token"), format="json", headers=key_header("shared"))

@@ -25,11 +25,9 @@ from django.test import AsyncClient, Client, override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from security.audit import Actor
 from security.models import AuditRecord
 from tenants.models import Role
-from tenants.services.tokens import token_create
-from tests.factories import PASSWORD, add_member, make_tenant, make_user
+from tests.factories import PASSWORD, add_member, make_tenant, make_token, make_user
 
 LIMIT = 3
 COOL_OFF = timedelta(minutes=15)
@@ -213,14 +211,7 @@ def test_a_successful_login_is_still_audited() -> None:
 def test_api_tokens_and_sessions_are_not_logins_and_never_locked() -> None:
     tenant = make_tenant("locks")
     owner = add_member(tenant, make_user("token-owner"), Role.OWNER)
-    _, secret = token_create(
-        actor=Actor.system("test"),
-        tenant=tenant,
-        creator_id=owner.pk,
-        creator_role=Role.OWNER,
-        name="ci",
-        role=Role.MEMBER,
-    )
+    secret = make_token(tenant, owner, Role.MEMBER, "ci")
     session = Client(REMOTE_ADDR="10.9.0.1")
     session.force_login(owner)
     _lock("token-owner")  # the account and the address 10.9.0.1 are locked now

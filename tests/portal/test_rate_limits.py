@@ -20,10 +20,8 @@ from rest_framework.test import APIClient
 from core.redis import redis_client
 from portal import throttling
 from portal.config import parse_rate
-from security.audit import Actor
 from tenants.models import Role, Tenant
-from tenants.services.tokens import token_create
-from tests.factories import add_member, make_tenant
+from tests.factories import add_member, make_tenant, make_token
 
 pytestmark = pytest.mark.django_db
 
@@ -63,14 +61,7 @@ def session_client(user: User) -> APIClient:
 
 
 def token_client(tenant: Tenant, user: User) -> APIClient:
-    _, raw = token_create(
-        actor=Actor("test", "api", user.pk),
-        tenant=tenant,
-        creator_id=user.pk,
-        creator_role=Role.MEMBER,
-        name="automation",
-        role="member",
-    )
+    raw = make_token(tenant, user, Role.MEMBER, "automation")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
     return client

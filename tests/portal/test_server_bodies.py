@@ -17,11 +17,9 @@ from typing import Any
 import pytest
 from pytest_django import DjangoDbBlocker
 
-from security.audit import Actor
 from tenants.models import Membership, Role
-from tenants.services.tokens import token_create
 from tests.conftest import serve_portal, subprocess_env
-from tests.factories import add_member, make_tenant
+from tests.factories import add_member, make_tenant, make_token
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -55,14 +53,7 @@ def portal(django_db_blocker: DjangoDbBlocker, tmp_path: Path) -> Iterator[Porta
     tenant = make_tenant("bodies")
     owner = add_member(tenant, role=Role.OWNER)
     other = add_member(tenant, role=Role.MEMBER)
-    _, token = token_create(
-        actor=Actor.system("test"),
-        tenant=tenant,
-        creator_id=owner.pk,
-        creator_role=Role.OWNER,
-        name="bodies",
-        role=Role.OWNER,
-    )
+    token = make_token(tenant, owner, Role.OWNER, "bodies")
     member_id = Membership.objects.get(user=other, tenant=tenant).pk
     log = tmp_path / "web.log"
     with django_db_blocker.unblock():
