@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Prefetch, Q
+from django.db.models import Count, Min, Prefetch, Q
 from django.utils import timezone
 
 from compute.models import (
@@ -84,6 +84,7 @@ def operations_waiting(limit: int = 20) -> dict[str, Any]:
         .select_related("instance", "instance__host")
         .order_by("created", "pk")
     )
+    summary = rows.aggregate(count=Count("pk"), first=Min("created"))
     oldest = [
         Waiting(
             uuid=str(op.uuid),
@@ -94,6 +95,11 @@ def operations_waiting(limit: int = 20) -> dict[str, Any]:
             dispatches=op.dispatches,
             error=op.dispatch_error,
         )
-        for op in rows[:limit]
+        for op in rows[:limit]  # none at all (no query) for limit 0
     ]
-    return {"count": rows.count(), "oldest_age_s": oldest[0].age_s if oldest else 0.0, "oldest": oldest}
+    first = summary["first"]
+    return {
+        "count": summary["count"],
+        "oldest_age_s": round((now - first).total_seconds(), 1) if first else 0.0,
+        "oldest": oldest,
+    }

@@ -26,16 +26,13 @@ def broker_state(results: list[CheckResult]) -> dict[str, Any]:
 
 
 def waiting_state() -> dict[str, Any] | None:
-    """Operations accepted that no agent claimed yet (None when the database cannot say)."""
+    """How many operations were accepted that no agent claimed yet, and the oldest one's age (None
+    when the database cannot say). No names: /readyz answers anyone; the staff hosts page lists them."""
     try:
-        found = operations_waiting()
+        found = operations_waiting(limit=0)
     except DatabaseError:
         return None
-    return {
-        "count": found["count"],
-        "oldest_age_s": found["oldest_age_s"],
-        "oldest": [vars(w) for w in found["oldest"]],
-    }
+    return {"count": found["count"], "oldest_age_s": found["oldest_age_s"]}
 
 
 @never_cache
