@@ -468,7 +468,7 @@ class Bench:
         from rest_framework.test import APIClient
 
         from compute.models import Instance
-        from compute.services.agent import guest_spec
+        from compute.services.guests import guest_spec
 
         load_start = os.getloadavg()
         tenant, user, flavor, image, host = self.setup()

@@ -3,8 +3,10 @@
 One thread takes requests off ``rpc.<host>`` (BLPOP, a second at a time, renewing the agent's
 presence mark between takes) and answers reads at once: a console or log read is a file read of
 milliseconds. An exec may run for up to a minute, so execs go to a small pool of their own and
-never hold up the reads. Nothing here touches the database; the Celery queue of the host, with
-its long operations, is another thread's.
+never hold up the reads. A VNC console is opened here and then relayed by threads of its own
+(compute.vnc_relay). The calls of a move's target (ARRIVAL_PREPARE, ARRIVAL_CANCEL: another host's
+agent asks) are the only ones that read the database, on the pool too. The Celery queue of the
+host, with its long operations, is another thread's.
 """
 
 from __future__ import annotations
@@ -20,27 +22,37 @@ from typing import Any, cast
 
 import redis
 from django.conf import settings
+from django.db import close_old_connections
 
 from compute.drivers.base import ContainerDriver, DriverError, LogChunk, VmDriver
-from compute.models import InstanceKind
+from compute.models import Host, Instance, InstanceKind
 from compute.services.containers import container_driver
 from compute.services.host_rpc import (
+    ARRIVAL_CANCEL,
+    ARRIVAL_PREPARE,
     CONSOLE_READ,
     CONTAINER_EXEC,
     CONTAINER_LOGS,
     PRESENCE_TTL,
     REPLY_TTL,
+    VNC_OPEN,
     RpcRequest,
     error_reply,
     ok_reply,
     presence_key,
 )
+from compute.services.migration_agent import arrival_cancel, arrival_prepare
 from compute.tasks import local_driver
+from compute.vnc_relay import VncRelay
 from core.queues import rpc_queue
 from core.redis import redis_client
 
 logger = logging.getLogger("nubis.agent")
 
+# Calls that may take a while (a command, network plumbing) run on the pool, not the reading thread;
+# the arrival calls read the database (and close the pool thread's connection afterwards).
+USE_DATABASE = frozenset({ARRIVAL_PREPARE, ARRIVAL_CANCEL})
+POOLED = frozenset({CONTAINER_EXEC}) | USE_DATABASE
 MAX_READ = 1 << 20  # bytes of console or log in one answer
 EXEC_WORKERS = 4
 TAKE_SECONDS = 1  # each BLPOP; the presence mark is renewed between them
@@ -86,6 +98,7 @@ class RpcServer:
         prefix: str,
         client: redis.Redis | None = None,
         exec_workers: int = EXEC_WORKERS,
+        vnc: VncRelay | None = None,
     ) -> None:
         self.host = host
         self.vms = vms
@@ -93,10 +106,14 @@ class RpcServer:
         self.prefix = prefix
         self.client = client or redis_client()
         self.exec_workers = exec_workers
+        self.vnc = vnc or VncRelay(vms, prefix)
         self.calls: dict[str, Callable[[dict[str, Any], RpcRequest], dict[str, Any]]] = {
             CONSOLE_READ: self.console_read,
             CONTAINER_LOGS: self.container_logs,
             CONTAINER_EXEC: self.container_exec,
+            VNC_OPEN: self.vnc_open,
+            ARRIVAL_PREPARE: self.arrival_prepare,
+            ARRIVAL_CANCEL: self.arrival_cancel,
         }
 
     # -- the calls -------------------------------------------------------------------------------
@@ -133,6 +150,40 @@ class RpcServer:
         rc, out, err = self.containers.exec(self._name(args), argv, timeout)
         return {"exit_code": rc, "stdout": out, "stderr": err}
 
+    def vnc_open(self, args: dict[str, Any], _request: RpcRequest) -> dict[str, Any]:
+        """Connect a VNC session to the VM's VNC server; the relay's threads carry it from there."""
+        return self.vnc.open(args)
+
+    def _arrival(self, args: dict[str, Any]) -> tuple[Instance, Host]:
+        uid = uuidlib.UUID(str(args["uuid"]))
+        instance = (
+            Instance.objects.unscoped()
+            .select_related("image", "flavor", "network", "host", "migration_host")
+            .filter(uuid=uid)
+            .first()
+        )
+        host = Host.objects.filter(name=self.host).first()
+        if instance is None or host is None:
+            raise DriverError(f"no instance {uid} or no host {self.host} in the database")
+        return instance, host
+
+    def arrival_prepare(self, args: dict[str, Any], _request: RpcRequest) -> dict[str, Any]:
+        """A VM is about to move here: its port (bridge, tunnel, DHCP, rules), and its disk when the
+        instance store is not shared."""
+        instance, host = self._arrival(args)
+        if instance.migration_host_id != host.pk:
+            raise DriverError(f"{instance.name} is not moving to {self.host}")
+        arrival_prepare(instance, host, self.vms)
+        return {"prepared": True}
+
+    def arrival_cancel(self, args: dict[str, Any], _request: RpcRequest) -> dict[str, Any]:
+        """The move did not happen: what arrival_prepare made goes (not if it runs here after all)."""
+        instance, host = self._arrival(args)
+        if instance.host_id == host.pk:
+            raise DriverError(f"{instance.name} is placed on {self.host}; its port stays")
+        arrival_cancel(instance, host)
+        return {"cancelled": True}
+
     # -- serving ---------------------------------------------------------------------------------
     def answer(self, request: RpcRequest) -> None:
         if request.expired():
@@ -163,7 +214,7 @@ class RpcServer:
             return
         if request.expired():
             logger.info("rpc %s %s: expired in the queue; dropped", request.call, request.id)
-        elif request.call == CONTAINER_EXEC:
+        elif request.call in POOLED:
             pool.submit(self._safely, request)
         else:
             self._safely(request)
@@ -173,6 +224,9 @@ class RpcServer:
             self.answer(request)
         except redis.RedisError as exc:
             logger.warning("rpc %s: cannot reply: %s", request.call, exc)
+        finally:
+            if request.call in USE_DATABASE:
+                close_old_connections()
 
     def mark_present(self) -> None:
         self.client.set(presence_key(self.host), str(time.time()), ex=PRESENCE_TTL)
@@ -197,6 +251,7 @@ class RpcServer:
         finally:
             with contextlib.suppress(redis.RedisError):
                 self.client.delete(presence_key(self.host))
+            self.vnc.close_all()
             pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -18,7 +18,8 @@ from compute.drivers.base import DriverError, HostFacts
 from compute.drivers.libvirt import LibvirtDriver, events_enable
 from compute.models import Host, Instance, InstanceKind, InstanceState, domain_uuid
 from compute.services.containers import container_driver
-from compute.services.hosts import host_heartbeat, host_register
+from compute.services.ha import fence_cleanup
+from compute.services.hosts import host_heartbeat, host_is_fenced, host_register, host_unfence
 from compute.services.metrics import Sampler, metrics_collect
 from compute.services.ports import local_routes
 from compute.services.reconcile import container_check, reconcile_host, sync_power
@@ -42,6 +43,10 @@ def heartbeat_loop(name: str, facts: HostFacts, every: float, stop: threading.Ev
         if not host_heartbeat(name, routes=local_routes()):
             # The row was deleted (by an admin, say): the host is still here, so register again.
             host_register(name=name, uri=settings.LIBVIRT_URI, facts=asdict(facts))
+        if host_is_fenced(name):
+            # Declared dead while this agent could not beat (compute.services.ha): destroy every
+            # guest first, then rejoin.
+            rejoin_after_fence(name)
 
     while not stop.wait(every):
         _db_safely("heartbeat", beat)
@@ -50,7 +55,7 @@ def heartbeat_loop(name: str, facts: HostFacts, every: float, stop: threading.Ev
 def reconcile_loop(name: str, every: float, stop: threading.Event) -> None:
     def once() -> None:
         host = Host.objects.filter(name=name).first()
-        if host is not None:
+        if host is not None and host.fenced_at is None:  # a fenced host first cleans up (heartbeat)
             reconcile_host(host, local_driver())
 
     while not stop.wait(every):
@@ -102,7 +107,9 @@ def event_loop(name: str, stop: threading.Event) -> None:
 
     def handle(domain: str) -> None:
         uid = domain_uuid(domain)
-        instance = Instance.objects.unscoped().filter(uuid=uid).first() if uid else None
+        # Only this host's instances: a guest that just left for another host (or is arriving
+        # here from one) is the other host's, whatever this daemon says about it.
+        instance = Instance.objects.unscoped().filter(uuid=uid, host__name=name).first() if uid else None
         if instance is not None:
             sync_power(instance, local_driver())
 
@@ -116,6 +123,19 @@ def event_loop(name: str, stop: threading.Event) -> None:
 
     threading.Thread(target=apply, name="libvirt-events-apply", daemon=True).start()
     LibvirtDriver(settings.LIBVIRT_URI, read_only=True).watch_lifecycle(on_lifecycle, stop)
+
+
+def rejoin_after_fence(name: str) -> list[str]:
+    """The fenced host's agent: destroy its guests, then take the host back into the cluster."""
+    host = Host.objects.filter(name=name).first()
+    if host is None or host.fenced_at is None:
+        return []
+    destroyed = fence_cleanup(host, local_driver(), container_driver())
+    host_unfence(name)
+    logger.warning(
+        "agent %s: fenced; destroyed %d guest(s) and rejoined: %s", name, len(destroyed), destroyed
+    )
+    return destroyed
 
 
 def start_threads(name: str, facts: HostFacts, stop: threading.Event) -> None:

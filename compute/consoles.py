@@ -1,5 +1,5 @@
 """Consoles: the serial log as a live stream (read by the host's agent), and VNC through a
-websocket proxy.
+websocket proxy (relayed by the host's agent: compute.vnc_relay).
 
 A VNC console needs a token that is short-lived, single-use, and bound to one instance and one
 user: the websocket for VM 2 refuses a token issued for VM 1, and so does anyone else's session.
@@ -11,21 +11,33 @@ import asyncio
 import contextlib
 import json
 import secrets
+import time
 from typing import Any
 
+import redis
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 
-from compute.models import Instance, InstanceState
+from compute.models import Instance, InstanceKind, InstanceState
 from compute.services import host_rpc
-from core.errors import HostUnavailable
+from compute.services.host_rpc import (
+    VNC_CHUNK,
+    VNC_DATA,
+    VNC_END,
+    VNC_KEEPALIVE,
+    VNC_KEEPALIVE_SECONDS,
+    VNC_SILENCE,
+    VNC_TTL,
+)
+from core.errors import HostUnavailable, ServiceError
 from core.redis import redis_client
 from tenants.access import membership_role
 from tenants.models import Role
 
 TOKEN_TTL = 60  # seconds
 CLOSE_UNAUTHORISED = 4403
-CLOSE_NOT_RUNNING = 4409
+CLOSE_NOT_RUNNING = 4409  # also: no agent answers for its host, or it has no VNC server there
+CLOSE_HOST_UNAVAILABLE = 4503  # an open console's agent fell silent
 
 
 def _token_key(token: str) -> str:
@@ -131,8 +143,28 @@ class SerialConsoleConsumer(AsyncJsonWebsocketConsumer):
                 await task
 
 
+def _vnc_target(uuid: str) -> host_rpc.ConsoleTarget | None:
+    """Where the VM's VNC server is now: None unless it is a running VM on a host."""
+    instance = Instance.objects.unscoped().filter(uuid=uuid).select_related("host").first()
+    if instance is None or instance.kind != InstanceKind.VM or instance.state != InstanceState.RUNNING:
+        return None
+    return host_rpc.ConsoleTarget.of(instance)
+
+
 class VncProxyConsumer(AsyncWebsocketConsumer):
-    """Relay binary websocket frames to the instance's VNC server on its host, and back."""
+    """Relay binary websocket frames to the VM's VNC server, through its host's agent, and back.
+
+    The portal never connects to a VNC server: it asks the host's agent to open a session
+    (host_rpc.avnc_open) and pumps the session's two Redis lists (host_rpc.VncChannel), ``down``
+    to websocket frames and websocket frames to ``up``. An idle portal says it is there every
+    ``keepalive_seconds`` (so does the agent); an agent silent for ``silence_seconds`` (stopped, or
+    its host gone) closes the websocket with ``CLOSE_HOST_UNAVAILABLE``, the VNC server closing its
+    end (the guest stopped) with a normal close.
+    """
+
+    keepalive_seconds = VNC_KEEPALIVE_SECONDS
+    silence_seconds = VNC_SILENCE
+    agent_ended = False
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -148,36 +180,78 @@ class VncProxyConsumer(AsyncWebsocketConsumer):
         if instance is None or not allowed:
             await self.close(code=CLOSE_UNAUTHORISED)
             return
-        if instance.state != InstanceState.RUNNING or not instance.vnc_port:
+        target = await database_sync_to_async(_vnc_target)(uuid)
+        if target is None:
             await self.close(code=CLOSE_NOT_RUNNING)
             return
+        self.client = host_rpc.async_client()
+        self.channel = host_rpc.VncChannel.new()
         try:
-            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", instance.vnc_port)
-        except OSError:
+            await host_rpc.avnc_open(self.client, target, self.channel)
+        except (HostUnavailable, host_rpc.AgentError, ServiceError, redis.RedisError):
+            # No agent, or no VNC server behind it (the VM stopped meanwhile, or moved).
+            await self._close_client()
             await self.close(code=CLOSE_NOT_RUNNING)
             return
+        self.last_up = time.monotonic()
         subprotocols = self.scope.get("subprotocols") or []
         await self.accept("binary" if "binary" in subprotocols else None)
-        self.pump = asyncio.get_running_loop().create_task(self._from_vnc())
+        self.pump = asyncio.get_running_loop().create_task(self._from_agent())
 
-    async def _from_vnc(self) -> None:
+    async def _from_agent(self) -> None:
+        """``down`` -> websocket, keepalives ``up`` while the user is idle, until the session ends."""
+        channel = self.channel
+        heard = time.monotonic()
+        code = 1000
         try:
-            while data := await self.reader.read(65536):
-                await self.send(bytes_data=data)
-        finally:
-            await self.close()
+            while True:
+                got = await self.client.blpop([channel.down], timeout=1)  # type: ignore[misc]
+                now = time.monotonic()
+                if got is not None:
+                    heard = now
+                    items = [got[1], *(await self.client.lpop(channel.down, 63) or [])]  # type: ignore[misc]
+                    data = b"".join(item[1:] for item in items if item[:1] == VNC_DATA)
+                    if data:
+                        await self.send(bytes_data=data)
+                    if any(item[:1] == VNC_END for item in items):
+                        self.agent_ended = True  # the VNC server closed, or the agent stopped
+                        break
+                elif now - heard > self.silence_seconds:
+                    code = CLOSE_HOST_UNAVAILABLE
+                    break
+                if now - self.last_up >= self.keepalive_seconds:
+                    await self._push_up(VNC_KEEPALIVE)
+        except redis.RedisError:
+            code = CLOSE_HOST_UNAVAILABLE
+        await self.close(code=code)
+
+    async def _push_up(self, item: bytes) -> None:
+        self.last_up = time.monotonic()
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.rpush(self.channel.up, item)
+            pipe.expire(self.channel.up, VNC_TTL)
+            await pipe.execute()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if bytes_data:
-            self.writer.write(bytes_data)
-            await self.writer.drain()
+        if bytes_data and hasattr(self, "pump"):
+            for at in range(0, len(bytes_data), VNC_CHUNK):
+                await self._push_up(VNC_DATA + bytes_data[at : at + VNC_CHUNK])
 
     async def disconnect(self, code: int) -> None:
         pump = getattr(self, "pump", None)
-        if pump is not None:
+        if pump is None:
+            return
+        if pump is not asyncio.current_task():
             pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
+            with contextlib.suppress(asyncio.CancelledError, redis.RedisError):
                 await pump
-        writer = getattr(self, "writer", None)
-        if writer is not None:
-            writer.close()
+        # Tell the agent (it closes its socket to QEMU); drop what it sent that nobody will read.
+        with contextlib.suppress(redis.RedisError):
+            if not self.agent_ended:
+                await self._push_up(VNC_END)
+            await self.client.delete(self.channel.down)
+        await self._close_client()
+
+    async def _close_client(self) -> None:
+        with contextlib.suppress(redis.RedisError):
+            await self.client.aclose()

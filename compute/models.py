@@ -21,6 +21,8 @@ from tenants.models import PriorityClass, Tenant, TenantOwned
 class HostState(models.TextChoices):
     ENABLED = "enabled", "Enabled"
     DISABLED = "disabled", "Disabled"
+    # Placement skips a host entering maintenance while its instances are moved off it.
+    ENTERING_MAINTENANCE = "entering_maintenance", "Entering maintenance"
     MAINTENANCE = "maintenance", "Maintenance"
     DOWN = "down", "Down"
 
@@ -34,7 +36,7 @@ class Paging(models.TextChoices):
 
 class HostQuerySet(VersionedQuerySet):
     # Fields that change all the time; an update of anything else moves the host's version.
-    live_fields = frozenset({"heartbeat_at", "state", "routes"})
+    live_fields = frozenset({"heartbeat_at", "state", "routes", "fenced_at", "evacuation"})
 
 
 class Host(models.Model):
@@ -42,7 +44,22 @@ class Host(models.Model):
 
     name = models.CharField(max_length=100, unique=True)
     uri = models.CharField("libvirt URI", max_length=255)
-    state = models.CharField(max_length=12, choices=HostState.choices, default=HostState.ENABLED)
+    # Where the other hosts reach this one: its address on the hosts' own network (the underlay of
+    # the tenant overlays, and the path of live migrations), and the libvirt URI a peer's daemon
+    # migrates to (NUBIS_LIBVIRT_PEER_URI with {address}). Empty: a lone host, which joins no
+    # overlay and takes no migration.
+    address = models.GenericIPAddressField("host address", protocol="IPv4", null=True, blank=True)
+    peer_uri = models.CharField("libvirt URI for peers", max_length=255, blank=True, default="")
+    state = models.CharField(max_length=24, choices=HostState.choices, default=HostState.ENABLED)
+    # The libvirt daemon's own host UUID: agents of several hosts may share one daemon (tests), and
+    # a guest is another host's stale copy only when that host's daemon is not this one.
+    hypervisor_uuid = models.CharField(max_length=36, blank=True, default="")
+    # Set when the host was declared dead and fenced: it may run no guest until its agent has
+    # destroyed the ones it still had (compute.services.ha); its heartbeat alone does not revive it.
+    fenced_at = models.DateTimeField(null=True, blank=True)
+    # While it enters maintenance: how the evacuation stands ({"remaining", "moving", "blocked":
+    # [{"instance", "name", "reason"}], "at"}), written by compute.services.evacuation.
+    evacuation = models.JSONField(default=dict, blank=True, editable=False)
     simulated = models.BooleanField(
         default=False, help_text="Simulator host: never used for real provisioning."
     )
@@ -178,6 +195,13 @@ class Flavor(models.Model):
         validators=[MinValueValidator(10), MaxValueValidator(1000)],
         help_text="Proportional weight (10-1000); needs a host whose I/O scheduler offers weights.",
     )
+    ha = models.BooleanField(
+        "HA restart",
+        null=True,
+        blank=True,
+        help_text="Restart its instances on another host when theirs dies. Empty: on for VMs, off for "
+        "containers; a request may say otherwise.",
+    )
     public = models.BooleanField(default=True)
     tenant = models.ForeignKey(
         Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="flavors"
@@ -303,6 +327,7 @@ class InstanceState(models.TextChoices):
     STARTING = "starting", "Starting"
     REBOOTING = "rebooting", "Rebooting"
     RESIZING = "resizing", "Resizing"
+    MIGRATING = "migrating", "Migrating"
     DELETING = "deleting", "Deleting"
     DELETED = "deleted", "Deleted"
     ERROR = "error", "Error"
@@ -317,6 +342,7 @@ TRANSIENT_STATES = frozenset(
         InstanceState.STARTING,
         InstanceState.REBOOTING,
         InstanceState.RESIZING,
+        InstanceState.MIGRATING,
         InstanceState.DELETING,
     }
 )
@@ -332,6 +358,12 @@ class Instance(TenantOwned):
     flavor = models.ForeignKey(Flavor, on_delete=models.PROTECT, related_name="instances")
     image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="instances")
     host = models.ForeignKey(Host, null=True, blank=True, on_delete=models.PROTECT, related_name="instances")
+    # While it moves: the host it goes to, which holds its capacity too until the move ends.
+    migration_host = models.ForeignKey(
+        Host, null=True, blank=True, on_delete=models.PROTECT, related_name="incoming"
+    )
+    # Restarted on another host when its host dies (compute.services.ha).
+    ha = models.BooleanField("HA restart", default=False)
     priority = models.PositiveSmallIntegerField(choices=PriorityClass.choices, default=PriorityClass.NORMAL)
     allocation = models.CharField(max_length=8, choices=Allocation.choices, default=Allocation.STATIC)
     server_group = models.ForeignKey(
@@ -426,6 +458,8 @@ class OperationKind(models.TextChoices):
     SNAPSHOT = "snapshot", "Snapshot"
     REVERT = "revert", "Revert to snapshot"
     DELETE_SNAPSHOT = "delete_snapshot", "Delete snapshot"
+    MIGRATE = "migrate", "Migrate"
+    HA_RESTART = "ha_restart", "Restart after host failure"
     DELETE = "delete", "Delete"
 
 
@@ -446,6 +480,8 @@ class Operation(TenantOwned):
     progress = models.PositiveSmallIntegerField(default=0)
     step = models.CharField(max_length=50, blank=True, default="", help_text="The last step completed.")
     params = models.JSONField(default=dict, blank=True)
+    # What it measured or decided, for the record (a migration's times and bytes moved).
+    result = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True, default="")
     idempotency_key = models.CharField(max_length=100, null=True, blank=True)  # noqa: DJ001 - NULL: no key
     requested_by = models.ForeignKey(

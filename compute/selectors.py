@@ -30,7 +30,7 @@ def instance_rows(tenant: Tenant) -> Any:
     return (
         Instance.objects.for_tenant(tenant)
         .exclude(state=InstanceState.DELETED)
-        .select_related("flavor", "image", "network", "server_group")
+        .select_related("flavor", "image", "network", "server_group", "host", "migration_host")
         .prefetch_related(Prefetch("security_groups", queryset=SecurityGroup.objects.for_tenant(tenant)))
     )
 

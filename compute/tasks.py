@@ -13,7 +13,7 @@ from django.conf import settings
 from compute import metrics
 from compute.drivers.libvirt import LibvirtDriver
 from compute.models import Host
-from compute.services import admission, agent, memory
+from compute.services import admission, agent, evacuation, ha, memory
 from compute.services.allocation import allocation_adjust_all
 from compute.services.hosts import hosts_mark_down
 from compute.services.outbox import dispatcher_loop
@@ -38,6 +38,18 @@ def run_operation(operation_id: int) -> str:
 def hosts_check() -> list[str]:
     """Periodic (control queue): hosts whose heartbeat went stale are marked down."""
     return hosts_mark_down()
+
+
+@shared_task(name="compute.ha_check")
+def ha_check() -> dict[str, list[str]]:
+    """Periodic (control queue): fence hosts silent past NUBIS_HA_GRACE, restart their HA instances."""
+    return ha.ha_check()
+
+
+@shared_task(name="compute.evacuate")
+def evacuate() -> dict[str, Any]:
+    """Periodic, and after each move (control queue): the next moves off hosts entering maintenance."""
+    return evacuation.evacuate_all()
 
 
 @shared_task(name="compute.networks_sync")

@@ -6,6 +6,7 @@ start-up with a message that names the variable instead of a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import sys
@@ -36,6 +37,17 @@ def env_str(name: str, default: str) -> str:
     """Return the variable's value, or the default when it is unset or empty."""
     value = os.environ.get(name, "").strip()
     return value or default
+
+
+def env_ipv4(name: str) -> str:
+    """An IPv4 address in the variable, or "" when it is unset or empty."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return ""
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise ConfigError(name, f"must be an IPv4 address, not {value!r}") from None
 
 
 def env_bool(name: str, default: bool) -> bool:

@@ -28,6 +28,11 @@ REDIS_URL = config.redis_url()
 LIBVIRT_URI = config.env_str("LIBVIRT_URI", "qemu:///system")
 # The compute host this process runs on; its Celery queue is "host.<name>".
 NUBIS_HOST_NAME = config.env_str("NUBIS_HOST_NAME", socket.gethostname())
+# The host's address on the network the compute hosts share (the underlay of tenant overlays, the
+# path of live migrations), and the libvirt URI peers migrate to ({address} is replaced). A host
+# without an address is a lone host: its tenant networks stay on it and nothing migrates to it.
+NUBIS_HOST_ADDRESS = config.env_ipv4("NUBIS_HOST_ADDRESS")
+NUBIS_LIBVIRT_PEER_URI = config.env_str("NUBIS_LIBVIRT_PEER_URI", "qemu+tls://{address}/system")
 NUBIS_HEARTBEAT_SECONDS = config.env_int("NUBIS_HEARTBEAT_SECONDS", 30, minimum=1)
 NUBIS_LIVE_CHECK_SECONDS = config.env_int("NUBIS_LIVE_CHECK_SECONDS", 5, minimum=1)  # portal.consumers
 # Compute: where images and instance disks live, and how hosts report in.
@@ -64,6 +69,19 @@ NUBIS_LIBVIRT_NETWORK = config.env_str("NUBIS_LIBVIRT_NETWORK", "default")
 # Domains this deployment owns are named <prefix><instance uuid>; others on the daemon are left alone.
 NUBIS_DOMAIN_PREFIX = config.env_str("NUBIS_DOMAIN_PREFIX", "nubis-")
 NUBIS_SHUTDOWN_TIMEOUT = config.env_int("NUBIS_SHUTDOWN_TIMEOUT", 30, minimum=1)
+# Live migration (compute.services.migration): a move past NUBIS_MIGRATION_TIMEOUT seconds is
+# aborted (the VM stays where it was); the switch-over pause is held under the downtime limit.
+# NUBIS_SHARED_INSTANCE_STORE: the instance store is one file system mounted at the same path on
+# every host (NFS, CephFS, a cluster file system), so disks stay put; otherwise they are copied.
+NUBIS_MIGRATION_TIMEOUT = config.env_int("NUBIS_MIGRATION_TIMEOUT", 120, minimum=1)
+NUBIS_MIGRATION_DOWNTIME_MS = config.env_int("NUBIS_MIGRATION_DOWNTIME_MS", 300, minimum=10)
+NUBIS_SHARED_INSTANCE_STORE = config.env_bool("NUBIS_SHARED_INSTANCE_STORE", False)
+# HA (compute.services.ha): a host silent for NUBIS_HA_GRACE seconds is declared dead and fenced, and
+# its HA instances restart elsewhere; the check runs every NUBIS_HA_CHECK_SECONDS.
+# Maintenance (compute.services.evacuation): moves under way at once off a host entering it.
+NUBIS_EVACUATE_PARALLEL = config.env_int("NUBIS_EVACUATE_PARALLEL", 2, minimum=1)
+NUBIS_HA_GRACE = config.env_int("NUBIS_HA_GRACE", 60, minimum=1)
+NUBIS_HA_CHECK_SECONDS = config.env_int("NUBIS_HA_CHECK_SECONDS", 5, minimum=1)
 # Default overcommit ratios for placement; a host or its aggregate may set its own.
 NUBIS_OVERCOMMIT = {"cpu": 4.0, "ram": 1.0, "disk": 1.0}
 # The placement pipeline (scheduler.engine): filters in order, weighers with their multipliers
@@ -96,6 +114,9 @@ NUBIS_ROOTFS_DIR = config.env_path("NUBIS_ROOTFS_DIR", NUBIS_IMAGE_DIR / "unpack
 NUBIS_ROOTFS_GRACE = config.env_int("NUBIS_ROOTFS_GRACE", 600, minimum=0)
 NUBIS_CONTAINER_USERNS = config.env_bool("NUBIS_CONTAINER_USERNS", True)
 NUBIS_CONTAINER_STOP_TIMEOUT = config.env_int("NUBIS_CONTAINER_STOP_TIMEOUT", 10, minimum=1)
+# The cgroup (under every controller) that holds this host's containers: <parent>/<container>.
+# Hosts that share a machine's cgroup tree (the lab's: compute.lab) each take their own.
+NUBIS_CGROUP_PARENT = config.env_str("NUBIS_CGROUP_PARENT", "nubis").strip("/") or "nubis"
 # Each agent samples its host and instances this often (the UI's sparklines, the scheduler's load).
 NUBIS_METRICS_SECONDS = config.env_int("NUBIS_METRICS_SECONDS", 10, minimum=1)
 NUBIS_CONTAINER_WATCH_SECONDS = config.env_int("NUBIS_CONTAINER_WATCH_SECONDS", 1, minimum=1)
@@ -346,6 +367,16 @@ CELERY_BEAT_SCHEDULE = {
         "task": "compute.hosts_check",
         "schedule": 15.0,
         "options": {"queue": "control", "expires": 15.0},
+    },
+    "ha-check": {
+        "task": "compute.ha_check",
+        "schedule": float(NUBIS_HA_CHECK_SECONDS),
+        "options": {"queue": "control", "expires": float(NUBIS_HA_CHECK_SECONDS)},
+    },
+    "evacuate": {
+        "task": "compute.evacuate",
+        "schedule": 5.0,
+        "options": {"queue": "control", "expires": 5.0},
     },
     "metrics-rollup": {
         "task": "compute.metrics_rollup",

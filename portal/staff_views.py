@@ -159,7 +159,7 @@ def hosts_overview(page_number: str | int | None) -> dict[str, Any]:
     totals = Host.objects.aggregate(
         real=Count("pk", filter=Q(simulated=False)),
         simulated=Count("pk", filter=Q(simulated=True)),
-        **{state: Count("pk", filter=Q(state=state)) for state in HostState.values},
+        **{str(state): Count("pk", filter=Q(state=state)) for state in HostState.values},
     )
     return {"page": page, "lines": lines, "totals": totals, "mode": settings.NUBIS_ADMISSION_MODE}
 
@@ -252,7 +252,8 @@ def hosts(request: HttpRequest) -> HttpResponse:
 @staff_required
 @require_POST
 def host_maintenance(request: HttpRequest, pk: int) -> HttpResponse:
-    """Put the host into maintenance (``on=1``) or take it out (``on=0``); needs change_host."""
+    """Put the host into maintenance (``on=1``: its instances move off first; with ``force=1`` at
+    once) or take it out (``on=0``); needs change_host."""
     if not request.user.has_perm(MAINTENANCE_PERMISSION):
         raise PermissionDenied("changing a host's state needs the change_host permission")
     host = get_object_or_404(Host, pk=pk)
@@ -260,7 +261,9 @@ def host_maintenance(request: HttpRequest, pk: int) -> HttpResponse:
     if on not in ("0", "1"):
         return _hosts_page(request, ServiceError("on", "choice", "on must be 1 or 0"), status=400)
     try:
-        changed = host_maintenance_set(actor=Actor.from_request(request), host=host, on=on == "1")
+        changed = host_maintenance_set(
+            actor=Actor.from_request(request), host=host, on=on == "1", force=request.POST.get("force") == "1"
+        )
     except ServiceError as exc:
         return _hosts_page(request, exc, status=exc.status)
     messages.success(request, f"Host {changed.name} is now {changed.get_state_display().lower()}.")

@@ -44,12 +44,22 @@ def _placed() -> Any:
     return Instance.objects.unscoped().exclude(state__in=FREE_STATES).exclude(host=None)
 
 
+def _incoming() -> Any:
+    """Instances moving to a host: they hold its capacity too until the move ends."""
+    return Instance.objects.unscoped().exclude(state__in=FREE_STATES).exclude(migration_host=None)
+
+
 def _reserved_use() -> dict[int, dict[str, float]]:
-    """What the instances on each host reserved (one query)."""
-    return {
-        row["host_id"]: row
-        for row in _placed().values("host_id").annotate(v=Sum("vcpus"), r=Sum(HELD_RAM), d=Sum("disk_gib"))
+    """What the instances on each host, and those moving to it, reserved (two queries)."""
+    sums = {"v": Sum("vcpus"), "r": Sum(HELD_RAM), "d": Sum("disk_gib")}
+    used: dict[int, dict[str, float]] = {
+        row["host_id"]: row for row in _placed().values("host_id").annotate(**sums)
     }
+    for row in _incoming().values("migration_host_id").annotate(**sums):
+        held = used.setdefault(row["migration_host_id"], {"v": 0.0, "r": 0.0, "d": 0.0})
+        for key in ("v", "r", "d"):
+            held[key] = float(held.get(key) or 0) + float(row[key] or 0)
+    return used
 
 
 def _measured_use(now: datetime) -> dict[int, dict[str, float]]:
@@ -69,7 +79,12 @@ def _measured_use(now: datetime) -> dict[int, dict[str, float]]:
         .annotate(cpu=Max("cpu_pct"), mem=Max("mem_bytes"))
     }
     used: dict[int, dict[str, float]] = {}
-    for row in _placed().values("id", "host_id", "vcpus", "disk_gib", held=HELD_RAM):
+    rows = [*_placed().values("id", "host_id", "vcpus", "disk_gib", held=HELD_RAM)]
+    rows += [
+        {**row, "host_id": row.pop("migration_host_id")}
+        for row in _incoming().values("id", "migration_host_id", "vcpus", "disk_gib", held=HELD_RAM)
+    ]
+    for row in rows:
         held = used.setdefault(row["host_id"], {"v": 0.0, "r": 0.0, "d": 0.0})
         sample = measured.get(row["id"])
         if sample is None:

@@ -55,17 +55,19 @@ def engine() -> Engine:
 
 
 def group_hosts(instance: Instance) -> frozenset[int]:
-    """The hosts the other live members of the instance's server group hold capacity on."""
+    """The hosts the other live members of the instance's server group hold capacity on (both ends
+    of a member's move)."""
     if instance.server_group_id is None:
         return frozenset()
-    hosts = (
+    members = (
         Instance.objects.for_tenant(instance.tenant_id)
-        .filter(server_group_id=instance.server_group_id, host__isnull=False)
+        .filter(server_group_id=instance.server_group_id)
         .exclude(pk=instance.pk)
         .exclude(state__in=FREE_STATES)
-        .values_list("host_id", flat=True)
     )
-    return frozenset(hosts)
+    # A member moving holds both ends of its move.
+    held = members.values_list("host_id", "migration_host_id")
+    return frozenset(h for pair in held for h in pair if h is not None)
 
 
 def request_of(instance: Instance) -> Request:

@@ -139,9 +139,9 @@ class Agent:
         return self.log.read_text(errors="replace")
 
 
-def start_agent(name: str, log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
-    """``extra_env`` adds to the environment below or overrides it (another host's own directories)."""
-    defaults = {
+def agent_env_defaults() -> dict[str, str]:
+    """The environment of the tests' compute agents (the session's, and the lab hosts')."""
+    return {
         "NUBIS_HOST_HEARTBEAT_SECONDS": "1",
         "NUBIS_INSTANCE_DIR": str(settings.NUBIS_INSTANCE_DIR),
         "NUBIS_IMAGE_DIR": str(settings.NUBIS_IMAGE_DIR),
@@ -152,7 +152,11 @@ def start_agent(name: str, log: Path, **extra_env: str) -> subprocess.Popen[byte
         "NUBIS_RECONCILE_SECONDS": "2",
         "NUBIS_METRICS_SECONDS": "1",
     }
-    env = subprocess_env(**{**defaults, **extra_env})
+
+
+def start_agent(name: str, log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
+    """``extra_env`` adds to the environment below or overrides it (another host's own directories)."""
+    env = subprocess_env(**{**agent_env_defaults(), **extra_env})
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "manage.py", "compute_agent", "--name", name, "--kvm-probe", "never"],

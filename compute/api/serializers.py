@@ -66,6 +66,16 @@ class InstanceSerializer(serializers.ModelSerializer[Instance]):
     queue = serializers.SerializerMethodField(
         help_text="While queued: its place in the admission queue, the wait so far and the estimate."
     )
+    host = serializers.CharField(
+        source="host.name", read_only=True, allow_null=True, default=None, help_text="Where it runs."
+    )
+    migrating_to = serializers.CharField(
+        source="migration_host.name",
+        read_only=True,
+        allow_null=True,
+        default=None,
+        help_text="While it moves: the host it goes to.",
+    )
 
     class Meta:
         model = Instance
@@ -86,6 +96,9 @@ class InstanceSerializer(serializers.ModelSerializer[Instance]):
             "security_groups",
             "server_group",
             "queue",
+            "host",
+            "migrating_to",
+            "ha",
             "mac_address",
             "ip_address",
             "oom_kills",
@@ -139,6 +152,33 @@ class InstanceCreateSerializer(serializers.Serializer[Any]):
         default=False,
         help_text="When no host has room: wait in the admission queue (state queued) instead of failing.",
     )
+    ha = serializers.BooleanField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Restart it on another host when its host dies. Left out: the flavor's choice, else on "
+        "for a VM and off for a container.",
+    )
+
+
+class MigrateSerializer(serializers.Serializer[Any]):
+    host = serializers.CharField(
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        default=None,
+        help_text="The host to move to (name or id); left out, placement chooses with every filter.",
+    )
+    timeout = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=3600,
+        help_text="Seconds a live move may take before it is aborted (the VM stays); default "
+        "NUBIS_MIGRATION_TIMEOUT.",
+    )
+    bandwidth_mib = serializers.IntegerField(
+        required=False, min_value=1, max_value=100_000, help_text="A cap on the move's transfer, MiB/s."
+    )
 
 
 class ResizeSerializer(serializers.Serializer[Any]):
@@ -174,6 +214,7 @@ class OperationSerializer(serializers.ModelSerializer[Operation]):
             "error",
             "instance_id",
             "params",
+            "result",
             "created",
             "started",
             "finished",
@@ -249,7 +290,10 @@ class AdminHostSerializer(serializers.ModelSerializer[Host]):
             "cpu_ratio",
             "ram_ratio",
             "disk_ratio",
+            "address",
             "heartbeat_at",
+            "fenced_at",
+            "evacuation",
             "capacity",
             "load",
         ]
@@ -267,7 +311,14 @@ class AdminHostSerializer(serializers.ModelSerializer[Host]):
 
 
 class MaintenanceSerializer(serializers.Serializer[Any]):
-    on = serializers.BooleanField(help_text="true: into maintenance (placement skips it); false: enabled.")
+    on = serializers.BooleanField(
+        help_text="true: into maintenance (its instances move to other hosts first: the host is "
+        "entering_maintenance until it is empty); false: enabled."
+    )
+    force = serializers.BooleanField(
+        default=False,
+        help_text="With on: into maintenance at once, leaving on it what has not moved.",
+    )
 
 
 class QueueItemSerializer(serializers.Serializer[Any]):

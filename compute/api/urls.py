@@ -14,6 +14,9 @@ tenant_urlpatterns = [
     path("instances/<uuid:pk>/reboot/", instances.InstanceRebootView.as_view(), name="api-instance-reboot"),
     path("instances/<uuid:pk>/resize/", instances.InstanceResizeView.as_view(), name="api-instance-resize"),
     path(
+        "instances/<uuid:pk>/migrate/", instances.InstanceMigrateView.as_view(), name="api-instance-migrate"
+    ),
+    path(
         "instances/<uuid:pk>/console/serial/",
         consoles.SerialConsoleView.as_view(),
         name="api-instance-serial",

@@ -324,6 +324,11 @@ def _resources(
     return resources
 
 
+def cgroups_path(parent: str, name: str) -> str:
+    """linux.cgroupsPath of container ``name`` under ``parent`` (one host's containers)."""
+    return f"/{parent.strip('/')}/{name}"
+
+
 def oci_config(
     *,
     name: str,
@@ -340,12 +345,14 @@ def oci_config(
     user_namespace: bool,
     uid_base: int = 100_000,
     netns_path: str | None = None,
+    cgroup_parent: str = "nubis",
 ) -> dict[str, Any]:
     """A runc config.json for container ``name`` running ``args`` on ``rootfs``.
 
     ``rootfs`` is relative to the bundle or absolute (a read-only tree shared by containers).
     With ``netns_path`` the container joins that network namespace (its port on a tenant
-    network); without it, it gets a new one holding only loopback.
+    network); without it, it gets a new one holding only loopback. Its cgroup is
+    ``<controller>/<cgroup_parent>/<name>`` (setting NUBIS_CGROUP_PARENT).
     """
     namespaces: list[dict[str, str]] = [{"type": kind} for kind in NAMESPACES]
     if netns_path:
@@ -353,9 +360,9 @@ def oci_config(
             {"type": "network", "path": netns_path} if ns["type"] == "network" else ns for ns in namespaces
         ]
     linux: dict[str, Any] = {
-        # Absolute, so the cgroup lands at <controller>/nubis/<name> wherever the agent itself runs;
-        # a relative path would nest under the caller's own cgroup.
-        "cgroupsPath": f"/nubis/{name}",
+        # Absolute, so the cgroup lands at <controller>/<parent>/<name> wherever the agent itself
+        # runs; a relative path would nest under the caller's own cgroup.
+        "cgroupsPath": cgroups_path(cgroup_parent, name),
         "namespaces": namespaces,
         "resources": _resources(
             memory_bytes=memory_bytes,

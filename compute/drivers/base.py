@@ -9,6 +9,7 @@ Drivers take plain specs (``GuestSpec``, an OCI config) and give plain facts (``
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ class HostFacts:
     paging: str
     iommu: bool
     vmm: str
+    hypervisor_uuid: str = ""  # the daemon's own host UUID
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,38 @@ class GuestSpec:
     bridge: str = ""
     port: str = ""
     mac: str = ""
+
+
+@dataclass(frozen=True)
+class MigrationStats:
+    """What a finished live migration took, as the destination's hypervisor measured it."""
+
+    total_ms: int  # from the start of the job to the guest running on the destination
+    downtime_ms: int  # the guest paused for the switch-over
+    data_bytes: int  # sent over the wire (memory, and disks when they were copied)
+    memory_bytes: int
+    setup_ms: int = 0
+    dirty_rate: int = 0  # pages per second the guest dirtied at the end
+    iterations: int = 0  # memory passes
+    vnc_port: int | None = None  # the guest's console on the destination (not a figure of the move)
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: v for k, v in self.__dict__.items() if k != "vnc_port" and v is not None}
+
+
+@dataclass(frozen=True)
+class MigrationProgress:
+    """One reading of a running migration: bytes to send in all, bytes left, time so far."""
+
+    data_total: int
+    data_remaining: int
+    elapsed_ms: int
+
+    @property
+    def percent(self) -> int:
+        if self.data_total <= 0:
+            return 0
+        return max(0, min(99, round(100 * (self.data_total - self.data_remaining) / self.data_total)))
 
 
 @dataclass(frozen=True)
@@ -189,6 +223,23 @@ class VmDriver(GuestDriver):
     @abc.abstractmethod
     def guest_usage(self) -> dict[str, Counters]:
         """Usage counters of every active guest of the host, by name, read at once."""
+
+    @abc.abstractmethod
+    def migrate(
+        self,
+        name: str,
+        peer_uri: str,
+        *,
+        shared_store: bool,
+        max_downtime_ms: int,
+        timeout: float,
+        bandwidth_mib: int = 0,
+        on_progress: Callable[[MigrationProgress], None] | None = None,
+    ) -> MigrationStats:
+        """Move the running guest live to the hypervisor at ``peer_uri`` (peer to peer): it runs
+        there and is gone here when this returns. On failure or past ``timeout`` seconds the move
+        is aborted and the guest keeps running here (DriverError). ``bandwidth_mib``: a cap in MiB/s
+        (0: none)."""
 
     def remove_stale_probes(self, older_than: float = 300.0) -> list[str]:
         """Remove capability-probe guests left by an agent that died mid-probe (none by default)."""

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from compute.containers.oci_spec import cgroups_path
 from compute.drivers.base import Counters, DriverError
 
 RUNC = "/usr/bin/runc"
@@ -60,9 +61,12 @@ def _cgroup_dir(controller: str, config: dict[str, Any]) -> Path:
 class OciDriver:
     """Containers of one host through runc. Every method is safe to call twice."""
 
-    def __init__(self, runc_root: Path | None = None, runc: str = RUNC) -> None:
+    def __init__(self, runc_root: Path | None = None, runc: str = RUNC, cgroup_parent: str = "nubis") -> None:
         self.runc = runc
         self.runc_root = runc_root
+        # Where oci_config put this host's containers (setting NUBIS_CGROUP_PARENT): read when a
+        # container's config.json is not at hand.
+        self.cgroup_parent = cgroup_parent
         self._bundles: dict[str, Path] = {}
         self._configs: dict[str, dict[str, Any]] = {}
 
@@ -298,7 +302,7 @@ class OciDriver:
         ``memory.oom_control`` counts them until the cgroup is deleted; ``memory.failcnt`` does
         not move here, so it is not used (LAB.md section 5).
         """
-        config = self._config(name) or {"linux": {"cgroupsPath": f"/nubis/{name}"}}
+        config = self._config(name) or {"linux": {"cgroupsPath": cgroups_path(self.cgroup_parent, name)}}
         directory = _cgroup_dir("memory", config)
         for filename in ("memory.oom_control", "memory.events"):  # v1, v2
             try:
@@ -318,7 +322,7 @@ class OciDriver:
         The network is not the cgroup's: its counters stay 0 here (the port's are the network driver's).
         """
         # The path oci_config gives every container: no `runc state` per reading.
-        config = {"linux": {"cgroupsPath": f"/nubis/{name}"}}
+        config = {"linux": {"cgroupsPath": cgroups_path(self.cgroup_parent, name)}}
         try:
             if (CGROUP_ROOT / "cgroup.controllers").exists():  # pure v2: one directory for everything
                 directory = _cgroup_dir("", config)

@@ -12,11 +12,21 @@ Nothing here touches the machine: no libvirt, no files, no processes. A "domain"
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-from compute.drivers.base import Counters, DriverError, GuestSpec, HostFacts, LogChunk, VmDriver
+from compute.drivers.base import (
+    Counters,
+    DriverError,
+    GuestSpec,
+    HostFacts,
+    LogChunk,
+    MigrationProgress,
+    MigrationStats,
+    VmDriver,
+)
 
 
 class NotSimulated(DriverError):
@@ -196,6 +206,19 @@ class SimulatorDriver(VmDriver):
         return LogChunk(b"", 0, 0)  # a simulated guest writes no console log
 
     # -- what a simulation reads back ------------------------------------------------------------
+    def migrate(
+        self,
+        name: str,
+        peer_uri: str,
+        *,
+        shared_store: bool,
+        max_downtime_ms: int,
+        timeout: float,
+        bandwidth_mib: int = 0,
+        on_progress: Callable[[MigrationProgress], None] | None = None,
+    ) -> MigrationStats:
+        raise NotSimulated(f"the simulator moves no guest ({name} to {peer_uri})")
+
     def running_memory_mib(self) -> int:
         """Memory held by the running domains (what a real host's hypervisor would report)."""
         return sum(d.memory_mib for d in self.domains.values() if d.state == "running")

@@ -20,9 +20,10 @@ from django.db import InterfaceError, OperationalError, close_old_connections, c
 from django.utils import timezone
 from redis.exceptions import LockError
 
-from compute.drivers.base import ContainerDriver, DriverError, GuestDriver, GuestSpec, VmDriver
+from compute.drivers.base import ContainerDriver, DriverError, GuestDriver, MigrationStats, VmDriver
 from compute.models import (
-    Image,
+    Host,
+    HostState,
     Instance,
     InstanceKind,
     InstanceState,
@@ -31,8 +32,10 @@ from compute.models import (
     OperationState,
     Snapshot,
 )
-from compute.services import ports
+from compute.services import host_rpc, ports
 from compute.services.containers import container_config, container_driver, limits_of, prepared_rootfs
+from compute.services.evacuation import evacuate_kick
+from compute.services.guests import guest_spec, instance_dir
 from compute.services.images import ImageCorrupt, verify_image
 from compute.services.instances import instance_deleted
 from compute.services.lifecycle import (
@@ -42,42 +45,14 @@ from compute.services.lifecycle import (
     operation_finish,
     operation_send,
 )
+from compute.services.migration import migration_done, migration_undone
+from compute.services.migration_agent import migration_settle
 from compute.services.resize import resize_failed
 from compute.services.snapshots import snapshot_forget
+from core.errors import HostUnavailable
 from core.redis import redis_client
 
 logger = logging.getLogger(__name__)
-
-
-def instance_dir(instance: Instance) -> Path:
-    return Path(settings.NUBIS_INSTANCE_DIR) / str(instance.uuid)
-
-
-def guest_spec(instance: Instance) -> GuestSpec:
-    image: Image = instance.image
-    flavor = instance.flavor
-    workdir = instance_dir(instance)
-    return GuestSpec(
-        name=instance.domain_name,
-        uuid=str(instance.uuid),
-        vcpus=instance.vcpus,
-        ram_mib=instance.ram_mib,
-        current_ram_mib=instance.current_ram_mib,
-        cpu_mode=flavor.cpu_mode,
-        io_model=flavor.io_model,
-        balloon=flavor.balloon,
-        disk_path=str(workdir / "disk.qcow2"),
-        serial_log=str(workdir / "serial.log"),
-        network=settings.NUBIS_LIBVIRT_NETWORK,
-        vnc_password=instance.vnc_password,
-        kernel=image.kernel_path,
-        initrd=image.initrd_path,
-        cmdline=image.cmdline,
-        pci_devices=(flavor.pci_passthrough,) if flavor.pci_passthrough else (),
-        bridge=instance.network.bridge if instance.network else "",
-        port=instance.port_name if instance.network else "",
-        mac=instance.mac_address,
-    )
 
 
 def _claim(operation_id: int) -> Operation | None:
@@ -196,6 +171,7 @@ _DONE_STATES: dict[str, frozenset[str]] = {
     OperationKind.REBOOT: frozenset({InstanceState.RUNNING}),
     OperationKind.RESIZE: frozenset({InstanceState.RUNNING, InstanceState.STOPPED}),
     OperationKind.DELETE: frozenset({InstanceState.DELETED}),
+    OperationKind.HA_RESTART: frozenset({InstanceState.RUNNING}),
 }
 
 
@@ -225,7 +201,8 @@ def _execute(operation_id: int, driver: VmDriver) -> str:
     guests: GuestDriver = container_driver() if container else driver
     try:
         handler = (_CONTAINER_HANDLERS if container else _HANDLERS)[operation.kind]
-        handler(operation, instance, guests)
+        if handler(operation, instance, guests) == HANDED_OVER:
+            return HANDED_OVER  # its next part runs on another host's agent
     except DATABASE_GONE:
         raise  # run again once the database is back (_execute_through_outages)
     except Exception as exc:  # a driver's refusal, or anything unforeseen: the operation fails
@@ -443,6 +420,192 @@ def _no_snapshots(operation: Operation, instance: Instance, driver: ContainerDri
     raise DriverError("containers have no snapshots")
 
 
+# -- moves between hosts (compute.services.migration) -------------------------------------------
+HANDED_OVER = "handed over"  # a handler's answer: the operation goes on on another host's agent
+
+
+def _target_of(operation: Operation) -> Host:
+    target = Host.objects.filter(name=operation.params.get("target", "")).first()
+    if target is None:
+        raise DriverError(f"migrate: the target host {operation.params.get('target')!r} is gone")
+    return target
+
+
+def _migrate(operation: Operation, instance: Instance, driver: VmDriver) -> str | None:
+    """Live migration, run by the source host's agent: the target gets the VM's port ready, then
+    this host's hypervisor moves it there peer to peer; the source's port goes after. A stopped VM
+    moves cold."""
+    if not operation.params.get("live", True):
+        return _cold_migrate(operation, instance, driver)
+    target = _target_of(operation)
+    source = instance.host
+    if source is None or instance.state != InstanceState.MIGRATING:
+        raise DriverError(f"migrate: the instance is {instance.state}, not migrating")
+    if operation.attempts > 1:
+        # This agent died during the move: find out where the guest runs, and say so.
+        where = migration_settle(instance, driver, target)
+        if where == "target":
+            _moved(operation, instance, source, target, None)
+            return None
+        raise DriverError(
+            f"the agent of {source.name} stopped during the move, which "
+            + ("did not finish: the VM stays there" if where == "source" else "left the VM on neither host")
+        )
+    began = time.monotonic()
+    try:
+        host_rpc.call(target.name, host_rpc.ARRIVAL_PREPARE, {"uuid": str(instance.uuid)}, timeout=60)
+        _step(operation, "target ready", 10)
+        stats = driver.migrate(
+            instance.domain_name,
+            target.peer_uri,
+            shared_store=settings.NUBIS_SHARED_INSTANCE_STORE,
+            max_downtime_ms=settings.NUBIS_MIGRATION_DOWNTIME_MS,
+            timeout=float(operation.params.get("timeout") or settings.NUBIS_MIGRATION_TIMEOUT),
+            bandwidth_mib=int(operation.params.get("bandwidth_mib") or 0),
+            on_progress=lambda progress: _progress(operation, 10 + progress.percent * 80 // 100),
+        )
+    except (DriverError, HostUnavailable, host_rpc.AgentError) as exc:
+        error = exc.message if isinstance(exc, (HostUnavailable, host_rpc.AgentError)) else str(exc)
+        _arrival_cancel(instance, target)
+        migration_undone(instance, InstanceState.RUNNING)
+        _next_move(source)
+        raise DriverError(f"migration to {target.name} failed: {error}") from None
+    _moved(operation, instance, source, target, stats, time.monotonic() - began)
+    return None
+
+
+def _progress(operation: Operation, percent: int) -> None:
+    """A running move's progress, recorded in steps of 5%."""
+    if percent >= operation.progress + 5:
+        operation.progress = percent
+        Operation.objects.unscoped().filter(pk=operation.pk).update(progress=percent)
+        operation_event(operation)
+
+
+def _arrival_cancel(instance: Instance, target: Host) -> None:
+    """Undo the target's preparation; it is not the move's fault if this fails (the target's
+    reconciler removes what no instance needs)."""
+    try:
+        host_rpc.call(target.name, host_rpc.ARRIVAL_CANCEL, {"uuid": str(instance.uuid)}, timeout=30)
+    except (HostUnavailable, host_rpc.AgentError) as exc:
+        logger.warning("migrate %s: the target %s kept its preparation: %s", instance.uuid, target.name, exc)
+
+
+def _moved(
+    operation: Operation,
+    instance: Instance,
+    source: Host,
+    target: Host,
+    stats: MigrationStats | None,
+    seconds: float = 0.0,
+) -> None:
+    """The VM runs on the target: the database says so, the source's port goes, the figures stay."""
+    _step(operation, "moved", 90)
+    if stats is not None:
+        migration_done(instance, target, InstanceState.RUNNING, vnc_port=stats.vnc_port, fault="")
+        operation.result = {**stats.as_dict(), "agent_ms": round(seconds * 1000)}
+        Operation.objects.unscoped().filter(pk=operation.pk).update(result=operation.result)
+    try:
+        ports.port_detach(instance, host=source)
+    except DriverError as exc:  # the reconciler removes a port no instance on this host has
+        logger.warning("migrate %s: the source's port stays for the reconciler: %s", instance.uuid, exc)
+    _next_move(source)
+
+
+def _next_move(source: Host) -> None:
+    """A move off a host entering maintenance ended: the next one may start."""
+    if Host.objects.filter(pk=source.pk, state=HostState.ENTERING_MAINTENANCE).exists():
+        evacuate_kick()
+
+
+def _cold_migrate(operation: Operation, instance: Instance, driver: GuestDriver) -> str | None:
+    """Cold migration (a container, or a stopped VM): stopped and removed here, its files kept on
+    the shared store, then made again on the target by the target's agent from the same image and
+    settings, with the same address, and started there if it ran here."""
+    if operation.params.get("phase") == "arrive":
+        _arrive(operation, instance, driver)
+        return None
+    target = _target_of(operation)
+    source = instance.host
+    if source is None or instance.state != InstanceState.MIGRATING:
+        raise DriverError(f"migrate: the instance is {instance.state}, not migrating")
+    if "was_running" not in operation.params:
+        operation.params["was_running"] = driver.power_state(instance.domain_name) == "running"
+    timeout = (
+        settings.NUBIS_CONTAINER_STOP_TIMEOUT
+        if instance.kind == InstanceKind.CONTAINER
+        else settings.NUBIS_SHUTDOWN_TIMEOUT
+    )
+    driver.shutdown(instance.domain_name, timeout)
+    driver.undefine(instance.domain_name)  # a VM's disk and a container's bundle stay
+    ports.port_detach(instance, host=source)
+    if not settings.NUBIS_SHARED_INSTANCE_STORE:
+        driver.remove_files(str(instance_dir(instance)))
+    _step(operation, "left source", 40)
+    with transaction.atomic():
+        migration_done(instance, target, InstanceState.MIGRATING)
+        operation.params["phase"] = "arrive"
+        operation.state = OperationState.PENDING
+        operation.save(update_fields=["params", "state"])
+    operation_send(operation.pk, target.queue)
+    _next_move(source)
+    return HANDED_OVER
+
+
+def _arrive(operation: Operation, instance: Instance, driver: GuestDriver) -> None:
+    """The target's part of a cold migration."""
+    running = bool(operation.params.get("was_running"))
+    if isinstance(driver, ContainerDriver):
+        config = container_config(instance, prepared_rootfs(instance))
+        if running:
+            if driver.power_state(instance.domain_name) != "running":
+                driver.create(instance.domain_name, config)
+            _container_port(instance, driver)
+        else:
+            instance_dir(instance).mkdir(parents=True, exist_ok=True)
+            driver.save_config(instance.domain_name, config)
+            ports.port_attach(instance)
+    elif isinstance(driver, VmDriver):
+        ports.port_attach(instance)
+        driver.define(guest_spec(instance))
+        if running:
+            driver.start(instance.domain_name)
+    _step(operation, "made on target", 90)
+    state = InstanceState.RUNNING if running else InstanceState.STOPPED
+    vnc = driver.vnc_port(instance.domain_name) if running and isinstance(driver, VmDriver) else None
+    _set_state(instance, state, vnc_port=vnc, fault="")
+
+
+def _ha_restart(operation: Operation, instance: Instance, driver: VmDriver) -> None:
+    """Its host died (compute.services.ha): start the VM here from its disk on the shared store;
+    one that had moved here before its host died runs already, and is adopted."""
+    name = instance.domain_name
+    if driver.power_state(name) != "running":
+        spec = guest_spec(instance)
+        if not Path(spec.disk_path).exists():
+            raise DriverError(
+                f"HA restart: its disk {spec.disk_path} is not on this host's instance store "
+                "(a restart needs the store shared between the hosts)"
+            )
+        ports.port_attach(instance)
+        _step(operation, "network", 40)
+        driver.define(spec)
+        driver.start(name)
+        _step(operation, "start", 90)
+    _set_state(instance, InstanceState.RUNNING, vnc_port=driver.vnc_port(name), fault="")
+
+
+def _container_ha_restart(operation: Operation, instance: Instance, driver: ContainerDriver) -> None:
+    """Its host died: run the container here again from its image and settings."""
+    if driver.power_state(instance.domain_name) != "running":
+        rootfs = prepared_rootfs(instance)
+        _step(operation, "image", 30)
+        driver.create(instance.domain_name, container_config(instance, rootfs))
+    _container_port(instance, driver)
+    _step(operation, "start", 90)
+    _set_state(instance, InstanceState.RUNNING, vnc_port=None, fault="")
+
+
 _HANDLERS: dict[str, Any] = {
     OperationKind.CREATE: _create,
     OperationKind.START: _start,
@@ -453,6 +616,8 @@ _HANDLERS: dict[str, Any] = {
     OperationKind.SNAPSHOT: _snapshot,
     OperationKind.REVERT: _revert,
     OperationKind.DELETE_SNAPSHOT: _delete_snapshot,
+    OperationKind.MIGRATE: _migrate,
+    OperationKind.HA_RESTART: _ha_restart,
 }
 
 
@@ -466,28 +631,9 @@ _CONTAINER_HANDLERS: dict[str, Any] = {
     OperationKind.SNAPSHOT: _no_snapshots,
     OperationKind.REVERT: _no_snapshots,
     OperationKind.DELETE_SNAPSHOT: _no_snapshots,
+    OperationKind.MIGRATE: _cold_migrate,
+    OperationKind.HA_RESTART: _container_ha_restart,
 }
-
-
-def guest_spec_for_probe(image: Image) -> GuestSpec:
-    """A minimal spec carrying the image's files, for the KVM probe boot."""
-    return GuestSpec(
-        name="probe",
-        uuid="",
-        vcpus=1,
-        ram_mib=128,
-        current_ram_mib=128,
-        cpu_mode="hardware",
-        io_model="virtio",
-        balloon=False,
-        disk_path=image.disk_path,
-        serial_log="",
-        network="",
-        vnc_password="",
-        kernel=image.kernel_path,
-        initrd=image.initrd_path,
-        cmdline=image.cmdline,
-    )
 
 
 def resume_interrupted(host: Any) -> int:

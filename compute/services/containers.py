@@ -28,6 +28,7 @@ from compute.containers.rootfs import (
 )
 from compute.drivers.base import ContainerDriver, DriverError
 from compute.drivers.container import RuncDriver
+from compute.drivers.oci import OciDriver
 from compute.models import Image, Instance, InstanceKind, InstanceState
 from core.redis import redis_client
 
@@ -39,7 +40,11 @@ UID_BASE = 200_000  # first host uid given to containers; each tenant gets its o
 
 @lru_cache(maxsize=1)
 def container_driver() -> ContainerDriver:
-    return RuncDriver(Path(settings.NUBIS_INSTANCE_DIR), settings.NUBIS_DOMAIN_PREFIX)
+    return RuncDriver(
+        Path(settings.NUBIS_INSTANCE_DIR),
+        settings.NUBIS_DOMAIN_PREFIX,
+        OciDriver(cgroup_parent=settings.NUBIS_CGROUP_PARENT),
+    )
 
 
 def uid_base_for(tenant_id: int) -> int:
@@ -197,5 +202,6 @@ def container_config(instance: Instance, rootfs: Path) -> dict[str, Any]:
         rootfs=str(rootfs),
         user_namespace=userns,
         uid_base=uid_base_for(instance.tenant_id),
+        cgroup_parent=settings.NUBIS_CGROUP_PARENT,
         **limits_of(instance),
     )

@@ -14,11 +14,17 @@ never waits behind a VM create on the host's Celery queue.
   AgentError, a 409; a request the agent could not read, a 400.
 
 Arguments and answers are plain JSON. Nothing here imports a driver: the agent side does.
+
+A VNC console is a byte stream, not a request: ``VNC_OPEN`` asks the agent to connect to the
+guest's VNC server (on the host's 127.0.0.1) for a session of the caller's naming, and the bytes
+then travel through two Redis lists of that session (``VncChannel``), one each way.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -45,7 +51,11 @@ SCHEMA_EXTENSION = "x-nubis-host-agent"
 CONSOLE_READ = "console_read"
 CONTAINER_LOGS = "container_logs"
 CONTAINER_EXEC = "container_exec"
-CALLS = (CONSOLE_READ, CONTAINER_LOGS, CONTAINER_EXEC)
+VNC_OPEN = "vnc_open"
+# A move's target (compute.services.migration_agent), asked by the source host's agent.
+ARRIVAL_PREPARE = "arrival_prepare"
+ARRIVAL_CANCEL = "arrival_cancel"
+CALLS = (CONSOLE_READ, CONTAINER_LOGS, CONTAINER_EXEC, VNC_OPEN, ARRIVAL_PREPARE, ARRIVAL_CANCEL)
 
 
 def presence_key(host: str) -> str:
@@ -262,3 +272,55 @@ def container_exec(instance: Instance, argv: list[str], timeout: int) -> tuple[i
     args = {"uuid": str(instance.uuid), "argv": list(argv), "timeout": timeout}
     result = call(instance.host.name, CONTAINER_EXEC, args, timeout=timeout + EXEC_MARGIN)
     return int(result["exit_code"]), str(result["stdout"]), str(result["stderr"])
+
+
+# ---- VNC: a byte stream through two Redis lists -----------------------------------------------
+#
+# Every item on a session's lists is one tag byte and a body: data (``VNC_DATA`` + bytes), a
+# keepalive (``VNC_KEEPALIVE``) or the end (``VNC_END``). Both sides RPUSH (and renew the list's TTL
+# with it) and BLPOP. Either side ends the session by pushing the end marker to the other; a side
+# that hears nothing, not even a keepalive, for ``VNC_SILENCE`` seconds ends it too. So a session
+# whose portal or agent vanished is closed on the other side, and its lists expire.
+
+VNC_DATA = b"D"
+VNC_KEEPALIVE = b"K"
+VNC_END = b"E"
+VNC_TTL = 30  # seconds a session's list outlives its last push
+VNC_KEEPALIVE_SECONDS = 5.0  # an idle side says it is still there this often
+VNC_SILENCE = 15.0  # seconds of silence after which a side ends the session
+VNC_CHUNK = 64 * 1024  # bytes of VNC in one item at most
+_SESSION = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class VncChannel:
+    """The two lists of one VNC session: ``down`` from the agent to the portal, ``up`` back."""
+
+    session: str
+
+    @classmethod
+    def new(cls) -> VncChannel:
+        """A session of an unguessable name (the lists' names are its only secret)."""
+        return cls(secrets.token_hex(16))
+
+    @classmethod
+    def named(cls, session: object) -> VncChannel:
+        """The channel of ``session`` as a request names it; ValueError if it is not such a name."""
+        if not isinstance(session, str) or not _SESSION.fullmatch(session):
+            raise ValueError("session must be 32 lowercase hex digits")
+        return cls(session)
+
+    @property
+    def down(self) -> str:
+        return f"nubis:vnc:{self.session}:down"
+
+    @property
+    def up(self) -> str:
+        return f"nubis:vnc:{self.session}:up"
+
+
+async def avnc_open(client: aioredis.Redis, target: ConsoleTarget, channel: VncChannel) -> None:
+    """Ask the instance's agent to connect ``channel`` to its VNC server: HostUnavailable when the
+    agent does not answer, AgentError when it cannot (the VM is not running there, or it already
+    relays as many sessions as it takes)."""
+    await acall(client, target.host, VNC_OPEN, {"uuid": target.uuid, "session": channel.session})

@@ -77,6 +77,7 @@ class _Build:
     network: Network | None
     security_groups: list[SecurityGroup]
     server_group: ServerGroup | None
+    ha: bool
 
     @property
     def container(self) -> bool:
@@ -107,11 +108,14 @@ def instance_create(
     allocation: str | None = None,
     server_group: str | int | None = None,
     wait: bool = False,
+    ha: bool | None = None,
 ) -> Operation:
     """Request a new VM or container; returns its create Operation (enqueued on the chosen host).
 
     When no host has room and ``wait`` is set, the instance waits in the admission queue (state
     queued, its quota held) instead of failing; a request no host could ever take fails at once.
+    ``ha``: restart it on another host when its host dies (None: the flavor's choice, else on for
+    VMs and off for containers).
 
     With an ``idempotency_key``, the tenant's creates are de-duplicated in the database: a create
     with a key the tenant already used makes nothing and returns that create's Operation as it
@@ -125,7 +129,9 @@ def instance_create(
     if replayed is not None:
         return replayed
     _check_request(name, kind, priority)
-    build = _resolve(actor, tenant, kind, flavor, image, allocation, network, security_groups, server_group)
+    build = _resolve(
+        actor, tenant, kind, flavor, image, allocation, network, security_groups, server_group, ha
+    )
     _check_name_free(tenant, name)
     instance = _instance_new(actor, tenant, name, priority, build)
     _quota_claim(instance, build)
@@ -200,6 +206,7 @@ def _resolve(
     network: str | int | None,
     security_groups: list[str | int] | None,
     server_group: str | int | None,
+    ha: bool | None = None,
 ) -> _Build:
     """The references by name or id, each checked as soon as it is known (in this order)."""
     flavor_obj = _by_name_or_id(flavors_for(tenant), flavor, "flavor")
@@ -224,7 +231,9 @@ def _resolve(
     )
     if groups and network_obj is None:
         raise ServiceError("security_groups", "network", "security groups apply to ports on a tenant network")
-    return _Build(kind, flavor_obj, image_obj, allocation, network_obj, groups, group_obj)
+    if ha is None:
+        ha = flavor_obj.ha if flavor_obj.ha is not None else kind == InstanceKind.VM
+    return _Build(kind, flavor_obj, image_obj, allocation, network_obj, groups, group_obj, bool(ha))
 
 
 def _check_image(kind: str, image: Image) -> None:
@@ -287,6 +296,7 @@ def _instance_new(actor: Actor, tenant: Tenant, name: str, priority: int, build:
                 current_ram_mib=build.granted_mib,
                 allocation=build.allocation,
                 server_group=build.server_group,
+                ha=build.ha,
                 disk_gib=0 if build.container else build.flavor.disk_gib,
                 vnc_password=secrets.token_hex(4),
                 created_by_id=actor.user_id,

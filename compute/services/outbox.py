@@ -34,6 +34,7 @@ from compute.models import (
     TRANSIENT_STATES,
     Host,
     HostState,
+    InstanceState,
     Operation,
     OperationKind,
     OperationState,
@@ -158,7 +159,11 @@ def _fail_lost(op_id: int, silent: float) -> bool:
                 pk=op.params.get("snapshot")
             ):
                 snapshot_forget(snapshot, "snapshot lost with its host")
-        if instance.state in TRANSIENT_STATES:
+        if instance.state == InstanceState.MIGRATING:
+            # The guest runs on one of the two hosts, whole: the agent that returns (or the
+            # reconciler) finds out which (compute.services.migration.migration_settle).
+            pass
+        elif instance.state in TRANSIENT_STATES:
             instance_fail(instance, fault)
         operation_finish(op, OperationState.FAILED, fault)
     logger.warning("outbox: operation %s failed: %s", op.uuid, fault)

@@ -34,8 +34,9 @@ def instance_place(instance: Instance, hosts: Any = None, held: frozenset[int] =
     return placement_claim(instance, decide(instance, hosts, held))
 
 
-def placement_claim(instance: Instance, placement: Placement) -> Host:
-    """Claim the first candidate of ``placement`` that still has room: ``instance.host`` is set."""
+def placement_claim(instance: Instance, placement: Placement, into: str = "host") -> Host:
+    """Claim the first candidate of ``placement`` that still has room: ``instance.host`` is set
+    (or ``instance.migration_host``, ``into``: a move's target, held along with its host)."""
     for host_id in placement.candidates:
         try:
             with transaction.atomic():
@@ -43,8 +44,8 @@ def placement_claim(instance: Instance, placement: Placement) -> Host:
                 if not host_fits(locked, placement.request):
                     # Rolling the savepoint back releases this host's lock.
                     raise _Filled
-                instance.host = locked
-                instance.save(update_fields=["host", "updated"])
+                setattr(instance, into, locked)
+                instance.save(update_fields=[into, "updated"])
                 placement_record(instance, locked, {**placement.record, "host": locked.name})
                 return locked
         except _Filled:

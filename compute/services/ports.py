@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Prefetch
+from django.db.models import Prefetch, Q
 
 from compute.drivers import network as plumbing
 from compute.drivers.base import DriverError
@@ -28,6 +28,7 @@ from compute.models import (
     SecurityRule,
     domain_uuid,
 )
+from compute.services.networks import hosts_sync
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,51 @@ def local_routes() -> list[dict[str, str]] | None:
         return None
 
 
-def net_spec(network: Network) -> NetSpec:
+def gateway_mac(network: Network) -> str:
+    """The distributed gateway's MAC: the same on every host of the network, so an instance that
+    moves keeps a right ARP cache."""
+    return f"{plumbing.GATEWAY_OUI}:" + ":".join(f"{b:02x}" for b in network.uuid.bytes[:3])
+
+
+def vni_of(network: Network) -> int:
+    """The network's VXLAN id: its row id, shifted by this deployment's id (two deployments on one
+    set of hosts do not share ids for their first networks), one to one on 1..2^24-1."""
+    span = (1 << 24) - 1
+    return (network.pk - 1 + int(chain_owner()[:6], 16)) % span + 1
+
+
+NO_PORT = (InstanceState.DELETED, InstanceState.ERROR)
+
+
+def network_hosts(network: Network) -> Any:
+    """The hosts the network has live instances on, or moving to (its bridges, and the ends of its
+    tunnel: a move's target joins before the guest arrives, so no frame is lost at the switch)."""
+    live = Instance.objects.unscoped().filter(network=network).exclude(state__in=NO_PORT)
+    on = live.exclude(host=None).values("host_id")
+    incoming = live.exclude(migration_host=None).values("migration_host_id")
+    return Host.objects.filter(Q(pk__in=on) | Q(pk__in=incoming), simulated=False)
+
+
+def _here(host: Host | Any) -> Q:
+    """Instances on ``host`` (a Host, or a name__in lookup value set), or moving to it."""
+    if isinstance(host, Host):
+        return Q(host=host) | Q(migration_host=host)
+    return Q(host__name__in=host) | Q(migration_host__name__in=host)
+
+
+def net_spec(network: Network, host: Host | None = None) -> NetSpec:
+    """The network on ``host``: with a tunnel to the network's other hosts when ``host`` has an
+    address on the hosts' network (a cluster), else the bridge alone."""
+    overlay = None
+    if host is not None and host.address:
+        peers = (
+            network_hosts(network)
+            .exclude(pk=host.pk)
+            .exclude(address=None)
+            .order_by("address")
+            .values_list("address", flat=True)
+        )
+        overlay = plumbing.Overlay(vni=vni_of(network), local=str(host.address), peers=tuple(map(str, peers)))
     return NetSpec(
         bridge=network.bridge,
         cidr=network.cidr,
@@ -74,6 +119,8 @@ def net_spec(network: Network) -> NetSpec:
         tag=f"{tag_prefix()}{network.uuid}",
         state_dir=Path(settings.NUBIS_NETWORK_STATE_DIR) / network.bridge,
         owner=chain_owner(),
+        mac=gateway_mac(network),
+        overlay=overlay,
     )
 
 
@@ -91,8 +138,8 @@ def rules_of(instance: Instance) -> list[Rule]:
 def _on_host(network: Network, host: Host) -> list[Instance]:
     return list(
         Instance.objects.unscoped()
-        .filter(network=network, host=host)
-        .exclude(state__in=[InstanceState.DELETED, InstanceState.ERROR])
+        .filter(_here(host), network=network)
+        .exclude(state__in=NO_PORT)
         .exclude(ip_address=None)
     )
 
@@ -104,25 +151,31 @@ def _dhcp(network: Network, host: Host, without: Instance | None = None) -> None
         for i in _on_host(network, host)
         if without is None or i.pk != without.pk
     ]
-    plumbing.dhcp_hosts_set(net_spec(network), hosts)
+    plumbing.dhcp_hosts_set(net_spec(network, host), hosts)
 
 
-def port_attach(instance: Instance, pid: int | None = None) -> None:
-    """Bridge, DHCP reservation, the port's rules and, for a running container (``pid``), its veth.
+def port_attach(instance: Instance, pid: int | None = None, host: Host | None = None) -> None:
+    """Bridge, DHCP reservation, the port's rules and, for a running container (``pid``), its veth,
+    on the instance's host (or ``host``: the target of its move).
 
     A VM's tap is made by libvirt when it starts, named after the port; its rules wait for it.
+    The network's first instance on a host brings its bridge (and tunnel) up there, and tells the
+    network's other hosts to add this one to their tunnels.
     """
     network = instance.network
-    if network is None or instance.host is None:
+    host = host or instance.host
+    if network is None or host is None:
         return
-    spec = net_spec(network)
     try:
-        # The network's first instance on this host brings up its bridge; for the others the
-        # reconciler and the networks_sync task keep it in line, so a create need not check it all.
-        if not plumbing.bridge_exists(spec.bridge):
-            remove_dead_bridges()
-            plumbing.network_ensure(spec)
-        _dhcp(network, instance.host)
+        with plumbing.host_lock():
+            spec = net_spec(network, host)
+            # For the network's other instances here, the reconciler and the networks_sync task keep
+            # the bridge in line, so a create need not check it all.
+            first = not plumbing.bridge_exists(spec.bridge)
+            if first:
+                remove_dead_bridges()
+                plumbing.network_ensure(spec)
+            _dhcp(network, host)
         if instance.kind == InstanceKind.CONTAINER and pid is not None:
             plumbing.netns_bind(instance.netns_name, pid)
             prefix = ipaddress.IPv4Network(network.cidr).prefixlen
@@ -140,19 +193,64 @@ def port_attach(instance: Instance, pid: int | None = None) -> None:
         )
     except PlumbingError as exc:
         raise DriverError(f"network {network.name}: {exc}") from None
+    if first and spec.overlay is not None:
+        _tell_peers(network, host)
 
 
-def port_detach(instance: Instance, forget: bool = True) -> None:
+def _tell_peers(network: Network, host: Host) -> None:
+    """The network's other hosts bring their tunnels in line (this host joined or left it)."""
+    hosts_sync(Host.objects.filter(pk__in=network_hosts(network).exclude(pk=host.pk).values("pk")))
+
+
+def port_detach(instance: Instance, forget: bool = True, host: Host | None = None) -> None:
     """Remove the instance's veth, namespace and rules and, unless only stopping (``forget`` is
-    False: it keeps its address), its DHCP reservation."""
+    False: it keeps its address), its DHCP reservation, on its host (or ``host``: the one a move
+    left, or the target of a move that failed). The network's last instance on the host takes its
+    bridge (and tunnel) with it."""
+    network = instance.network
+    host = host or instance.host
+    last = False
     try:
         plumbing.port_rules_remove(instance.port_name, chain_owner())
         if instance.kind == InstanceKind.CONTAINER:
             plumbing.port_detach_netns(instance.netns_name, instance.port_name)
-        if forget and instance.network is not None and instance.host is not None:
-            _dhcp(instance.network, instance.host, without=instance)
+        if forget and network is not None and host is not None:
+            with plumbing.host_lock():
+                last = not _others_on_host(network, host, instance)
+                if last:
+                    plumbing.network_remove(net_spec(network, host))
+                else:
+                    _dhcp(network, host, without=instance)
     except PlumbingError as exc:
         raise DriverError(f"network port of {instance.name}: {exc}") from None
+    if last and network is not None and host is not None and host.address:
+        _tell_peers(network, host)
+
+
+def machine_hosts(host: Host) -> set[str]:
+    """The hosts whose agents share this machine's network stack: this one, and every host that
+    left its mark here (agents of several hosts may run on one machine, as the tests' do; a lab
+    host has a /run of its own). A bridge goes only when none of them needs it."""
+    marks = Path(settings.NUBIS_NETWORK_STATE_DIR).parent / "hosts"
+    try:
+        marks.mkdir(parents=True, exist_ok=True)
+        (marks / host.name).touch()
+        return {p.name for p in marks.iterdir()} | {host.name}
+    except OSError as exc:
+        logger.warning("cannot mark host %s in %s: %s", host.name, marks, exc)
+        return {host.name}
+
+
+def _others_on_host(network: Network, host: Host, instance: Instance) -> bool:
+    """Whether other live instances of the network are on this machine's hosts (placed there,
+    whatever their state: a scheduled one's create is about to need the bridge)."""
+    return (
+        Instance.objects.unscoped()
+        .filter(_here(machine_hosts(host)), network=network)
+        .exclude(state__in=NO_PORT)
+        .exclude(pk=instance.pk)
+        .exists()
+    )
 
 
 def remove_dead_bridges() -> list[str]:
@@ -210,9 +308,10 @@ def remove_dead_rules() -> list[str]:
 
 
 def host_networks_sync(host: Host) -> dict[str, list[str]]:
-    """Bring this host's bridges, DHCP, NAT and port rules in line with the database.
+    """Bring this host's bridges, tunnels, DHCP, NAT and port rules in line with the database.
 
-    Bridges and ports of this deployment whose network or instance is gone are removed.
+    Bridges and ports of this deployment whose network or instance is gone are removed, and so is
+    the bridge of a network with no instance left on this host.
     """
     done: dict[str, list[str]] = {
         "networks": [],
@@ -221,28 +320,43 @@ def host_networks_sync(host: Host) -> dict[str, list[str]]:
         "removed_rules": [],
     }
     plumbing.firewall_base_ensure()
-    live = (
-        Instance.objects.unscoped()
-        .filter(host=host)
-        .exclude(network=None)
-        .exclude(state__in=[InstanceState.DELETED, InstanceState.ERROR])
-        .select_related("network")
-        .prefetch_related(Prefetch("security_groups", queryset=SecurityGroup.objects.unscoped()))
-    )
-    networks: dict[int, Network] = {}
-    for instance in live:
-        if instance.network is None:
-            continue
-        if instance.network.pk not in networks:
-            networks[instance.network.pk] = instance.network
-            plumbing.network_ensure(net_spec(instance.network))
-            _dhcp(instance.network, host)
-            done["networks"].append(instance.network.name)
-        plumbing.port_rules_set(
-            instance.port_name, str(instance.ip_address), rules_of(instance), chain_owner()
+    with plumbing.host_lock():
+        live = (
+            Instance.objects.unscoped()
+            .filter(_here(host))
+            .exclude(network=None)
+            .exclude(state__in=NO_PORT)
+            .select_related("network")
+            .prefetch_related(Prefetch("security_groups", queryset=SecurityGroup.objects.unscoped()))
         )
-    prefix = tag_prefix()
-    done["removed_bridges"] = remove_dead_bridges()
+        networks: dict[int, Network] = {}
+        for instance in live:
+            if instance.network is None:
+                continue
+            if instance.network.pk not in networks:
+                networks[instance.network.pk] = instance.network
+                plumbing.network_ensure(net_spec(instance.network, host))
+                _dhcp(instance.network, host)
+                done["networks"].append(instance.network.name)
+            plumbing.port_rules_set(
+                instance.port_name, str(instance.ip_address), rules_of(instance), chain_owner()
+            )
+        prefix = tag_prefix()
+        done["removed_bridges"] = remove_dead_bridges()
+        # Networks still alive that have no instance here any more (the last one left or moved).
+        here = {
+            str(u)
+            for u in Instance.objects.unscoped()
+            .filter(_here(machine_hosts(host)))
+            .exclude(network=None)
+            .exclude(state__in=NO_PORT)
+            .values_list("network__uuid", flat=True)
+        }
+        for bridge, alias in plumbing.bridges_list(prefix).items():
+            owner = alias_owner(alias)
+            if owner is not None and owner not in here:
+                plumbing.bridge_remove(bridge, Path(settings.NUBIS_NETWORK_STATE_DIR) / bridge, chain_owner())
+                done["removed_bridges"].append(bridge)
     live_instances = {
         str(u)
         for u in Instance.objects.unscoped()

@@ -16,6 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -37,6 +38,7 @@ from compute.models import (
     domain_uuid,
 )
 from compute.services.lifecycle import instance_event, instance_fail, operation_finish
+from compute.services.migration_agent import migration_settle
 from compute.services.ports import host_networks_sync, port_detach
 from core.redis import redis_client
 from security.audit import Actor, audit_log
@@ -62,6 +64,8 @@ def sync_power(instance: Instance, driver: GuestDriver, report: Report | None = 
         locked = Instance.objects.unscoped().select_for_update().filter(pk=instance.pk).first()
         if locked is None or locked.state not in (InstanceState.RUNNING, InstanceState.STOPPED):
             return
+        if locked.host_id != instance.host_id:
+            return  # it moved to another host since the caller read it: that host's to follow
         power = driver.power_state(locked.domain_name)
         if power is None:
             instance_fail(locked, "the domain vanished from the host")
@@ -160,6 +164,33 @@ def _settle_stuck(instance: Instance, driver: GuestDriver, report: Report) -> No
         report.failed.append(instance.name)
 
 
+def _settle_move(instance: Instance, driver: GuestDriver, report: Report, now: Any) -> None:
+    """A VM moving with no operation left to finish the move (its agent died and the claim watch
+    gave up on it), or past its deadline: find where it runs and make the database say so."""
+    op = (
+        Operation.objects.for_tenant(instance.tenant_id)
+        .filter(instance=instance, state__in=[OperationState.PENDING, OperationState.RUNNING])
+        .first()
+    )
+    stuck = instance.state_deadline is not None and instance.state_deadline < now
+    target = instance.migration_host
+    if (op is not None and not stuck) or target is None or not isinstance(driver, VmDriver):
+        return
+    where = migration_settle(instance, driver, target, wait=0)
+    if op is not None:
+        if where == "target":
+            operation_finish(op, OperationState.SUCCEEDED)
+        else:
+            operation_finish(
+                op, OperationState.FAILED, f"the move outlived its deadline; the VM is on the {where}"
+            )
+    if where == "nowhere":
+        instance_fail(instance, "the VM was moving when its agent stopped, and runs on neither host now")
+        report.failed.append(instance.name)
+    else:
+        report.completed.append(f"{instance.name}:on {where}")
+
+
 def _orphan_key(host: Host, kind: str, name: str) -> str:
     return f"nubis:orphan:{host.name}:{kind}:{name}"
 
@@ -210,6 +241,8 @@ def reconcile_host(host: Host, driver: VmDriver, containers: ContainerDriver | N
                     # A container's address is Nubis's own, given with its port; a VM's is learnt.
                     if instance.state == InstanceState.RUNNING and instance.ip_address is None:
                         _learn_address(instance, driver)
+            elif instance.state == InstanceState.MIGRATING:
+                _settle_move(instance, own, report, now)
             elif (
                 instance.state in TRANSIENT_STATES
                 and instance.state_deadline

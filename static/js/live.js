@@ -87,10 +87,14 @@
       if ("fault" in ev) {
         for (const el of scope.querySelectorAll('[data-live="fault"]')) el.textContent = ev.fault || "none";
       }
-      for (const key of ["ip_address", "current_ram_mib", "oom_kills"]) {
+      for (const key of ["ip_address", "current_ram_mib", "oom_kills", "host"]) {
         if (key in ev && ev[key] !== null && ev[key] !== undefined) {
           for (const el of scope.querySelectorAll('[data-live="' + key + '"]')) el.textContent = ev[key];
         }
+      }
+      if ("migration_host" in ev) {
+        const moving = ev.migration_host ? " moving to " + ev.migration_host : "";
+        for (const el of scope.querySelectorAll('[data-live="migration_host"]')) el.textContent = moving;
       }
     }
     if (!list) return;

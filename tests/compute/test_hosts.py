@@ -73,7 +73,7 @@ def probe_leftovers(scratch: Path) -> list[str]:
 @pytest.mark.slow
 def test_kvm_probe_boots_a_guest_under_kvm_and_reports_what_it_saw(built_image) -> None:
     from compute.models import Image
-    from compute.services.agent import guest_spec_for_probe
+    from compute.services.guests import guest_spec_for_probe
 
     image = Image(
         kernel_path=built_image.kernel,
@@ -104,7 +104,7 @@ def test_kvm_probe_boots_a_guest_under_kvm_and_reports_what_it_saw(built_image) 
 def test_a_probe_that_cannot_start_records_why_and_leaves_nothing(built_image) -> None:
     """QEMU refusing to start (as it does on AMD hosts here) is a failed probe with its reason."""
     from compute.models import Image
-    from compute.services.agent import guest_spec_for_probe
+    from compute.services.guests import guest_spec_for_probe
 
     scratch = Path(settings.NUBIS_INSTANCE_DIR)
     scratch.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from compute.models import (
     InstanceState,
     Paging,
 )
+from compute.services.evacuation import evacuate
 from compute.services.hosts import host_maintenance_set
 from compute.services.instances import instance_delete
 from core.errors import Conflict
@@ -246,7 +247,13 @@ def test_staff_put_a_host_into_maintenance_and_back_and_each_change_is_audited(
         "compute.host",
         str(host.pk),
     )
-    assert record.detail == {"on": True, "from": "enabled", "to": "maintenance", "changed": True}
+    assert record.detail == {
+        "on": True,
+        "force": False,
+        "from": "enabled",
+        "to": "maintenance",
+        "changed": True,
+    }
     # Placement skips it now.
     assert not HostTable(host_rows(Host.objects.filter(pk=host.pk))).enabled[0]
     assert "Host s-maint is now maintenance." in client.get("/staff/hosts/").content.decode()
@@ -255,6 +262,27 @@ def test_staff_put_a_host_into_maintenance_and_back_and_each_change_is_audited(
     host.refresh_from_db()
     assert host.state == HostState.ENABLED
     assert AuditRecord.objects.filter(action="host.maintenance").count() == 2
+
+
+def test_an_occupied_host_empties_first_and_the_page_shows_how_it_stands(client: Client, staff: User) -> None:
+    host = make_host("s-busy")
+    broken = place(host, "broken", 1, 128, 1, state="error")
+    url = f"/staff/hosts/{host.pk}/maintenance/"
+    assert client.post(url, {"on": "1"}).status_code == 302
+    host.refresh_from_db()
+    assert host.state == HostState.ENTERING_MAINTENANCE
+    evacuate(host)
+    html = client.get("/staff/hosts/").content.decode()
+    assert 'data-state="entering_maintenance"' in html
+    assert 'data-evacuation data-remaining="1" data-moving="0"' in html
+    assert f'data-blocked="{broken.uuid}"><strong>broken</strong>: in error' in html
+    assert "Force maintenance" in html
+    assert client.post(url, {"on": "1", "force": "1"}).status_code == 302
+    host.refresh_from_db()
+    assert host.state == HostState.MAINTENANCE
+    record = AuditRecord.objects.filter(action="host.maintenance").order_by("-seq").first()
+    assert record is not None
+    assert record.detail["force"] is True
 
 
 def test_a_down_host_is_refused_and_the_answer_names_its_state(client: Client, staff: User) -> None:

@@ -89,7 +89,10 @@ class AdminHostMaintenanceView(APIView):
         body = MaintenanceSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         host = host_maintenance_set(
-            actor=Actor.from_request(request), host=host, on=body.validated_data["on"]
+            actor=Actor.from_request(request),
+            host=host,
+            on=body.validated_data["on"],
+            force=body.validated_data["force"],
         )
         return Response(AdminHostSerializer(host, context={"rows": host_figures([host])}).data)
 

@@ -30,7 +30,7 @@ def accepted(operation: Operation) -> Response:
 def instance_of(tenant: Tenant, pk: Any) -> Instance:
     return get_object_or_404(
         Instance.objects.for_tenant(tenant)
-        .select_related("flavor", "image")
+        .select_related("flavor", "image", "host", "migration_host")
         .exclude(state=InstanceState.DELETED),
         uuid=pk,
     )

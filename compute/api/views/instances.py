@@ -9,6 +9,7 @@ from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -16,23 +17,25 @@ from compute.api.serializers import (
     GroupsSerializer,
     InstanceCreateSerializer,
     InstanceSerializer,
+    MigrateSerializer,
     OperationSerializer,
     ResizeSerializer,
     SampleSerializer,
 )
-from compute.api.views.base import TenantView, accepted
+from compute.api.views.base import TenantView, accepted, instance_of
 from compute.models import (
     InstanceKind,
     InstanceState,
 )
 from compute.selectors import instance_rows, queue_context
 from compute.services import instances as instance_service
+from compute.services import migration, resize
 from compute.services import networks as network_service
-from compute.services import resize
 from core.pagination import Filter, ListSchema, ListSpec, paginated
 from scheduler.models import PlacementDecision
 from security.audit import Actor
-from tenants.models import PriorityClass, Role
+from tenants.access import require_model_permission
+from tenants.models import PriorityClass, Role, Tenant
 
 INSTANCES = ListSpec(
     orderings={"created": ("created",), "name": ("name",), "state": ("state",), "kind": ("kind",)},
@@ -79,6 +82,7 @@ class InstanceListView(TenantView):
             allocation=data.get("allocation"),
             server_group=data.get("server_group"),
             wait=data["wait"],
+            ha=data.get("ha"),
         )
         response = accepted(operation)
         if instance_service.create_replayed(operation):
@@ -142,6 +146,30 @@ class InstanceResizeView(TenantView):
         return accepted(
             resize.instance_resize(
                 actor=actor, instance=instance, vcpus=data["vcpus"], ram_mib=data["ram_mib"]
+            )
+        )
+
+
+class InstanceMigrateView(TenantView):
+    """Staff: move the instance to another host (a VM live, a container cold), to the named host
+    or where placement chooses with every filter. Asynchronous: answers 202 with the Operation."""
+
+    @extend_schema(request=MigrateSerializer, responses={202: OperationSerializer})
+    def post(self, request: Request, tenant: str, pk: str) -> Response:
+        if not (request.user.is_authenticated and request.user.is_staff):
+            self.instance(request, tenant, pk, Role.OWNER)  # 404 if not the tenant's, 403 below owner
+            raise PermissionDenied("only staff move instances between hosts")
+        require_model_permission(request, "compute.change_host")
+        instance = instance_of(get_object_or_404(Tenant, slug=tenant), pk)
+        body = MigrateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        return accepted(
+            migration.instance_migrate(
+                actor=Actor.from_request(request),
+                instance=instance,
+                target=body.validated_data["host"],
+                timeout=body.validated_data.get("timeout"),
+                bandwidth_mib=body.validated_data.get("bandwidth_mib"),
             )
         )
 

@@ -8,12 +8,14 @@ as one atomic transaction) and ``dnsmasq``. All of them are idempotent and safe 
 a crash half way; a failing command raises :class:`PlumbingError` carrying that command's stderr.
 
 A tenant network is a bridge named ``BRIDGE_PREFIX...`` in the root namespace holding the gateway
-address, with one dnsmasq serving DHCP (no DNS) on it. The modules, bottom up:
+address, with one dnsmasq serving DHCP (no DNS) on it and, on a host of a cluster, a VXLAN link to
+the network's bridges on its other hosts (one L2 segment across them). The modules, bottom up:
 
 - ``spec``: NetSpec, Rule, PlumbingError and the checks of names and addresses;
 - ``shell``: the per-host lock, ``ip`` and /proc/sys;
 - ``netfilter``: iptables (its layout is described there) and bridge netfilter;
 - ``dhcp``: dnsmasq and its reservations;
+- ``overlay``: a network's VXLAN tunnel to its other hosts, and the distributed gateway's filter;
 - ``bridges``: a network as a whole, tagged links, the host's routes;
 - ``ports``: an instance's veth and network namespace, a port's counters.
 
@@ -44,6 +46,7 @@ from compute.drivers.network.netfilter import (
     port_rules_remove,
     port_rules_set,
 )
+from compute.drivers.network.overlay import GATEWAY_OUI, flood_peers, overlay_link
 from compute.drivers.network.ports import (
     netns_bind,
     netns_list,
@@ -52,11 +55,14 @@ from compute.drivers.network.ports import (
     port_counters,
     port_detach_netns,
 )
-from compute.drivers.network.spec import BRIDGE_PREFIX, NetSpec, PlumbingError, Rule
+from compute.drivers.network.shell import host_lock
+from compute.drivers.network.spec import BRIDGE_PREFIX, NetSpec, Overlay, PlumbingError, Rule
 
 __all__ = [
     "BRIDGE_PREFIX",
+    "GATEWAY_OUI",
     "NetSpec",
+    "Overlay",
     "PlumbingError",
     "Rule",
     "bridge_exists",
@@ -67,6 +73,8 @@ __all__ = [
     "dnsmasq_pids",
     "firewall_base_ensure",
     "firewall_base_remove",
+    "flood_peers",
+    "host_lock",
     "host_routes",
     "ipv4_addresses",
     "legacy_port_chains_list",
@@ -77,6 +85,7 @@ __all__ = [
     "network_chains_list",
     "network_ensure",
     "network_remove",
+    "overlay_link",
     "port_attach_netns",
     "port_chains_list",
     "port_counters",

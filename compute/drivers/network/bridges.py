@@ -10,6 +10,7 @@ from pathlib import Path
 
 from compute.drivers.network.dhcp import dnsmasq_ensure, dnsmasq_processes, state_dir_prepare, stop_processes
 from compute.drivers.network.netfilter import base_ensure, network_firewall_ensure, network_firewall_remove
+from compute.drivers.network.overlay import overlay_ensure, overlay_remove, tunnel_filter_ensure
 from compute.drivers.network.shell import (
     addresses_set,
     ip_json,
@@ -91,6 +92,9 @@ def _bridge_ensure(spec: NetSpec, net: Subnet) -> None:
     sysctl_set(f"net/ipv4/conf/{bridge}/arp_ignore", "1")
     if info.get("ifalias") != spec.tag:
         run_ip("link", "set", "dev", bridge, "alias", spec.tag)
+    if spec.mac and info.get("address") != spec.mac:
+        # The distributed gateway's MAC, the same on every host of the network (overlay).
+        run_ip("link", "set", "dev", bridge, "address", spec.mac)
     addresses_set(bridge, f"{net.gateway}/{net.network.prefixlen}")
     if "UP" not in info.get("flags", []):
         run_ip("link", "set", "dev", bridge, "up")
@@ -98,11 +102,17 @@ def _bridge_ensure(spec: NetSpec, net: Subnet) -> None:
 
 @locked
 def network_ensure(spec: NetSpec) -> None:
-    """Bring a tenant network to SPEC: firewall first, then the bridge, then its dnsmasq."""
+    """Bring a tenant network to SPEC: firewall first, then the bridge, its tunnel to the network's
+    other hosts (or none), then its dnsmasq."""
     net = parse_spec(spec)
     base_ensure()
     network_firewall_ensure(spec, net)
     _bridge_ensure(spec, net)
+    if spec.overlay is not None:
+        tunnel_filter_ensure()
+        overlay_ensure(spec.bridge, spec.overlay, spec.tag)
+    else:
+        overlay_remove(spec.bridge)
     state_dir_prepare(spec)
     dnsmasq_ensure(spec, net)
 
@@ -120,6 +130,7 @@ def bridge_remove(bridge: str, state_dir: Path, owner: str) -> None:
     check_state_dir(state_dir)
     check_owner(owner)
     stop_processes(list(dnsmasq_processes(bridge, state_dir)))
+    overlay_remove(bridge)  # deleting a bridge would leave its ports
     info = link_info(bridge)
     if info is not None:
         if link_kind(info) != "bridge":
@@ -137,7 +148,10 @@ def _tagged_links(tag_prefix: str, bridges: bool) -> dict[str, str]:
         alias = link.get("ifalias")
         if not isinstance(alias, str) or not alias.startswith(tag_prefix):
             continue
-        if (link_kind(link) == "bridge") == bridges:
+        kind = link_kind(link)
+        if kind == "vxlan":
+            continue  # a network's tunnel: it goes with its bridge (network_remove)
+        if (kind == "bridge") == bridges:
             found[str(link["ifname"])] = alias
     return found
 
@@ -153,7 +167,8 @@ def bridges_list(tag_prefix: str) -> dict[str, str]:
 
 
 def ports_list(tag_prefix: str) -> dict[str, str]:
-    """{interface: alias} of the non-bridge links (veth host ends, tagged taps) owned by TAG_PREFIX."""
+    """{interface: alias} of the ports (veth host ends, tagged taps) owned by TAG_PREFIX: not the
+    bridges, nor the networks' tunnels."""
     return _tagged_links(tag_prefix, bridges=False)
 
 

@@ -82,16 +82,31 @@ def _process_argv(pid: int) -> list[str]:
     return raw.decode(errors="replace").split("\0")[:-1]
 
 
+def _netns_of(pid: int | str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+
+
 def dnsmasq_processes(bridge: str, state_dir: Path) -> dict[int, list[str]]:
-    """Live dnsmasq processes of this network: those using its pid file or serving its bridge."""
+    """Live dnsmasq processes of this network: those using its pid file or serving its bridge, in
+    this network namespace (another namespace's bridge of that name is another host's)."""
     markers = {f"--pid-file={_pid_file(state_dir)}", f"--interface={bridge}"}
+    here = _netns_of("self")
     found: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         pid = int(entry.name)
         argv = _process_argv(pid)
-        if argv and Path(argv[0]).name == "dnsmasq" and markers & set(argv) and _process_alive(pid):
+        if (
+            argv
+            and Path(argv[0]).name == "dnsmasq"
+            and markers & set(argv)
+            and _process_alive(pid)
+            and _netns_of(pid) == here
+        ):
             found[pid] = argv
     return found
 

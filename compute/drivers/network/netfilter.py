@@ -54,6 +54,7 @@ import itertools
 import subprocess
 from pathlib import Path
 
+from compute.drivers.network.overlay import underlay_network
 from compute.drivers.network.shell import locked, run
 from compute.drivers.network.spec import (
     BRIDGE_PREFIX,
@@ -334,7 +335,11 @@ def network_firewall_ensure(spec: NetSpec, net: Subnet) -> None:
             _remove_all(batch, dump, CHAIN_NETS, f"-i {bridge} -j {old}")
             _remove_all(batch, dump, CHAIN_NETS, f"-o {bridge} -j {old}")
             _drop_chain(batch, dump, old)
+    # A tenant never reaches the hosts' own network (the tunnels' underlay, libvirt, migrations),
+    # NAT egress or not.
+    underlay = [f"-d {underlay_network(spec.overlay.local)} -i {bridge} -j DROP"] if spec.overlay else []
     rules = [
+        *underlay,
         f"-i {bridge} -j {'ACCEPT' if spec.nat else 'DROP'}",
         f"-o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
         f"-o {bridge} -j DROP",

@@ -55,6 +55,12 @@ class _HostLock:
 _host_lock = _HostLock()
 
 
+def host_lock() -> contextlib.AbstractContextManager[None]:
+    """Hold the host's network lock across several calls (a check of the database and what it
+    decides): the driver's own calls inside it take it again without waiting."""
+    return _host_lock.held()
+
+
 def locked(function: Callable[_P, _R]) -> Callable[_P, _R]:
     # iptables batches are computed from a dump of the current rules, so two concurrent callers would
     # otherwise both add the same missing rule.

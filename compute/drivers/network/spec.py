@@ -29,6 +29,18 @@ class PlumbingError(RuntimeError):
         self.stderr = stderr
 
 
+VNI_MAX = (1 << 24) - 1
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """A network's tunnel between hosts: its VXLAN id, this host's underlay address, the others'."""
+
+    vni: int
+    local: str
+    peers: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class NetSpec:
     """One tenant network: its bridge, IPv4 subnet and gateway, NAT egress, owner tag and state dir.
@@ -45,6 +57,10 @@ class NetSpec:
     tag: str
     state_dir: Path
     owner: str
+    # The gateway's MAC on every host (the bridge's own address); and, on a host of a cluster, the
+    # tunnel to the network's other hosts (None: the network stays on this host).
+    mac: str = ""
+    overlay: Overlay | None = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +123,18 @@ def parse_spec(spec: NetSpec) -> Subnet:
     if gateway not in network or gateway in (network.network_address, network.broadcast_address):
         raise ValueError(f"gateway {gateway} is not a host address of {network}")
     check_state_dir(spec.state_dir)
+    if spec.mac:
+        normal_mac(spec.mac)
+    if spec.overlay is not None:
+        check_overlay(spec.overlay)
     return Subnet(network, gateway)
+
+
+def check_overlay(overlay: Overlay) -> None:
+    if not 1 <= overlay.vni <= VNI_MAX:
+        raise ValueError(f"VXLAN id {overlay.vni} is not in 1..{VNI_MAX}")
+    for address in (overlay.local, *overlay.peers):
+        ipaddress.IPv4Address(address)
 
 
 def check_state_dir(state_dir: Path) -> None:

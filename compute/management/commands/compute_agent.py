@@ -14,11 +14,12 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
 from compute.agent_rpc import withdraw
-from compute.agent_threads import start_threads
+from compute.agent_threads import rejoin_after_fence, start_threads
 from compute.drivers.base import DriverError
 from compute.drivers.network import PlumbingError
 from compute.models import Host, Image
-from compute.services.agent import guest_spec_for_probe, resume_interrupted
+from compute.services.agent import resume_interrupted
+from compute.services.guests import guest_spec_for_probe
 from compute.services.hosts import host_heartbeat, host_register
 from compute.services.ports import host_networks_sync, local_routes
 from compute.services.preflight import require_agent
@@ -78,6 +79,9 @@ class Command(BaseCommand):
             f"IOMMU: {host.iommu}, "
             f"{host.vmm} [{time.monotonic() - started:.1f} s]"
         )
+        destroyed = rejoin_after_fence(name)
+        if destroyed:
+            self.stdout.write(f"agent {name}: fenced while away; destroyed {destroyed} before rejoining")
         resumed = resume_interrupted(host)
         if resumed:
             self.stdout.write(f"agent {name}: re-queued {resumed} interrupted operation(s)")

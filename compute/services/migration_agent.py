@@ -1,0 +1,71 @@
+"""What the hosts do for a move: the target's preparation and its undoing, and finding out, after
+an agent died mid-move or a move outlived its deadline, where the guest really runs (the request
+and the records of the end are compute.services.migration's, which the web process loads).
+"""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+
+from compute.drivers.base import DriverError, VmDriver
+from compute.drivers.libvirt import LibvirtDriver
+from compute.models import Host, Instance, InstanceKind, InstanceState
+from compute.services import ports
+from compute.services.guests import guest_spec
+from compute.services.migration import migration_done, migration_undone
+
+
+def peer_driver(host: Host) -> VmDriver:
+    """The hypervisor of another host, as this one's daemon migrates to it (its peer URI)."""
+    if not host.peer_uri:
+        raise DriverError(f"host {host.name} has no peer URI: it takes no migration")
+    return LibvirtDriver(host.peer_uri)
+
+
+def arrival_prepare(instance: Instance, host: Host, driver: VmDriver) -> None:
+    """On the target, before a VM arrives: its network port (bridge, tunnel, DHCP, rules) and,
+    when the instance store is not shared, an empty disk of its size for the copy to fill."""
+    ports.port_attach(instance, host=host)
+    if not settings.NUBIS_SHARED_INSTANCE_STORE and instance.kind == InstanceKind.VM:
+        spec = guest_spec(instance)
+        driver.create_disk(spec, instance.image.disk_path, instance.disk_gib)
+
+
+def arrival_cancel(instance: Instance, host: Host) -> None:
+    """On the target, after a move that did not happen: what arrival_prepare made goes."""
+    ports.port_detach(instance, host=host)
+
+
+def migration_where(instance: Instance, source: VmDriver, target: VmDriver) -> str:
+    """Where the guest runs now: "source", "target", "moving" (a switch-over under way: both have
+    it, one paused) or "nowhere"."""
+    name = instance.domain_name
+    here, there = source.power_state(name), target.power_state(name)
+    if there == "running" and here in (None, "stopped", "paused"):
+        return "target" if here != "paused" else "moving"
+    if here == "running":
+        return "moving" if there == "paused" else "source"
+    return "nowhere"
+
+
+def migration_settle(instance: Instance, source: VmDriver, target: Host, wait: float = 60.0) -> str:
+    """After an agent died mid-move: wait (at most ``wait`` seconds) for a switch-over under way to
+    end, then make the database say where the guest runs. Returns "source", "target" or "nowhere"."""
+    peer = peer_driver(target)
+    deadline = time.monotonic() + wait
+    where = migration_where(instance, source, peer)
+    while where == "moving" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        where = migration_where(instance, source, peer)
+    if where == "target":
+        migration_done(
+            instance, target, InstanceState.RUNNING, vnc_port=peer.vnc_port(instance.domain_name), fault=""
+        )
+    elif where == "source":
+        # The target may hold an inactive copy from the aborted arrival: it goes, disk kept.
+        if peer.power_state(instance.domain_name) is not None:
+            peer.undefine(instance.domain_name)
+        migration_undone(instance, InstanceState.RUNNING)
+    return where
