@@ -63,7 +63,9 @@ class HostAdmin(admin.ModelAdmin):
         "paging",
         "iommu",
         "vmm",
+        "address",
         "heartbeat_at",
+        "fenced_at",
         "cpu_load",
         "staff_page",
     ]
@@ -85,8 +87,13 @@ class HostAdmin(admin.ModelAdmin):
         "paging",
         "iommu",
         "vmm",
+        "address",
+        "peer_uri",
+        "hypervisor_uuid",
         "probed_at",
         "heartbeat_at",
+        "fenced_at",
+        "evacuation",
         "registered_at",
     ]
 

@@ -34,13 +34,14 @@ from compute.models import (
     TRANSIENT_STATES,
     Host,
     HostState,
+    Instance,
     InstanceState,
     Operation,
     OperationKind,
     OperationState,
     Snapshot,
 )
-from compute.services.lifecycle import instance_fail, operation_finish, operation_send
+from compute.services.lifecycle import instance_event, instance_fail, operation_finish, operation_send
 from compute.services.snapshots import snapshot_forget
 
 logger = logging.getLogger(__name__)
@@ -159,9 +160,18 @@ def _fail_lost(op_id: int, silent: float) -> bool:
                 pk=op.params.get("snapshot")
             ):
                 snapshot_forget(snapshot, "snapshot lost with its host")
-        if instance.state == InstanceState.MIGRATING:
-            # The guest runs on one of the two hosts, whole: the agent that returns (or the
-            # reconciler) finds out which (compute.services.migration.migration_settle).
+        if instance.state == InstanceState.MIGRATING and op.params.get("phase") == "arrive":
+            # A cold move whose target never started it: it runs nowhere, and waits stopped on
+            # the target (its quota kept) to be started once that host is back, or moved.
+            Instance.objects.unscoped().filter(pk=instance.pk).update(
+                state=InstanceState.STOPPED, fault=fault[:4000], fault_at=timezone.now(), state_deadline=None
+            )
+            instance.state, instance.fault = InstanceState.STOPPED, fault[:4000]
+            instance_event(instance)
+        elif instance.state == InstanceState.MIGRATING:
+            # A live move: the VM runs on one of the two hosts, whole; the source's agent when it
+            # returns (compute.services.migration_agent.migration_settle), or HA if it never does,
+            # finds out which.
             pass
         elif instance.state in TRANSIENT_STATES:
             instance_fail(instance, fault)

@@ -177,6 +177,8 @@ def _settle_move(instance: Instance, driver: GuestDriver, report: Report, now: A
     if (op is not None and not stuck) or target is None or not isinstance(driver, VmDriver):
         return
     where = migration_settle(instance, driver, target, wait=0)
+    if where == "moving":
+        return  # a switch-over under way: the next pass sees how it ended
     if op is not None:
         if where == "target":
             operation_finish(op, OperationState.SUCCEEDED)

@@ -221,6 +221,9 @@ API_MEMBER_READ: dict[str, int | str] = exp(401, 403, 200, 200, 404, 404, 404)
 # Read by the host's agent (compute.services.host_rpc): the harness host has none, so members get
 # as far as asking it, and a 503 that names the host.
 API_MEMBER_AGENT: dict[str, int | str] = exp(401, 403, 503, 503, 404, 404, 404)
+# Moving an instance between hosts: staff with compute.change_host only (the harness's staff user
+# only views); the harness's host is a lone host (no address), so the superuser's move is refused.
+API_STAFF_MOVE: dict[str, int | str] = exp(401, 403, 403, 403, 404, 403, 409)
 _api_flavors, _api_flavors_b = tenant_path("flavors/")
 _api_images, _api_images_b = tenant_path("images/")
 _api_instances, _api_instances_b = tenant_path("instances/")
@@ -272,6 +275,9 @@ ROUTES.update(
                 action="instance.memory",
                 data=lambda w: {"memory_mib": 96},
             ),
+        ],
+        "api-instance-migrate": [
+            object_case("POST", API_STAFF_MOVE, INSTANCE, "vm", "migrate/", data=lambda w: {"host": ""})
         ],
         "api-instance-vnc": [
             object_case("POST", API_MEMBER_READ, INSTANCE, "vm", "console/vnc/", action="instance.console")
