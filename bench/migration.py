@@ -64,7 +64,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import random
 import re
 import secrets
@@ -93,6 +92,7 @@ from bench.vm_provision import (  # noqa: E402
     Env,
     describe,
     domain_xml_of,
+    machine_facts,
     make_overlay,
     percentile,
     run_main,
@@ -1072,18 +1072,7 @@ class MigrationBench:
 
         host = rows[h1]
         host.refresh_from_db()
-        machine = {
-            "nproc": os.cpu_count(),
-            "accelerator": "tcg" if domain_type == "qemu" else "kvm",
-            "cpu_model": host.cpu_model,
-            "ram_mib": host.ram_mib,
-            "vmm": host.vmm,
-            "kernel": platform.release(),
-            "python": platform.python_version(),
-            "database": settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1],
-            "loadavg_start": load_start,
-            "loadavg_end": os.getloadavg(),
-        }
+        machine = machine_facts(host, domain_type, load_start)
         result: dict[str, Any] = {
             "benchmark": "migration",
             "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

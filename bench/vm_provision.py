@@ -122,6 +122,29 @@ def prepare_environment() -> Env:
     return Env(data_dir, own, instance_dir, image_dir, raw_dir, tag)
 
 
+def machine_facts(
+    host: Host, domain_type: str | None, load_start: tuple[float, float, float]
+) -> dict[str, Any]:
+    """What a VM benchmark's figures depend on: the machine, its hypervisor and its load."""
+    from django.conf import settings
+
+    return {
+        "nproc": os.cpu_count(),
+        "accelerator": "tcg" if domain_type == "qemu" else "kvm",
+        "tcg_available": host.tcg_available,
+        "kvm_usable": host.kvm_usable,
+        "kvm_probe_detail": host.kvm_probe_detail,
+        "cpu_model": host.cpu_model,
+        "ram_mib": host.ram_mib,
+        "vmm": host.vmm,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "database": settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1],
+        "loadavg_start": load_start,
+        "loadavg_end": os.getloadavg(),
+    }
+
+
 # -- samples and statistics --------------------------------------------------------------------------
 @dataclasses.dataclass
 class PortalSample:
@@ -521,21 +544,7 @@ class Bench:
                     )
 
         host.refresh_from_db()
-        machine = {
-            "nproc": os.cpu_count(),
-            "accelerator": "tcg" if domain_type == "qemu" else "kvm",
-            "tcg_available": host.tcg_available,
-            "kvm_usable": host.kvm_usable,
-            "kvm_probe_detail": host.kvm_probe_detail,
-            "cpu_model": host.cpu_model,
-            "ram_mib": host.ram_mib,
-            "vmm": host.vmm,
-            "kernel": platform.release(),
-            "python": platform.python_version(),
-            "database": settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1],
-            "loadavg_start": load_start,
-            "loadavg_end": os.getloadavg(),
-        }
+        machine = machine_facts(host, domain_type, load_start)
         summary = summarize(portal, raw)
         result = {
             "benchmark": "vm_provision",

@@ -8,10 +8,12 @@ check) are run by the tests themselves, a pass a second, as the control worker's
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import libvirt
@@ -46,12 +48,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 STAFF = Actor("ops", "api", None)
 
 
-def subnets(count: int) -> list[str]:
-    """/24s from the run's own pool, past those the other network tests take."""
-    import ipaddress
-
+def subnets(index: int) -> str:
+    """The index-th /24 of the run's own pool, past those the other network tests take."""
     pool = ipaddress.IPv4Network(settings.NUBIS_NETWORK_POOL).subnets(new_prefix=24)
-    return [str(n) for n in itertools.islice(pool, 60, 60 + count)]
+    return str(next(itertools.islice(pool, 60 + index, None)))
 
 
 def running(instance: Instance, timeout: float = 180) -> Instance:
@@ -66,7 +66,7 @@ def running(instance: Instance, timeout: float = 180) -> Instance:
 
 def create_on(member: Member, placement: Placement, host: str, name: str, **kw: Any) -> Instance:
     placement.only(host)
-    instance = member.create(name, **kw)
+    instance = member.create(name, network="lan", **kw)
     assert host_of(instance) == host, instance.fault
     return instance
 
@@ -131,40 +131,62 @@ def pump(passes: Callable[[], object], until: Callable[[], object], what: str, t
         time.sleep(1)
 
 
+@dataclass
+class Cloud:
+    """The lab, two tenants (blue, red), the test images and flavors, and placement's choice."""
+
+    lab: LabControl
+    placement: Placement
+    blue: Member
+    red: Member
+    shell_image: Image
+
+    @property
+    def names(self) -> list[str]:
+        return [h.name for h in self.lab.hosts]
+
+    def lan(self, member: Member, index: int, **kw: Any) -> Network:
+        """The member's network "lan" on the index-th of the run's spare subnets."""
+        return network_create(actor=member.actor, tenant=member.tenant, name="lan", cidr=subnets(index), **kw)
+
+    def vm(self, host: str, name: str, member: Member | None = None) -> Instance:
+        """A VM of the test image with its shell, on the tenant's "lan", placed on ``host``."""
+        return create_on(
+            member or self.blue, self.placement, host, name, flavor="t.virtio", image=self.shell_image.name
+        )
+
+    def box(self, host: str, name: str, member: Member | None = None, **kw: Any) -> Instance:
+        """A busybox container on the tenant's "lan", placed on ``host``."""
+        kw.setdefault("flavor", "c.medium")
+        return create_on(
+            member or self.blue, self.placement, host, name, image="busybox", kind="container", **kw
+        )
+
+
 @pytest.fixture
-def tenants(lab_hosts: dict[str, Host], settings: Any) -> tuple[Member, Member]:
-    settings.NUBIS_SHARED_INSTANCE_STORE = True
-    return (
-        Member(make_tenant("blue", instances=10, containers=10)),
-        Member(make_tenant("red", instances=10, containers=10)),
-    )
-
-
-def test_a_tenant_network_spans_hosts_and_stays_its_own(
+def cloud(
     lab: LabControl,
     lab_hosts: dict[str, Host],
     placement: Placement,
-    tenants: tuple[Member, Member],
     shell_image: Image,  # noqa: F811
     flavors: Any,
     rootfs_image: Image,
     cflavors: Any,
-) -> None:
-    h1, h2, _h3 = (h.name for h in lab.hosts)
-    blue, red = tenants
-    lan_blue, lan_red = subnets(2)
-    network_create(actor=blue.actor, tenant=blue.tenant, name="lan", cidr=lan_blue)
-    network_create(actor=red.actor, tenant=red.tenant, name="lan", cidr=lan_red, nat_egress=True)
-    vm = create_on(blue, placement, h1, "vm", flavor="t.virtio", image=shell_image.name, network="lan")
-    box = create_on(
-        blue, placement, h2, "box", flavor="c.medium", image="busybox", kind="container", network="lan"
-    )
-    spies = [
-        create_on(
-            red, placement, h, f"spy{i}", flavor="c.medium", image="busybox", kind="container", network="lan"
-        )
-        for i, h in enumerate((h1, h2))
-    ]
+    settings: Any,
+) -> Cloud:
+    settings.NUBIS_SHARED_INSTANCE_STORE = True
+    blue = Member(make_tenant("blue", instances=10, containers=10))
+    red = Member(make_tenant("red", instances=10, containers=10))
+    return Cloud(lab, placement, blue, red, shell_image)
+
+
+def test_a_tenant_network_spans_hosts_and_stays_its_own(cloud: Cloud) -> None:
+    lab, blue, red = cloud.lab, cloud.blue, cloud.red
+    h1, h2, _h3 = cloud.names
+    cloud.lan(blue, 0)
+    cloud.lan(red, 1, nat_egress=True)  # red's hosts forward: isolation must hold anyway
+    vm, box = cloud.vm(h1, "vm"), cloud.box(h2, "box")
+    spies = [cloud.box(h, f"spy{i}", member=red) for i, h in enumerate((h1, h2))]
     vm, box = running(vm), running(box)
     spies = [running(s) for s in spies]
     # The VM got its address from its own host's DHCP (the network's dnsmasq there).
@@ -188,23 +210,11 @@ def test_a_tenant_network_spans_hosts_and_stays_its_own(
         assert f"nvx{blue_net.bridge[3:]}" in links, f"no tunnel of {blue_net.name} on {host.name}"
 
 
-def test_a_vm_moves_live_and_keeps_its_address_console_and_pings(
-    lab: LabControl,
-    lab_hosts: dict[str, Host],
-    placement: Placement,
-    tenants: tuple[Member, Member],
-    shell_image: Image,  # noqa: F811
-    flavors: Any,
-    rootfs_image: Image,
-    cflavors: Any,
-) -> None:
-    h1, h2, h3 = (h.name for h in lab.hosts)
-    blue, _red = tenants
-    network_create(actor=blue.actor, tenant=blue.tenant, name="lan", cidr=subnets(3)[2])
-    vm = create_on(blue, placement, h1, "mover", flavor="t.virtio", image=shell_image.name, network="lan")
-    pinger = create_on(
-        blue, placement, h3, "pinger", flavor="c.medium", image="busybox", kind="container", network="lan"
-    )
+def test_a_vm_moves_live_and_keeps_its_address_console_and_pings(cloud: Cloud) -> None:
+    lab, placement, blue = cloud.lab, cloud.placement, cloud.blue
+    h1, h2, h3 = cloud.names
+    cloud.lan(blue, 2)
+    vm, pinger = cloud.vm(h1, "mover"), cloud.box(h3, "pinger")
     vm, pinger = running(vm), running(pinger)
     wait_marker(vm, "NUBIS-READY")
     address = str(vm.ip_address)
@@ -269,23 +279,11 @@ def test_a_vm_moves_live_and_keeps_its_address_console_and_pings(
     assert net.bridge not in lab.host(h1).run("ip", "link", "show").stdout
 
 
-def test_a_move_that_fails_leaves_the_vm_where_it_was(
-    lab: LabControl,
-    lab_hosts: dict[str, Host],
-    placement: Placement,
-    tenants: tuple[Member, Member],
-    shell_image: Image,  # noqa: F811
-    flavors: Any,
-    rootfs_image: Image,
-    cflavors: Any,
-) -> None:
-    h1, h2, _h3 = (h.name for h in lab.hosts)
-    blue, _red = tenants
-    network_create(actor=blue.actor, tenant=blue.tenant, name="lan", cidr=subnets(4)[3])
-    vm = create_on(blue, placement, h1, "stays", flavor="t.virtio", image=shell_image.name, network="lan")
-    box = create_on(
-        blue, placement, h1, "box", flavor="c.medium", image="busybox", kind="container", network="lan"
-    )
+def test_a_move_that_fails_leaves_the_vm_where_it_was(cloud: Cloud) -> None:
+    lab, placement, blue = cloud.lab, cloud.placement, cloud.blue
+    h1, h2, _h3 = cloud.names
+    cloud.lan(blue, 3)
+    vm, box = cloud.vm(h1, "stays"), cloud.box(h1, "box")
     vm, box = running(vm), running(box)
     wait_marker(vm, "NUBIS-READY")
     source = lab.host(h1)
@@ -330,29 +328,12 @@ def test_a_move_that_fails_leaves_the_vm_where_it_was(
     assert rc == 0, out
 
 
-def test_maintenance_empties_a_host(
-    lab: LabControl,
-    lab_hosts: dict[str, Host],
-    placement: Placement,
-    tenants: tuple[Member, Member],
-    shell_image: Image,  # noqa: F811
-    flavors: Any,
-    rootfs_image: Image,
-    cflavors: Any,
-) -> None:
-    h1, h2, h3 = (h.name for h in lab.hosts)
-    blue, _red = tenants
-    network_create(actor=blue.actor, tenant=blue.tenant, name="lan", cidr=subnets(5)[4])
-    made = [
-        create_on(blue, placement, h1, "vm1", flavor="t.virtio", image=shell_image.name, network="lan"),
-        create_on(blue, placement, h1, "vm2", flavor="t.virtio", image=shell_image.name, network="lan"),
-        create_on(
-            blue, placement, h1, "box1", flavor="c.small", image="busybox", kind="container", network="lan"
-        ),
-        create_on(
-            blue, placement, h1, "box2", flavor="c.small", image="busybox", kind="container", network="lan"
-        ),
-    ]
+def test_maintenance_empties_a_host(cloud: Cloud) -> None:
+    lab, placement, blue = cloud.lab, cloud.placement, cloud.blue
+    h1, h2, h3 = cloud.names
+    cloud.lan(blue, 4)
+    made = [cloud.vm(h1, "vm1"), cloud.vm(h1, "vm2")]
+    made += [cloud.box(h1, "box1", flavor="c.small"), cloud.box(h1, "box2", flavor="c.small")]
     made = [running(i) for i in made]
     placement.only(h1, h2, h3)
     host = Host.objects.get(name=h1)
@@ -389,36 +370,14 @@ def test_maintenance_empties_a_host(
     assert host_maintenance_set(actor=STAFF, host=host, on=False).state == HostState.ENABLED
 
 
-def test_a_dead_host_is_fenced_and_its_ha_instances_restart_elsewhere(
-    lab: LabControl,
-    lab_hosts: dict[str, Host],
-    placement: Placement,
-    tenants: tuple[Member, Member],
-    shell_image: Image,  # noqa: F811
-    flavors: Any,
-    rootfs_image: Image,
-    cflavors: Any,
-    settings: Any,
-) -> None:
-    h1, h2, h3 = (h.name for h in lab.hosts)
-    blue, _red = tenants
+def test_a_dead_host_is_fenced_and_its_ha_instances_restart_elsewhere(cloud: Cloud, settings: Any) -> None:
+    lab, placement, blue = cloud.lab, cloud.placement, cloud.blue
+    h1, h2, h3 = cloud.names
     settings.NUBIS_HA_GRACE = 6
-    network_create(actor=blue.actor, tenant=blue.tenant, name="lan", cidr=subnets(6)[5])
-    vm = create_on(blue, placement, h3, "ha-vm", flavor="t.virtio", image=shell_image.name, network="lan")
-    box = create_on(
-        blue,
-        placement,
-        h3,
-        "ha-box",
-        flavor="c.small",
-        image="busybox",
-        kind="container",
-        network="lan",
-        ha=True,
-    )
-    plain = create_on(
-        blue, placement, h3, "plain", flavor="c.small", image="busybox", kind="container", network="lan"
-    )
+    cloud.lan(blue, 5)
+    vm = cloud.vm(h3, "ha-vm")
+    box = cloud.box(h3, "ha-box", flavor="c.small", ha=True)
+    plain = cloud.box(h3, "plain", flavor="c.small")
     vm, box, plain = running(vm), running(box), running(plain)
     assert (vm.ha, box.ha, plain.ha) == (True, True, False)
     wait_marker(vm, "NUBIS-READY")
@@ -466,22 +425,11 @@ def test_a_dead_host_is_fenced_and_its_ha_instances_restart_elsewhere(
     assert "destroyed" in dead.agent_log()
 
 
-def test_an_agent_killed_during_a_move_leaves_the_vm_on_one_host(
-    lab: LabControl,
-    lab_hosts: dict[str, Host],
-    placement: Placement,
-    tenants: tuple[Member, Member],
-    shell_image: Image,  # noqa: F811
-    flavors: Any,
-    rootfs_image: Image,
-    cflavors: Any,
-) -> None:
-    h1, h2, _h3 = (h.name for h in lab.hosts)
-    blue, _red = tenants
-    network_create(actor=blue.actor, tenant=blue.tenant, name="lan", cidr=subnets(7)[6])
-    vm = running(
-        create_on(blue, placement, h1, "kill9", flavor="t.virtio", image=shell_image.name, network="lan")
-    )
+def test_an_agent_killed_during_a_move_leaves_the_vm_on_one_host(cloud: Cloud) -> None:
+    lab, placement, blue = cloud.lab, cloud.placement, cloud.blue
+    h1, h2, _h3 = cloud.names
+    cloud.lan(blue, 6)
+    vm = running(cloud.vm(h1, "kill9"))
     wait_marker(vm, "NUBIS-READY")
     placement.only(h1, h2)
     source = lab.host(h1)
