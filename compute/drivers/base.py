@@ -241,6 +241,10 @@ class VmDriver(GuestDriver):
         is aborted and the guest keeps running here (DriverError). ``bandwidth_mib``: a cap in MiB/s
         (0: none)."""
 
+    @abc.abstractmethod
+    def migration_abort(self, name: str) -> bool:
+        """Abort the guest's outgoing migration, if one runs here; True if there was one."""
+
     def remove_stale_probes(self, older_than: float = 300.0) -> list[str]:
         """Remove capability-probe guests left by an agent that died mid-probe (none by default)."""
         return []

@@ -322,7 +322,12 @@ class LibvirtDriver(VmDriver):
         dom = self._lookup(name)
         if dom is None:
             return None
-        state = self._call("state", dom.state)[0]
+        try:
+            state = dom.state()[0]
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None  # gone between the lookup and now (it moved away, say)
+            raise DriverError(f"state: {libvirt_message(exc)}") from None
         return _STATES.get(state, "unknown")
 
     def undefine(self, name: str) -> None:
@@ -453,6 +458,19 @@ class LibvirtDriver(VmDriver):
             raise DriverError(f"migrate: {libvirt_message(failure[0])}")
         # (aborted without a failure: the move finished before the abort took)
         return _completed_stats(peer_uri, name)
+
+    def migration_abort(self, name: str) -> bool:
+        """Abort the domain's running job here (an outgoing migration whose client is gone)."""
+        dom = self._lookup(name)
+        if dom is None:
+            return False
+        try:
+            if dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
+                return False
+            dom.abortJob()
+        except libvirt.libvirtError:
+            return False  # it ended meanwhile
+        return True
 
     def remove_stale_probes(self, older_than: float = 300.0) -> list[str]:
         """Destroy KVM probe guests left behind by an agent that died while probing."""

@@ -219,6 +219,9 @@ class SimulatorDriver(VmDriver):
     ) -> MigrationStats:
         raise NotSimulated(f"the simulator moves no guest ({name} to {peer_uri})")
 
+    def migration_abort(self, name: str) -> bool:
+        return False  # the simulator moves nothing
+
     def running_memory_mib(self) -> int:
         """Memory held by the running domains (what a real host's hypervisor would report)."""
         return sum(d.memory_mib for d in self.domains.values() if d.state == "running")

@@ -232,11 +232,29 @@ def _execute(operation_id: int, driver: VmDriver) -> str:
                         snapshot_forget(snapshot, "snapshot failed")
                 if operation.kind == OperationKind.RESIZE:
                     error = _resize_undo(operation, instance, guests, error)
-                _settle_after_failure(instance, guests, error)
+                if operation.kind == OperationKind.MIGRATE and _move_unsettled(operation, instance):
+                    # Where the guest runs is not known yet (a move its agent lost, still under
+                    # way): the reconciler settles it once the move ends (reconcile._settle_move).
+                    pass
+                else:
+                    if operation.kind == OperationKind.MIGRATE:  # its target's claim goes
+                        Instance.objects.unscoped().filter(pk=instance.pk).update(migration_host=None)
+                        instance.migration_host = None
+                    _settle_after_failure(instance, guests, error)
             operation_finish(operation, OperationState.FAILED, error)
         return OperationState.FAILED
     operation_finish(operation, OperationState.SUCCEEDED)
     return OperationState.SUCCEEDED
+
+
+def _move_unsettled(operation: Operation, instance: Instance) -> bool:
+    """A failed live move left the instance moving, its target still held: nobody knows yet where
+    it runs (a failed move that was settled went back to running, its target given back)."""
+    return bool(operation.params.get("live")) and (
+        Instance.objects.unscoped()
+        .filter(pk=instance.pk, state=InstanceState.MIGRATING, migration_host__isnull=False)
+        .exists()
+    )
 
 
 def _cleanup(instance: Instance, driver: GuestDriver) -> None:
@@ -443,14 +461,16 @@ def _migrate(operation: Operation, instance: Instance, driver: VmDriver) -> str 
         raise DriverError(f"migrate: the instance is {instance.state}, not migrating")
     if operation.attempts > 1:
         # This agent died during the move: find out where the guest runs, and say so.
-        where = migration_settle(instance, driver, target)
+        wait = float(operation.params.get("timeout") or settings.NUBIS_MIGRATION_TIMEOUT)
+        where = migration_settle(instance, driver, target, wait=wait)
         if where == "target":
             _moved(operation, instance, source, target, None)
             return None
-        raise DriverError(
-            f"the agent of {source.name} stopped during the move, which "
-            + ("did not finish: the VM stays there" if where == "source" else "left the VM on neither host")
-        )
+        outcome = {
+            "source": "did not finish: the VM stays there",
+            "moving": "is still under way and could not be aborted: the reconciler will settle it",
+        }.get(where, "left the VM on neither host")
+        raise DriverError(f"the agent of {source.name} stopped during the move, which {outcome}")
     began = time.monotonic()
     try:
         host_rpc.call(target.name, host_rpc.ARRIVAL_PREPARE, {"uuid": str(instance.uuid)}, timeout=60)

@@ -31,6 +31,7 @@ from compute.models import (
     InstanceState,
     Operation,
     OperationKind,
+    Snapshot,
 )
 from compute.services.lifecycle import (
     instance_event,
@@ -90,6 +91,14 @@ def _check_movable(instance: Instance, source: Host | None) -> Host:
             "store",
             "a stopped VM moves only over a shared instance store (NUBIS_SHARED_INSTANCE_STORE); "
             "start it to move it live, its disk copied along",
+        )
+    snapshots = Snapshot.objects.for_tenant(instance.tenant_id).filter(instance=instance).count()
+    if instance.kind == InstanceKind.VM and snapshots:
+        raise Conflict(
+            "state",
+            "snapshots",
+            f"the VM has {snapshots} snapshot(s): libvirt moves no domain with internal snapshots; "
+            "delete them first",
         )
     if is_live(instance) and not source.peer_uri:
         raise Conflict(

@@ -39,26 +39,32 @@ def arrival_cancel(instance: Instance, host: Host) -> None:
 
 
 def migration_where(instance: Instance, source: VmDriver, target: VmDriver) -> str:
-    """Where the guest runs now: "source", "target", "moving" (a switch-over under way: both have
-    it, one paused) or "nowhere"."""
+    """Where the guest runs now: "source", "target", "moving" (both hosts have it and one side is
+    paused: the transfer or its switch-over is under way) or "nowhere"."""
     name = instance.domain_name
     here, there = source.power_state(name), target.power_state(name)
-    if there == "running" and here in (None, "stopped", "paused"):
-        return "target" if here != "paused" else "moving"
-    if here == "running":
-        return "moving" if there == "paused" else "source"
+    gone = (None, "stopped")
+    if there == "running" and here in gone:
+        return "target"
+    if here == "running" and there in gone:
+        return "source"
+    if "paused" in (here, there) and not (here in gone and there in gone):
+        return "moving"
     return "nowhere"
 
 
+SETTLE_AFTER_ABORT = 15.0  # seconds an aborted move gets to end before it is judged
+
+
 def migration_settle(instance: Instance, source: VmDriver, target: Host, wait: float = 60.0) -> str:
-    """After an agent died mid-move: wait (at most ``wait`` seconds) for a switch-over under way to
-    end, then make the database say where the guest runs. Returns "source", "target" or "nowhere"."""
+    """After an agent died mid-move: the source's libvirt drives a peer-to-peer move on its own, so
+    wait (at most ``wait`` seconds) for it to end; one still under way then is aborted. Then make
+    the database say where the guest runs. Returns "source", "target", "moving" (still under way:
+    only with ``wait`` 0, for a caller that comes back later) or "nowhere"."""
     peer = peer_driver(target)
-    deadline = time.monotonic() + wait
-    where = migration_where(instance, source, peer)
-    while where == "moving" and time.monotonic() < deadline:
-        time.sleep(0.5)
-        where = migration_where(instance, source, peer)
+    where = _wait_while_moving(instance, source, peer, wait)
+    if where == "moving" and wait > 0 and source.migration_abort(instance.domain_name):
+        where = _wait_while_moving(instance, source, peer, SETTLE_AFTER_ABORT)
     if where == "target":
         migration_done(
             instance, target, InstanceState.RUNNING, vnc_port=peer.vnc_port(instance.domain_name), fault=""
@@ -68,4 +74,13 @@ def migration_settle(instance: Instance, source: VmDriver, target: Host, wait: f
         if peer.power_state(instance.domain_name) is not None:
             peer.undefine(instance.domain_name)
         migration_undone(instance, InstanceState.RUNNING)
+    return where
+
+
+def _wait_while_moving(instance: Instance, source: VmDriver, target: VmDriver, wait: float) -> str:
+    deadline = time.monotonic() + wait
+    where = migration_where(instance, source, target)
+    while where == "moving" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        where = migration_where(instance, source, target)
     return where

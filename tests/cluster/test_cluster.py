@@ -433,13 +433,15 @@ def test_an_agent_killed_during_a_move_leaves_the_vm_on_one_host(cloud: Cloud) -
     wait_marker(vm, "NUBIS-READY")
     placement.only(h1, h2)
     source = lab.host(h1)
-    op = instance_migrate(actor=STAFF, instance=vm, target=h2)
-    wait_for(
-        lambda: Operation.objects.unscoped().get(pk=op.pk).step == "target ready", "the move to start", 60
-    )
+    # Held to 3 MiB/s, the move takes several seconds: the agent dies while data flows.
+    op = instance_migrate(actor=STAFF, instance=vm, target=h2, bandwidth_mib=3, timeout=60)
+    wait_for(lambda: Operation.objects.unscoped().get(pk=op.pk).progress >= 15, "data to flow", 60)
     source.agent_kill()
+    assert not Operation.objects.unscoped().get(pk=op.pk).done, "the move ended before the agent died"
     source.agent_start()
     op = wait_operation(op, 120)
+    # The agent that came back ran the operation again and found out where the VM is.
+    assert op.attempts == 2, (op.attempts, op.state, op.error)
     vm.refresh_from_db()
     wait_for(
         lambda: Instance.objects.unscoped().get(pk=vm.pk).state == InstanceState.RUNNING,

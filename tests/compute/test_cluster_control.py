@@ -22,6 +22,7 @@ from compute.models import (
     Operation,
     OperationKind,
     OperationState,
+    Snapshot,
 )
 from compute.services import ha
 from compute.services.evacuation import evacuate
@@ -134,6 +135,11 @@ def test_a_move_is_refused_with_its_reason(settings: Any) -> None:
     settings.NUBIS_SHARED_INSTANCE_STORE = True
     op = instance_migrate(actor=STAFF, instance=stopped, target="lone")  # cold: any host
     assert op.params["live"] is False
+    snapped = running_on(h1, tenant, "snapped")
+    Snapshot.objects.create(tenant=tenant, instance=snapped, name="before")
+    with pytest.raises(Conflict, match="1 snapshot") as caught:
+        instance_migrate(actor=STAFF, instance=snapped)
+    assert caught.value.rule == "snapshots"
     building = running_on(h1, tenant, "building", state=InstanceState.BUILDING)
     with pytest.raises(Conflict, match="cannot migrate an instance that is building"):
         instance_migrate(actor=STAFF, instance=building)
