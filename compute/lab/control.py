@@ -281,8 +281,9 @@ class Lab:
             "NUBIS_CGROUP_PARENT": f"nubis/{host.name}",
             # Per host, in its own /run (never a directory the caller chose for the root's agent).
             "NUBIS_NETWORK_STATE_DIR": "/run/nubis/networks",
-            # The instance store is the machine's own directory, at the same path on every host.
-            "NUBIS_SHARED_INSTANCE_STORE": "1",
+            # The instance store is the machine's own directory, at the same path on every host,
+            # unless each host has its own there (moves then copy the disks along).
+            "NUBIS_SHARED_INSTANCE_STORE": "0" if self.spec.private_store else "1",
         }
 
     def _agent_start(self, host: LabHost) -> int:

@@ -59,6 +59,9 @@ def prepare(lab: LabSpec, host: LabHost) -> None:
     (home / "hosts").write_text(hosts_file(lab))
     (home / "resolv.conf").write_text("")  # no resolver: a lookup would stall for about 10 s
     (home / "init.sh").write_text(init_script(lab, host))
+    if lab.private_store:
+        (home / "store").mkdir(exist_ok=True)
+        (home / "store").chmod(0o755)  # QEMU (libvirt-qemu) enters it to reach the disks
     if (home / "etc").exists():
         return
     home.mkdir(parents=True, exist_ok=True)
@@ -114,6 +117,9 @@ def init_script(lab: LabSpec, host: LabHost) -> str:
         libvirt_logs(host): "/var/log/libvirt",
         host.directory / "cache": "/var/cache/libvirt",
     }
+    if lab.private_store:
+        # The host's own instance store, at the path every host uses (a host's local disk).
+        binds[host.directory / "store"] = lab.private_store
     mounts = "\n".join(f"mount --bind {q(str(src))} {q(dst)}" for src, dst in binds.items())
     return f"""#!/bin/sh
 # Lab host {host.name} ({host.address}): PID 2 of its PID namespace, under tini.

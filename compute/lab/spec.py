@@ -81,6 +81,9 @@ class LabSpec:
     subnet: str = DEFAULT_SUBNET
     # (address, port) in the root namespace that each host reaches on its own loopback (the relay).
     endpoints: tuple[tuple[str, int], ...] = field(default=())
+    # The instance store's path when each host has its own there (a directory of the host's mounted
+    # over it): moves then copy the disks along. Empty: the store is the machine's, shared.
+    private_store: str = ""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9-]*", self.prefix):

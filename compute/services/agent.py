@@ -464,7 +464,7 @@ def _migrate(operation: Operation, instance: Instance, driver: VmDriver) -> str 
         wait = float(operation.params.get("timeout") or settings.NUBIS_MIGRATION_TIMEOUT)
         where = migration_settle(instance, driver, target, wait=wait)
         if where == "target":
-            _moved(operation, instance, source, target, None)
+            _moved(operation, instance, driver, source, target, None)
             return None
         outcome = {
             "source": "did not finish: the VM stays there",
@@ -490,7 +490,7 @@ def _migrate(operation: Operation, instance: Instance, driver: VmDriver) -> str 
         migration_undone(instance, InstanceState.RUNNING)
         _next_move(source)
         raise DriverError(f"migration to {target.name} failed: {error}") from None
-    _moved(operation, instance, source, target, stats, time.monotonic() - began)
+    _moved(operation, instance, driver, source, target, stats, time.monotonic() - began)
     return None
 
 
@@ -514,6 +514,7 @@ def _arrival_cancel(instance: Instance, target: Host) -> None:
 def _moved(
     operation: Operation,
     instance: Instance,
+    driver: VmDriver,
     source: Host,
     target: Host,
     stats: MigrationStats | None,
@@ -529,6 +530,8 @@ def _moved(
         ports.port_detach(instance, host=source)
     except DriverError as exc:  # the reconciler removes a port no instance on this host has
         logger.warning("migrate %s: the source's port stays for the reconciler: %s", instance.uuid, exc)
+    if not settings.NUBIS_SHARED_INSTANCE_STORE:
+        driver.remove_files(str(instance_dir(instance)))  # its disk was copied to the target
     _next_move(source)
 
 

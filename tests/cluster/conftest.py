@@ -99,9 +99,10 @@ class LabControl:
             raise AssertionError(f"lab {' '.join(args)}: exit {done.returncode}\n{done.stdout}{done.stderr}")
         return done.stdout + done.stderr
 
-    def up(self, hosts: int) -> str:
+    def up(self, hosts: int, *options: str) -> str:
         out = self.command(
             "up",
+            *options,
             "--hosts",
             str(hosts),
             "--prefix",

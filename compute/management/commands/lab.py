@@ -56,6 +56,12 @@ class Command(BaseCommand):
         up.add_argument(
             "--timeout", type=float, default=180, help="seconds to wait for the agents (0: do not)"
         )
+        up.add_argument(
+            "--private-store",
+            action="store_true",
+            help="give each host an instance store of its own (at NUBIS_INSTANCE_DIR, as a host's local "
+            "disk): live moves then copy the disks along; default: one store shared by every host",
+        )
         action("down", "stop every host and agent; remove namespaces, links, bridge and cgroups")
         status = action("status", "each host's state, processes and libvirt URIs")
         status.add_argument("--json", action="store_true", help="as JSON")
@@ -111,6 +117,7 @@ class Command(BaseCommand):
             bridge=options["bridge"],
             subnet=options["subnet"],
             endpoints=loopback_endpoints([settings.DATABASE_URL, settings.REDIS_URL]),
+            private_store=str(settings.NUBIS_INSTANCE_DIR) if options["private_store"] else "",
         )
         existing = LabSpec.load(directory)
         if existing is not None and (not existing.same_network(spec) or existing.hosts > spec.hosts):
