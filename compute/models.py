@@ -259,10 +259,24 @@ class ImageKind(models.TextChoices):
     ROOTFS = "rootfs", "Container root filesystem (tarball)"
 
 
-class Image(models.Model):
-    """A guest image in the registry: its files, their checksum, and who may use it."""
+class DiskFormat(models.TextChoices):
+    QCOW2 = "qcow2", "qcow2"
+    RAW = "raw", "raw"
 
-    name = models.CharField(max_length=100, unique=True)
+
+class ImageState(models.TextChoices):
+    UPLOADING = "uploading", "Uploading"
+    ACTIVE = "active", "Active"
+
+
+class Image(models.Model):
+    """A guest image in the registry: its files, their checksum, and who may use it.
+
+    Built images are public and belong to no tenant. An uploaded image belongs to the tenant that
+    uploaded it (``tenant``) and is private to it unless staff make it public.
+    """
+
+    name = models.CharField(max_length=100)
     kind = models.CharField(max_length=10, choices=ImageKind.choices)
     os_name = models.CharField("OS", max_length=100)
     kernel_path = models.CharField(max_length=500, blank=True, default="")
@@ -270,20 +284,43 @@ class Image(models.Model):
     disk_path = models.CharField(
         max_length=500, help_text="Base disk; each instance gets a qcow2 overlay on it."
     )
+    disk_format = models.CharField(
+        max_length=8,
+        choices=DiskFormat.choices,
+        default=DiskFormat.QCOW2,
+        help_text="The base disk's format, always given to QEMU explicitly (never probed).",
+    )
+    virtual_size_bytes = models.PositiveBigIntegerField(
+        default=0, help_text="The base disk's virtual size; an instance's disk is at least this big."
+    )
     cmdline = models.CharField(max_length=300, blank=True, default="")
+    cloud_init = models.BooleanField(
+        default=False, help_text="Its guests read a NoCloud seed (hostname, SSH keys, user-data)."
+    )
+    login_user = models.CharField(
+        max_length=32, blank=True, default="", help_text="The user the SSH keys are given to."
+    )
     sha256 = models.CharField(max_length=64)
     size_bytes = models.PositiveBigIntegerField(default=0)
+    state = models.CharField(max_length=10, choices=ImageState.choices, default=ImageState.ACTIVE)
     public = models.BooleanField(default=True)
     tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="images")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["name"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(public=True, tenant__isnull=True) | Q(public=False, tenant__isnull=False),
-                name="image_public_or_private_to_one_tenant",
+                condition=Q(public=True) | Q(tenant__isnull=False),
+                name="image_public_or_owned_by_a_tenant",
             ),
+            models.UniqueConstraint(
+                fields=["name"], condition=Q(tenant__isnull=True), name="image_unique_public_name"
+            ),
+            models.UniqueConstraint(fields=["tenant", "name"], name="image_unique_tenant_name"),
         ]
 
     def __str__(self) -> str:
@@ -390,6 +427,10 @@ class Instance(TenantOwned):
     oom_kills = models.PositiveIntegerField(default=0, help_text="Processes the kernel's OOM killer killed.")
     vnc_port = models.PositiveIntegerField(null=True, blank=True)
     vnc_password = models.CharField(max_length=8, blank=True, default="")
+    # Given to the guest at its first boot (cloud-init's NoCloud seed), as they were at create time:
+    # [{"name", "fingerprint", "public_key"}] of the key pairs the request named.
+    ssh_keys = models.JSONField(default=list, blank=True)
+    user_data = models.TextField(blank=True, default="", help_text="cloud-init user-data (its owner's only).")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -573,6 +614,28 @@ class Network(TenantOwned):
     def bridge(self) -> str:
         """The Linux bridge on a host (interface names are at most 15 characters)."""
         return f"nbr{self.uuid.hex[:12]}"
+
+
+class KeyPair(TenantOwned):
+    """An SSH public key of a tenant, given to the guests whose create request names it."""
+
+    name = models.CharField(max_length=63)
+    key_type = models.CharField(max_length=40)
+    public_key = models.TextField()
+    fingerprint = models.CharField(max_length=80, help_text="SHA256 of the key, as ssh-keygen -l shows it.")
+    bits = models.PositiveIntegerField(default=0)
+    comment = models.CharField(max_length=200, blank=True, default="")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="keypair_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class SecurityGroup(TenantOwned):

@@ -145,6 +145,8 @@ NUBIS_DEFAULT_QUOTA: dict[str, int | str] = {
     "containers": config.env_int("NUBIS_QUOTA_CONTAINERS", 20),
     "snapshots": config.env_int("NUBIS_QUOTA_SNAPSHOTS", 20),
     "backup_gib": config.env_int("NUBIS_QUOTA_BACKUP_GIB", 100),
+    "image_gib": config.env_int("NUBIS_QUOTA_IMAGE_GIB", 20),
+    "floating_ips": config.env_int("NUBIS_QUOTA_FLOATING_IPS", 2),
     "max_priority": config.env_choice(
         "NUBIS_QUOTA_MAX_PRIORITY", "normal", ["low", "normal", "high", "critical"]
     ),

@@ -102,6 +102,8 @@ RESOURCES: tuple[str, ...] = (
     "containers",
     "snapshots",
     "backup_gib",
+    "image_gib",
+    "floating_ips",
 )
 
 
@@ -123,6 +125,8 @@ class Quota(TenantOwned):
     max_containers = models.PositiveIntegerField()
     max_snapshots = models.PositiveIntegerField()
     max_backup_gib = models.PositiveIntegerField("max backup storage (GiB)")
+    max_image_gib = models.PositiveIntegerField("max uploaded images (GiB)", default=20)
+    max_floating_ips = models.PositiveIntegerField("max floating addresses", default=2)
     max_priority = models.PositiveSmallIntegerField(
         "highest priority class", choices=PriorityClass.choices, default=PriorityClass.NORMAL
     )
@@ -151,6 +155,8 @@ class QuotaClaim(TenantOwned):
     containers = models.PositiveIntegerField(default=0)
     snapshots = models.PositiveIntegerField(default=0)
     backup_gib = models.PositiveIntegerField(default=0)
+    image_gib = models.PositiveIntegerField(default=0)
+    floating_ips = models.PositiveIntegerField(default=0)
     reason = models.CharField(max_length=200)
     # What holds the claim (an instance, a snapshot...); the drift check looks for it.
     holder_type = models.ForeignKey(ContentType, null=True, blank=True, on_delete=models.PROTECT)

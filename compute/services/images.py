@@ -37,6 +37,7 @@ def verify_image(image: Image) -> None:
 def image_register(built: GuestImage) -> Image:
     """Record a built guest image as a public image (updating it if rebuilt)."""
     image, _ = Image.objects.update_or_create(
+        tenant=None,
         name=built.name,
         defaults={
             "kind": ImageKind.KERNEL,

@@ -12,7 +12,7 @@ from django.db import connection
 from django.test import Client
 
 from core.errors import PriorityNotAllowed, QuotaExceeded, ServiceError
-from tenants.models import PriorityClass, Quota, QuotaClaim, Tenant
+from tenants.models import RESOURCES, PriorityClass, Quota, QuotaClaim, Tenant
 from tenants.services.quotas import quota_claim, quota_drift, quota_release, usage_of
 from tenants.tasks import quota_drift_check
 from tests.factories import make_tenant, make_user
@@ -151,10 +151,7 @@ def test_admin_quota_change_applies_to_the_next_claim(admin_client: Client, admi
     with pytest.raises(QuotaExceeded):
         quota_claim(tenant, {"instances": 1}, "second")
     quota = Quota.objects.for_tenant(tenant).get()
-    form = {
-        f"max_{r}": getattr(quota, f"max_{r}")
-        for r in ("vcpus", "ram_mib", "disk_gib", "containers", "snapshots", "backup_gib")
-    }
+    form = {f"max_{r}": getattr(quota, f"max_{r}") for r in RESOURCES}
     form |= {"max_instances": 3, "max_priority": PriorityClass.NORMAL}
     response = admin_client.post(f"/admin/tenants/quota/{quota.pk}/change/", form)
     assert response.status_code == 302, response.content.decode()[:2000]

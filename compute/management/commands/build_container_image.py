@@ -70,6 +70,7 @@ class Command(BaseCommand):
                 ["/bin/busybox"], capture_output=True, text=True, check=False
             ).stdout.splitlines()[0:1]
         image, _ = Image.objects.update_or_create(
+            tenant=None,
             name=name,
             defaults={
                 "kind": ImageKind.ROOTFS,
