@@ -14,7 +14,7 @@ ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH \
 RUN set -eu; case "$PIP_SOURCE" in index|wheels) ;; *) echo "PIP_SOURCE must be index or wheels" >&2; exit 2;; esac; \
     apt-get update; \
     apt-get install -y --no-install-recommends python3 python3-venv python3-libvirt libvirt-clients qemu-utils \
-      runc busybox-static cpio iproute2 iptables kmod dnsmasq-base tini ca-certificates; \
+      runc busybox-static cpio iproute2 iptables kmod dnsmasq-base tini ca-certificates openssh-client genisoimage; \
     rm -rf /var/lib/apt/lists/*
 # The dependencies first, in a layer of their own that a change of the code leaves cached: those
 # pyproject.toml names (libvirt-python is met by python3-libvirt).

@@ -13,11 +13,14 @@ from django.utils.html import format_html
 
 from compute.models import (
     Flavor,
+    FloatingIP,
+    FloatingPool,
     Host,
     Image,
     Instance,
     Network,
     Operation,
+    PortForward,
     SampleResolution,
     SecurityGroup,
     SecurityRule,
@@ -193,11 +196,64 @@ class FlavorAdmin(admin.ModelAdmin):
 
 @admin.register(Image)
 class ImageAdmin(admin.ModelAdmin):
-    list_display = ["name", "kind", "os_name", "size_bytes", "public", "tenant", "created"]
-    list_filter = ["kind", "public"]
+    list_display = [
+        "name",
+        "kind",
+        "os_name",
+        "disk_format",
+        "size_bytes",
+        "state",
+        "public",
+        "tenant",
+        "created",
+    ]
+    list_filter = ["kind", "public", "state", "disk_format"]
     list_select_related = ["tenant"]
     search_fields = ["name", "os_name", "sha256"]
     autocomplete_fields = ["tenant"]
+    actions = ["make_public", "make_private"]
+    # What an upload's checks vouched for: a tenant's uploaded image keeps its owner, file and format.
+    uploaded_readonly = (
+        "tenant",
+        "kind",
+        "disk_path",
+        "disk_format",
+        "kernel_path",
+        "initrd_path",
+        "sha256",
+        "size_bytes",
+        "virtual_size_bytes",
+        "state",
+        "created_by",
+    )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is not None and obj.tenant_id is not None:
+            return self.uploaded_readonly
+        return super().get_readonly_fields(request, obj)
+
+    def _share(self, request: HttpRequest, queryset: QuerySet[Image], public: bool) -> None:
+        from compute.services.image_upload import image_set_public
+
+        for image in queryset:
+            try:
+                image_set_public(actor=Actor.from_request(request, "admin"), image=image, public=public)
+            except ServiceError as exc:
+                self.message_user(request, f"{image.name}: {exc.message}", messages.ERROR)
+            else:
+                self.message_user(request, f"{image.name}: {'public' if public else 'private'}")
+
+    @admin.action(
+        description="Make the selected images public (uploads keep their owner)", permissions=["change"]
+    )
+    def make_public(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        self._share(request, queryset, public=True)
+
+    @admin.action(
+        description="Make the selected uploaded images private to their owner", permissions=["change"]
+    )
+    def make_private(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        self._share(request, queryset, public=False)
 
 
 @admin.register(Instance)
@@ -220,8 +276,9 @@ class InstanceAdmin(ReadOnlyMixin, TenantOwnedAdmin):
     list_filter = ["state", "kind", "host"]
     search_fields = ["name", "uuid", "tenant__slug"]
     list_select_related = ["tenant", "host", "flavor", "image"]
-    # The M2M widget would read the groups unscoped; show them read-only instead.
-    exclude = ["security_groups"]
+    # The M2M widget would read the groups unscoped; show them read-only instead. user_data is its
+    # owner's only (it may carry secrets): not even staff read it here.
+    exclude = ["security_groups", "user_data"]
     readonly_fields = ["security_group_names"]
 
     @admin.display(description="security groups")
@@ -285,3 +342,31 @@ class SecurityGroupAdmin(ReadOnlyMixin, TenantOwnedAdmin):
     search_fields = ["name", "tenant__slug"]
     list_select_related = ["tenant"]
     inlines = [SecurityRuleInline]
+
+
+@admin.register(FloatingPool)
+class FloatingPoolAdmin(admin.ModelAdmin):
+    """The external networks floating addresses come from (staff-defined; see the README)."""
+
+    list_display = ["name", "cidr", "interface", "range_start", "range_end", "gateway", "in_use", "created"]
+    search_fields = ["name", "cidr", "interface"]
+    fields = ["name", "cidr", "interface", "range_start", "range_end", "gateway"]
+
+    @admin.display(description="addresses taken")
+    def in_use(self, obj: FloatingPool) -> int:
+        return FloatingIP.objects.unscoped().filter(pool=obj).count()
+
+
+@admin.register(FloatingIP)
+class FloatingIPAdmin(ReadOnlyMixin, TenantOwnedAdmin):
+    list_display = ["address", "pool", "tenant", "instance", "created"]
+    list_filter = ["pool"]
+    search_fields = ["address", "tenant__slug", "instance__name"]
+    list_select_related = ["tenant", "pool", "instance"]
+
+
+@admin.register(PortForward)
+class PortForwardAdmin(ReadOnlyMixin, TenantOwnedAdmin):
+    list_display = ["host_port", "instance", "port", "tenant", "created"]
+    search_fields = ["instance__name", "tenant__slug"]
+    list_select_related = ["tenant", "instance"]

@@ -26,6 +26,7 @@ from django.db import close_old_connections
 
 from compute.drivers.base import ContainerDriver, DriverError, LogChunk, VmDriver
 from compute.models import Host, Instance, InstanceKind
+from compute.serial_relay import SerialRelay
 from compute.services.containers import container_driver
 from compute.services.host_rpc import (
     ARRIVAL_CANCEL,
@@ -35,13 +36,16 @@ from compute.services.host_rpc import (
     CONTAINER_LOGS,
     PRESENCE_TTL,
     REPLY_TTL,
+    SERIAL_OPEN,
     VNC_OPEN,
+    VOLUME_WORK,
     RpcRequest,
     error_reply,
     ok_reply,
     presence_key,
 )
 from compute.services.migration_agent import arrival_cancel, arrival_prepare
+from compute.services.volume_agent import volume_work
 from compute.tasks import local_driver
 from compute.vnc_relay import VncRelay
 from core.queues import rpc_queue
@@ -51,7 +55,7 @@ logger = logging.getLogger("nubis.agent")
 
 # Calls that may take a while (a command, network plumbing) run on the pool, not the reading thread;
 # the arrival calls read the database (and close the pool thread's connection afterwards).
-USE_DATABASE = frozenset({ARRIVAL_PREPARE, ARRIVAL_CANCEL})
+USE_DATABASE = frozenset({ARRIVAL_PREPARE, ARRIVAL_CANCEL, VOLUME_WORK})
 POOLED = frozenset({CONTAINER_EXEC}) | USE_DATABASE
 MAX_READ = 1 << 20  # bytes of console or log in one answer
 EXEC_WORKERS = 4
@@ -107,13 +111,16 @@ class RpcServer:
         self.client = client or redis_client()
         self.exec_workers = exec_workers
         self.vnc = vnc or VncRelay(vms, prefix)
+        self.serial = SerialRelay(vms, prefix, self.vnc.client)  # interactive serial consoles
         self.calls: dict[str, Callable[[dict[str, Any], RpcRequest], dict[str, Any]]] = {
             CONSOLE_READ: self.console_read,
             CONTAINER_LOGS: self.container_logs,
             CONTAINER_EXEC: self.container_exec,
             VNC_OPEN: self.vnc_open,
+            SERIAL_OPEN: self.serial_open,
             ARRIVAL_PREPARE: self.arrival_prepare,
             ARRIVAL_CANCEL: self.arrival_cancel,
+            VOLUME_WORK: self.volume_work,
         }
 
     # -- the calls -------------------------------------------------------------------------------
@@ -154,6 +161,10 @@ class RpcServer:
         """Connect a VNC session to the VM's VNC server; the relay's threads carry it from there."""
         return self.vnc.open(args)
 
+    def serial_open(self, args: dict[str, Any], _request: RpcRequest) -> dict[str, Any]:
+        """Connect a session to the VM's serial port (an interactive console), relayed like VNC."""
+        return self.serial.open(args)
+
     def _arrival(self, args: dict[str, Any]) -> tuple[Instance, Host]:
         uid = uuidlib.UUID(str(args["uuid"]))
         instance = (
@@ -183,6 +194,10 @@ class RpcServer:
             raise DriverError(f"{instance.name} is placed on {self.host}; its port stays")
         arrival_cancel(instance, host)
         return {"cancelled": True}
+
+    def volume_work(self, args: dict[str, Any], request: RpcRequest) -> dict[str, Any]:
+        """A volume's file work on this host's instance store (compute.services.volume_agent)."""
+        return volume_work(args, request.deadline)
 
     # -- serving ---------------------------------------------------------------------------------
     def answer(self, request: RpcRequest) -> None:
@@ -252,6 +267,7 @@ class RpcServer:
             with contextlib.suppress(redis.RedisError):
                 self.client.delete(presence_key(self.host))
             self.vnc.close_all()
+            self.serial.close_all()
             pool.shutdown(wait=False, cancel_futures=True)
 
 

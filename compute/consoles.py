@@ -1,8 +1,12 @@
-"""Consoles: the serial log as a live stream (read by the host's agent), and VNC through a
-websocket proxy (relayed by the host's agent: compute.vnc_relay).
+"""Consoles: the serial log as a live stream (read by the host's agent), and VNC and the
+interactive serial console through websocket proxies (relayed by the host's agent:
+compute.vnc_relay, compute.serial_relay).
 
-A VNC console needs a token that is short-lived, single-use, and bound to one instance and one
-user: the websocket for VM 2 refuses a token issued for VM 1, and so does anyone else's session.
+VNC and the interactive serial console need a token that is short-lived, single-use, and bound to
+one instance, one user and one kind of console: the websocket for VM 2 refuses a token issued for
+VM 1, and so does anyone else's session, or the other console's. A serial token also says whether
+its session may type (``input``): without it, what the browser sends is dropped here, never
+relayed to the guest.
 """
 
 from __future__ import annotations
@@ -44,22 +48,41 @@ def _token_key(token: str) -> str:
     return f"nubis:vnc-token:{token}"
 
 
-def vnc_token_issue(instance: Instance, user_id: int) -> str:
+CONSOLE_KINDS = ("vnc", "serial")
+
+
+def console_token_issue(instance: Instance, user_id: int, kind: str = "vnc", *, can_type: bool = True) -> str:
+    """A single-use token for one console (``kind``) of ``instance``, for ``user_id`` only."""
+    if kind not in CONSOLE_KINDS:
+        raise ValueError(f"no such console: {kind}")
     token = secrets.token_urlsafe(24)
-    payload = json.dumps({"instance": str(instance.uuid), "user": user_id})
+    payload = json.dumps({"instance": str(instance.uuid), "user": user_id, "kind": kind, "input": can_type})
     redis_client().set(_token_key(token), payload, ex=TOKEN_TTL)
     return token
 
 
-def vnc_token_consume(token: str, instance_uuid: str, user_id: int | None) -> bool:
-    """True if the token was issued for this instance and user; it is used up either way."""
+def vnc_token_issue(instance: Instance, user_id: int) -> str:
+    return console_token_issue(instance, user_id, "vnc")
+
+
+def console_token_consume(
+    token: str, instance_uuid: str, user_id: int | None, kind: str
+) -> dict[str, Any] | None:
+    """The token's grant if it was issued for this instance, user and console; it is used up either way."""
     if not token or user_id is None:
-        return False
+        return None
     raw: bytes | None = redis_client().getdel(_token_key(token))  # type: ignore[assignment]
     if raw is None:
-        return False
-    data = json.loads(raw)
-    return bool(data.get("instance") == instance_uuid and data.get("user") == user_id)
+        return None
+    data: dict[str, Any] = json.loads(raw)
+    if data.get("instance") != instance_uuid or data.get("user") != user_id:
+        return None
+    return data if data.get("kind", "vnc") == kind else None
+
+
+def vnc_token_consume(token: str, instance_uuid: str, user_id: int | None) -> bool:
+    """True if the token was issued for this instance and user; it is used up either way."""
+    return console_token_consume(token, instance_uuid, user_id, "vnc") is not None
 
 
 def _instance_for(user: Any, uuid: str, need: Role) -> Instance | None:
@@ -165,6 +188,9 @@ class VncProxyConsumer(AsyncWebsocketConsumer):
     keepalive_seconds = VNC_KEEPALIVE_SECONDS
     silence_seconds = VNC_SILENCE
     agent_ended = False
+    kind = "vnc"  # the console its tokens name
+    input_allowed = True  # what the browser sends is relayed (a serial token may say otherwise)
+    input_dropped = 0  # bytes of input refused (a read-only session)
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -176,10 +202,13 @@ class VncProxyConsumer(AsyncWebsocketConsumer):
         )
         user_id = user.pk if user is not None and user.is_authenticated else None
         instance = await database_sync_to_async(_instance_for)(user, uuid, Role.MEMBER)
-        allowed = await database_sync_to_async(vnc_token_consume)(query.get("token", ""), uuid, user_id)
-        if instance is None or not allowed:
+        grant = await database_sync_to_async(console_token_consume)(
+            query.get("token", ""), uuid, user_id, self.kind
+        )
+        if instance is None or grant is None:
             await self.close(code=CLOSE_UNAUTHORISED)
             return
+        self.input_allowed = bool(grant.get("input", True))
         target = await database_sync_to_async(_vnc_target)(uuid)
         if target is None:
             await self.close(code=CLOSE_NOT_RUNNING)
@@ -187,7 +216,7 @@ class VncProxyConsumer(AsyncWebsocketConsumer):
         self.client = host_rpc.async_client()
         self.channel = host_rpc.VncChannel.new()
         try:
-            await host_rpc.avnc_open(self.client, target, self.channel)
+            await self.open_session(target)
         except (HostUnavailable, host_rpc.AgentError, ServiceError, redis.RedisError):
             # No agent, or no VNC server behind it (the VM stopped meanwhile, or moved).
             await self._close_client()
@@ -197,6 +226,10 @@ class VncProxyConsumer(AsyncWebsocketConsumer):
         subprotocols = self.scope.get("subprotocols") or []
         await self.accept("binary" if "binary" in subprotocols else None)
         self.pump = asyncio.get_running_loop().create_task(self._from_agent())
+
+    async def open_session(self, target: host_rpc.ConsoleTarget) -> None:
+        """Ask the agent to connect this session's channel to the console."""
+        await host_rpc.avnc_open(self.client, target, self.channel)
 
     async def _from_agent(self) -> None:
         """``down`` -> websocket, keepalives ``up`` while the user is idle, until the session ends."""
@@ -233,6 +266,9 @@ class VncProxyConsumer(AsyncWebsocketConsumer):
             await pipe.execute()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if bytes_data and not self.input_allowed:
+            self.input_dropped += len(bytes_data)  # a read-only session: never relayed
+            return
         if bytes_data and hasattr(self, "pump"):
             for at in range(0, len(bytes_data), VNC_CHUNK):
                 await self._push_up(VNC_DATA + bytes_data[at : at + VNC_CHUNK])
@@ -255,3 +291,22 @@ class VncProxyConsumer(AsyncWebsocketConsumer):
     async def _close_client(self) -> None:
         with contextlib.suppress(redis.RedisError):
             await self.client.aclose()
+
+
+class SerialTerminalConsumer(VncProxyConsumer):
+    """The VM's serial port, interactive: binary frames to and from its pty, through its host's
+    agent (compute.serial_relay), with a single-use ``serial`` token. A token without ``input``
+    makes a session that only reads: what its browser sends is dropped here.
+
+    The port has one reader: a newer session of the same VM ends this one (a normal close).
+    """
+
+    kind = "serial"
+
+    async def open_session(self, target: host_rpc.ConsoleTarget) -> None:
+        await host_rpc.aserial_open(self.client, target, self.channel)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is not None and bytes_data is None:
+            bytes_data = text_data.encode()  # a terminal may send its keys as text frames
+        await super().receive(bytes_data=bytes_data)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import uuid
 from datetime import datetime
 from typing import Any
@@ -267,6 +269,9 @@ class DiskFormat(models.TextChoices):
 class ImageState(models.TextChoices):
     UPLOADING = "uploading", "Uploading"
     ACTIVE = "active", "Active"
+    # An uploaded image its tenant deleted while (deleted) instances still name it: its file and
+    # quota claim are gone, the row stays for their history under a freed name.
+    DELETED = "deleted", "Deleted"
 
 
 class Image(models.Model):
@@ -502,6 +507,8 @@ class OperationKind(models.TextChoices):
     MIGRATE = "migrate", "Migrate"
     HA_RESTART = "ha_restart", "Restart after host failure"
     DELETE = "delete", "Delete"
+    ATTACH_VOLUME = "attach_volume", "Attach a volume"
+    DETACH_VOLUME = "detach_volume", "Detach a volume"
 
 
 class OperationState(models.TextChoices):
@@ -744,3 +751,185 @@ class UsageSample(models.Model):
 
     def __str__(self) -> str:
         return f"{self.instance_id or self.host_id}@{self.at:%Y-%m-%d %H:%M:%S}/{self.resolution}s"
+
+
+class FloatingPool(models.Model):
+    """An external network (staff-defined, no tenant's): the addresses handed out as floating ones.
+
+    Every host that may run an instance with one of its addresses has ``interface`` (a provider
+    bridge or VLAN) on it; the host answers ARP there for the addresses of the instances it runs.
+    """
+
+    name = models.CharField(max_length=63, unique=True)
+    cidr = models.CharField(
+        "subnet (CIDR)", max_length=18, help_text="The external network, e.g. 203.0.113.0/24."
+    )
+    gateway = models.GenericIPAddressField(
+        protocol="IPv4",
+        null=True,
+        blank=True,
+        help_text="The router of the external network: instances with a floating address leave through "
+        "it (policy routing). Empty: through the host's own routes.",
+    )
+    interface = models.CharField(
+        max_length=15, help_text="The host-side interface or bridge the external network is on (every host)."
+    )
+    range_start = models.GenericIPAddressField("first address", protocol="IPv4")
+    range_end = models.GenericIPAddressField("last address", protocol="IPv4")
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.cidr})"
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        try:
+            net = ipaddress.IPv4Network(self.cidr)
+        except ValueError as exc:
+            raise ValidationError({"cidr": f"invalid CIDR: {exc}"}) from None
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}", self.interface or ""):
+            errors["interface"] = "an interface name: 1-15 of letters, digits, _ . -"
+        elif self.interface.startswith("nbr"):
+            errors["interface"] = "nbr… names are tenant bridges"
+        bounds = {}
+        for field in ("range_start", "range_end"):
+            try:
+                address = ipaddress.IPv4Address(getattr(self, field))
+            except ValueError:
+                errors[field] = "an IPv4 address"
+                continue
+            if address not in net or address in (net.network_address, net.broadcast_address):
+                errors[field] = f"{address} is not a host address of {net}"
+            bounds[field] = address
+        if len(bounds) == 2 and bounds["range_start"] > bounds["range_end"]:
+            errors["range_end"] = "the last address is below the first"
+        if self.gateway:
+            gateway = ipaddress.IPv4Address(self.gateway)
+            if gateway not in net:
+                errors["gateway"] = f"{gateway} is not in {net}"
+            elif len(bounds) == 2 and bounds["range_start"] <= gateway <= bounds["range_end"]:
+                errors["gateway"] = "the gateway is inside the range handed out"
+        if errors:
+            raise ValidationError(errors)
+
+
+class FloatingIP(TenantOwned):
+    """A tenant's address from a floating pool: 1:1 NAT to the private address of its instance."""
+
+    address = models.GenericIPAddressField(protocol="IPv4", unique=True)
+    pool = models.ForeignKey(FloatingPool, on_delete=models.PROTECT, related_name="addresses")
+    instance = models.ForeignKey(
+        Instance, null=True, blank=True, on_delete=models.SET_NULL, related_name="floating_ips"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created", "pk"]
+        constraints = [
+            # 1:1 NAT: an instance's outbound traffic leaves from one address.
+            models.UniqueConstraint(fields=["instance"], name="floatingip_one_per_instance"),
+        ]
+
+    def __str__(self) -> str:
+        return self.address
+
+
+class PortForward(TenantOwned):
+    """A host port forwarded to a port of an instance (tcp), where no floating pool exists."""
+
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="port_forwards")
+    port = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(65535)])
+    host_port = models.PositiveIntegerField(unique=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created", "pk"]
+        constraints = [models.UniqueConstraint(fields=["instance", "port"], name="portforward_unique_port")]
+
+    def __str__(self) -> str:
+        return f":{self.host_port} -> {self.instance_id}:{self.port}"
+
+
+class VolumeState(models.TextChoices):
+    CREATING = "creating", "Creating"
+    AVAILABLE = "available", "Available"
+    ATTACHING = "attaching", "Attaching"
+    IN_USE = "in-use", "In use"
+    DETACHING = "detaching", "Detaching"
+    RESIZING = "resizing", "Resizing"
+    SNAPSHOTTING = "snapshotting", "Taking a snapshot"
+    DELETING = "deleting", "Deleting"
+    DELETED = "deleted", "Deleted"
+    ERROR = "error", "Error"
+
+
+class Volume(TenantOwned):
+    """A tenant's persistent disk: a qcow2 file under ``volumes/`` of the instance store, attached to
+    at most one VM at a time, and surviving it (compute.services.volumes)."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=63)
+    size_gib = models.PositiveIntegerField("size (GiB)", validators=[MinValueValidator(1)])
+    format = models.CharField(max_length=8, choices=DiskFormat.choices, default=DiskFormat.QCOW2)
+    state = models.CharField(max_length=12, choices=VolumeState.choices, default=VolumeState.CREATING)
+    fault = models.TextField(blank=True, default="")
+    # The host whose instance store holds the file (with a shared store every host sees it).
+    host = models.ForeignKey(Host, null=True, blank=True, on_delete=models.PROTECT, related_name="volumes")
+    instance = models.ForeignKey(
+        Instance, null=True, blank=True, on_delete=models.PROTECT, related_name="volumes"
+    )
+    device = models.CharField(max_length=8, blank=True, default="", help_text="Its disk in the VM (vdb...).")
+    source_image = models.ForeignKey(
+        Image, null=True, blank=True, on_delete=models.SET_NULL, related_name="volumes"
+    )
+    source_snapshot = models.ForeignKey(
+        "VolumeSnapshot", null=True, blank=True, on_delete=models.SET_NULL, related_name="volumes"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created = models.DateTimeField(default=timezone.now)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "name"],
+                condition=Q(deleted_at__isnull=True),
+                name="volume_unique_live_name",
+            ),
+            models.UniqueConstraint(
+                fields=["instance", "device"],
+                condition=Q(instance__isnull=False),
+                name="volume_unique_device",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class VolumeSnapshot(TenantOwned):
+    """A point-in-time copy of a volume: an internal qcow2 snapshot in its file."""
+
+    volume = models.ForeignKey(Volume, on_delete=models.CASCADE, related_name="snapshots")
+    name = models.CharField(max_length=63)
+    size_gib = models.PositiveIntegerField("size (GiB)")
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created", "pk"]
+        constraints = [models.UniqueConstraint(fields=["volume", "name"], name="volumesnapshot_unique_name")]
+
+    def __str__(self) -> str:
+        return f"{self.volume}@{self.name}"

@@ -12,13 +12,17 @@ from django.utils import timezone
 
 from compute.models import (
     Flavor,
+    FloatingIP,
     Image,
+    ImageState,
     Instance,
     InstanceState,
+    KeyPair,
     Network,
     Operation,
     OperationState,
     SecurityGroup,
+    Volume,
 )
 from scheduler.admission import queue_statuses
 from scheduler.models import QueueEntry, QueueState
@@ -32,6 +36,13 @@ def instance_rows(tenant: Tenant) -> Any:
         .exclude(state=InstanceState.DELETED)
         .select_related("flavor", "image", "network", "server_group", "host", "migration_host")
         .prefetch_related(Prefetch("security_groups", queryset=SecurityGroup.objects.for_tenant(tenant)))
+        .prefetch_related(Prefetch("floating_ips", queryset=FloatingIP.objects.for_tenant(tenant)))
+        .prefetch_related(
+            Prefetch(
+                "volumes",
+                queryset=Volume.objects.for_tenant(tenant).filter(deleted_at__isnull=True).order_by("device"),
+            )
+        )
     )
 
 
@@ -48,13 +59,18 @@ def flavors_for(tenant: Tenant) -> Any:
 
 
 def images_for(tenant: Tenant) -> Any:
-    """The images the tenant may use: the public ones and its own."""
-    return Image.objects.filter(Q(public=True) | Q(tenant=tenant))
+    """The images the tenant may use: the public ones and its own, once uploaded and checked."""
+    return Image.objects.filter(Q(public=True) | Q(tenant=tenant), state=ImageState.ACTIVE)
 
 
 def networks_for(tenant: Tenant) -> Any:
     """The tenant's networks that are not deleted."""
     return Network.objects.for_tenant(tenant).filter(deleted_at__isnull=True)
+
+
+def keypairs_for(tenant: Tenant) -> Any:
+    """The tenant's key pairs, by name."""
+    return KeyPair.objects.for_tenant(tenant).order_by("name")
 
 
 @dataclass(frozen=True)

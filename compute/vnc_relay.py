@@ -111,6 +111,9 @@ class VncRelay:
 class VncSession:
     """One relayed connection: a socket to QEMU and the two lists of its channel."""
 
+    label = "vnc"  # in the agent's log and thread names (compute.serial_relay relays a pty)
+    closed_reason = "the VNC server closed the connection"
+
     def __init__(self, relay: VncRelay, channel: VncChannel, sock: socket.socket) -> None:
         self.relay = relay
         self.client = relay.client
@@ -125,7 +128,8 @@ class VncSession:
     def start(self) -> None:
         tag = self.channel.session[:8]
         for target, side in ((self._read, "down"), (self._write, "up")):
-            threading.Thread(target=self._run, args=(target,), name=f"vnc-{tag}-{side}", daemon=True).start()
+            name = f"{self.label}-{tag}-{side}"
+            threading.Thread(target=self._run, args=(target,), name=name, daemon=True).start()
 
     def _run(self, target: Any) -> None:
         try:
@@ -133,7 +137,7 @@ class VncSession:
         except (OSError, redis.RedisError) as exc:
             self.end(f"relay failed: {exc}", tell_portal=True)
         except Exception:  # the session ends in any case, and its slot is given back
-            logger.exception("vnc %s: relay failed", self.channel.session[:8])
+            logger.exception("%s %s: relay failed", self.label, self.channel.session[:8])
             self.end("relay failed", tell_portal=True)
         finally:
             with self.lock:
@@ -148,7 +152,7 @@ class VncSession:
         while not self.ended.is_set():
             data = self.sock.recv(VNC_CHUNK)
             if not data:
-                self.end("the VNC server closed the connection", tell_portal=True)
+                self.end(self.closed_reason, tell_portal=True)
                 return
             if self._push_down(VNC_DATA + data) > BACKLOG:
                 self._wait_for_the_portal()
@@ -201,7 +205,7 @@ class VncSession:
                 self._push_down(VNC_END + reason.encode())
                 self.told_portal = True
         self.relay._forget(self)
-        logger.info("vnc %s: ended: %s", self.channel.session[:8], reason)
+        logger.info("%s %s: ended: %s", self.label, self.channel.session[:8], reason)
 
     def _tidy(self) -> None:
         """Both threads are done: close the socket, and drop the lists nobody reads any more (the

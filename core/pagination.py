@@ -15,6 +15,7 @@ rather than running an arbitrary query.
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ MAX_PAGE_SIZE = 200
 RESERVED = frozenset({"cursor", "page_size", "ordering"})
 _KEY = "page_key_{}"  # annotation names carrying the ordering values read back for the cursor
 
-FilterKind = Literal["str", "uuid", "bool"]
+FilterKind = Literal["str", "uuid", "bool", "ip"]
 _TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
 
 
@@ -72,6 +73,11 @@ class Filter:
                     values.append(uuid.UUID(value))
                 except ValueError:
                     raise invalid(self.param, f"{value!r} is not a UUID") from None
+            elif self.kind == "ip":  # the database would refuse a malformed address (inet)
+                try:
+                    values.append(str(ipaddress.ip_address(value)))
+                except ValueError:
+                    raise invalid(self.param, f"{value!r} is not an IP address") from None
             else:
                 values.append(value)
         return Q(**{path: values[0]}) if len(values) == 1 else Q(**{f"{path}__in": values})

@@ -15,7 +15,10 @@ route under /api/, whatever its method, so a route added later is covered withou
   run on a body its client got wrong). DRF's parser (portal.parsers.CheckedJSONParser) takes the decoded value
   from here rather than decode the body a second time.
 
-A request without a body (no Content-Length, or 0, and no Transfer-Encoding) passes untouched.
+A request without a body (no Content-Length, or 0, and no Transfer-Encoding) passes untouched, and
+so does a request whose view streams its own body (``streamed_body_methods`` on the view class,
+e.g. an image upload): that view reads it in chunks and bounds it itself (a quota,
+NUBIS_IMAGE_MAX_GIB), since reading it whole here would hold gigabytes in memory.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.http.request import UnreadablePostError
+from django.urls import Resolver404, resolve
 
 from portal.api_errors import plain_problem
 from portal.parsers import DECODED_ATTR
@@ -94,6 +98,16 @@ def _declares_body(request: HttpRequest) -> bool:
     return bool(request.META.get("CONTENT_LENGTH")) or "HTTP_TRANSFER_ENCODING" in request.META
 
 
+def streams_body(request: HttpRequest) -> bool:
+    """Whether the view of the request's route reads this method's body itself, as a stream."""
+    try:
+        match = resolve(request.path_info, getattr(request, "urlconf", None))
+    except Resolver404:
+        return False
+    view = getattr(match.func, "view_class", None) or getattr(match.func, "cls", None)
+    return request.method in getattr(view, "streamed_body_methods", ())
+
+
 def refusal(request: HttpRequest) -> HttpResponse | None:
     """The problem answer for a body the API does not take, or None when the body is fine."""
     declared = request.META.get("CONTENT_LENGTH") or "0"
@@ -137,7 +151,7 @@ class ApiBodyMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.path.startswith(API_PREFIX) and _declares_body(request):
+        if request.path.startswith(API_PREFIX) and _declares_body(request) and not streams_body(request):
             refused = refusal(request)
             if refused is not None:
                 return refused

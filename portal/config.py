@@ -267,3 +267,16 @@ def fail(setting: str, reason: str) -> None:
     """Print one line naming the setting and exit non-zero (for start-up checks)."""
     print(f"nubis: {setting}: {reason}", file=sys.stderr)  # noqa: T201
     raise SystemExit(2)
+
+
+def env_port_range(name: str, default: str) -> tuple[int, int]:
+    """A range of TCP ports ``LOW-HIGH`` (1-65535, LOW <= HIGH)."""
+    value = env_str(name, default)
+    low, sep, high = value.partition("-")
+    try:
+        first, last = int(low), int(high if sep else low)
+    except ValueError:
+        raise ConfigError(name, f"expected LOW-HIGH (e.g. 30000-30999), got {value!r}") from None
+    if not 1 <= first <= last <= 65535:
+        raise ConfigError(name, f"expected 1 <= LOW <= HIGH <= 65535, got {value!r}")
+    return first, last

@@ -50,6 +50,7 @@ from django.urls import Resolver404, resolve
 
 from core.redis import redis_client
 from portal.api_errors import problem
+from portal.body_limits import streams_body
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +154,8 @@ class IdempotencyMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.method != "POST" or not request.path.startswith(API_PREFIX):
-            return self.get_response(request)
+        if request.method != "POST" or not request.path.startswith(API_PREFIX) or streams_body(request):
+            return self.get_response(request)  # a streamed body (an upload) is never read whole here
         key = request.headers.get(HEADER)
         if key is None:
             return self.get_response(request)

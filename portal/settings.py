@@ -109,6 +109,12 @@ NUBIS_ORPHAN_GRACE = config.env_int("NUBIS_ORPHAN_GRACE", 300, minimum=0)
 # namespaces (root in a container is an unprivileged uid range of its tenant on the host), and
 # how long a container gets between SIGTERM and SIGKILL.
 NUBIS_ROOTFS_DIR = config.env_path("NUBIS_ROOTFS_DIR", NUBIS_IMAGE_DIR / "unpacked")
+# Images tenants upload (compute.services.image_upload): where their files go (a directory every
+# host reads, like the image store), the largest file accepted (GiB; the tenant's image_gib quota
+# bounds it further) and the largest virtual size (GiB) of a disk made from one.
+NUBIS_IMAGE_UPLOAD_DIR = config.env_path("NUBIS_IMAGE_UPLOAD_DIR", NUBIS_IMAGE_DIR / "uploads")
+NUBIS_IMAGE_MAX_GIB = config.env_int("NUBIS_IMAGE_MAX_GIB", 50, minimum=1)
+NUBIS_IMAGE_MAX_VIRTUAL_GIB = config.env_int("NUBIS_IMAGE_MAX_VIRTUAL_GIB", 200, minimum=1)
 # The reconciler removes an unpacked tree once no container has used it for this long (kept
 # meanwhile, so deleting a container and making another of its image does not unpack again).
 NUBIS_ROOTFS_GRACE = config.env_int("NUBIS_ROOTFS_GRACE", 600, minimum=0)
@@ -133,6 +139,8 @@ NUBIS_NETWORK_POOL = config.env_str("NUBIS_NETWORK_POOL", "10.128.0.0/9")
 NUBIS_RESERVED_SUBNETS = [
     s.strip() for s in config.env_str("NUBIS_RESERVED_SUBNETS", "192.168.122.0/24").split(",") if s.strip()
 ]
+# Host port forwards (compute.services.floating_ips) take their host ports from this range (tcp).
+NUBIS_PORT_FORWARD_RANGE = config.env_port_range("NUBIS_PORT_FORWARD_RANGE", "30000-30999")
 # Fault injection for crash tests: the agent kills itself (SIGKILL) right after this create step.
 NUBIS_FAULT_CRASH_AFTER = config.env_str("NUBIS_FAULT_CRASH_AFTER", "")
 
@@ -332,6 +340,10 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "InstanceKindEnum": "compute.models.InstanceKind",
         "ImageKindEnum": "compute.models.ImageKind",
+        "InstanceStateEnum": "compute.models.InstanceState",
+        "ImageStateEnum": "compute.models.ImageState",
+        "VolumeStateEnum": "compute.models.VolumeState",
+        "DiskFormatEnum": "compute.models.DiskFormat",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

@@ -48,6 +48,9 @@ def remove_network_leftovers() -> list[str]:
     for bridge in sorted(plumbing.network_chains_list(owner)):
         plumbing.bridge_remove(bridge, Path(settings.NUBIS_NETWORK_STATE_DIR) / bridge, owner)
         removed.append(f"NBR-{owner}-{bridge}")
+    for port in sorted(plumbing.nat_chains_list(owner)):  # they jump to the ports' chains
+        plumbing.instance_nat_remove(port, owner)
+        removed.append(f"NFD/NFS/NFF-{owner}-{port}")
     for port in sorted(plumbing.port_chains_list(owner)):
         plumbing.port_rules_remove(port, owner)
         removed.append(f"NSA/NSG-{owner}-{port}")

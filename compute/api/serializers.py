@@ -11,19 +11,24 @@ from rest_framework import serializers
 from compute.models import (
     Allocation,
     Flavor,
+    FloatingIP,
     GroupPolicy,
     Host,
     Image,
     Instance,
     InstanceKind,
     InstanceState,
+    KeyPair,
     Network,
     Operation,
+    PortForward,
     SecurityGroup,
     SecurityRule,
     ServerGroup,
     Snapshot,
     UsageSample,
+    Volume,
+    VolumeSnapshot,
 )
 from scheduler.admission import queue_statuses
 from scheduler.models import QueueEntry
@@ -48,9 +53,32 @@ class FlavorSerializer(serializers.ModelSerializer[Flavor]):
 
 
 class ImageSerializer(serializers.ModelSerializer[Image]):
+    owner = serializers.CharField(
+        source="tenant.slug",
+        read_only=True,
+        allow_null=True,
+        default=None,
+        help_text="The tenant that uploaded it (none for built images); it stays the owner when public.",
+    )
+
     class Meta:
         model = Image
-        fields = ["id", "name", "kind", "os_name", "sha256", "size_bytes", "public", "created"]
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "os_name",
+            "disk_format",
+            "sha256",
+            "size_bytes",
+            "virtual_size_bytes",
+            "cloud_init",
+            "login_user",
+            "state",
+            "public",
+            "owner",
+            "created",
+        ]
 
 
 class InstanceSerializer(serializers.ModelSerializer[Instance]):
@@ -62,6 +90,9 @@ class InstanceSerializer(serializers.ModelSerializer[Instance]):
     security_groups = serializers.SerializerMethodField()
     server_group = serializers.CharField(
         source="server_group.name", read_only=True, allow_null=True, default=None
+    )
+    volumes = serializers.SerializerMethodField(
+        help_text="Its attached volumes: id, name, device, size, state."
     )
     queue = serializers.SerializerMethodField(
         help_text="While queued: its place in the admission queue, the wait so far and the estimate."
@@ -75,6 +106,12 @@ class InstanceSerializer(serializers.ModelSerializer[Instance]):
         allow_null=True,
         default=None,
         help_text="While it moves: the host it goes to.",
+    )
+    key_pairs = serializers.SerializerMethodField(
+        help_text="The SSH keys it was created with (name and fingerprint), as they were then."
+    )
+    floating_ips = serializers.SerializerMethodField(
+        help_text="Its floating addresses (reached from outside its network: 1:1 NAT)."
     )
 
     class Meta:
@@ -94,6 +131,7 @@ class InstanceSerializer(serializers.ModelSerializer[Instance]):
             "disk_gib",
             "network",
             "security_groups",
+            "key_pairs",
             "server_group",
             "queue",
             "host",
@@ -101,6 +139,8 @@ class InstanceSerializer(serializers.ModelSerializer[Instance]):
             "ha",
             "mac_address",
             "ip_address",
+            "floating_ips",
+            "volumes",
             "oom_kills",
             "fault",
             "created",
@@ -110,8 +150,39 @@ class InstanceSerializer(serializers.ModelSerializer[Instance]):
     def get_security_groups(self, obj: Instance) -> list[str]:
         return [g.name for g in obj.groups()]
 
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_volumes(self, obj: Instance) -> list[dict[str, Any]]:
+        cache = getattr(obj, "_prefetched_objects_cache", {})
+        rows = (
+            cache["volumes"]
+            if "volumes" in cache
+            else Volume.objects.for_tenant(obj.tenant_id)
+            .filter(instance=obj, deleted_at__isnull=True)
+            .order_by("device")
+        )
+        return [
+            {"id": str(v.uuid), "name": v.name, "device": v.device, "size_gib": v.size_gib, "state": v.state}
+            for v in rows
+        ]
+
+    @extend_schema_field(serializers.ListField(child=serializers.IPAddressField()))
+    def get_floating_ips(self, obj: Instance) -> list[str]:
+        cache = getattr(obj, "_prefetched_objects_cache", {})
+        rows = (
+            cache["floating_ips"]
+            if "floating_ips" in cache
+            else FloatingIP.objects.for_tenant(obj.tenant_id).filter(instance=obj)
+        )
+        return [str(f.address) for f in rows]
+
     def get_priority(self, obj: Instance) -> str:
         return PriorityClass(obj.priority).label.lower()
+
+    @extend_schema_field(serializers.ListField(child=serializers.DictField(child=serializers.CharField())))
+    def get_key_pairs(self, obj: Instance) -> list[dict[str, str]]:
+        return [
+            {"name": k.get("name", ""), "fingerprint": k.get("fingerprint", "")} for k in obj.ssh_keys or []
+        ]
 
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_queue(self, obj: Instance) -> dict[str, Any] | None:
@@ -122,6 +193,26 @@ class InstanceSerializer(serializers.ModelSerializer[Instance]):
             statuses = queue_statuses(list(QueueEntry.objects.for_tenant(obj.tenant_id).filter(instance=obj)))
         status: dict[str, Any] | None = statuses.get(obj.pk)
         return status
+
+
+class InstanceDetailSerializer(InstanceSerializer):
+    """One instance; its user-data only for members and owners (context ``user_data``)."""
+
+    # Not read-only, so that the schema does not call it required: viewers' answers leave it out.
+    user_data = serializers.CharField(
+        required=False,
+        help_text="The cloud-init user-data of the create request: shown to the tenant's members and "
+        "owners only, and only here (not in lists, events or the audit log).",
+    )
+
+    class Meta(InstanceSerializer.Meta):
+        fields = [*InstanceSerializer.Meta.fields, "user_data"]
+
+    def to_representation(self, instance: Instance) -> dict[str, Any]:
+        data: dict[str, Any] = super().to_representation(instance)
+        if not self.context.get("user_data"):
+            data.pop("user_data", None)
+        return data
 
 
 class InstanceCreateSerializer(serializers.Serializer[Any]):
@@ -158,6 +249,20 @@ class InstanceCreateSerializer(serializers.Serializer[Any]):
         default=None,
         help_text="Restart it on another host when its host dies. Left out: the flavor's choice, else on "
         "for a VM and off for a container.",
+    )
+    key_pairs = serializers.ListField(
+        child=serializers.CharField(max_length=63),
+        required=False,
+        max_length=32,
+        help_text="The tenant's key pairs (names or ids) whose public keys the guest authorizes; copied "
+        "at create time. A VM needs an image with cloud-init.",
+    )
+    user_data = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        trim_whitespace=False,
+        help_text="cloud-init user-data as plain UTF-8 text (a #cloud-config document or a script; not "
+        "base64), at most 16 KiB. A VM needs an image with cloud-init.",
     )
 
 
@@ -242,6 +347,19 @@ class VncTokenSerializer(serializers.Serializer[Any]):
     token = serializers.CharField()
     url = serializers.CharField(help_text="Websocket path; add ?token=… (binary subprotocol).")
     password = serializers.CharField(help_text="The VNC password of this instance.")
+    expires_in = serializers.IntegerField()
+
+
+class TerminalRequestSerializer(serializers.Serializer[Any]):
+    input = serializers.BooleanField(
+        default=True, help_text="False: a session that only reads (what it sends never reaches the guest)."
+    )
+
+
+class TerminalTokenSerializer(serializers.Serializer[Any]):
+    token = serializers.CharField()
+    url = serializers.CharField(help_text="Websocket path; add ?token=… (binary frames both ways).")
+    input = serializers.BooleanField(help_text="Whether the session may type.")
     expires_in = serializers.IntegerField()
 
 
@@ -432,3 +550,161 @@ class SampleSerializer(serializers.ModelSerializer[UsageSample]):
             "net_rx_bps",
             "net_tx_bps",
         ]
+
+
+class KeyPairSerializer(serializers.ModelSerializer[KeyPair]):
+    class Meta:
+        model = KeyPair
+        fields = ["id", "name", "key_type", "bits", "fingerprint", "comment", "public_key", "created"]
+        read_only_fields = fields
+
+
+class KeyPairCreateSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField(
+        max_length=63, help_text="1-63 letters, digits or hyphens, starting with a letter."
+    )
+    public_key = serializers.CharField(
+        required=False,
+        allow_blank=False,
+        max_length=16 * 1024,
+        help_text="An OpenSSH public key line (ssh-ed25519, ecdsa-sha2-nistp256/384/521, or ssh-rsa of "
+        "2048 bits or more). Left out: a new Ed25519 key pair is generated and its private key is "
+        "returned once.",
+    )
+
+
+class KeyPairCreatedSerializer(KeyPairSerializer):
+    # Not read-only, so that the schema does not call it required: an import's answer has none.
+    private_key = serializers.CharField(
+        required=False,
+        help_text="Only when generated, only in this answer: the private key (OpenSSH form). It is not "
+        "stored anywhere; save it now.",
+    )
+
+    class Meta(KeyPairSerializer.Meta):
+        fields = [*KeyPairSerializer.Meta.fields, "private_key"]
+        read_only_fields = KeyPairSerializer.Meta.fields
+
+
+class FloatingIPSerializer(serializers.ModelSerializer[FloatingIP]):
+    pool = serializers.CharField(source="pool.name", read_only=True)
+    instance = serializers.UUIDField(  # type: ignore[assignment]  # the API's name for it
+        source="instance.uuid",
+        read_only=True,
+        allow_null=True,
+        default=None,
+        help_text="The instance it NATs to.",
+    )
+    instance_name = serializers.CharField(
+        source="instance.name", read_only=True, allow_null=True, default=None
+    )
+    private_address = serializers.IPAddressField(
+        source="instance.ip_address", read_only=True, allow_null=True, default=None
+    )
+
+    class Meta:
+        model = FloatingIP
+        fields = ["id", "address", "pool", "instance", "instance_name", "private_address", "created"]
+
+
+class FloatingIPCreateSerializer(serializers.Serializer[Any]):
+    pool = serializers.CharField(
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        help_text="A pool's name; default: the cloud's first.",
+    )
+
+
+class FloatingIPAssociateSerializer(serializers.Serializer[Any]):
+    instance = serializers.UUIDField(help_text="An instance of this tenant on a tenant network.")
+
+
+class PortForwardSerializer(serializers.ModelSerializer[PortForward]):
+    protocol = serializers.SerializerMethodField()
+    address = serializers.SerializerMethodField(
+        help_text="The host's address (empty: a lone host, any of its addresses)."
+    )
+
+    class Meta:
+        model = PortForward
+        fields = ["id", "protocol", "port", "host_port", "address", "created"]
+
+    def get_protocol(self, obj: PortForward) -> str:
+        return "tcp"
+
+    def get_address(self, obj: PortForward) -> str:
+        host = obj.instance.host
+        return str(host.address) if host is not None and host.address else ""
+
+
+class PortForwardCreateSerializer(serializers.Serializer[Any]):
+    port = serializers.IntegerField(min_value=1, max_value=65535, help_text="The instance's tcp port.")
+
+
+class VolumeSerializer(serializers.ModelSerializer[Volume]):
+    id = serializers.UUIDField(source="uuid", read_only=True)
+    # Not named "instance": that would shadow the serializer's own .instance.
+    instance_id = serializers.UUIDField(
+        source="instance.uuid", read_only=True, allow_null=True, default=None, help_text="Attached to."
+    )
+    instance_name = serializers.CharField(
+        source="instance.name", read_only=True, allow_null=True, default=None
+    )
+    host = serializers.CharField(
+        source="host.name", read_only=True, allow_null=True, default=None, help_text="Whose store holds it."
+    )
+    image = serializers.CharField(source="source_image.name", read_only=True, allow_null=True, default=None)
+    snapshot = serializers.IntegerField(source="source_snapshot_id", read_only=True, allow_null=True)
+
+    class Meta:
+        model = Volume
+        fields = [
+            "id",
+            "name",
+            "size_gib",
+            "format",
+            "state",
+            "fault",
+            "instance_id",
+            "instance_name",
+            "device",
+            "host",
+            "image",
+            "snapshot",
+            "created",
+        ]
+
+
+class VolumeCreateSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField(max_length=63)
+    size_gib = serializers.IntegerField(
+        min_value=1, required=False, help_text="Default: the source's size (needed without a source)."
+    )
+    snapshot = serializers.IntegerField(required=False, help_text="Start from this volume snapshot (its id).")
+    image = serializers.CharField(required=False, help_text="Start from this image's disk (name or id).")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if "size_gib" not in attrs and "snapshot" not in attrs and "image" not in attrs:
+            raise serializers.ValidationError({"size_gib": "a volume from nothing needs its size"})
+        return attrs
+
+
+class VolumeAttachSerializer(serializers.Serializer[Any]):
+    instance = serializers.UUIDField(help_text="The VM to attach the volume to (its id).")
+
+
+class VolumeResizeSerializer(serializers.Serializer[Any]):
+    size_gib = serializers.IntegerField(min_value=1, help_text="The new size; a volume only grows.")
+
+
+class VolumeSnapshotSerializer(serializers.ModelSerializer[VolumeSnapshot]):
+    volume = serializers.UUIDField(source="volume.uuid", read_only=True)
+
+    class Meta:
+        model = VolumeSnapshot
+        fields = ["id", "name", "volume", "size_gib", "created"]
+
+
+class VolumeSnapshotCreateSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField(max_length=63)

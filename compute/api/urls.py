@@ -2,11 +2,25 @@
 
 from django.urls import include, path
 
-from compute.api.views import admin, catalog, consoles, groups, instances, networks, operations, snapshots
+from compute.api.views import (
+    admin,
+    catalog,
+    consoles,
+    floating,
+    groups,
+    images,
+    instances,
+    keypairs,
+    networks,
+    operations,
+    snapshots,
+    volumes,
+)
 
 tenant_urlpatterns = [
     path("flavors/", catalog.FlavorListView.as_view(), name="api-flavors"),
-    path("images/", catalog.ImageListView.as_view(), name="api-images"),
+    path("images/", images.ImageListView.as_view(), name="api-images"),
+    path("images/<int:pk>/", images.ImageDetailView.as_view(), name="api-image"),
     path("instances/", instances.InstanceListView.as_view(), name="api-instances"),
     path("instances/<uuid:pk>/", instances.InstanceDetailView.as_view(), name="api-instance"),
     path("instances/<uuid:pk>/start/", instances.InstanceStartView.as_view(), name="api-instance-start"),
@@ -22,6 +36,11 @@ tenant_urlpatterns = [
         name="api-instance-serial",
     ),
     path("instances/<uuid:pk>/console/vnc/", consoles.VncConsoleView.as_view(), name="api-instance-vnc"),
+    path(
+        "instances/<uuid:pk>/console/terminal/",
+        consoles.TerminalConsoleView.as_view(),
+        name="api-instance-terminal",
+    ),
     path("instances/<uuid:pk>/snapshots/", snapshots.SnapshotListView.as_view(), name="api-snapshots"),
     path(
         "instances/<uuid:pk>/snapshots/<int:snapshot>/",
@@ -44,6 +63,28 @@ tenant_urlpatterns = [
         name="api-instance-groups",
     ),
     path("instances/<uuid:pk>/placement/", instances.PlacementView.as_view(), name="api-instance-placement"),
+    path(
+        "instances/<uuid:pk>/port-forwards/",
+        floating.PortForwardListView.as_view(),
+        name="api-instance-port-forwards",
+    ),
+    path(
+        "instances/<uuid:pk>/port-forwards/<int:forward>/",
+        floating.PortForwardDetailView.as_view(),
+        name="api-instance-port-forward",
+    ),
+    path("floating-ips/", floating.FloatingIPListView.as_view(), name="api-floating-ips"),
+    path("floating-ips/<int:pk>/", floating.FloatingIPDetailView.as_view(), name="api-floating-ip"),
+    path(
+        "floating-ips/<int:pk>/associate/",
+        floating.FloatingIPAssociateView.as_view(),
+        name="api-floating-ip-associate",
+    ),
+    path(
+        "floating-ips/<int:pk>/disassociate/",
+        floating.FloatingIPDisassociateView.as_view(),
+        name="api-floating-ip-disassociate",
+    ),
     path("networks/", networks.NetworkListView.as_view(), name="api-networks"),
     path("networks/<uuid:pk>/", networks.NetworkDetailView.as_view(), name="api-network"),
     path("security-groups/", networks.SecurityGroupListView.as_view(), name="api-secgroups"),
@@ -54,10 +95,25 @@ tenant_urlpatterns = [
         networks.RuleDetailView.as_view(),
         name="api-secgroup-rule",
     ),
+    path("keypairs/", keypairs.KeyPairListView.as_view(), name="api-keypairs"),
+    path("keypairs/<int:pk>/", keypairs.KeyPairDetailView.as_view(), name="api-keypair"),
     path("server-groups/", groups.ServerGroupListView.as_view(), name="api-servergroups"),
     path("server-groups/<int:pk>/", groups.ServerGroupDetailView.as_view(), name="api-servergroup"),
     path("queue/", groups.TenantQueueView.as_view(), name="api-queue"),
     path("snapshots/", snapshots.TenantSnapshotListView.as_view(), name="api-tenant-snapshots"),
+    path("volumes/", volumes.VolumeListView.as_view(), name="api-volumes"),
+    path("volumes/<uuid:pk>/", volumes.VolumeDetailView.as_view(), name="api-volume"),
+    path("volumes/<uuid:pk>/attach/", volumes.VolumeAttachView.as_view(), name="api-volume-attach"),
+    path("volumes/<uuid:pk>/detach/", volumes.VolumeDetachView.as_view(), name="api-volume-detach"),
+    path("volumes/<uuid:pk>/resize/", volumes.VolumeResizeView.as_view(), name="api-volume-resize"),
+    path(
+        "volumes/<uuid:pk>/snapshots/", volumes.VolumeSnapshotListView.as_view(), name="api-volume-snapshots"
+    ),
+    path(
+        "volumes/<uuid:pk>/snapshots/<int:snapshot>/",
+        volumes.VolumeSnapshotDetailView.as_view(),
+        name="api-volume-snapshot",
+    ),
     path("operations/", operations.OperationListView.as_view(), name="api-operations"),
     path("operations/<uuid:pk>/", operations.OperationDetailView.as_view(), name="api-operation"),
 ]

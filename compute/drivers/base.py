@@ -61,6 +61,15 @@ class Counters:
 
 
 @dataclass(frozen=True)
+class VolumeDisk:
+    """A persistent volume as a VM sees it: its file, the disk it is in the guest (vdb...)."""
+
+    path: str
+    device: str
+    format: str = "qcow2"
+
+
+@dataclass(frozen=True)
 class GuestSpec:
     """Everything a driver needs to build one guest."""
 
@@ -84,6 +93,13 @@ class GuestSpec:
     bridge: str = ""
     port: str = ""
     mac: str = ""
+    # Attached persistent volumes (compute.services.volumes), virtio disks after the root disk.
+    volumes: tuple[VolumeDisk, ...] = field(default=())
+    # The format of the base disk the instance's overlay is made on, always given explicitly.
+    base_format: str = "qcow2"
+    # A cloud-init image's guest: its NoCloud seed (read-only CD-ROM) and a qemu-guest-agent channel.
+    seed_path: str = ""
+    guest_agent: bool = False
 
 
 @dataclass(frozen=True)
@@ -213,6 +229,10 @@ class VmDriver(GuestDriver):
     @abc.abstractmethod
     def vnc_port(self, name: str) -> int | None: ...
 
+    def serial_device(self, name: str) -> str | None:
+        """The host's path of the running guest's interactive serial port (a pty); None: none."""
+        return None
+
     @abc.abstractmethod
     def ip_address(self, name: str) -> str | None: ...
 
@@ -248,6 +268,32 @@ class VmDriver(GuestDriver):
     def remove_stale_probes(self, older_than: float = 300.0) -> list[str]:
         """Remove capability-probe guests left by an agent that died mid-probe (none by default)."""
         return []
+
+    def volume_attach(self, name: str, disk: VolumeDisk) -> None:
+        """Plug the volume into the guest: live (hot plug) when it runs, and into its definition."""
+        raise DriverError("this hypervisor does not attach volumes")
+
+    def volume_detach(self, name: str, disk: VolumeDisk, timeout: float) -> None:
+        """Unplug the volume; a running guest must release it within ``timeout`` seconds, or
+        DriverError and the volume stays attached."""
+        raise DriverError("this hypervisor does not detach volumes")
+
+    def create_seed(self, spec: GuestSpec, meta_data: str, user_data: str) -> None:
+        """Write the guest's NoCloud seed (its config drive) at ``spec.seed_path``, replacing one
+        that is there. Host-side file work, the same for every hypervisor driver."""
+        from compute.drivers.seed import write_seed
+
+        if not spec.seed_path:
+            raise DriverError("config drive: the guest has no seed path")
+        write_seed(Path(spec.seed_path), meta_data, user_data)
+
+    def guest_addresses(self, name: str) -> list[str]:
+        """The guest's IP addresses as its guest agent reports them (none without an agent)."""
+        return []
+
+    def guest_exec(self, name: str, argv: list[str], timeout: float = 30.0) -> tuple[int, str, str]:
+        """Run ``argv`` inside the guest through its guest agent: (exit code, stdout, stderr)."""
+        raise DriverError(f"{name}: this hypervisor driver has no guest agent")
 
 
 class ContainerDriver(GuestDriver):

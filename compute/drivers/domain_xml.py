@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from compute.drivers.base import GuestSpec
+from compute.drivers.base import GuestSpec, VolumeDisk
 from compute.models import CpuMode, IoModel
 
 
@@ -19,6 +19,20 @@ def _pci_address(parent: ET.Element, address: str) -> None:
     domain, bus, rest = address.split(":")
     slot, function = rest.split(".")
     _sub(parent, "address", domain=f"0x{domain}", bus=f"0x{bus}", slot=f"0x{slot}", function=f"0x{function}")
+
+
+def volume_disk_element(volume: VolumeDisk) -> ET.Element:
+    """A volume's disk: virtio whatever the root disk's bus (virtio hot-plugs), its format always
+    given (never probed)."""
+    disk = ET.Element("disk", type="file", device="disk")
+    _sub(disk, "driver", name="qemu", type=volume.format, cache="writeback")
+    _sub(disk, "source", file=volume.path)
+    _sub(disk, "target", dev=volume.device, bus="virtio")
+    return disk
+
+
+def volume_disk_xml(volume: VolumeDisk) -> str:
+    return ET.tostring(volume_disk_element(volume), encoding="unicode")
 
 
 def domain_xml(spec: GuestSpec) -> str:
@@ -62,6 +76,20 @@ def domain_xml(spec: GuestSpec) -> str:
     _sub(disk, "driver", name="qemu", type="qcow2", cache="none" if hardware else "writeback")
     _sub(disk, "source", file=spec.disk_path)
     _sub(disk, "target", dev="vda" if virtio else "sda", bus="virtio" if virtio else "sata")
+    if spec.seed_path:
+        # The NoCloud seed (config drive): a read-only CD-ROM on the IDE bus every 'pc' machine has.
+        # Read-only, so a copy-storage migration does not copy it: the target writes its own.
+        seed = _sub(devices, "disk", type="file", device="cdrom")
+        _sub(seed, "driver", name="qemu", type="raw")
+        _sub(seed, "source", file=spec.seed_path)
+        _sub(seed, "target", dev="hdc", bus="ide")
+        _sub(seed, "readonly")
+    if spec.guest_agent:
+        # qemu-guest-agent's virtio-serial port (libvirt picks the socket on the host).
+        channel = _sub(devices, "channel", type="unix")
+        _sub(channel, "target", type="virtio", name="org.qemu.guest_agent.0")
+    for volume in spec.volumes:  # persistent volumes (compute.services.volumes)
+        devices.append(volume_disk_element(volume))
     if spec.bridge:
         # A tenant network: the tap gets the port's name, so its firewall rules find it.
         iface = _sub(devices, "interface", type="bridge")
@@ -73,8 +101,11 @@ def domain_xml(spec: GuestSpec) -> str:
         iface = _sub(devices, "interface", type="network")
         _sub(iface, "source", network=spec.network)
         _sub(iface, "model", type="virtio" if virtio else "e1000")
-    serial = _sub(devices, "serial", type="file")
-    _sub(serial, "source", path=spec.serial_log, append="on")
+    # A pty the host's agent can open for an interactive console (compute.serial_relay), whose
+    # output is also appended to the log (the serial tail, tests' markers): libvirt allocates the
+    # pty on whichever host runs the guest, so it survives a move or an HA restart.
+    serial = _sub(devices, "serial", type="pty")
+    _sub(serial, "log", file=spec.serial_log, append="on")
     _sub(serial, "target", port="0")
     _sub(devices, "graphics", type="vnc", listen="127.0.0.1", autoport="yes", passwd=spec.vnc_password)
     _sub(devices, "video").append(ET.Element("model", type="vga"))

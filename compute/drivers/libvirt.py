@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -26,9 +28,10 @@ from compute.drivers.base import (
     MigrationProgress,
     MigrationStats,
     VmDriver,
+    VolumeDisk,
     read_log,
 )
-from compute.drivers.domain_xml import domain_xml
+from compute.drivers.domain_xml import domain_xml, volume_disk_xml
 
 
 def _quiet(_ctx: Any, _err: Any) -> None:
@@ -199,7 +202,9 @@ class LibvirtDriver(VmDriver):
             return
         disk.parent.mkdir(parents=True, exist_ok=True)
         tmp = disk.with_suffix(".partial")
-        cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, str(tmp), f"{size_gib}G"]
+        # The base's format is given, never probed (a raw base read as qcow2 could name any file).
+        fmt = spec.base_format or "qcow2"
+        cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", base, str(tmp), f"{size_gib}G"]
         for attempt in range(3):
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
             if proc.returncode == 0:
@@ -349,6 +354,61 @@ class LibvirtDriver(VmDriver):
     def remove_files(self, spec_dir: str) -> None:
         shutil.rmtree(spec_dir, ignore_errors=True)
 
+    # -- volumes -------------------------------------------------------------------------------
+    @staticmethod
+    def _disk_source(dom: libvirt.virDomain, device: str, flags: int) -> str | None:
+        """The file behind the guest's disk ``device`` (live or, with INACTIVE_XML, its definition)."""
+        # The XML comes from our own libvirt daemon, not from a user.
+        root = ET.fromstring(dom.XMLDesc(flags))  # noqa: S314
+        for disk in root.findall("./devices/disk"):
+            target = disk.find("target")
+            if target is not None and target.get("dev") == device:
+                source = disk.find("source")
+                return (source.get("file") if source is not None else None) or ""
+        return None
+
+    def volume_attach(self, name: str, disk: VolumeDisk) -> None:
+        """Hot plug into a running guest (LIVE) and into its definition (CONFIG); a stopped one's
+        definition only. Safe to repeat: a disk already there with this file is left alone."""
+        dom = self._lookup(name)
+        if dom is None:
+            raise DriverError(f"attach volume: no domain {name}")
+        xml = volume_disk_xml(disk)
+        places = (
+            (libvirt.VIR_DOMAIN_AFFECT_CONFIG, libvirt.VIR_DOMAIN_XML_INACTIVE),
+            (libvirt.VIR_DOMAIN_AFFECT_LIVE, 0),
+        )
+        for flag, where in places:
+            if flag == libvirt.VIR_DOMAIN_AFFECT_LIVE and not dom.isActive():
+                continue
+            present = self._disk_source(dom, disk.device, where)
+            if present == disk.path:
+                continue
+            if present is not None:
+                raise DriverError(f"attach volume: {name} already has a disk {disk.device} ({present})")
+            self._call("attach volume", dom.attachDeviceFlags, xml, flag)
+
+    def volume_detach(self, name: str, disk: VolumeDisk, timeout: float) -> None:
+        """Hot unplug: ask the running guest to release the disk and wait up to ``timeout`` seconds
+        for it to let go (its definition keeps the disk until then); then drop it from the
+        definition. Safe to repeat: a disk already gone is not asked for again."""
+        dom = self._lookup(name)
+        if dom is None:
+            return
+        xml = volume_disk_xml(disk)
+        if dom.isActive() and self._disk_source(dom, disk.device, 0) is not None:
+            self._call("detach volume", dom.detachDeviceFlags, xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            deadline = time.monotonic() + timeout
+            while self._disk_source(dom, disk.device, 0) is not None:
+                if time.monotonic() > deadline:
+                    raise DriverError(
+                        f"the guest did not release {disk.device} within {timeout:g} s "
+                        "(it may still be using it: unmount it in the guest, or stop the VM)"
+                    )
+                time.sleep(0.25)
+        if self._disk_source(dom, disk.device, libvirt.VIR_DOMAIN_XML_INACTIVE) is not None:
+            self._call("detach volume", dom.detachDeviceFlags, xml, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
     def list_guests(self, prefix: str) -> list[str]:
         domains = self._call("list", self.conn().listAllDomains, 0)
         return sorted(d.name() for d in domains if d.name().startswith(prefix))
@@ -375,7 +435,64 @@ class LibvirtDriver(VmDriver):
             for addr in iface.get("addrs") or []:
                 if addr.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4:
                     return str(addr["addr"])
-        return None
+        # No lease known: a guest with qemu-guest-agent says its own address.
+        return next((a for a in self.guest_addresses(name) if ":" not in a), None)
+
+    def guest_addresses(self, name: str) -> list[str]:
+        """The guest's addresses (IPv4 first, loopback left out) as qemu-guest-agent reports them."""
+        dom = self._lookup(name)
+        if dom is None or not dom.isActive():
+            return []
+        try:
+            interfaces = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0)
+        except libvirt.libvirtError:
+            return []  # no agent channel, or the agent is not running (yet)
+        found: list[tuple[int, str]] = []
+        for iface_name, iface in interfaces.items():
+            if iface_name == "lo":
+                continue
+            for addr in iface.get("addrs") or []:
+                v4 = addr.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4
+                found.append((0 if v4 else 1, str(addr["addr"])))
+        return [address for _, address in sorted(found, key=lambda item: item[0])]
+
+    def guest_exec(self, name: str, argv: list[str], timeout: float = 30.0) -> tuple[int, str, str]:
+        """Run ``argv`` in the guest through qemu-guest-agent (guest-exec, then guest-exec-status
+        until it exits): (exit code, stdout, stderr). DriverError without an agent or past ``timeout``."""
+        import libvirt_qemu  # type: ignore[import-untyped]  # QEMU-specific bindings: only needed here
+
+        dom = self._lookup(name)
+        if dom is None or not dom.isActive():
+            raise DriverError(f"guest exec: {name} is not running")
+        if not argv:
+            raise DriverError("guest exec: no command")
+
+        def agent(command: dict[str, Any]) -> Any:
+            try:
+                reply = libvirt_qemu.qemuAgentCommand(dom, json.dumps(command), 10, 0)
+            except libvirt.libvirtError as exc:
+                raise DriverError(f"guest exec: {libvirt_message(exc)}") from None
+            return json.loads(reply)["return"]
+
+        started = agent(
+            {
+                "execute": "guest-exec",
+                "arguments": {"path": argv[0], "arg": argv[1:], "capture-output": True},
+            }
+        )
+        pid = started["pid"]
+        deadline = time.monotonic() + timeout
+        while True:
+            status = agent({"execute": "guest-exec-status", "arguments": {"pid": pid}})
+            if status.get("exited"):
+                break
+            if time.monotonic() > deadline:
+                raise DriverError(f"guest exec: {argv[0]} did not finish within {timeout:g} s")
+            time.sleep(0.2)
+        out = base64.b64decode(status.get("out-data", "")).decode(errors="replace")
+        err = base64.b64decode(status.get("err-data", "")).decode(errors="replace")
+        code = int(status.get("exitcode", -int(status.get("signal", 1))))
+        return code, out, err
 
     def console_read(self, name: str, offset: int | None, max_bytes: int) -> LogChunk:
         """The serial console log that the domain's definition names (running or stopped)."""
@@ -384,9 +501,22 @@ class LibvirtDriver(VmDriver):
             return LogChunk(b"", 0, 0)
         # The XML comes from our own libvirt daemon, not from a user.
         xml = self._call(f"console of {name}", dom.XMLDesc, 0)
-        source = ET.fromstring(xml).find("./devices/serial[@type='file']/source")  # noqa: S314
-        path = source.get("path") if source is not None else None
+        serial = ET.fromstring(xml).find("./devices/serial")  # noqa: S314
+        path = None
+        if serial is not None:  # a pty's log, or (domains defined before the pty) a file
+            found = serial.find("./log") if serial.get("type") == "pty" else serial.find("./source")
+            path = found.get("file" if serial.get("type") == "pty" else "path") if found is not None else None
         return read_log(Path(path), offset, max_bytes) if path else LogChunk(b"", 0, 0)
+
+    def serial_device(self, name: str) -> str | None:
+        """The pty of the running domain's serial port (libvirt allocated it on this host)."""
+        dom = self._lookup(name)
+        if dom is None or not dom.isActive():
+            return None
+        # The XML comes from our own libvirt daemon, not from a user.
+        source = ET.fromstring(dom.XMLDesc(0)).find("./devices/serial[@type='pty']/source")  # noqa: S314
+        path = source.get("path") if source is not None else None
+        return path if path and path.startswith("/dev/pts/") else None
 
     # -- live migration ----------------------------------------------------------------------
     def migrate(

@@ -55,6 +55,11 @@ echo "NUBIS-READY name=$NAME ip=$IP mem_kib=$MEM boots=${BOOTS:-0}"
 # make the guest itself reach out (ping a neighbour). Never set by the default image.
 SHELL_PORT=$(arg shell)
 if [ -n "$SHELL_PORT" ]; then nc -ll -p "$SHELL_PORT" -e /bin/sh & fi
+# Test images only (kernel argument nubis.console=1): a shell on the serial console, for the
+# interactive console's tests; a new one when it exits. Never set by the default image.
+if [ "$(arg console)" = 1 ]; then
+  (while true; do setsid -c sh </dev/ttyS0 >/dev/ttyS0 2>&1; sleep 1; done) &
+fi
 
 # Report MemTotal whenever the balloon changes it.
 LAST=$MEM

@@ -20,7 +20,14 @@ from django.db import InterfaceError, OperationalError, close_old_connections, c
 from django.utils import timezone
 from redis.exceptions import LockError
 
-from compute.drivers.base import ContainerDriver, DriverError, GuestDriver, MigrationStats, VmDriver
+from compute.drivers.base import (
+    ContainerDriver,
+    DriverError,
+    GuestDriver,
+    GuestSpec,
+    MigrationStats,
+    VmDriver,
+)
 from compute.models import (
     Host,
     HostState,
@@ -35,7 +42,7 @@ from compute.models import (
 from compute.services import host_rpc, ports
 from compute.services.containers import container_config, container_driver, limits_of, prepared_rootfs
 from compute.services.evacuation import evacuate_kick
-from compute.services.guests import guest_spec, instance_dir
+from compute.services.guests import disk_size_gib, guest_spec, instance_dir, seed_contents
 from compute.services.images import ImageCorrupt, verify_image
 from compute.services.instances import instance_deleted
 from compute.services.lifecycle import (
@@ -49,6 +56,13 @@ from compute.services.migration import migration_done, migration_undone
 from compute.services.migration_agent import migration_settle
 from compute.services.resize import resize_failed
 from compute.services.snapshots import snapshot_forget
+from compute.services.volume_agent import (
+    volume_op_failed,
+    volume_plug,
+    volume_unplug,
+    volumes_moved,
+    volumes_release,
+)
 from core.errors import HostUnavailable
 from core.redis import redis_client
 
@@ -232,6 +246,11 @@ def _execute(operation_id: int, driver: VmDriver) -> str:
                         snapshot_forget(snapshot, "snapshot failed")
                 if operation.kind == OperationKind.RESIZE:
                     error = _resize_undo(operation, instance, guests, error)
+                if operation.kind in VOLUME_KINDS and isinstance(guests, VmDriver):
+                    # The VM itself is as it was: only the volume records the failure.
+                    volume_op_failed(operation, instance, guests, error)
+                    operation_finish(operation, OperationState.FAILED, error)
+                    return OperationState.FAILED
                 if operation.kind == OperationKind.MIGRATE and _move_unsettled(operation, instance):
                     # Where the guest runs is not known yet (a move its agent lost, still under
                     # way): the reconciler settles it once the move ends (reconcile._settle_move).
@@ -287,7 +306,8 @@ def _create(operation: Operation, instance: Instance, driver: VmDriver) -> None:
     verify_image(instance.image)
     _step(operation, "image", 20)
     spec = guest_spec(instance)
-    driver.create_disk(spec, instance.image.disk_path, instance.disk_gib)
+    driver.create_disk(spec, instance.image.disk_path, disk_size_gib(instance))
+    _write_seed(instance, spec, driver)
     _step(operation, "disk", 40)
     ports.port_attach(instance)
     _step(operation, "network", 50)
@@ -296,6 +316,13 @@ def _create(operation: Operation, instance: Instance, driver: VmDriver) -> None:
     driver.start(spec.name)
     _step(operation, "start", 90)
     _set_state(instance, InstanceState.RUNNING, vnc_port=driver.vnc_port(spec.name), fault="")
+
+
+def _write_seed(instance: Instance, spec: GuestSpec, driver: VmDriver) -> None:
+    """A cloud-init guest's config drive, in its directory beside its disk (made again wherever its
+    definition is made again: it is the same for the instance's whole life)."""
+    if spec.seed_path:
+        driver.create_seed(spec, *seed_contents(instance))
 
 
 def _start(operation: Operation, instance: Instance, driver: VmDriver) -> None:
@@ -330,6 +357,7 @@ def _delete(operation: Operation, instance: Instance, driver: GuestDriver) -> No
     driver.remove_files(str(instance_dir(instance)))
     _step(operation, "files", 90)
     with transaction.atomic():
+        volumes_release(instance)  # detached with the domain; their files stay
         instance_deleted(instance)
 
 
@@ -530,8 +558,10 @@ def _moved(
         ports.port_detach(instance, host=source)
     except DriverError as exc:  # the reconciler removes a port no instance on this host has
         logger.warning("migrate %s: the source's port stays for the reconciler: %s", instance.uuid, exc)
+    ports.nat_follow(instance, target)  # its floating address and port forwards: the target's now
     if not settings.NUBIS_SHARED_INSTANCE_STORE:
         driver.remove_files(str(instance_dir(instance)))  # its disk was copied to the target
+    volumes_moved(instance, target, remove_source_files=not settings.NUBIS_SHARED_INSTANCE_STORE)
     _next_move(source)
 
 
@@ -590,7 +620,9 @@ def _arrive(operation: Operation, instance: Instance, driver: GuestDriver) -> No
             ports.port_attach(instance)
     elif isinstance(driver, VmDriver):
         ports.port_attach(instance)
-        driver.define(guest_spec(instance))
+        spec = guest_spec(instance)
+        _write_seed(instance, spec, driver)
+        driver.define(spec)
         if running:
             driver.start(instance.domain_name)
     _step(operation, "made on target", 90)
@@ -612,6 +644,7 @@ def _ha_restart(operation: Operation, instance: Instance, driver: VmDriver) -> N
             )
         ports.port_attach(instance)
         _step(operation, "network", 40)
+        _write_seed(instance, spec, driver)
         driver.define(spec)
         driver.start(name)
         _step(operation, "start", 90)
@@ -629,6 +662,23 @@ def _container_ha_restart(operation: Operation, instance: Instance, driver: Cont
     _set_state(instance, InstanceState.RUNNING, vnc_port=None, fault="")
 
 
+VOLUME_KINDS = (OperationKind.ATTACH_VOLUME, OperationKind.DETACH_VOLUME)
+
+
+def _attach_volume(operation: Operation, instance: Instance, driver: VmDriver) -> None:
+    volume_plug(operation, instance, driver)
+    _step(operation, "attach", 90)
+
+
+def _detach_volume(operation: Operation, instance: Instance, driver: VmDriver) -> None:
+    volume_unplug(operation, instance, driver)
+    _step(operation, "detach", 90)
+
+
+def _no_volumes(operation: Operation, instance: Instance, driver: ContainerDriver) -> None:
+    raise DriverError("containers have no volumes")
+
+
 _HANDLERS: dict[str, Any] = {
     OperationKind.CREATE: _create,
     OperationKind.START: _start,
@@ -641,6 +691,8 @@ _HANDLERS: dict[str, Any] = {
     OperationKind.DELETE_SNAPSHOT: _delete_snapshot,
     OperationKind.MIGRATE: _migrate,
     OperationKind.HA_RESTART: _ha_restart,
+    OperationKind.ATTACH_VOLUME: _attach_volume,
+    OperationKind.DETACH_VOLUME: _detach_volume,
 }
 
 
@@ -656,6 +708,8 @@ _CONTAINER_HANDLERS: dict[str, Any] = {
     OperationKind.DELETE_SNAPSHOT: _no_snapshots,
     OperationKind.MIGRATE: _cold_migrate,
     OperationKind.HA_RESTART: _container_ha_restart,
+    OperationKind.ATTACH_VOLUME: _no_volumes,
+    OperationKind.DETACH_VOLUME: _no_volumes,
 }
 
 

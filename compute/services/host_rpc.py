@@ -18,6 +18,7 @@ Arguments and answers are plain JSON. Nothing here imports a driver: the agent s
 A VNC console is a byte stream, not a request: ``VNC_OPEN`` asks the agent to connect to the
 guest's VNC server (on the host's 127.0.0.1) for a session of the caller's naming, and the bytes
 then travel through two Redis lists of that session (``VncChannel``), one each way.
+``SERIAL_OPEN`` does the same for the VM's serial port (its pty on the host): an interactive console.
 """
 
 from __future__ import annotations
@@ -52,10 +53,23 @@ CONSOLE_READ = "console_read"
 CONTAINER_LOGS = "container_logs"
 CONTAINER_EXEC = "container_exec"
 VNC_OPEN = "vnc_open"
+SERIAL_OPEN = "serial_open"  # an interactive serial console: the same byte stream as VNC's
 # A move's target (compute.services.migration_agent), asked by the source host's agent.
 ARRIVAL_PREPARE = "arrival_prepare"
 ARRIVAL_CANCEL = "arrival_cancel"
-CALLS = (CONSOLE_READ, CONTAINER_LOGS, CONTAINER_EXEC, VNC_OPEN, ARRIVAL_PREPARE, ARRIVAL_CANCEL)
+# A volume's file work (make, remove, grow, snapshots: compute.services.volume_agent), on any host
+# whose instance store holds it; the portal waits for the answer.
+VOLUME_WORK = "volume_work"
+CALLS = (
+    CONSOLE_READ,
+    CONTAINER_LOGS,
+    CONTAINER_EXEC,
+    VNC_OPEN,
+    SERIAL_OPEN,
+    ARRIVAL_PREPARE,
+    ARRIVAL_CANCEL,
+    VOLUME_WORK,
+)
 
 
 def presence_key(host: str) -> str:
@@ -324,3 +338,9 @@ async def avnc_open(client: aioredis.Redis, target: ConsoleTarget, channel: VncC
     agent does not answer, AgentError when it cannot (the VM is not running there, or it already
     relays as many sessions as it takes)."""
     await acall(client, target.host, VNC_OPEN, {"uuid": target.uuid, "session": channel.session})
+
+
+async def aserial_open(client: aioredis.Redis, target: ConsoleTarget, channel: VncChannel) -> None:
+    """Ask the instance's agent to connect ``channel`` to the VM's serial port (its pty there), as
+    ``avnc_open`` does to its VNC server; an older session of that port is ended by the new one."""
+    await acall(client, target.host, SERIAL_OPEN, {"uuid": target.uuid, "session": channel.session})

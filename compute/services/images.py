@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from compute.guest.builder import GuestImage, files_sha256, files_stamp
-from compute.models import Image, ImageKind
+from compute.guest.debian import BOOT_MODE, DebianImage
+from compute.models import DiskFormat, Image, ImageKind
 
 # (path, size, mtime) of files already verified in this process, so large images are hashed once.
 _verified: dict[tuple[str, ...], str] = {}
@@ -50,6 +51,35 @@ def image_register(built: GuestImage) -> Image:
             "size_bytes": built.size_bytes,
             "public": True,
             "tenant": None,
+        },
+    )
+    return image
+
+
+def image_register_debian(built: DebianImage, boot_mode: str = BOOT_MODE) -> Image:
+    """Record the built Debian cloud image as a public image (updating it if rebuilt).
+
+    ``boot_mode`` "disk": it boots from its disk through its own boot loader, as an uploaded image
+    does; "kernel": QEMU loads its kernel and initramfs directly (the checksum then covers them too).
+    """
+    kernel_boot = boot_mode == "kernel"
+    image, _ = Image.objects.update_or_create(
+        tenant=None,
+        name=built.name,
+        defaults={
+            "kind": ImageKind.KERNEL if kernel_boot else ImageKind.DISK,
+            "os_name": built.os_name,
+            "kernel_path": built.kernel if kernel_boot else "",
+            "initrd_path": built.initrd if kernel_boot else "",
+            "disk_path": built.disk,
+            "cmdline": built.cmdline if kernel_boot else "",
+            "sha256": built.sha256_kernel_boot if kernel_boot else built.sha256,
+            "size_bytes": built.size_bytes,
+            "disk_format": DiskFormat.QCOW2,
+            "virtual_size_bytes": built.virtual_size_bytes,
+            "cloud_init": True,
+            "login_user": built.login_user,
+            "public": True,
         },
     )
     return image

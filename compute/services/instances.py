@@ -8,6 +8,7 @@ compute.services.lifecycle.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from compute.models import (
 )
 from compute.selectors import flavors_for, images_for, networks_for
 from compute.services.admission import admission_cancel, admission_enqueue
+from compute.services.floating_ips import instance_unreachable
+from compute.services.keypairs import keypairs_resolve, ssh_keys_of, user_data_check
 from compute.services.lifecycle import (
     NAME_RULE,
     admission_kick,
@@ -78,6 +81,9 @@ class _Build:
     security_groups: list[SecurityGroup]
     server_group: ServerGroup | None
     ha: bool
+    # What the guest is given (its NoCloud seed): copies of the key pairs, and the user-data.
+    ssh_keys: tuple[dict[str, str], ...] = ()
+    user_data: str = ""
 
     @property
     def container(self) -> bool:
@@ -109,8 +115,14 @@ def instance_create(
     server_group: str | int | None = None,
     wait: bool = False,
     ha: bool | None = None,
+    key_pairs: list[str | int] | None = None,
+    user_data: str = "",
 ) -> Operation:
     """Request a new VM or container; returns its create Operation (enqueued on the chosen host).
+
+    ``key_pairs`` (the tenant's, by name or id) are copied into the instance as they are now, and
+    ``user_data`` (cloud-init, text) is kept for its seed: a VM needs an image that reads them
+    (Image.cloud_init); a container takes them as they are.
 
     When no host has room and ``wait`` is set, the instance waits in the admission queue (state
     queued, its quota held) instead of failing; a request no host could ever take fails at once.
@@ -132,6 +144,7 @@ def instance_create(
     build = _resolve(
         actor, tenant, kind, flavor, image, allocation, network, security_groups, server_group, ha
     )
+    build = _guest_inputs(tenant, build, key_pairs, user_data)
     _check_name_free(tenant, name)
     instance = _instance_new(actor, tenant, name, priority, build)
     _quota_claim(instance, build)
@@ -236,6 +249,24 @@ def _resolve(
     return _Build(kind, flavor_obj, image_obj, allocation, network_obj, groups, group_obj, bool(ha))
 
 
+def _guest_inputs(
+    tenant: Tenant, build: _Build, key_pairs: list[str | int] | None, user_data: str | None
+) -> _Build:
+    """The request's key pairs (copied) and user-data, checked against what its image reads."""
+    keys = keypairs_resolve(tenant, key_pairs)
+    text = user_data_check(user_data)
+    if not build.container and not build.image.cloud_init:
+        field = "key_pairs" if keys else "user_data" if text else None
+        if field is not None:
+            raise ServiceError(
+                field,
+                "image",
+                f"image {build.image.name!r} does not read SSH keys or user-data (it has no cloud-init); "
+                "choose a cloud image, or leave key_pairs and user_data out",
+            )
+    return dataclasses.replace(build, ssh_keys=tuple(ssh_keys_of(keys)), user_data=text)
+
+
 def _check_image(kind: str, image: Image) -> None:
     """A VM boots a disk image; a container runs a root filesystem."""
     container = kind == InstanceKind.CONTAINER
@@ -298,6 +329,8 @@ def _instance_new(actor: Actor, tenant: Tenant, name: str, priority: int, build:
                 server_group=build.server_group,
                 ha=build.ha,
                 disk_gib=0 if build.container else build.flavor.disk_gib,
+                ssh_keys=list(build.ssh_keys),
+                user_data=build.user_data,
                 vnc_password=secrets.token_hex(4),
                 created_by_id=actor.user_id,
                 state_deadline=deadline(),
@@ -364,6 +397,8 @@ def _schedule(actor: Actor, instance: Instance, operation: Operation, build: _Bu
             "image": build.image.name,
             "network": build.network.name if build.network else "",
             "host": instance.host.name if instance.host else "",
+            # The key pairs' names only; the user-data is its owner's, never in the audit log.
+            "key_pairs": [key["name"] for key in build.ssh_keys],
         },
     )
     instance_event(instance)
@@ -450,6 +485,7 @@ def instance_deleted(instance: Instance) -> None:
     instance.deleted_at = timezone.now()
     instance.state_deadline = None
     instance.save(update_fields=["state", "deleted_at", "state_deadline", "updated"])
+    instance_unreachable(instance)  # its floating address stays the tenant's, its forwards go
     release_claims(instance, "deleted")
     instance_event(instance)
     if instance.host_id is not None:

@@ -32,6 +32,7 @@ from compute.models import (
     Operation,
     OperationKind,
     Snapshot,
+    VolumeSnapshot,
 )
 from compute.services.lifecycle import (
     instance_event,
@@ -99,6 +100,18 @@ def _check_movable(instance: Instance, source: Host | None) -> Host:
             "snapshots",
             f"the VM has {snapshots} snapshot(s): libvirt moves no domain with internal snapshots; "
             "delete them first",
+        )
+    if (
+        not settings.NUBIS_SHARED_INSTANCE_STORE
+        and VolumeSnapshot.objects.for_tenant(instance.tenant_id)
+        .filter(volume__instance=instance, volume__deleted_at__isnull=True)
+        .exists()
+    ):
+        raise Conflict(
+            "state",
+            "volumes",
+            "a volume of the VM has snapshots, which a move without a shared instance store does not "
+            "copy (only the volume's current data); delete them or detach the volume first",
         )
     if is_live(instance) and not source.peer_uri:
         raise Conflict(

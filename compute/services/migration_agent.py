@@ -9,11 +9,12 @@ import time
 
 from django.conf import settings
 
+from compute.drivers import volume_files
 from compute.drivers.base import DriverError, VmDriver
 from compute.drivers.libvirt import LibvirtDriver
-from compute.models import Host, Instance, InstanceKind, InstanceState
+from compute.models import Host, Instance, InstanceKind, InstanceState, Volume
 from compute.services import ports
-from compute.services.guests import guest_spec
+from compute.services.guests import disk_size_gib, guest_spec, seed_contents, volume_path
 from compute.services.migration import migration_done, migration_undone
 
 
@@ -30,7 +31,13 @@ def arrival_prepare(instance: Instance, host: Host, driver: VmDriver) -> None:
     ports.port_attach(instance, host=host)
     if not settings.NUBIS_SHARED_INSTANCE_STORE and instance.kind == InstanceKind.VM:
         spec = guest_spec(instance)
-        driver.create_disk(spec, instance.image.disk_path, instance.disk_gib)
+        driver.create_disk(spec, instance.image.disk_path, disk_size_gib(instance))
+        # A read-only disk is not copied by the move: the config drive is written here.
+        if spec.seed_path:
+            driver.create_seed(spec, *seed_contents(instance))
+        # Its attached volumes are copied along too: empty files of their size for the copy to fill.
+        for volume in Volume.objects.unscoped().filter(instance=instance, deleted_at__isnull=True):
+            volume_files.volume_make(str(volume_path(volume)), volume.size_gib)
 
 
 def arrival_cancel(instance: Instance, host: Host) -> None:

@@ -66,6 +66,8 @@ def leftovers() -> Leftovers:
     found.chains = sorted(
         [f"NBR-{owner}-{b}" for b in plumbing.network_chains_list(owner)]
         + [f"NSA/NSG-{owner}-{p}" for p in plumbing.port_chains_list(owner)]
+        # Floating addresses and port forwards (their /32 on the external interface goes with them).
+        + [f"NFD/NFS/NFF-{owner}-{p}" for p in plumbing.nat_chains_list(owner)]
     )
     return found
 
@@ -88,6 +90,10 @@ def leftovers_purge() -> list[str]:
     for bridge in sorted({*_bridges(), *plumbing.network_chains_list(owner)}):
         plumbing.bridge_remove(bridge, _state_dir(bridge), owner)
         removed.append(f"bridge {bridge}")
+    for port in sorted(plumbing.nat_chains_list(owner)):  # before the ports' chains they jump to
+        floating = plumbing.instance_nat_show(port, owner).get("floating")
+        plumbing.instance_nat_remove(port, owner)
+        removed.append(f"NAT of {port}" + (f" (floating address {floating})" if floating else ""))
     for port in sorted(plumbing.port_chains_list(owner)):
         plumbing.port_rules_remove(port, owner)
         removed.append(f"chains NSA/NSG-{owner}-{port}")

@@ -28,6 +28,7 @@ from compute.models import (
     SecurityRule,
     domain_uuid,
 )
+from compute.services import nat
 from compute.services.networks import hosts_sync
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ def net_spec(network: Network, host: Host | None = None) -> NetSpec:
         owner=chain_owner(),
         mac=gateway_mac(network),
         overlay=overlay,
+        routed=nat.network_routed(network),
     )
 
 
@@ -185,12 +187,14 @@ def port_attach(instance: Instance, pid: int | None = None, host: Host | None = 
                 instance.port_name,
                 instance.mac_address,
                 f"{instance.ip_address}/{prefix}",
-                network.gateway if network.nat_egress else None,
+                network.gateway if network.nat_egress or spec.routed else None,
                 f"{tag_prefix()}{instance.uuid}",
             )
         plumbing.port_rules_set(
             instance.port_name, str(instance.ip_address), rules_of(instance), chain_owner()
         )
+        if nat.needs_nat(instance):  # floating address, port forwards: only where it runs
+            nat.instance_nat_apply(instance, host, chain_owner())
     except PlumbingError as exc:
         raise DriverError(f"network {network.name}: {exc}") from None
     if first and spec.overlay is not None:
@@ -211,6 +215,7 @@ def port_detach(instance: Instance, forget: bool = True, host: Host | None = Non
     host = host or instance.host
     last = False
     try:
+        plumbing.instance_nat_remove(instance.port_name, chain_owner())  # it uses the port's chains
         plumbing.port_rules_remove(instance.port_name, chain_owner())
         if instance.kind == InstanceKind.CONTAINER:
             plumbing.port_detach_netns(instance.netns_name, instance.port_name)
@@ -225,6 +230,14 @@ def port_detach(instance: Instance, forget: bool = True, host: Host | None = Non
         raise DriverError(f"network port of {instance.name}: {exc}") from None
     if last and network is not None and host is not None and host.address:
         _tell_peers(network, host)
+
+
+def nat_follow(instance: Instance, target: Host) -> None:
+    """A live move ended: the target's agent takes over the instance's floating address and port
+    forwards (the source's went with its port). Prepared ports get none: only the host the
+    instance runs on may answer for its floating address."""
+    if nat.needs_nat(instance):
+        hosts_sync(Host.objects.filter(pk=target.pk))
 
 
 def machine_hosts(host: Host) -> set[str]:
@@ -299,6 +312,7 @@ def remove_dead_rules() -> list[str]:
         ports |= legacy & _port_names(Instance.objects.unscoped().filter(state=InstanceState.DELETED))
     removed = []
     for port in sorted(ports - needed):
+        plumbing.instance_nat_remove(port, owner)
         plumbing.port_rules_remove(port, owner)
         removed.append(port)
     for bridge in sorted(bridges - live_bridges):
@@ -318,7 +332,10 @@ def host_networks_sync(host: Host) -> dict[str, list[str]]:
         "removed_bridges": [],
         "removed_ports": [],
         "removed_rules": [],
+        "nat": [],
+        "removed_nat": [],
     }
+    with_nat = nat.nat_instances()
     plumbing.firewall_base_ensure()
     with plumbing.host_lock():
         live = (
@@ -341,6 +358,8 @@ def host_networks_sync(host: Host) -> dict[str, list[str]]:
             plumbing.port_rules_set(
                 instance.port_name, str(instance.ip_address), rules_of(instance), chain_owner()
             )
+            if instance.pk in with_nat and nat.instance_nat_apply(instance, host, chain_owner()):
+                done["nat"].append(instance.name)
         prefix = tag_prefix()
         done["removed_bridges"] = remove_dead_bridges()
         # Networks still alive that have no instance here any more (the last one left or moved).
@@ -366,6 +385,7 @@ def host_networks_sync(host: Host) -> dict[str, list[str]]:
     for port, alias in plumbing.ports_list(prefix).items():
         uid = alias_owner(alias)
         if uid is not None and uid not in live_instances:
+            plumbing.instance_nat_remove(port, chain_owner())
             plumbing.port_rules_remove(port, chain_owner())
             plumbing.port_detach_netns(f"{settings.NUBIS_DOMAIN_PREFIX}{uid}", port)
             done["removed_ports"].append(port)
@@ -375,5 +395,6 @@ def host_networks_sync(host: Host) -> dict[str, list[str]]:
         if owner is not None and owner not in live_instances:
             plumbing.netns_remove(name)
             done["removed_ports"].append(f"netns:{name}")
+    done["removed_nat"] = nat.remove_dead_nat(machine_hosts(host), chain_owner())
     done["removed_rules"] = remove_dead_rules()
     return done

@@ -15,7 +15,8 @@ from tenants.models import Role
 @login_required
 @require_GET
 def instance_console(request: HttpRequest, tenant: str, pk: str) -> HttpResponse:
-    """The VNC console (noVNC) and the live serial log of one instance (members and owners)."""
+    """The VNC console (noVNC), the serial terminal (xterm.js) and the live serial log of one instance
+    (members and owners)."""
     obj, role = tenant_for_request(request, tenant, Role.VIEWER)
     instance = get_object_or_404(
         Instance.objects.for_tenant(obj).exclude(state=InstanceState.DELETED), uuid=pk

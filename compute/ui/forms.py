@@ -11,7 +11,7 @@ from typing import Any
 from django import forms
 
 from compute.models import Allocation, CpuMode, Flavor, InstanceKind, IoModel
-from compute.selectors import flavors_for, images_for, networks_for
+from compute.selectors import flavors_for, images_for, keypairs_for, networks_for
 from core.errors import ServiceError
 from tenants.models import PriorityClass, Tenant
 
@@ -64,6 +64,18 @@ class InstanceCreateForm(forms.Form):
         label="Wait if full",
         help_text="When no host has room, wait in the admission queue instead of failing.",
     )
+    key_pairs = forms.MultipleChoiceField(
+        required=False,
+        label="Key pairs",
+        help_text="Their public keys may log in over SSH (a VM needs an image with cloud-init).",
+    )
+    user_data = forms.CharField(
+        required=False,
+        strip=False,
+        widget=forms.Textarea,
+        label="User data",
+        help_text="cloud-init user-data: a #cloud-config document or a script, at most 16 KiB.",
+    )
 
     def __init__(self, tenant: Tenant, max_priority: int, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -84,6 +96,9 @@ class InstanceCreateForm(forms.Form):
         groups = ServerGroup.objects.for_tenant(tenant)
         self._choices("server_group", [("", "none"), *((g.name, f"{g.name} ({g.policy})") for g in groups)])
         self._choices("priority", [(str(p.value), p.label) for p in PriorityClass if p <= max_priority])
+        self._choices(
+            "key_pairs", [(k.name, f"{k.name} ({k.key_type}, {k.fingerprint})") for k in keypairs_for(tenant)]
+        )
 
     def _choices(self, name: str, choices: list[tuple[str, str]]) -> None:
         field = self.fields[name]
@@ -110,6 +125,8 @@ class InstanceCreateForm(forms.Form):
             "priority": int(data["priority"]),
             "allocation": data.get("allocation") or None,
             "wait": bool(data.get("wait")),
+            "key_pairs": list(data.get("key_pairs") or []),
+            "user_data": data.get("user_data") or "",
         }
 
 

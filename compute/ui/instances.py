@@ -15,7 +15,17 @@ from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET
 
-from compute.models import Instance, InstanceKind, InstanceState, Operation, SecurityGroup, Snapshot
+from compute.models import (
+    FloatingIP,
+    Instance,
+    InstanceKind,
+    InstanceState,
+    Operation,
+    PortForward,
+    SecurityGroup,
+    Snapshot,
+    Volume,
+)
 from compute.ui.forms import ResizeForm, flavor_summary
 from core.pagination import MAX_PAGE_SIZE, beyond, encode
 from scheduler.admission import queue_statuses
@@ -31,11 +41,12 @@ SALT = "nubis.ui.instances:{}"  # cursors are signed with the list's path: one t
 
 
 def instances_of(tenant: Tenant) -> Any:
-    """The tenant's instances with what their rows show, in three queries whatever their number."""
+    """The tenant's instances with what their rows show, in four queries whatever their number."""
     return (
         Instance.objects.for_tenant(tenant)
         .select_related("flavor", "image", "network", "server_group", "host", "migration_host")
         .prefetch_related(Prefetch("security_groups", queryset=SecurityGroup.objects.for_tenant(tenant)))
+        .prefetch_related(Prefetch("floating_ips", queryset=FloatingIP.objects.for_tenant(tenant)))
     )
 
 
@@ -239,6 +250,14 @@ def detail_context(tenant: Tenant, role: Role, instance: Instance) -> dict[str, 
             Operation.objects.for_tenant(tenant).filter(instance=instance).order_by("-created")[:20]
         ),
         "snapshots": list(Snapshot.objects.for_tenant(tenant).filter(instance=instance)),
+        "volumes": list(
+            Volume.objects.for_tenant(tenant)
+            .filter(instance=instance, deleted_at__isnull=True)
+            .order_by("device")
+        ),
+        "floating_ip": FloatingIP.objects.for_tenant(tenant).filter(instance=instance).first(),
+        "port_forwards": list(PortForward.objects.for_tenant(tenant).filter(instance=instance)),
+        "forward_address": str(instance.host.address) if instance.host and instance.host.address else "",
         "placement": placement.record if placement else None,
         "placed_at": placement.created if placement else None,
         "queue": queue,

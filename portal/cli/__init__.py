@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from portal.cli import commands as c
+from portal.cli import volumes as cli_volumes
 from portal.cli.client import ApiError, CliError
 
 __all__ = ["main"]
@@ -66,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--network", metavar="NAME|none", help="a tenant network, or none (default: default)")
     create.add_argument("--wait-if-full", action="store_true", help="queue when no host has room")
     create.add_argument("--idempotency-key", metavar="KEY", help="a retried create returns the first one")
+    create.add_argument(
+        "--key-pair",
+        dest="key_pairs",
+        action="append",
+        metavar="NAME",
+        help="a key pair whose public key may log in (repeatable)",
+    )
+    create.add_argument(
+        "--user-data",
+        metavar="FILE",
+        help="cloud-init user-data (UTF-8 text, at most 16 KiB); '-' reads stdin",
+    )
     create.set_defaults(handler=c.cmd_instances_create)
     delete = inst.add_parser("delete", parents=[common, followed], help="delete an instance")
     delete.add_argument("instance", metavar="NAME|ID")
@@ -74,6 +87,66 @@ def build_parser() -> argparse.ArgumentParser:
         action = inst.add_parser(kind, parents=[common, followed], help=f"{kind} an instance")
         action.add_argument("instance", metavar="NAME|ID")
         action.set_defaults(handler=c.action_command(kind))
+
+    keys = top.add_parser("keypairs", aliases=["keypair"], help="SSH key pairs").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    keys.add_parser("list", parents=[common], help="the tenant's key pairs").set_defaults(
+        handler=c.cmd_keypairs_list
+    )
+    key_new = keys.add_parser("create", parents=[common], help="generate an Ed25519 key pair")
+    key_new.add_argument("name")
+    key_new.add_argument(
+        "--output", metavar="FILE", help="write the private key here (mode 0600); default: stdout"
+    )
+    key_new.set_defaults(handler=c.cmd_keypairs_create)
+    key_import = keys.add_parser("import", parents=[common], help="import an OpenSSH public key")
+    key_import.add_argument("name")
+    key_import.add_argument(
+        "--public-key", required=True, metavar="FILE", help="the .pub file; '-' reads stdin"
+    )
+    key_import.set_defaults(handler=c.cmd_keypairs_import)
+    key_delete = keys.add_parser("delete", parents=[common], help="delete a key pair")
+    key_delete.add_argument("keypair", metavar="NAME|ID")
+    key_delete.set_defaults(handler=c.cmd_keypairs_delete)
+
+    fips = top.add_parser(
+        "floating-ip", aliases=["floating-ips"], help="floating addresses (reachable from outside)"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    fips.add_parser("list", parents=[common], help="the tenant's floating addresses").set_defaults(
+        handler=c.cmd_floating_list
+    )
+    fip_new = fips.add_parser("create", parents=[common], help="allocate an address from a pool")
+    fip_new.add_argument("--pool", help="the pool's name; default: the cloud's first")
+    fip_new.set_defaults(handler=c.cmd_floating_create)
+    fip_assoc = fips.add_parser("associate", parents=[common], help="NAT it to an instance")
+    fip_assoc.add_argument("address", metavar="ADDRESS|ID")
+    fip_assoc.add_argument("instance", metavar="INSTANCE")
+    fip_assoc.set_defaults(handler=c.cmd_floating_associate)
+    for name, handler, text in (
+        ("disassociate", c.cmd_floating_disassociate, "take it off its instance"),
+        ("delete", c.cmd_floating_delete, "release it to its pool"),
+    ):
+        sub = fips.add_parser(name, parents=[common], help=text)
+        sub.add_argument("address", metavar="ADDRESS|ID")
+        sub.set_defaults(handler=handler)
+
+    forwards = top.add_parser(
+        "port-forward", aliases=["port-forwards"], help="host ports forwarded to an instance (tcp)"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    fwd_list = forwards.add_parser("list", parents=[common], help="an instance's port forwards")
+    fwd_list.add_argument("instance", metavar="INSTANCE")
+    fwd_list.set_defaults(handler=c.cmd_forwards_list)
+    for name, handler, text in (
+        ("add", c.cmd_forwards_add, "forward a free host port to PORT of the instance"),
+        ("remove", c.cmd_forwards_remove, "stop forwarding to PORT of the instance"),
+    ):
+        sub = forwards.add_parser(name, parents=[common], help=text)
+        sub.add_argument("instance", metavar="INSTANCE")
+        sub.add_argument("port", type=int, metavar="PORT", help="the instance's tcp port")
+        sub.set_defaults(handler=handler)
+
+    cli_volumes.add_parser(top, common, followed)
 
     ops = top.add_parser("operations", help="asynchronous operations").add_subparsers(
         dest="action", required=True, metavar="ACTION"
@@ -86,10 +159,23 @@ def build_parser() -> argparse.ArgumentParser:
     op_show.set_defaults(handler=c.cmd_operations_show)
 
     for name, handler in (("flavors", c.cmd_flavors), ("images", c.cmd_images)):
-        sub = top.add_parser(name, help=f"the {name} the tenant may use").add_subparsers(
+        aliases = ["image"] if name == "images" else []
+        section = top.add_parser(name, aliases=aliases, help=f"the {name} the tenant may use").add_subparsers(
             dest="action", required=True, metavar="ACTION"
         )
-        sub.add_parser("list", parents=[common], help=f"list {name}").set_defaults(handler=handler)
+        section.add_parser("list", parents=[common], help=f"list {name}").set_defaults(handler=handler)
+        if name == "images":
+            up = section.add_parser("upload", parents=[common], help="upload a qcow2 or raw disk (streamed)")
+            up.add_argument("file", metavar="FILE")
+            up.add_argument("--name", required=True)
+            up.add_argument("--format", dest="disk_format", required=True, choices=["qcow2", "raw"])
+            up.add_argument("--os-name", default="")
+            up.add_argument("--cloud-init", action="store_true", help="its guests run cloud-init (NoCloud)")
+            up.add_argument("--login-user", default="")
+            up.set_defaults(handler=c.cmd_images_upload)
+            rm = section.add_parser("delete", parents=[common], help="delete an uploaded image of the tenant")
+            rm.add_argument("image", metavar="NAME|ID")
+            rm.set_defaults(handler=c.cmd_images_delete)
     return parser
 
 

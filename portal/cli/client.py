@@ -14,6 +14,7 @@ from typing import Any
 
 USER_AGENT = "nubis-cli/0.1"
 TIMEOUT = 30.0  # seconds per request
+UPLOAD_TIMEOUT = 600.0  # seconds of silence an image upload waits (the portal checks the image at the end)
 
 
 class CliError(Exception):
@@ -168,6 +169,29 @@ class Client:
             return json.loads(raw)
         except ValueError:
             raise ConnectionFailed(f"{self.base} did not answer with JSON: is it a Nubis portal?") from None
+
+    def upload(self, path: str, file: Path, params: dict[str, str]) -> Any:
+        """POST ``file`` as an application/octet-stream body, streamed (never read whole)."""
+        query = urllib.parse.urlencode(params)
+        size = file.stat().st_size
+        with file.open("rb") as body:
+            req = urllib.request.Request(  # noqa: S310 - http(s) only
+                f"{self.url(path)}?{query}", data=body, method="POST"
+            )
+            req.add_header("Accept", "application/json")
+            req.add_header("User-Agent", USER_AGENT)
+            req.add_header("Authorization", f"Bearer {self.token}")
+            req.add_header("Content-Type", "application/octet-stream")
+            req.add_header("Content-Length", str(size))
+            try:
+                with urllib.request.urlopen(req, timeout=UPLOAD_TIMEOUT) as response:  # noqa: S310
+                    raw = response.read()
+            except urllib.error.HTTPError as exc:
+                raise _http_error(exc) from None
+            except (urllib.error.URLError, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                raise ConnectionFailed(f"cannot reach {self.base}: {reason}") from None
+        return json.loads(raw)
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from portal.cli.client import (
@@ -147,7 +149,50 @@ def cmd_images(ctx: Context) -> int:
     if ctx.json:
         dump(rows)
     else:
-        table(rows, [("name", "name"), ("kind", "kind"), ("os", "os_name"), ("size", "size_bytes")])
+        table(
+            rows,
+            [
+                ("name", "name"),
+                ("id", "id"),
+                ("kind", "kind"),
+                ("format", "disk_format"),
+                ("size", "size_bytes"),
+                ("owner", "owner"),
+                ("public", "public"),
+                ("sha256", "sha256"),
+            ],
+        )
+    return 0
+
+
+def cmd_images_upload(ctx: Context) -> int:
+    """Stream FILE to the portal as the body of one request (the options in its query string)."""
+    a = ctx.args
+    params = {"name": a.name, "disk_format": a.disk_format, "os_name": a.os_name, "login_user": a.login_user}
+    params["cloud_init"] = "true" if a.cloud_init else "false"
+    path = Path(a.file)
+    if not path.is_file():
+        raise UsageError(f"{a.file}: no such file")
+    image = ctx.client.upload(ctx.path("images/"), path, {k: v for k, v in params.items() if v})
+    if ctx.json:
+        dump(image)
+    else:
+        size, sha = image["size_bytes"], image["sha256"]
+        out(f"uploaded image {image['name']} (id {image['id']}, {size} bytes, sha256 {sha})")
+    return 0
+
+
+def cmd_images_delete(ctx: Context) -> int:
+    ref = ctx.args.image
+    rows = ctx.client.list(ctx.path("images/"))
+    found = [r for r in rows if r["name"] == ref or str(r["id"]) == ref]
+    if not found:
+        raise UsageError(f"no image {ref!r} in this tenant")
+    ctx.client.request("DELETE", ctx.path(f"images/{found[0]['id']}/"))
+    if ctx.json:
+        dump({"deleted": found[0]["id"], "name": found[0]["name"]})
+    else:
+        out(f"deleted image {found[0]['name']}")
     return 0
 
 
@@ -218,6 +263,10 @@ def cmd_instances_create(ctx: Context) -> int:
     }
     if args.network is not None:
         body["network"] = None if args.network.lower() == "none" else args.network
+    if args.key_pairs:
+        body["key_pairs"] = args.key_pairs
+    if args.user_data is not None:
+        body["user_data"] = read_text(args.user_data, "--user-data")
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
     operation = ctx.client.request("POST", ctx.path("instances/"), body, headers)
     return _after_action(ctx, operation, show_instance=True)
@@ -258,6 +307,111 @@ def _after_action(ctx: Context, operation: dict[str, Any], show_instance: bool) 
         instance = ctx.client.get(ctx.path(f"instances/{final['instance_id']}/"))
         address = f" {instance['ip_address']}" if instance.get("ip_address") else ""
         out(f"{instance['name']}: {instance['state']}{address}")
+    return 0
+
+
+# ---- key pairs ---------------------------------------------------------------------------------
+
+KEYPAIR_COLUMNS = [
+    ("name", "name"),
+    ("id", "id"),
+    ("type", "key_type"),
+    ("bits", "bits"),
+    ("fingerprint", "fingerprint"),
+]
+
+
+def read_text(name: str, option: str) -> str:
+    """A file's text (UTF-8), or stdin's for '-'; a usage error naming the option otherwise."""
+    try:
+        raw = sys.stdin.buffer.read() if name == STDIN else Path(name).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot read {name}: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{option}: {name} is not UTF-8 text") from None
+
+
+def find_keypair(ctx: Context, ref: str) -> dict[str, Any]:
+    """A key pair by name, or by id when no key pair has that name."""
+    query = urllib.parse.urlencode({"name": ref})
+    matches = [k for k in ctx.client.list(ctx.path(f"keypairs/?{query}")) if k.get("name") == ref]
+    if matches:
+        return matches[0]
+    if ref.isdigit():
+        try:
+            found: dict[str, Any] = ctx.client.get(ctx.path(f"keypairs/{ref}/"))
+            return found
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+    raise CliError(f"no key pair {ref!r} in tenant {ctx.tenant}")
+
+
+def cmd_keypairs_list(ctx: Context) -> int:
+    rows = ctx.client.list(ctx.path("keypairs/"))
+    if ctx.json:
+        dump(rows)
+    else:
+        table(rows, KEYPAIR_COLUMNS)
+    return 0
+
+
+def cmd_keypairs_import(ctx: Context) -> int:
+    args = ctx.args
+    body = {"name": args.name, "public_key": read_text(args.public_key, "--public-key")}
+    keypair = ctx.client.request("POST", ctx.path("keypairs/"), body)
+    if ctx.json:
+        dump(keypair)
+    else:
+        line = f"{keypair['key_type']} {keypair['bits']} {keypair['fingerprint']}"
+        out(f"imported key pair {keypair['name']}: {line}")
+    return 0
+
+
+def cmd_keypairs_create(ctx: Context) -> int:
+    """Generate a key pair; its private key goes to --output (mode 0600, never overwritten) or stdout.
+
+    The file is made before the request, so a key the portal shows only once is never lost to a
+    file that cannot be written; it is removed again when the request fails.
+    """
+    args = ctx.args
+    target = Path(args.output) if args.output else None
+    fd = None
+    if target is not None:
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise UsageError(f"--output: cannot create {target}: {exc.strerror or exc}") from None
+    try:
+        keypair = ctx.client.request("POST", ctx.path("keypairs/"), {"name": args.name})
+    except BaseException:
+        if fd is not None and target is not None:
+            os.close(fd)
+            target.unlink(missing_ok=True)
+        raise
+    private = str(keypair.get("private_key") or "")
+    if fd is not None and target is not None:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(private)
+        keypair = {k: v for k, v in keypair.items() if k != "private_key"}
+    if ctx.json:
+        dump({**keypair, "private_key_file": str(target)} if target else keypair)
+    elif target is not None:
+        out(f"created key pair {keypair['name']}: {keypair['fingerprint']}; private key in {target}")
+    else:
+        sys.stdout.write(private)
+    return 0
+
+
+def cmd_keypairs_delete(ctx: Context) -> int:
+    keypair = find_keypair(ctx, ctx.args.keypair)
+    ctx.client.request("DELETE", ctx.path(f"keypairs/{keypair['id']}/"))
+    if ctx.json:
+        dump({"deleted": keypair["id"], "name": keypair["name"]})
+    else:
+        out(f"deleted key pair {keypair['name']}")
     return 0
 
 
@@ -322,4 +476,119 @@ def cmd_operations_show(ctx: Context) -> int:
         out(operation_line(op))
         if op.get("error"):
             out(f"error: {op['error']}")
+    return 0
+
+
+# ---- floating addresses ------------------------------------------------------------------------
+FLOATING_COLUMNS = [
+    ("id", "id"),
+    ("address", "address"),
+    ("pool", "pool"),
+    ("instance", "instance_name"),
+    ("private", "private_address"),
+]
+
+
+def find_floating_ip(ctx: Context, ref: str) -> dict[str, Any]:
+    """A floating address by its address, or by id."""
+    for row in ctx.client.list(ctx.path("floating-ips/")):
+        if row.get("address") == ref or str(row.get("id")) == ref:
+            found: dict[str, Any] = row
+            return found
+    raise CliError(f"no floating address {ref!r} in tenant {ctx.tenant}")
+
+
+def _floating_out(ctx: Context, row: dict[str, Any], what: str) -> None:
+    if ctx.json:
+        dump(row)
+    else:
+        target = f" -> {row['instance_name']} ({row['private_address']})" if row.get("instance_name") else ""
+        out(f"{what} {row['address']}{target}")
+
+
+def cmd_floating_list(ctx: Context) -> int:
+    rows = ctx.client.list(ctx.path("floating-ips/"))
+    if ctx.json:
+        dump(rows)
+    else:
+        table(rows, FLOATING_COLUMNS)
+    return 0
+
+
+def cmd_floating_create(ctx: Context) -> int:
+    body = {"pool": ctx.args.pool} if ctx.args.pool else {}
+    _floating_out(ctx, ctx.client.request("POST", ctx.path("floating-ips/"), body), "allocated")
+    return 0
+
+
+def cmd_floating_associate(ctx: Context) -> int:
+    fip = find_floating_ip(ctx, ctx.args.address)
+    instance = find_instance(ctx, ctx.args.instance)
+    row = ctx.client.request(
+        "POST", ctx.path(f"floating-ips/{fip['id']}/associate/"), {"instance": instance["id"]}
+    )
+    _floating_out(ctx, row, "associated")
+    return 0
+
+
+def cmd_floating_disassociate(ctx: Context) -> int:
+    fip = find_floating_ip(ctx, ctx.args.address)
+    row = ctx.client.request("POST", ctx.path(f"floating-ips/{fip['id']}/disassociate/"), {})
+    _floating_out(ctx, row, "disassociated")
+    return 0
+
+
+def cmd_floating_delete(ctx: Context) -> int:
+    fip = find_floating_ip(ctx, ctx.args.address)
+    ctx.client.request("DELETE", ctx.path(f"floating-ips/{fip['id']}/"))
+    if ctx.json:
+        dump({"deleted": fip["id"], "address": fip["address"]})
+    else:
+        out(f"released {fip['address']}")
+    return 0
+
+
+# ---- host port forwards --------------------------------------------------------------------------
+def _reached_at(row: dict[str, Any]) -> str:
+    """Where the outside connects: the host's address (empty: any of the lone host's) and its port."""
+    return f"{row.get('address') or 'HOST'}:{row['host_port']}"
+
+
+def _forwards_path(ctx: Context, instance: dict[str, Any]) -> str:
+    return ctx.path(f"instances/{instance['id']}/port-forwards/")
+
+
+def cmd_forwards_list(ctx: Context) -> int:
+    rows = ctx.client.list(_forwards_path(ctx, find_instance(ctx, ctx.args.instance)))
+    if ctx.json:
+        dump(rows)
+    else:
+        table(
+            [{**r, "reached_at": _reached_at(r)} for r in rows],
+            [("id", "id"), ("protocol", "protocol"), ("port", "port"), ("reached at", "reached_at")],
+        )
+    return 0
+
+
+def cmd_forwards_add(ctx: Context) -> int:
+    instance = find_instance(ctx, ctx.args.instance)
+    row = ctx.client.request("POST", _forwards_path(ctx, instance), {"port": ctx.args.port})
+    if ctx.json:
+        dump(row)
+    else:
+        out(f"forwarded {_reached_at(row)} -> {instance['name']}:{row['port']}/tcp")
+    return 0
+
+
+def cmd_forwards_remove(ctx: Context) -> int:
+    instance = find_instance(ctx, ctx.args.instance)
+    path = _forwards_path(ctx, instance)
+    found = [r for r in ctx.client.list(path) if r.get("port") == ctx.args.port]
+    if not found:
+        raise CliError(f"port {ctx.args.port} of {instance['name']} is not forwarded")
+    ctx.client.request("DELETE", f"{path}{found[0]['id']}/")
+    if ctx.json:
+        dump({"deleted": found[0]["id"], "port": ctx.args.port, "host_port": found[0]["host_port"]})
+    else:
+        out(f"removed {_reached_at(found[0])} -> {instance['name']}:{ctx.args.port}/tcp")
     return 0

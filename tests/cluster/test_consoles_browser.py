@@ -1,14 +1,16 @@
 """Consoles of a VM on a lab host, in a real browser: the portal runs on this machine's own
 network stack, the VM on another host (its network namespace, its libvirtd, its QEMU listening for
 VNC on that host's 127.0.0.1 only). The serial console and the VNC screen reach the browser through
-the host's agent, and the VM moves live to another host with the console page open."""
+the host's agent, and the VM moves live to another host with the console page open. The serial
+terminal takes typing on both hosts (the test image runs a shell on its serial port)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser, Page, expect
 
 from compute.models import Host, Image, Instance, OperationState
 from compute.services.instances import instance_create
@@ -23,6 +25,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 BOOT = 120_000  # ms
 
 
+def typed_and_answered(page: Page, command: str, answer: str) -> None:
+    """Type ``command`` into the serial terminal; the guest's shell prints ``answer`` on a row."""
+    expect(page.locator("#terminal-status")).to_have_text("connected", timeout=30_000)
+    page.locator("#terminal").click()
+    page.keyboard.press("Enter")
+    expect(page.locator("#terminal .xterm-rows")).to_contain_text("#", timeout=30_000)
+    page.keyboard.type(command)
+    page.keyboard.press("Enter")
+    row = page.locator("#terminal .xterm-rows > div").filter(has_text=re.compile(rf"^\s*{answer}\s*$"))
+    expect(row).to_have_count(1, timeout=30_000)
+
+
 def test_serial_and_vnc_of_a_vm_on_another_host_work_in_the_browser(
     lab: LabControl,
     lab_hosts: dict[str, Host],
@@ -35,12 +49,23 @@ def test_serial_and_vnc_of_a_vm_on_another_host_work_in_the_browser(
 ) -> None:
     settings.NUBIS_SHARED_INSTANCE_STORE = True
     h1, h2, _h3 = (h.name for h in lab.hosts)
+    console_image = Image.objects.create(  # the test guest with a shell on its serial port
+        name="tiny-console",
+        kind=image.kind,
+        os_name=image.os_name,
+        kernel_path=image.kernel_path,
+        initrd_path=image.initrd_path,
+        disk_path=image.disk_path,
+        cmdline=f"{image.cmdline} nubis.console=1",
+        sha256=image.sha256,
+        size_bytes=image.size_bytes,
+    )
     tenant = make_tenant("consoles")
     user = add_member(tenant)
     placement.only(h1)
     actor = Actor(user.username, "api", user.pk)
     op = instance_create(
-        actor=actor, tenant=tenant, name="far", flavor="t.virtio", image=image.name, network=None
+        actor=actor, tenant=tenant, name="far", flavor="t.virtio", image=console_image.name, network=None
     )
     vm = Instance.objects.for_tenant(tenant).get(pk=op.instance_id)
     assert vm.host is not None
@@ -56,6 +81,7 @@ def test_serial_and_vnc_of_a_vm_on_another_host_work_in_the_browser(
         page.goto(f"/t/{tenant.slug}/instances/{vm.uuid}/console/")
         expect(page.locator("#serial")).to_contain_text("NUBIS-READY", timeout=BOOT)
         expect(page.locator("#vnc-status")).to_have_text("connected", timeout=30_000)
+        typed_and_answered(page, "echo $((6*7))", "42")
         screenshot(page, "console-on-lab-host")
 
         # It moves live to another host: the page follows it there, the same boot's log.
@@ -65,6 +91,7 @@ def test_serial_and_vnc_of_a_vm_on_another_host_work_in_the_browser(
         page.reload()
         expect(page.locator("#serial")).to_contain_text("NUBIS-READY", timeout=30_000)
         expect(page.locator("#vnc-status")).to_have_text("connected", timeout=30_000)
+        typed_and_answered(page, "echo $((6*8))", "48")
         vm.refresh_from_db()
         assert vm.host is not None
         assert vm.host.name == h2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import stat
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,10 +14,24 @@ from pathlib import Path
 
 import pytest
 
-from compute.models import Flavor, Host, Image, Instance, InstanceState
+from compute.models import (
+    CpuMode,
+    Flavor,
+    FloatingIP,
+    FloatingPool,
+    Host,
+    Image,
+    ImageKind,
+    Instance,
+    InstanceState,
+    KeyPair,
+    Network,
+    PortForward,
+)
 from portal.cli import main
 from tenants.models import Role, Tenant
 from tests.factories import add_member, make_tenant, make_token, make_user
+from tests.scheduler.test_placement import make_host
 
 
 @pytest.fixture
@@ -303,3 +318,170 @@ def test_lists_follow_pages_a_failed_operation_exits_1_and_5xx_exits_3(
     assert code == 1
     assert out.strip() == "operation op1 create: failed 10% (schedule)"
     assert "operation create failed: no valid host: capacity removed the last candidate" in err
+
+
+def test_key_pairs_and_a_create_with_keys_and_user_data(
+    portal_url: str,
+    tenant_token: tuple[Tenant, str],
+    config: Path,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """keypairs create|import|list|delete, and instances create --key-pair/--user-data (placed on a
+    host row whose queue nobody serves: no guest runs)."""
+    tenant, token = tenant_token
+    Image.objects.create(
+        name="cli-rootfs", kind=ImageKind.ROOTFS, os_name="busybox", disk_path="/y", sha256="1" * 64
+    )
+    Flavor.objects.create(name="cli.small", vcpus=1, ram_mib=128, disk_gib=1, cpu_mode=CpuMode.EMULATED)
+    make_host("cli-host", cpus=8, ram_mib=16384)
+    assert run(capsys, "login", "--url", portal_url, "--token", token)[0] == 0
+
+    key = tmp_path / "id"
+    code, out, err = run(capsys, "keypairs", "create", "made", "--output", str(key))
+    assert (code, err) == (0, ""), out
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    derived = subprocess.run(["ssh-keygen", "-y", "-f", str(key)], capture_output=True, text=True, check=True)
+    made = KeyPair.objects.for_tenant(tenant).get(name="made")
+    assert derived.stdout.split()[:2] == made.public_key.split()[:2]
+    assert made.fingerprint in out
+    # An existing file is never overwritten, and nothing is created then.
+    code, _, err = run(capsys, "keypair", "create", "again", "--output", str(key))
+    assert code == 2
+    assert "exists" in err
+    assert not KeyPair.objects.for_tenant(tenant).filter(name="again").exists()
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", str(tmp_path / "ec")], check=True)
+    code, out, err = run(capsys, "keypairs", "import", "laptop", "--public-key", str(tmp_path / "ec.pub"))
+    assert (code, err) == (0, ""), out
+    laptop = KeyPair.objects.for_tenant(tenant).get(name="laptop")
+    assert out.strip() == f"imported key pair laptop: ecdsa-sha2-nistp256 256 {laptop.fingerprint}"
+    code, _, err = run(capsys, "keypairs", "import", "oops", "--public-key", str(tmp_path / "ec"))
+    assert code == 1
+    assert "public_key: this is a PRIVATE key" in err
+    code, out, _ = run(capsys, "keypairs", "list")
+    assert [line.split()[0] for line in out.strip().splitlines()] == ["NAME", "laptop", "made"]
+
+    script = tmp_path / "user-data"
+    script.write_text("#!/bin/sh\necho from-cli\n")
+    create = ["instances", "create", "--name", "keyed", "--kind", "container", "--flavor", "cli.small"]
+    create += ["--image", "cli-rootfs", "--network", "none", "--key-pair", "laptop", "--key-pair", "made"]
+    code, out, err = run(capsys, *create, "--user-data", str(script))
+    assert (code, err) == (0, ""), out
+    box = Instance.objects.for_tenant(tenant).get(name="keyed")
+    assert [k["name"] for k in box.ssh_keys] == ["laptop", "made"]
+    assert box.user_data == "#!/bin/sh\necho from-cli\n"
+    code, out, _ = run(capsys, "instances", "show", "keyed", "--json")
+    shown = json.loads(out)
+    assert shown["key_pairs"] == [
+        {"name": "laptop", "fingerprint": laptop.fingerprint},
+        {"name": "made", "fingerprint": made.fingerprint},
+    ]
+
+    binary = tmp_path / "blob"
+    binary.write_bytes(b"\x1f\x8b\x08\x00\xff")
+    code, _, err = run(capsys, *create, "--user-data", str(binary))
+    assert code == 2
+    assert "--user-data" in err
+    script.write_text("x" * 17000)
+    bare = ["instances", "create", "--kind", "container", "--flavor", "cli.small", "--image", "cli-rootfs"]
+    bare += ["--network", "none"]
+    code, _, err = run(capsys, *bare, "--name", "big", "--user-data", str(script))
+    assert code == 1
+    assert "user_data: user_data has 17000 bytes" in err
+    code, _, err = run(capsys, *bare, "--name", "nokey", "--key-pair", "nope")
+    assert code == 1
+    assert "key_pairs: unknown key pair 'nope'" in err
+
+    code, out, _ = run(capsys, "keypairs", "delete", "laptop")
+    assert (code, out.strip()) == (0, "deleted key pair laptop")
+    assert run(capsys, "keypairs", "delete", "laptop")[0] == 1
+    box.refresh_from_db()
+    assert [k["name"] for k in box.ssh_keys] == ["laptop", "made"]
+
+
+def test_floating_ips_and_port_forwards(
+    portal_url: str,
+    tenant_token: tuple[Tenant, str],
+    config: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """floating-ip create|associate|list|disassociate|delete and port-forward add|list|remove, on an
+    instance row placed on a host whose queue nobody serves (no NAT is made: the database is checked)."""
+    tenant, token = tenant_token
+    pool = FloatingPool.objects.create(
+        name="ext",
+        cidr="198.18.201.0/24",
+        interface="nxtcli",
+        range_start="198.18.201.10",
+        range_end="198.18.201.11",
+    )
+    host = make_host("cli-nat-host", address="192.0.2.50")
+    lan = Network.objects.create(tenant=tenant, name="lan", cidr="10.195.1.0/24", gateway="10.195.1.1")
+    flavor = Flavor.objects.create(
+        name="cli.nat", vcpus=1, ram_mib=128, disk_gib=1, cpu_mode=CpuMode.EMULATED
+    )
+    image = Image.objects.create(
+        name="cli-nat", kind=ImageKind.KERNEL, os_name="t", disk_path="/y", sha256="2" * 64
+    )
+    web = Instance.objects.create(
+        tenant=tenant,
+        name="web",
+        flavor=flavor,
+        image=image,
+        host=host,
+        network=lan,
+        ip_address="10.195.1.5",
+        state=InstanceState.RUNNING,
+        vcpus=1,
+        ram_mib=128,
+        current_ram_mib=128,
+        disk_gib=1,
+    )
+    assert run(capsys, "login", "--url", portal_url, "--token", token)[0] == 0
+
+    code, out, _ = run(capsys, "floating-ip", "list")
+    assert (code, out.split()) == (0, ["ID", "ADDRESS", "POOL", "INSTANCE", "PRIVATE"])
+    code, out, err = run(capsys, "floating-ip", "create", "--pool", "ext")
+    assert (code, err, out.strip()) == (0, "", "allocated 198.18.201.10")
+    code, out, err = run(capsys, "floating-ip", "associate", "198.18.201.10", "web")
+    assert (code, err, out.strip()) == (0, "", "associated 198.18.201.10 -> web (10.195.1.5)")
+    assert FloatingIP.objects.for_tenant(tenant).get().instance == web
+    code, out, _ = run(capsys, "floating-ips", "list", "--json")
+    assert [(r["address"], r["pool"], r["instance"], r["private_address"]) for r in json.loads(out)] == [
+        ("198.18.201.10", "ext", str(web.uuid), "10.195.1.5")
+    ]
+    code, _, err = run(capsys, "floating-ip", "associate", "198.18.201.10", "nobody")
+    assert (code, err.strip()) == (1, "nubis: error: no instance 'nobody' in tenant cli-a")
+    code, _, err = run(capsys, "floating-ip", "create", "--pool", "nope")
+    assert code == 1
+    assert "pool: unknown floating pool 'nope'" in err
+    code, out, _ = run(capsys, "floating-ip", "disassociate", "198.18.201.10")
+    assert (code, out.strip()) == (0, "disassociated 198.18.201.10")
+    assert FloatingIP.objects.for_tenant(tenant).get().instance is None
+    code, out, _ = run(capsys, "floating-ip", "delete", "198.18.201.10")
+    assert (code, out.strip()) == (0, "released 198.18.201.10")
+    assert not FloatingIP.objects.for_tenant(tenant).exists()
+    assert run(capsys, "floating-ip", "delete", "198.18.201.10")[0] == 1
+    assert not FloatingIP.objects.unscoped().filter(pool=pool).exists()
+
+    code, out, err = run(capsys, "port-forward", "add", "web", "22")
+    assert (code, err) == (0, ""), out
+    forward = PortForward.objects.for_tenant(tenant).get()
+    assert forward.port == 22
+    assert out.strip() == f"forwarded 192.0.2.50:{forward.host_port} -> web:22/tcp"
+    code, out, _ = run(capsys, "port-forwards", "list", "web")
+    assert [line.split() for line in out.strip().splitlines()] == [
+        ["ID", "PROTOCOL", "PORT", "REACHED", "AT"],
+        [str(forward.pk), "tcp", "22", f"192.0.2.50:{forward.host_port}"],
+    ]
+    code, _, err = run(capsys, "port-forward", "add", "web", "70000")
+    assert code == 1
+    assert "port:" in err
+    code, _, err = run(capsys, "port-forward", "add", "web", "http")
+    assert code == 2  # usage: not a number
+    code, out, _ = run(capsys, "port-forward", "remove", "web", "22")
+    assert (code, out.strip()) == (0, f"removed 192.0.2.50:{forward.host_port} -> web:22/tcp")
+    assert not PortForward.objects.for_tenant(tenant).exists()
+    code, _, err = run(capsys, "port-forward", "remove", "web", "22")
+    assert (code, err.strip()) == (1, "nubis: error: port 22 of web is not forwarded")

@@ -28,9 +28,15 @@ from tests.isolation.cases import (
     tenant_path,
 )
 from tests.isolation.routes_admin_api import ROUTES as _ADMIN_API
+from tests.isolation.routes_floating import ROUTES as _FLOATING
+from tests.isolation.routes_floating_ui import ROUTES as _FLOATING_UI
+from tests.isolation.routes_images import ROUTES as _IMAGES
+from tests.isolation.routes_images import UPLOAD_CASE as _IMAGE_UPLOAD
 from tests.isolation.routes_instances_ui import ROUTES as _INSTANCES_UI
+from tests.isolation.routes_keypairs import ROUTES as _KEYPAIRS
 from tests.isolation.routes_networks_ui import ROUTES as _NETWORKS_UI
 from tests.isolation.routes_staff import ROUTES as _STAFF
+from tests.isolation.routes_volumes import ROUTES as _VOLUMES
 from tests.isolation.world import PERSONAS as PERSONAS_ALL
 from tests.isolation.world import World
 
@@ -240,7 +246,10 @@ _IN_VM = (INSTANCE, "vm")
 ROUTES.update(
     {
         "api-flavors": [Case("GET", _api_flavors, API_TENANT_READ, b_path=_api_flavors_b, lists=True)],
-        "api-images": [Case("GET", _api_images, API_TENANT_READ, b_path=_api_images_b, lists=True)],
+        "api-images": [
+            Case("GET", _api_images, API_TENANT_READ, b_path=_api_images_b, lists=True),
+            _IMAGE_UPLOAD,
+        ],
         "api-instances": [
             Case("GET", _api_instances, API_TENANT_READ, b_path=_api_instances_b, lists=True),
             Case(
@@ -283,6 +292,11 @@ ROUTES.update(
             object_case("POST", API_MEMBER_READ, INSTANCE, "vm", "console/vnc/", action="instance.console")
         ],
         "api-instance-serial": [object_case("GET", API_MEMBER_AGENT, INSTANCE, "vm", "console/serial/")],
+        "api-instance-terminal": [
+            object_case(
+                "POST", API_MEMBER_READ, INSTANCE, "vm", "console/terminal/", action="instance.console"
+            )
+        ],
         "api-snapshots": [
             object_case("GET", API_TENANT_READ, INSTANCE, "vm", "snapshots/", lists=True),
             object_case(
@@ -410,7 +424,17 @@ ROUTES.update(
 )
 
 # Route tables kept in modules of their own.
-for _extra in (_ADMIN_API, _INSTANCES_UI, _NETWORKS_UI, _STAFF):
+for _extra in (
+    _ADMIN_API,
+    _FLOATING,
+    _FLOATING_UI,
+    _INSTANCES_UI,
+    _NETWORKS_UI,
+    _STAFF,
+    _KEYPAIRS,
+    _VOLUMES,
+    _IMAGES,
+):
     if set(_extra) & set(ROUTES):
         raise ValueError(f"routes listed twice: {sorted(set(_extra) & set(ROUTES))}")
     ROUTES.update(_extra)
@@ -425,6 +449,8 @@ WEBSOCKETS: dict[str, dict[str, int | str]] = {
     "ws-serial": {**dict.fromkeys(PERSONAS_ALL, 4403), "a_member": "accept", "a_owner": "accept"},
     # VNC of A's VM with a token a_member got for it: only a_member passes (then finds no VNC server: 4409).
     "ws-vnc": {**dict.fromkeys(PERSONAS_ALL, 4403), "a_member": 4409},
+    # The interactive serial console, the same way (a "serial" token a_member got for A's VM).
+    "ws-terminal": {**dict.fromkeys(PERSONAS_ALL, 4403), "a_member": 4409},
 }
 
 # --- Django admin: every registered model, with what its ModelAdmin allows to a superuser.
@@ -451,6 +477,9 @@ ADMIN_MODELS: dict[str, dict[str, bool]] = {
     "scheduler.queueentry": {"add": False, "delete": False},
     "compute.servergroup": {"add": False, "delete": False},
     "compute.securitygroup": {"add": False, "delete": False},
+    "compute.floatingpool": {"add": True, "delete": True, "protected": True},
+    "compute.floatingip": {"add": False, "delete": False},
+    "compute.portforward": {"add": False, "delete": False},
     "django_celery_beat.periodictask": {"add": True, "delete": True},
     "django_celery_beat.intervalschedule": {"add": True, "delete": True},
     "django_celery_beat.crontabschedule": {"add": True, "delete": True},

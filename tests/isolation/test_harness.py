@@ -181,7 +181,7 @@ def _cookie(world: World, persona: str) -> tuple[bytes, bytes] | None:
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("route", sorted(WEBSOCKETS))
 def test_websockets(route: str) -> None:
-    from compute.consoles import vnc_token_issue
+    from compute.consoles import console_token_issue, vnc_token_issue
 
     world = build_world()
     vm, b_vm = world.vms["a-vm"], world.vms["b-vm"]
@@ -199,6 +199,9 @@ def test_websockets(route: str) -> None:
             path = "/ws/events/"
         elif route == "ws-serial":
             path = f"/ws/instances/{vm.uuid}/serial/"
+        elif route == "ws-terminal":
+            token = console_token_issue(vm, world.users["a_member"].pk, "serial")
+            path = f"/ws/instances/{vm.uuid}/terminal/?token={token}"
         else:
             token = vnc_token_issue(vm, world.users["a_member"].pk)
             path = f"/ws/instances/{vm.uuid}/vnc/?token={token}"
@@ -211,7 +214,9 @@ def test_websockets(route: str) -> None:
             assert (connected, first) == (False, expect), persona
         if persona in A_PERSONAS and route != "ws-events":
             # Tenant B's VM, whatever the token: refused as if it did not exist.
-            other = f"/ws/instances/{b_vm.uuid}/{'serial' if route == 'ws-serial' else 'vnc'}/"
+            other = f"/ws/instances/{b_vm.uuid}/{route.removeprefix('ws-')}/"
             if route == "ws-vnc":
                 other += f"?token={vnc_token_issue(b_vm, world.users[persona].pk)}"
+            if route == "ws-terminal":
+                other += f"?token={console_token_issue(b_vm, world.users[persona].pk, 'serial')}"
             assert _ws(other, cookie) == (False, 4403), persona

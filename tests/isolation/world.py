@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.contrib.auth.models import Permission, User
 
 from compute.models import (
     CpuMode,
     Flavor,
+    FloatingIP,
+    FloatingPool,
     Host,
     Image,
     ImageKind,
     Instance,
     InstanceKind,
     InstanceState,
+    KeyPair,
     Network,
     Operation,
     OperationKind,
     OperationState,
+    PortForward,
     SecurityGroup,
     SecurityRule,
     ServerGroup,
     Snapshot,
+    Volume,
+    VolumeSnapshot,
+    VolumeState,
 )
 from security.audit import Actor, audit_log
 from tenants.models import ApiToken, Membership, Role, Tenant
@@ -44,11 +51,16 @@ B_MARKERS = (
     "b-snap",
     "b-private-flavor",
     "b-private-image",
+    "b-upload",
     "b-net",
     "b-sg",
     "b-box",
     "b-spare",
     "10.99.",
+    "b-key",
+    "b-vol",
+    "198.18.200.11",  # b-fip
+    "OUFuOJlBBr2G2P8QZGQASp92colieUA7KP",  # b-key's fingerprint
 )
 
 
@@ -69,6 +81,14 @@ class World:
     groups: dict[str, SecurityGroup]  # a-sg, b-sg, one rule each
     rules: dict[str, SecurityRule]
     server_groups: dict[str, ServerGroup]  # a-grp (a-vm in it), a-lone (empty), the same for b
+    keypairs: dict[str, KeyPair] = field(default_factory=dict)  # a-key, b-key
+    # a-vol (available), a-used (attached to a-vm as vdb), a-vsnap (a snapshot of a-vol); b's too.
+    volumes: dict[str, Volume] = field(default_factory=dict)
+    volume_snaps: dict[str, VolumeSnapshot] = field(default_factory=dict)
+    # a-fip (free), b-fip from the pool "ext"; a-pf, b-pf: port forwards of a-box and b-box.
+    floating: dict[str, FloatingIP] = field(default_factory=dict)
+    forwards: dict[str, PortForward] = field(default_factory=dict)
+    images: dict[str, Image] = field(default_factory=dict)  # a-upload, b-upload: uploaded, private
 
 
 def _token(tenant: Tenant, user: User, name: str) -> ApiToken:
@@ -123,7 +143,103 @@ def build_world() -> World:
     quota_claim(b, {"instances": 1, "vcpus": 2}, "fixture of b")
     audit_log(actor=Actor.system("fixture"), action="a.visible-action", tenant=a)
     audit_log(actor=Actor.system("fixture"), action="b.secret-action", tenant=b)
+    world.keypairs = _keypairs(a, b)
+    world.images = _uploaded_images(a, b)
+    world.volumes, world.volume_snaps = _volumes(a, b, vms)
+    world.floating, world.forwards = _floating(a, b, vms)
     return world
+
+
+def _floating(
+    a: Tenant, b: Tenant, vms: dict[str, Instance]
+) -> tuple[dict[str, FloatingIP], dict[str, PortForward]]:
+    pool = FloatingPool.objects.create(
+        name="ext",
+        cidr="198.18.200.0/24",
+        interface="nxtiso",
+        range_start="198.18.200.10",
+        range_end="198.18.200.30",
+    )
+    floating, forwards = {}, {}
+    for tenant, prefix, n in ((a, "a", 10), (b, "b", 11)):
+        floating[f"{prefix}-fip"] = FloatingIP.objects.create(
+            tenant=tenant, pool=pool, address=f"198.18.200.{n}"
+        )
+        forwards[f"{prefix}-pf"] = PortForward.objects.create(
+            tenant=tenant, instance=vms[f"{prefix}-box"], port=80, host_port=30900 + n
+        )
+    return floating, forwards
+
+
+def _volumes(
+    a: Tenant, b: Tenant, vms: dict[str, Instance]
+) -> tuple[dict[str, Volume], dict[str, VolumeSnapshot]]:
+    """Rows only, on the harness host's store (no agent answers: their file work gets a 503)."""
+    volumes, snaps = {}, {}
+    for tenant, prefix in ((a, "a"), (b, "b")):
+        vm = vms[f"{prefix}-vm"]
+        volumes[f"{prefix}-vol"] = Volume.objects.create(
+            tenant=tenant, name=f"{prefix}-vol", size_gib=1, state=VolumeState.AVAILABLE, host=vm.host
+        )
+        volumes[f"{prefix}-used"] = Volume.objects.create(
+            tenant=tenant,
+            name=f"{prefix}-vol-used",
+            size_gib=1,
+            state=VolumeState.IN_USE,
+            host=vm.host,
+            instance=vm,
+            device="vdb",
+        )
+        snaps[f"{prefix}-vsnap"] = VolumeSnapshot.objects.create(
+            tenant=tenant, volume=volumes[f"{prefix}-vol"], name=f"{prefix}-vol-snap", size_gib=1
+        )
+    return volumes, snaps
+
+
+# Public keys only (their private halves were thrown away): a-key's and b-key's.
+_KEYS = {
+    "a": (
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJf7q9z0WEO0NgpgZbX9TA3AG+3ynhAR96czVpHm7x8Y a-laptop",
+        "SHA256:u1s+VtpGhpnXy3dLFo6e4tbzalKeAJ3dzxAsN38JM+I",
+    ),
+    "b": (
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIET9g3kSRpjYTxgowHGwnp/ki9x4ud/byf1o+IjO/86g b-laptop",
+        "SHA256:OUFuOJlBBr2G2P8QZGQASp92colieUA7KP/0WDuDd/0",
+    ),
+}
+
+
+def _uploaded_images(a: Tenant, b: Tenant) -> dict[str, Image]:
+    """An uploaded (private, active) image per tenant; no file behind it (deleting one is harmless)."""
+    return {
+        f"{prefix}-upload": Image.objects.create(
+            name=f"{prefix}-upload",
+            kind=ImageKind.DISK,
+            os_name="uploaded",
+            disk_path=f"/nonexistent/{prefix}-upload.qcow2",
+            sha256=str(i) * 64,
+            public=False,
+            tenant=tenant,
+        )
+        for i, (tenant, prefix) in enumerate(((a, "a"), (b, "b")))
+    }
+
+
+def _keypairs(a: Tenant, b: Tenant) -> dict[str, KeyPair]:
+    """A key pair per tenant."""
+    rows = {}
+    for tenant, prefix in ((a, "a"), (b, "b")):
+        public_key, fingerprint = _KEYS[prefix]
+        rows[f"{prefix}-key"] = KeyPair.objects.create(
+            tenant=tenant,
+            name=f"{prefix}-key",
+            key_type="ssh-ed25519",
+            public_key=public_key,
+            fingerprint=fingerprint,
+            bits=256,
+            comment=f"{prefix}-laptop",
+        )
+    return rows
 
 
 def _schedules() -> None:

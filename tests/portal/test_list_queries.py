@@ -26,10 +26,15 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from compute.api.views import admin as api_admin
-from compute.api.views import catalog, groups, instances, networks, operations, snapshots
+from compute.api.views import catalog, groups, images, instances, networks, operations, snapshots
+from compute.api.views import floating as floating_api
+from compute.api.views import keypairs as keypairs_api
+from compute.api.views import volumes as volumes_api
 from compute.models import (
     CpuMode,
     Flavor,
+    FloatingIP,
+    FloatingPool,
     GroupPolicy,
     Host,
     HostState,
@@ -39,6 +44,7 @@ from compute.models import (
     InstanceKind,
     InstanceState,
     IoModel,
+    KeyPair,
     Network,
     Operation,
     OperationKind,
@@ -47,6 +53,9 @@ from compute.models import (
     SecurityRule,
     ServerGroup,
     Snapshot,
+    Volume,
+    VolumeSnapshot,
+    VolumeState,
 )
 from compute.selectors import flavors_for, images_for, networks_for
 from core.pagination import MAX_PAGE_SIZE, PAGE_SIZE, ListSpec
@@ -237,6 +246,36 @@ def make_secgroups(w: World, n: int, tag: str) -> None:
     )
 
 
+def make_floating_ips(w: World, n: int, tag: str) -> None:
+    """Addresses of two pools (198.18.<k>.0/24 each), half of them on an instance of the tenant."""
+    pools = []
+    for j in range(2):
+        k = next(_seq) % 250
+        pools.append(
+            FloatingPool.objects.create(
+                name=f"{tag}-p{j}-{k}",
+                cidr=f"198.18.{k}.0/24",
+                interface="nxtlq",
+                range_start=f"198.18.{k}.1",
+                range_end=f"198.18.{k}.250",
+            )
+        )
+    targets = Instance.objects.unscoped().bulk_create(
+        Instance(tenant=w.tenant, name=f"{tag}-f{i:03d}", flavor=w.flavor, image=w.image, network=w.network)
+        for i in range(n // 2)
+    )
+    FloatingIP.objects.unscoped().bulk_create(
+        FloatingIP(
+            tenant=w.tenant,
+            pool=pools[i % 2],
+            address=f"{pools[i % 2].cidr.rsplit('.', 1)[0]}.{i // 2 + 1}",
+            instance=targets[i // 2] if i % 2 == 0 and i // 2 < len(targets) else None,
+            created=_when(i),
+        )
+        for i in range(n)
+    )
+
+
 def make_servergroups(w: World, n: int, tag: str) -> None:
     policies = list(GroupPolicy.values)
     groups = ServerGroup.objects.unscoped().bulk_create(
@@ -257,6 +296,58 @@ def make_snapshots(w: World, n: int, tag: str) -> None:
         Snapshot(tenant=w.tenant, instance=w.instance, name=f"{tag}-{i:03d}", created=_when(i))
         for i in range(n)
     )
+
+
+def make_keypairs(w: World, n: int, tag: str) -> None:
+    KeyPair.objects.unscoped().bulk_create(
+        KeyPair(
+            tenant=w.tenant,
+            name=f"{tag}-{i:03d}",
+            key_type="ssh-ed25519" if i % 2 else "ssh-rsa",
+            public_key=f"ssh-ed25519 AAAA{i:04d} {tag}",
+            fingerprint=f"SHA256:{tag}{i:03d}",
+            bits=256 if i % 2 else 3072,
+            created=_when(i),
+        )
+        for i in range(n)
+    )
+
+
+def make_volumes(w: World, n: int, tag: str) -> None:
+    """Volumes, every third attached (to a VM of its own), every fifth in error, one deleted."""
+    owners = Instance.objects.unscoped().bulk_create(
+        Instance(tenant=w.tenant, name=f"{tag}-v{i:03d}", flavor=w.flavor, image=w.image)
+        for i in range(0, n, 3)
+    )
+    states = [VolumeState.AVAILABLE, VolumeState.ERROR]
+    Volume.objects.unscoped().bulk_create(
+        Volume(
+            tenant=w.tenant,
+            name=f"{tag}-{i:03d}",
+            size_gib=1 + i % 3,
+            state=VolumeState.IN_USE if i % 3 == 0 else states[int(i % 5 == 0)],
+            instance=owners[i // 3] if i % 3 == 0 else None,
+            device="vdb" if i % 3 == 0 else "",
+            created=_when(i),
+            deleted_at=timezone.now() if i == 1 else None,
+        )
+        for i in range(n)
+    )
+
+
+def make_volume_snapshots(w: World, n: int, tag: str) -> None:
+    volume = _snapshot_volume(w)
+    VolumeSnapshot.objects.unscoped().bulk_create(
+        VolumeSnapshot(tenant=w.tenant, volume=volume, name=f"{tag}-{i:03d}", size_gib=1, created=_when(i))
+        for i in range(n)
+    )
+
+
+def _snapshot_volume(w: World) -> Volume:
+    volume, _ = Volume.objects.unscoped().get_or_create(
+        tenant=w.tenant, name="snapped", defaults={"size_gib": 1, "state": VolumeState.AVAILABLE}
+    )
+    return volume
 
 
 def make_members(w: World, n: int, tag: str) -> None:
@@ -401,7 +492,7 @@ CASES: dict[str, ListCase] = {
         ],
     ),
     "api-images": ListCase(
-        catalog.IMAGES,
+        images.IMAGES,
         _t("images/"),
         lambda w: images_for(w.tenant),
         make_images,
@@ -447,6 +538,41 @@ CASES: dict[str, ListCase] = {
         lambda w: SecurityGroup.objects.for_tenant(w.tenant),
         make_secgroups,
         lambda w: [("name=sg1", Q(name="sg1"))],
+    ),
+    "api-floating-ips": ListCase(
+        floating_api.FLOATING_IPS,
+        _t("floating-ips/"),
+        lambda w: FloatingIP.objects.for_tenant(w.tenant),
+        make_floating_ips,
+        lambda w: [
+            (f"pool={p.name}", Q(pool=p))
+            for p in FloatingPool.objects.filter(addresses__tenant=w.tenant).distinct()[:1]
+        ],
+    ),
+    "api-keypairs": ListCase(
+        keypairs_api.KEYPAIRS,
+        _t("keypairs/"),
+        lambda w: KeyPair.objects.for_tenant(w.tenant),
+        make_keypairs,
+        lambda w: [("key_type=ssh-rsa", Q(key_type="ssh-rsa"))],
+    ),
+    "api-volumes": ListCase(
+        volumes_api.VOLUMES,
+        _t("volumes/"),
+        lambda w: Volume.objects.for_tenant(w.tenant).filter(deleted_at__isnull=True),
+        make_volumes,
+        lambda w: [
+            ("state=error", Q(state=VolumeState.ERROR)),
+            ("state=in-use", Q(state=VolumeState.IN_USE)),
+        ],
+        ident="uuid",
+    ),
+    "api-volume-snapshots": ListCase(
+        volumes_api.VOLUME_SNAPSHOTS,
+        lambda w: f"/api/v1/tenants/{w.tenant.slug}/volumes/{_snapshot_volume(w).uuid}/snapshots/",
+        lambda w: VolumeSnapshot.objects.for_tenant(w.tenant).filter(volume=_snapshot_volume(w)),
+        make_volume_snapshots,
+        lambda w: [],
     ),
     "api-servergroups": ListCase(
         groups.SERVER_GROUPS,
@@ -512,7 +638,10 @@ CASES.update(
     }
 )
 # GET routes that answer an array on purpose, and why.
-NOT_PAGINATED = {"api-instance-metrics": "a time series, bounded by its `seconds` window"}
+NOT_PAGINATED = {
+    "api-instance-metrics": "a time series, bounded by its `seconds` window",
+    "api-instance-port-forwards": "at most floating_ips.MAX_FORWARDS (10) per instance",
+}
 
 
 def expected(case: ListCase, w: World, ordering: str, where: Q | None = None) -> list[str]:

@@ -1,4 +1,4 @@
-"""Flavors and images a tenant may use."""
+"""Flavors a tenant may use (images: compute.api.views.images)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,13 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from compute.api.serializers import FlavorSerializer, ImageSerializer
+from compute.api.serializers import FlavorSerializer
 from compute.api.views.base import TenantView
 from compute.models import (
     CpuMode,
-    ImageKind,
     IoModel,
 )
-from compute.selectors import flavors_for, images_for
+from compute.selectors import flavors_for
 from core.pagination import Filter, ListSchema, ListSpec, paginated
 
 FLAVORS = ListSpec(
@@ -31,13 +30,6 @@ FLAVORS = ListSpec(
 )
 
 
-IMAGES = ListSpec(
-    orderings={"name": ("name",), "created": ("created",)},
-    default="name",
-    filters=(Filter("name"), Filter("kind", choices=ImageKind.values), Filter("os_name")),
-)
-
-
 class FlavorListView(TenantView):
     schema = ListSchema()
 
@@ -45,12 +37,3 @@ class FlavorListView(TenantView):
     def get(self, request: Request, tenant: str) -> Response:
         page = FLAVORS.page(request, flavors_for(self.tenant(request, tenant)))
         return page.response(FlavorSerializer(page.rows, many=True).data)
-
-
-class ImageListView(TenantView):
-    schema = ListSchema()
-
-    @extend_schema(parameters=IMAGES.parameters(), responses=paginated(ImageSerializer))
-    def get(self, request: Request, tenant: str) -> Response:
-        page = IMAGES.page(request, images_for(self.tenant(request, tenant)))
-        return page.response(ImageSerializer(page.rows, many=True).data)

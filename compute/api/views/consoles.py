@@ -1,4 +1,4 @@
-"""Consoles and output of an instance: serial tail, VNC tokens, container logs and exec."""
+"""Consoles and output of an instance: serial tail, VNC and terminal tokens, container logs and exec."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from compute.api.serializers import (
     ExecResultSerializer,
     ExecSerializer,
     LogsSerializer,
+    TerminalRequestSerializer,
+    TerminalTokenSerializer,
     VncTokenSerializer,
 )
 from compute.api.views.base import TenantView
@@ -59,6 +61,39 @@ class VncConsoleView(TenantView):
                 "token": token,
                 "url": f"/ws/instances/{instance.uuid}/vnc/",
                 "password": instance.vnc_password,
+                "expires_in": TOKEN_TTL,
+            }
+        )
+
+
+class TerminalConsoleView(TenantView):
+    """Issue a single-use token for the VM's interactive serial console (members and owners; valid
+    for a minute). ``"input": false`` makes a session that cannot type: the portal drops its input."""
+
+    @extend_schema(request=TerminalRequestSerializer, responses=TerminalTokenSerializer)
+    def post(self, request: Request, tenant: str, pk: str) -> Response:
+        from compute.consoles import TOKEN_TTL, console_token_issue
+
+        instance = self.instance(request, tenant, pk, Role.MEMBER)
+        body = TerminalRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        if instance.kind != InstanceKind.VM:
+            raise ServiceError("kind", "kind", "a container has no serial port; use exec or its output")
+        if instance.state != InstanceState.RUNNING:
+            raise Conflict("state", "state", f"the console needs a running instance; it is {instance.state}")
+        can_type = bool(body.validated_data["input"])
+        token = console_token_issue(instance, int(request.user.pk or 0), "serial", can_type=can_type)
+        audit_log(
+            actor=Actor.from_request(request),
+            action="instance.console",
+            target=instance,
+            detail={"console": "serial", "input": can_type},
+        )
+        return Response(
+            {
+                "token": token,
+                "url": f"/ws/instances/{instance.uuid}/terminal/",
+                "input": can_type,
                 "expires_in": TOKEN_TTL,
             }
         )

@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from compute.api.serializers import (
     GroupsSerializer,
     InstanceCreateSerializer,
+    InstanceDetailSerializer,
     InstanceSerializer,
     MigrateSerializer,
     OperationSerializer,
@@ -83,6 +84,8 @@ class InstanceListView(TenantView):
             server_group=data.get("server_group"),
             wait=data["wait"],
             ha=data.get("ha"),
+            key_pairs=data.get("key_pairs"),
+            user_data=data.get("user_data", ""),
         )
         response = accepted(operation)
         if instance_service.create_replayed(operation):
@@ -92,9 +95,12 @@ class InstanceListView(TenantView):
 
 
 class InstanceDetailView(TenantView):
-    @extend_schema(responses=InstanceSerializer)
+    @extend_schema(responses=InstanceDetailSerializer)
     def get(self, request: Request, tenant: str, pk: str) -> Response:
-        return Response(InstanceSerializer(self.instance(request, tenant, pk)).data)
+        instance, role = self._instance_and_role(request, tenant, pk, Role.VIEWER)
+        # The user-data is shown back to those who may create instances, not to viewers.
+        context = {"user_data": role.at_least(Role.MEMBER)}
+        return Response(InstanceDetailSerializer(instance, context=context).data)
 
     @extend_schema(responses={202: OperationSerializer})
     def delete(self, request: Request, tenant: str, pk: str) -> Response:

@@ -17,7 +17,8 @@ the network's bridges on its other hosts (one L2 segment across them). The modul
 - ``dhcp``: dnsmasq and its reservations;
 - ``overlay``: a network's VXLAN tunnel to its other hosts, and the distributed gateway's filter;
 - ``bridges``: a network as a whole, tagged links, the host's routes;
-- ``ports``: an instance's veth and network namespace, a port's counters.
+- ``ports``: an instance's veth and network namespace, a port's counters;
+- ``floating``: an instance's floating address (1:1 NAT) and host port forwards.
 
 Callers import this package (``from compute.drivers import network``), not its modules.
 """
@@ -36,6 +37,15 @@ from compute.drivers.network.bridges import (
     ports_list,
 )
 from compute.drivers.network.dhcp import dhcp_hosts_set, dnsmasq_pids
+from compute.drivers.network.floating import (
+    Floating,
+    NatSpec,
+    instance_nat_remove,
+    instance_nat_set,
+    instance_nat_show,
+    nat_chains_list,
+    netns_default_route,
+)
 from compute.drivers.network.netfilter import (
     bridge_netfilter_ensure,
     firewall_base_ensure,
@@ -61,6 +71,8 @@ from compute.drivers.network.spec import BRIDGE_PREFIX, NetSpec, Overlay, Plumbi
 __all__ = [
     "BRIDGE_PREFIX",
     "GATEWAY_OUI",
+    "Floating",
+    "NatSpec",
     "NetSpec",
     "Overlay",
     "PlumbingError",
@@ -76,10 +88,15 @@ __all__ = [
     "flood_peers",
     "host_lock",
     "host_routes",
+    "instance_nat_remove",
+    "instance_nat_set",
+    "instance_nat_show",
     "ipv4_addresses",
     "legacy_port_chains_list",
     "link_alias_set",
+    "nat_chains_list",
     "netns_bind",
+    "netns_default_route",
     "netns_list",
     "netns_remove",
     "network_chains_list",

@@ -59,8 +59,9 @@ def _dnsmasq_argv(spec: NetSpec, net: Subnet) -> list[str]:
         f"--dhcp-hostsfile={_hosts_file(spec)}",
         f"--dhcp-leasefile={_leases_file(spec)}",
         f"--pid-file={_pid_file(spec.state_dir)}",
-        # Without NAT there is no way out, so no router is offered at all (option 3, empty).
-        f"--dhcp-option=option:router,{net.gateway}" if spec.nat else "--dhcp-option=3",
+        # Without NAT (nor a floating address) there is no way out, so no router is offered at all
+        # (option 3, empty).
+        f"--dhcp-option=option:router,{net.gateway}" if spec.nat or spec.routed else "--dhcp-option=3",
         "--dhcp-authoritative",
     ]
 

@@ -17,7 +17,8 @@ filter table
                 or a DHCP discover RETURN, anything else DROP; DHCP server replies from a port DROP)
   NUBIS-NSG     ``--physdev-out PORT -j NSG-OWNER-PORT`` per port with rules (NSG: RELATED,ESTABLISHED,
                 one ACCEPT per rule, DROP)
-  NUBIS-NETS    ``-i BR -j NBR-OWNER-BR`` and ``-o BR -j NBR-OWNER-BR`` per network (NBR: egress ACCEPT
+  NUBIS-NETS    first ``-j NUBIS-FIP`` (floating addresses and port forwards: floating.py), then
+                ``-i BR -j NBR-OWNER-BR`` and ``-o BR -j NBR-OWNER-BR`` per network (NBR: egress ACCEPT
                 iff NAT, inbound RELATED,ESTABLISHED ACCEPT, else DROP)
 nat table
   POSTROUTING 1: ``-j NUBIS-POST``; NUBIS-POST: ``-s CIDR ! -d CIDR -j MASQUERADE`` per NAT network,
@@ -76,6 +77,10 @@ CHAIN_SPOOF = "NUBIS-SPOOF"
 CHAIN_NSG = "NUBIS-NSG"
 CHAIN_NETS = "NUBIS-NETS"
 CHAIN_POST = "NUBIS-POST"
+# Floating addresses and port forwards (compute.drivers.network.floating): their dispatch chains.
+CHAIN_FIP = "NUBIS-FIP"
+CHAIN_FPRE = "NUBIS-FPRE"
+CHAIN_FPOST = "NUBIS-FPOST"
 # Bridged frames reach iptables (and so the per-port rules) only while these are 1.
 BRIDGE_NF_DIR = Path("/proc/sys/net/bridge")
 BRIDGE_NF_KEYS = ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables")
@@ -227,13 +232,16 @@ def base_ensure() -> None:
     _bridge_nf_ensure()
     dump = _dump(4, "filter")
     batch = _Batch(4, "filter")
-    for chain in (CHAIN_SPOOF, CHAIN_NSG, CHAIN_NETS):
+    for chain in (CHAIN_SPOOF, CHAIN_NSG, CHAIN_FIP, CHAIN_NETS):
         if chain not in dump:  # dispatch chains: created once, their content belongs to other calls
             batch.declare(chain)
     for chain, rules in _base_filter_rules().items():
         _sync_chain(batch, dump, chain, rules)
     _ensure_first(batch, dump, "INPUT", f"-i {tenant} -j {CHAIN_INPUT}")
     _ensure_first(batch, dump, "FORWARD", f"-j {CHAIN_FWD}")
+    # First in NUBIS-NETS, ahead of the networks' chains (which drop what comes in new), rather than
+    # in NUBIS-FWD: every deployment on the host rewrites NUBIS-FWD to its own version's rules.
+    _ensure_first(batch, dump, CHAIN_NETS, f"-j {CHAIN_FIP}")
     batch.commit()
 
     dump = _dump(4, "nat")
@@ -279,20 +287,26 @@ def firewall_base_remove() -> None:
     tenant = f"{BRIDGE_PREFIX}+"
     dump = _dump(4, "filter")
     nat = _dump(4, "nat")
-    busy = [c for c in (CHAIN_SPOOF, CHAIN_NSG, CHAIN_NETS) if dump.get(c)]
-    busy += [CHAIN_POST] if nat.get(CHAIN_POST) else []
-    busy += [c for c in dump if c.startswith(("NBR-", "NSG-", "NSA-"))]
+    busy = [c for c in (CHAIN_SPOOF, CHAIN_NSG, CHAIN_FIP) if dump.get(c)]
+    busy += [CHAIN_NETS] if [r for r in dump.get(CHAIN_NETS, []) if r != f"-j {CHAIN_FIP}"] else []
+    busy += [CHAIN_POST] if [r for r in nat.get(CHAIN_POST, []) if r != f"-j {CHAIN_FPOST}"] else []
+    busy += [c for c in (CHAIN_FPRE, CHAIN_FPOST) if nat.get(c)]
+    busy += [c for c in dump if c.startswith(("NBR-", "NSG-", "NSA-", "NFF-"))]
+    busy += [c for c in nat if c.startswith(("NFD-", "NFS-"))]
     if busy:
         raise PlumbingError(f"tenant networks or port rules still present ({', '.join(sorted(busy))})")
     batch = _Batch(4, "filter")
     _remove_all(batch, dump, "INPUT", f"-i {tenant} -j {CHAIN_INPUT}")
     _remove_all(batch, dump, "FORWARD", f"-j {CHAIN_FWD}")
-    for chain in (CHAIN_INPUT, CHAIN_FWD, CHAIN_SPOOF, CHAIN_NSG, CHAIN_NETS):
+    for chain in (CHAIN_INPUT, CHAIN_FWD, CHAIN_SPOOF, CHAIN_NSG, CHAIN_NETS, CHAIN_FIP):
         _drop_chain(batch, dump, chain)
     batch.commit()
     batch = _Batch(4, "nat")
     _remove_all(batch, nat, "POSTROUTING", f"-j {CHAIN_POST}")
+    _remove_all(batch, nat, "PREROUTING", f"-j {CHAIN_FPRE}")
     _drop_chain(batch, nat, CHAIN_POST)
+    _drop_chain(batch, nat, CHAIN_FPRE)
+    _drop_chain(batch, nat, CHAIN_FPOST)
     batch.commit()
     if _ipv6_enabled():
         dump = _dump(6, "filter")
