@@ -257,27 +257,26 @@ class Bench:
         from django.contrib.auth.models import User
         from django.core.management import call_command
 
-        from compute.guest.builder import build_guest_image
         from compute.models import CpuMode, Flavor, IoModel
-        from compute.services.images import image_register
         from tenants.models import Membership, Quota, Role, Tenant
 
         self.log(f"data dir {self.env.data_dir}, database {settings.DATABASES['default']['ENGINE']}")
         call_command("migrate", verbosity=0, interactive=False)
-        built = build_guest_image(self.env.image_dir, log=lambda line: self.log(f"image: {line}"))
-        image = image_register(built)
+        image = self.register_image()
+        ram_mib, disk_gib = self.FLAVOR
         n = self.args.count + self.args.warmup + 2
         tenant = Tenant.objects.create(name=f"Bench {self.env.tag}", slug=f"bench-{self.env.tag}")
         Quota.objects.for_tenant(tenant).update(
-            max_instances=n, max_vcpus=n, max_ram_mib=n * 192, max_disk_gib=n
+            max_instances=n, max_vcpus=n, max_ram_mib=n * ram_mib, max_disk_gib=n * disk_gib
         )
         user = User.objects.create_user(f"bench-{self.env.tag}", password=None)
         Membership.objects.create(tenant=tenant, user=user, role=Role.MEMBER)
+        self.tenant_ready(tenant, user)
         flavor = Flavor.objects.create(
             name=f"bench.{self.env.tag}",
             vcpus=1,
-            ram_mib=192,
-            disk_gib=1,
+            ram_mib=ram_mib,
+            disk_gib=disk_gib,
             cpu_mode=CpuMode.EMULATED,
             io_model=IoModel.VIRTIO,
             public=False,
@@ -286,6 +285,22 @@ class Bench:
         self.conn = libvirt.open(settings.LIBVIRT_URI)
         host = self.start_agent()
         return tenant, user, flavor, image, host
+
+    NAME = "vm_provision"
+    READY_MEANS = "NUBIS-READY on the serial console (the tiny guest's init ran, DHCP done)"
+    FLAVOR = (192, 1)  # RAM (MiB) and disk (GiB) of the measured guests
+
+    def register_image(self) -> Image:
+        """The image both paths boot: the tiny test guest (built once and cached)."""
+        from compute.guest.builder import build_guest_image
+        from compute.services.images import image_register
+
+        return image_register(
+            build_guest_image(self.env.image_dir, log=lambda line: self.log(f"image: {line}"))
+        )
+
+    def tenant_ready(self, tenant: Tenant, user: User) -> None:
+        """Anything else the tenant needs before the first request (the Debian series: a key pair)."""
 
     def start_agent(self) -> Host:
         from compute.models import Host
@@ -333,9 +348,7 @@ class Bench:
         name = f"{stem}-r{retry}" if retry else stem
         base = f"/api/v1/tenants/{tenant.slug}/instances/"
         t0 = time.perf_counter()
-        response = client.post(
-            base, {"name": name, "flavor": flavor.name, "image": image.name}, format="json"
-        )
+        response = client.post(base, self.create_body(name, flavor, image), format="json")
         post_s = time.perf_counter() - t0
         if response.status_code != 202:
             raise BenchError(f"POST {base} answered {response.status_code}: {response.content[:500]!r}")
@@ -372,6 +385,10 @@ class Bench:
             raise BenchError(f"{name} is deleted but its domain or directory is still on the host")
         return PortalSample(name, vm_uuid, post_s, running_s, ready_s, delete_s)
 
+    def create_body(self, name: str, flavor: Flavor, image: Image) -> dict[str, Any]:
+        """The create request's body (the Debian series adds its key pair)."""
+        return {"name": name, "flavor": flavor.name, "image": image.name}
+
     def portal_delete(self, client: APIClient, url: str, name: str) -> float:
         """DELETE the instance through the API; seconds until it is gone."""
         from compute.models import Instance, InstanceState
@@ -406,6 +423,7 @@ class Bench:
         )
         t_overlay = time.perf_counter()
         make_overlay(base_disk, Path(spec.disk_path), disk_gib)
+        spec = self.raw_prepared(spec, workdir)
         overlay_s = time.perf_counter() - t_overlay
         xml = domain_xml_of(spec)
 
@@ -427,6 +445,10 @@ class Bench:
             self.raw_domains.remove(name)
             self.raw_dirs.remove(workdir)
         return RawSample(name, vm_uuid, overlay_s, define_s, running_s, ready_s, delete_s)
+
+    def raw_prepared(self, spec: GuestSpec, workdir: Path) -> GuestSpec:
+        """What else a raw guest needs before it is defined (the Debian series: its config drive)."""
+        return spec
 
     def measured(self, what: str, measure: Callable[[int], T]) -> T:
         """One sample; measured again (up to MAX_RETRIES times) if another process interfered."""
@@ -455,7 +477,7 @@ class Bench:
         while running_s is None or ready_s is None:
             if running_s is None and running():
                 running_s = time.perf_counter() - t0
-            if ready_s is None and serial.exists() and READY_MARKER in serial.read_bytes():
+            if ready_s is None and running_s is not None and self.is_ready(domain, serial):
                 ready_s = time.perf_counter() - t0
             if running_s is not None and ready_s is None and self.domain(domain) is None:
                 raise Interfered(f"{name}: its domain {domain} was removed by another process")
@@ -464,6 +486,10 @@ class Bench:
                 raise BenchError(f"{name} did not reach {missing} within {self.args.timeout:.0f} s")
             time.sleep(POLL_SECONDS)
         return running_s, ready_s
+
+    def is_ready(self, domain: str, serial: Path) -> bool:
+        """Whether the guest is up: the tiny image prints its ready marker on the serial console."""
+        return serial.exists() and READY_MARKER in serial.read_bytes()
 
     def wait(self, predicate: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self.args.timeout
@@ -547,7 +573,8 @@ class Bench:
         machine = machine_facts(host, domain_type, load_start)
         summary = summarize(portal, raw)
         result = {
-            "benchmark": "vm_provision",
+            "benchmark": self.NAME,
+            "ready_means": self.READY_MEANS,
             "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "count": self.args.count,
             "warmup": self.args.warmup,
@@ -570,6 +597,7 @@ class Bench:
         output.write_text(json.dumps(result, indent=2) + "\n")
         self.log("")
         self.log(table(summary, self.args.count, machine))
+        self.log(f"ready = {self.READY_MEANS}")
         self.log(f"\nsamples and summary: {output}")
 
     # -- cleanup -------------------------------------------------------------------------------------
@@ -648,12 +676,25 @@ def undefine(dom: libvirt.virDomain) -> None:
 
 
 # -- entry point -------------------------------------------------------------------------------------
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def parse_args(
+    argv: Sequence[str] | None,
+    *,
+    default_count: int = 10,
+    default_output: Path = DEFAULT_OUTPUT,
+    default_timeout: float = 180.0,
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
-    parser.add_argument("--count", type=int, default=10, help="VMs per path (default 10)")
+    parser.add_argument(
+        "--count", type=int, default=default_count, help=f"VMs per path (default {default_count})"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured raw boots first (default 1)")
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds allowed per wait (default 180)")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=default_timeout,
+        help=f"seconds allowed per wait (default {default_timeout:.0f})",
+    )
+    parser.add_argument("--output", type=Path, default=default_output, help="JSON results file")
     args = parser.parse_args(argv)
     if args.count < 1 or args.warmup < 0:
         parser.error("--count must be at least 1 and --warmup at least 0")

@@ -18,6 +18,7 @@ from compute.models import (
     Host,
     Image,
     Instance,
+    KeyPair,
     Network,
     Operation,
     PortForward,
@@ -27,6 +28,7 @@ from compute.models import (
     ServerGroup,
     Snapshot,
     UsageSample,
+    Volume,
 )
 from compute.services.hosts import host_maintenance_set
 from core.errors import ServiceError
@@ -370,3 +372,29 @@ class PortForwardAdmin(ReadOnlyMixin, TenantOwnedAdmin):
     list_display = ["host_port", "instance", "port", "tenant", "created"]
     search_fields = ["instance__name", "tenant__slug"]
     list_select_related = ["tenant", "instance"]
+
+
+@admin.register(KeyPair)
+class KeyPairAdmin(ReadOnlyMixin, TenantOwnedAdmin):
+    list_display = ["name", "tenant", "key_type", "bits", "fingerprint", "created"]
+    list_filter = ["key_type"]
+    search_fields = ["name", "fingerprint", "tenant__slug"]
+    list_select_related = ["tenant"]
+
+
+@admin.register(Volume)
+class VolumeAdmin(ReadOnlyMixin, TenantOwnedAdmin):
+    list_display = [
+        "name",
+        "tenant",
+        "size_gib",
+        "state",
+        "instance",
+        "device",
+        "host",
+        "created",
+        "deleted_at",
+    ]
+    list_filter = ["state"]
+    search_fields = ["name", "uuid", "tenant__slug", "instance__name"]
+    list_select_related = ["tenant", "instance", "host"]

@@ -74,6 +74,9 @@ NUBIS_SHUTDOWN_TIMEOUT = config.env_int("NUBIS_SHUTDOWN_TIMEOUT", 30, minimum=1)
 # NUBIS_SHARED_INSTANCE_STORE: the instance store is one file system mounted at the same path on
 # every host (NFS, CephFS, a cluster file system), so disks stay put; otherwise they are copied.
 NUBIS_MIGRATION_TIMEOUT = config.env_int("NUBIS_MIGRATION_TIMEOUT", 120, minimum=1)
+# Volumes: seconds a running guest has to let go of a volume being detached (then it stays attached,
+# with the reason).
+NUBIS_VOLUME_DETACH_TIMEOUT = config.env_int("NUBIS_VOLUME_DETACH_TIMEOUT", 30, minimum=1)
 NUBIS_MIGRATION_DOWNTIME_MS = config.env_int("NUBIS_MIGRATION_DOWNTIME_MS", 300, minimum=10)
 NUBIS_SHARED_INSTANCE_STORE = config.env_bool("NUBIS_SHARED_INSTANCE_STORE", False)
 # HA (compute.services.ha): a host silent for NUBIS_HA_GRACE seconds is declared dead and fenced, and

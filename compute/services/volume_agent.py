@@ -128,7 +128,7 @@ def volume_unplug(operation: Operation, instance: Instance, driver: VmDriver) ->
         return  # a repeated delivery: done already
     if volume.state != VolumeState.DETACHING or volume.instance_id != instance.pk:
         raise DriverError(f"volume {volume.name} is {volume.state}, not detaching from {instance.name}")
-    timeout = float(getattr(settings, "NUBIS_VOLUME_DETACH_TIMEOUT", 30))
+    timeout = float(settings.NUBIS_VOLUME_DETACH_TIMEOUT)
     driver.volume_detach(instance.domain_name, volume_disk(volume), timeout)
     with transaction.atomic():
         _free(volume, "")

@@ -480,6 +480,8 @@ ADMIN_MODELS: dict[str, dict[str, bool]] = {
     "compute.floatingpool": {"add": True, "delete": True, "protected": True},
     "compute.floatingip": {"add": False, "delete": False},
     "compute.portforward": {"add": False, "delete": False},
+    "compute.keypair": {"add": False, "delete": False},
+    "compute.volume": {"add": False, "delete": False},
     "django_celery_beat.periodictask": {"add": True, "delete": True},
     "django_celery_beat.intervalschedule": {"add": True, "delete": True},
     "django_celery_beat.crontabschedule": {"add": True, "delete": True},
