@@ -73,6 +73,24 @@ def _check_options(name: str, disk_format: str, os_name: str, login_user: str) -
         )
 
 
+def upload_refusal(tenant: Tenant, length: int) -> UploadTooLarge | None:
+    """What an upload of ``length`` bytes would be refused with on its length alone (None: room).
+
+    The same answer image_upload_begin gives, asked by the HTTP server before it takes the body
+    (portal.early_refusal); it claims nothing.
+    """
+    try:
+        gib = _claim_gib(tenant, length)
+    except UploadTooLarge as too_large:
+        return too_large
+    quota = quota_of(tenant).limit("image_gib")
+    used = usage_of(tenant)["image_gib"]
+    if used + gib > quota:
+        over = QuotaExceeded("image_gib", quota, used, gib)
+        return UploadTooLarge(over.field, over.rule, over.message)
+    return None
+
+
 def _claim_gib(tenant: Tenant, length: int | None) -> int:
     """The GiB to claim before reading a body of ``length`` bytes (None: unknown length)."""
     bound = max_upload_bytes()

@@ -111,3 +111,87 @@ def test_hostile_bodies_through_daphne_end_as_problems(portal: Portal) -> None:
     log = portal.log.read_text()
     assert "Traceback" not in log, log[-3000:]
     assert "Internal Server Error" not in log, log[-3000:]
+
+
+def _send_then_read(port: int, head: bytes, body: Iterator[bytes]) -> tuple[int, dict[str, Any], int]:
+    """Send ``head`` then as much of ``body`` as the server takes; returns the answer's status, its
+    problem (or {}), and the body bytes sent before the server answered and closed."""
+    import socket
+
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head)
+        try:
+            for part in body:
+                sock.sendall(part)
+                sent += len(part)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed: what is left was never taken
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    head_part, _, payload = answer.partition(b"\r\n\r\n")
+    status = int(head_part.split(b" ", 2)[1])
+    return status, (json.loads(payload) if payload.startswith(b"{") else {}), sent
+
+
+def _head(method: str, path: str, headers: dict[str, str]) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _forever(size: int = 1 << 20) -> Iterator[bytes]:
+    block = b"\0" * size
+    while True:
+        yield block
+
+
+def test_daphne_refuses_an_upload_over_the_quota_before_it_takes_the_body(portal: Portal) -> None:
+    from compute.models import Image
+    from tenants.models import Quota, Tenant
+
+    tenant = Tenant.objects.get(slug=portal.slug)
+    Quota.objects.for_tenant(tenant).update(max_image_gib=1)
+    upload = f"/api/v1/tenants/{portal.slug}/images/?name=big&disk_format=raw"
+    headers = {
+        "Authorization": f"Bearer {portal.token}",
+        "Content-Type": "application/octet-stream",
+        "Content-Length": str(3 << 30),
+    }
+    # The client offers 3 GiB and keeps sending: the server answers on the headers and closes,
+    # having taken at most what was in flight (never the body: nothing reaches its disk).
+    status, body, sent = _send_then_read(portal.port, _head("POST", upload, headers), _forever())
+    assert status == 413
+    assert body["errors"][0]["field"] == "image_gib", body
+    assert body["errors"][0]["rule"] == "quota", body
+    assert sent < 256 << 20, sent  # TCP buffers at most, of 3 GiB
+    assert not Image.objects.filter(name="big").exists()
+
+    # Over the server's cap for any API body (here 16 MiB), declared: 413 on the headers too.
+    instances = f"/api/v1/tenants/{portal.slug}/instances/"
+    json_head = {"Authorization": f"Bearer {portal.token}", "Content-Type": "application/json"}
+    status, body, sent = _send_then_read(
+        portal.port, _head("POST", instances, {**json_head, "Content-Length": str(1 << 30)}), _forever()
+    )
+    assert (status, body["errors"][0]["field"], body["errors"][0]["rule"]) == (413, "body", "max_size")
+    assert sent < 256 << 20, sent
+    # ... and chunked (no length to read): cut off once the cap is passed.
+    chunked = {**json_head, "Transfer-Encoding": "chunked"}
+    framed = (b"%x\r\n" % len(b) + b + b"\r\n" for b in _forever())
+    status, body, sent = _send_then_read(portal.port, _head("POST", instances, chunked), framed)
+    assert (status, body["errors"][0]["rule"]) == (413, "max_size")
+    assert sent < 256 << 20, sent
+
+    # An upload the tenant has room for is paused for the check, then taken whole.
+    image = b"\0" * (1 << 20)
+    ok_headers = {**headers, "Content-Length": str(len(image))}
+    small = f"/api/v1/tenants/{portal.slug}/images/?name=small&disk_format=raw"
+    status, _, _ = _send_then_read(portal.port, _head("POST", small, ok_headers), iter([image]))
+    assert status == 201
+    assert Image.objects.get(name="small", tenant=tenant).size_bytes == len(image)
+    log = portal.log.read_text()
+    assert "Traceback" not in log, log[-3000:]
