@@ -85,6 +85,9 @@ manage_etc_hosts: true
 # The image has no locales package (C.UTF-8 is built in): cc_locale would fail and mark cloud-init
 # in error.
 locale: false
+# SSH takes keys only, as in Debian's own cloud images: a password given for the serial console
+# (user-data: chpasswd) does not open SSH to password guessing. The user-data may turn it on.
+ssh_pwauth: false
 """
 
 GRUB_CFG = f"""\

@@ -4,7 +4,7 @@
 import { Terminal } from "../vendor/xterm/xterm.mjs";
 import { FitAddon } from "../vendor/xterm-addon-fit/addon-fit.mjs";
 
-// xterm.js writes its theme and cell sizes into <style> elements, which this site's
+// xterm.js writes its theme and cell sizes into style elements, which this site's
 // Content-Security-Policy refuses (no 'unsafe-inline'). Constructed stylesheets are not inline
 // styles: give xterm.js an inert element whose text goes into one of those instead.
 function constructedStyles(doc) {
