@@ -102,6 +102,22 @@ def image(built_image: GuestImage, transactional_db: None) -> Image:
 
 
 @pytest.fixture
+def console_image(image: Image) -> Image:
+    """The test guest with a shell on its serial port (kernel argument nubis.console=1)."""
+    return Image.objects.create(
+        name="tiny-console",
+        kind=image.kind,
+        os_name=image.os_name,
+        kernel_path=image.kernel_path,
+        initrd_path=image.initrd_path,
+        disk_path=image.disk_path,
+        cmdline=f"{image.cmdline} nubis.console=1",
+        sha256=image.sha256,
+        size_bytes=image.size_bytes,
+    )
+
+
+@pytest.fixture
 def flavors(transactional_db: None) -> dict[str, Flavor]:
     common = {"vcpus": 1, "ram_mib": 192, "disk_gib": 1, "cpu_mode": CpuMode.EMULATED}
     return {

@@ -43,23 +43,12 @@ def test_serial_and_vnc_of_a_vm_on_another_host_work_in_the_browser(
     placement: Placement,
     browser: Browser,  # noqa: F811
     portal_url: str,  # noqa: F811
-    image: Image,
+    console_image: Image,
     flavors: Any,
     settings: Any,
 ) -> None:
     settings.NUBIS_SHARED_INSTANCE_STORE = True
     h1, h2, _h3 = (h.name for h in lab.hosts)
-    console_image = Image.objects.create(  # the test guest with a shell on its serial port
-        name="tiny-console",
-        kind=image.kind,
-        os_name=image.os_name,
-        kernel_path=image.kernel_path,
-        initrd_path=image.initrd_path,
-        disk_path=image.disk_path,
-        cmdline=f"{image.cmdline} nubis.console=1",
-        sha256=image.sha256,
-        size_bytes=image.size_bytes,
-    )
     tenant = make_tenant("consoles")
     user = add_member(tenant)
     placement.only(h1)

@@ -19,7 +19,6 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from compute.consoles import console_token_issue, vnc_token_issue
-from compute.guest.builder import GuestImage
 from compute.models import Image, Instance, OperationState
 from compute.services.instances import instance_create, instance_delete
 from portal.asgi import application
@@ -30,22 +29,6 @@ from tests.compute.conftest import serial_text, wait_for, wait_marker, wait_oper
 from tests.factories import add_member, make_tenant
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def console_image(built_image: GuestImage, image: Image) -> Image:
-    """The test guest with a shell on its serial port (nubis.console=1)."""
-    return Image.objects.create(
-        name="tiny-console",
-        kind=image.kind,
-        os_name=image.os_name,
-        kernel_path=image.kernel_path,
-        initrd_path=image.initrd_path,
-        disk_path=image.disk_path,
-        cmdline=f"{image.cmdline} nubis.console=1",
-        sha256=image.sha256,
-        size_bytes=image.size_bytes,
-    )
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from compute.guest.builder import GuestImage
 from compute.models import Image, Instance, OperationState
 from compute.services.instances import instance_create, instance_delete
 from security.audit import Actor
@@ -21,22 +20,6 @@ from tests.factories import PASSWORD, add_member, make_tenant
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 BOOT = 120_000  # ms
-
-
-@pytest.fixture
-def console_image(built_image: GuestImage, image: Image) -> Image:
-    """The test guest with a shell on its serial port (nubis.console=1)."""
-    return Image.objects.create(
-        name="tiny-console",
-        kind=image.kind,
-        os_name=image.os_name,
-        kernel_path=image.kernel_path,
-        initrd_path=image.initrd_path,
-        disk_path=image.disk_path,
-        cmdline=f"{image.cmdline} nubis.console=1",
-        sha256=image.sha256,
-        size_bytes=image.size_bytes,
-    )
 
 
 @pytest.fixture
