@@ -13,7 +13,7 @@ from django.conf import settings
 from compute import metrics
 from compute.drivers.libvirt import LibvirtDriver
 from compute.models import Host
-from compute.services import admission, agent, evacuation, ha, memory
+from compute.services import admission, agent, evacuation, ha, image_upload, memory
 from compute.services.allocation import allocation_adjust_all
 from compute.services.hosts import hosts_mark_down
 from compute.services.outbox import dispatcher_loop
@@ -70,6 +70,12 @@ def admission_run() -> list[str]:
 def allocation_adjust() -> dict[str, Any]:
     """Periodic (control queue): move dynamic instances' memory toward their measured demand."""
     return allocation_adjust_all()
+
+
+@shared_task(name="compute.uploads_sweep")
+def uploads_sweep() -> list[str]:
+    """Periodic (control queue): undo image uploads a dead web process left half-made."""
+    return image_upload.uploads_sweep()
 
 
 @shared_task(name="compute.metrics_rollup")

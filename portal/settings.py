@@ -117,6 +117,8 @@ NUBIS_ROOTFS_DIR = config.env_path("NUBIS_ROOTFS_DIR", NUBIS_IMAGE_DIR / "unpack
 # bounds it further) and the largest virtual size (GiB) of a disk made from one.
 NUBIS_IMAGE_UPLOAD_DIR = config.env_path("NUBIS_IMAGE_UPLOAD_DIR", NUBIS_IMAGE_DIR / "uploads")
 NUBIS_IMAGE_MAX_GIB = config.env_int("NUBIS_IMAGE_MAX_GIB", 50, minimum=1)
+# An image upload whose bytes stopped coming this long ago is undone (row, file, claim).
+NUBIS_IMAGE_UPLOAD_STALE_SECONDS = config.env_int("NUBIS_IMAGE_UPLOAD_STALE_SECONDS", 3600, minimum=60)
 NUBIS_IMAGE_MAX_VIRTUAL_GIB = config.env_int("NUBIS_IMAGE_MAX_VIRTUAL_GIB", 200, minimum=1)
 # The reconciler removes an unpacked tree once no container has used it for this long (kept
 # meanwhile, so deleting a container and making another of its image does not unpack again).
@@ -394,6 +396,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "compute.evacuate",
         "schedule": 5.0,
         "options": {"queue": "control", "expires": 5.0},
+    },
+    "uploads-sweep": {
+        "task": "compute.uploads_sweep",
+        "schedule": 600.0,
+        "options": {"queue": "control", "expires": 600.0},
     },
     "metrics-rollup": {
         "task": "compute.metrics_rollup",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -405,3 +406,28 @@ def image_set_public(*, actor: Actor, image: Image, public: bool) -> Image:
             tenant=locked.tenant,
         )
     return locked
+
+
+def uploads_sweep(now: float | None = None) -> list[str]:
+    """Undo uploads their web process left unfinished (it died mid-body): an image still uploading
+    whose row and files have not changed for NUBIS_IMAGE_UPLOAD_STALE_SECONDS loses its row, file
+    and claim; a staged form upload's file that old goes too. Returns the names of what it undid."""
+    stale = float(settings.NUBIS_IMAGE_UPLOAD_STALE_SECONDS)
+    now = time.time() if now is None else now
+    undone: list[str] = []
+    for image in Image.objects.filter(state=ImageState.UPLOADING):
+        path = Path(image.disk_path)
+        touched = [image.created.timestamp()]
+        for candidate in (path, path.with_name(f".{path.name}.partial")):
+            with contextlib.suppress(FileNotFoundError):
+                touched.append(candidate.stat().st_mtime)
+        if now - max(touched) > stale:
+            image_upload_abort(image, f"no byte came for {stale:.0f} s: the upload was cut off")
+            undone.append(image.name)
+    directory = Path(settings.NUBIS_IMAGE_UPLOAD_DIR)
+    for staged in directory.glob(".staged-*.partial") if directory.is_dir() else ():
+        with contextlib.suppress(FileNotFoundError):
+            if now - staged.stat().st_mtime > stale:
+                staged.unlink()
+                undone.append(staged.name)
+    return undone

@@ -587,3 +587,43 @@ def test_the_cli_uploads_lists_and_deletes_an_image(
     assert "backing file" in capsys.readouterr().err
     assert main(["image", "delete", "cli-disk"]) == 0
     assert list(store.iterdir()) == []
+
+
+def test_uploads_cut_off_are_swept_after_the_stale_time(store, settings) -> None:
+    import time
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.NUBIS_IMAGE_UPLOAD_STALE_SECONDS = 3600
+    tenant = make_tenant("acme", image_gib=5)
+    begun = {
+        name: uploads.image_upload_begin(
+            actor=Actor.system("test"), tenant=tenant, name=name, disk_format="raw", length=10 * MIB
+        )[0]
+        for name in ("dead", "alive")
+    }
+    Image.objects.filter(pk__in=[i.pk for i in begun.values()]).update(
+        created=timezone.now() - timedelta(hours=2)
+    )
+    # The dead upload's web process stopped writing two hours ago; the live one writes now.
+    partials = {}
+    for name, age in (("dead", 7200), ("alive", 0)):
+        path = Path(begun[name].disk_path)
+        partials[name] = path.with_name(f".{path.name}.partial")
+        partials[name].write_bytes(b"\0" * MIB)
+        os.utime(partials[name], (time.time() - age, time.time() - age))
+    old_form, new_form = store / ".staged-old.partial", store / ".staged-new.partial"
+    for staged in (old_form, new_form):
+        staged.write_bytes(b"\0")
+    os.utime(old_form, (time.time() - 7200, time.time() - 7200))
+
+    assert sorted(uploads.uploads_sweep()) == [".staged-old.partial", "dead"]
+    assert not Image.objects.filter(pk=begun["dead"].pk).exists()
+    assert not partials["dead"].exists()
+    assert not old_form.exists()
+    assert Image.objects.get(pk=begun["alive"].pk).state == ImageState.UPLOADING
+    assert partials["alive"].exists()
+    assert new_form.exists()
+    assert usage_of(tenant)["image_gib"] == 1  # the live upload's claim only
+    assert uploads.uploads_sweep() == []  # nothing more to undo
