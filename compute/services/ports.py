@@ -215,12 +215,14 @@ def port_detach(instance: Instance, forget: bool = True, host: Host | None = Non
     host = host or instance.host
     last = False
     try:
-        plumbing.instance_nat_remove(instance.port_name, chain_owner())  # it uses the port's chains
-        plumbing.port_rules_remove(instance.port_name, chain_owner())
-        if instance.kind == InstanceKind.CONTAINER:
-            plumbing.port_detach_netns(instance.netns_name, instance.port_name)
-        if forget and network is not None and host is not None:
-            with plumbing.host_lock():
+        # Under the host's lock, as host_networks_sync reads the database and applies it: a sync
+        # that saw the instance alive finishes before its port goes, and the next one sees it going.
+        with plumbing.host_lock():
+            plumbing.instance_nat_remove(instance.port_name, chain_owner())  # it uses the port's chains
+            plumbing.port_rules_remove(instance.port_name, chain_owner())
+            if instance.kind == InstanceKind.CONTAINER:
+                plumbing.port_detach_netns(instance.netns_name, instance.port_name)
+            if forget and network is not None and host is not None:
                 last = not _others_on_host(network, host, instance)
                 if last:
                     plumbing.network_remove(net_spec(network, host))
@@ -348,8 +350,8 @@ def host_networks_sync(host: Host) -> dict[str, list[str]]:
         )
         networks: dict[int, Network] = {}
         for instance in live:
-            if instance.network is None:
-                continue
+            if instance.network is None or instance.state == InstanceState.DELETING:
+                continue  # a deleting instance's port goes with its delete: nothing to add back
             if instance.network.pk not in networks:
                 networks[instance.network.pk] = instance.network
                 plumbing.network_ensure(net_spec(instance.network, host))
