@@ -360,8 +360,14 @@ def host_networks_sync(host: Host) -> dict[str, list[str]]:
             plumbing.port_rules_set(
                 instance.port_name, str(instance.ip_address), rules_of(instance), chain_owner()
             )
-            if instance.pk in with_nat and nat.instance_nat_apply(instance, host, chain_owner()):
-                done["nat"].append(instance.name)
+            if instance.pk in with_nat:
+                try:
+                    if nat.instance_nat_apply(instance, host, chain_owner()):
+                        done["nat"].append(instance.name)
+                except PlumbingError as exc:  # e.g. its pool's interface is missing on this host:
+                    # said for this instance alone; the rest of the host's networks still sync.
+                    logger.warning("networks: NAT of %s on %s: %s", instance.name, host.name, exc)
+                    done.setdefault("nat_failed", []).append(f"{instance.name}: {exc}"[:300])
         prefix = tag_prefix()
         done["removed_bridges"] = remove_dead_bridges()
         # Networks still alive that have no instance here any more (the last one left or moved).
