@@ -46,6 +46,7 @@ from compute.models import (
     Flavor,
     FloatingPool,
     Host,
+    HostState,
     Image,
     Instance,
     InstanceState,
@@ -176,6 +177,9 @@ def vm(
             )
         host = wait_for(lambda: Host.objects.filter(name=agent.name).first(), f"agent {agent.name}", 30)
         assert host
+        # Only the session's agent may take the VM: a host row an earlier test's agent left behind
+        # (registered again after the last flush, its heartbeat still fresh) has no one behind it.
+        Host.objects.exclude(name=agent.name).update(state=HostState.DISABLED)
         tenant = make_tenant(f"deb-{uuid.uuid4().hex[:6]}")
         user = add_member(tenant, role=Role.MEMBER)
         actor = Actor(user.username, "api", user.pk)
