@@ -58,16 +58,12 @@ def _route(path: str) -> tuple[str, dict[str, Any]] | None:
     return str(match.url_name), dict(match.kwargs)
 
 
-def is_upload(method: str, path: str) -> bool:
+def body_cap(method: str, path: str) -> tuple[int, bool]:
+    """The most bytes a request to this route may send at all, and whether it is an image upload."""
     route = _route(path)
-    return route is not None and (route[0], method) in UPLOAD_ROUTES
-
-
-def body_cap(method: str, path: str) -> int:
-    """The most bytes a request to this route may send at all."""
-    if is_upload(method, path):
-        return max_upload_bytes() + MULTIPART_SLACK
-    return max(settings.DATA_UPLOAD_MAX_MEMORY_SIZE * OTHER_BODIES_FACTOR, OTHER_BODIES_FLOOR)
+    if route is not None and (route[0], method) in UPLOAD_ROUTES:
+        return max_upload_bytes() + MULTIPART_SLACK, True
+    return max(settings.DATA_UPLOAD_MAX_MEMORY_SIZE * OTHER_BODIES_FACTOR, OTHER_BODIES_FLOOR), False
 
 
 def too_large(path: str, cap: int, length: int | None) -> Refusal:

@@ -79,8 +79,7 @@ def _early_check(request: Any, length: int | None) -> None:
     method = bytes(getattr(channel, "_command", b"")).decode("latin-1")
     request.nubis_path = unquote(urlsplit(bytes(getattr(channel, "_path", b"/")).decode("latin-1")).path)
     try:
-        request.nubis_cap = early_refusal.body_cap(method, request.nubis_path)
-        upload = early_refusal.is_upload(method, request.nubis_path)
+        request.nubis_cap, upload = early_refusal.body_cap(method, request.nubis_path)
     except Exception:  # the application answers it as usual
         logger.exception("early refusal: cannot classify %s %s", method, request.nubis_path)
         return
