@@ -15,13 +15,40 @@ from urllib.parse import quote
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.core.management.base import CommandError
+from django.db import OperationalError, connection
+from django.test import TransactionTestCase
 from pytest_django import DjangoDbBlocker
 
 ROOT = Path(__file__).resolve().parent.parent
 # The compute fixtures (one compute agent for the whole session, guest images, flavors) serve the
 # compute, scheduler and browser tests alike.
 pytest_plugins = ["tests.compute_fixtures"]
+
+
+_flush_tables = TransactionTestCase._fixture_teardown  # type: ignore[attr-defined]
+
+
+def _flush_tables_retrying_deadlocks(self: TransactionTestCase) -> None:
+    """Empty the tables after a transactional test; again if PostgreSQL aborted it in a deadlock.
+
+    The session's compute agent and Celery workers write to the test database while a test's
+    teardown truncates it. TRUNCATE locks its tables one after another, so a background transaction
+    that holds one of them and waits for another can deadlock with it (seen in a CI run: the server
+    aborted the TRUNCATE). The transaction rolled back whole, so running it again is safe.
+    """
+    for attempt in range(5):
+        try:
+            _flush_tables(self)
+            return
+        except CommandError as exc:
+            deadlock = isinstance(exc.__cause__, OperationalError) and "deadlock" in str(exc.__cause__)
+            if attempt == 4 or not deadlock:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+TransactionTestCase._fixture_teardown = _flush_tables_retrying_deadlocks  # type: ignore[attr-defined]
 
 
 def test_database_url() -> str:

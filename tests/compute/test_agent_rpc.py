@@ -43,7 +43,7 @@ from core.queues import rpc_queue
 from core.redis import redis_client
 from portal.asgi import application
 from tenants.models import Role, Tenant
-from tests.compute.conftest import DEADLINE, Agent, start_agent, wait_for, wait_operation
+from tests.compute.conftest import DEADLINE, Agent, forget_host, start_agent, wait_for, wait_operation
 from tests.conftest import stop_process
 from tests.factories import add_member, make_tenant
 
@@ -234,6 +234,7 @@ def far(
         if process.poll() is None:
             process.send_signal(signal.SIGCONT)  # in case a failed test left it stopped
         stop_process(process, 30)
+        forget_host(name, django_db_blocker)
         shutil.rmtree(root, ignore_errors=True)
 
 
