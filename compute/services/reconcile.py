@@ -6,6 +6,9 @@
   work done, and otherwise moved to error with a fault (its create leftovers removed).
 - Orphans: a domain or instance directory with no live instance row is reported, then removed
   once it has stayed orphaned for the grace period.
+- Volume files (``volumes/`` of the instance store) whose volume is deleted or was never recorded,
+  and half-made ones of a volume no longer being created, are orphans the same way: a crash
+  between a volume's file work and its record leaves them.
 - Unpacked container root filesystems that no container uses are removed after
   NUBIS_ROOTFS_GRACE (compute.services.containers.rootfs_collect).
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,8 @@ from compute.models import (
     Operation,
     OperationKind,
     OperationState,
+    Volume,
+    VolumeState,
     domain_uuid,
 )
 from compute.services.lifecycle import instance_event, instance_fail, operation_finish
@@ -219,6 +225,34 @@ def _orphan(host: Host, kind: str, name: str, report: Report) -> bool:
     return now - float(first) >= settings.NUBIS_ORPHAN_GRACE
 
 
+def _volume_files_collect(host: Host, report: Report) -> list[str]:
+    """Remove volume files no volume owns once they outlive the orphan grace (module docstring).
+    The store may be shared by every host: each agent's pass may take them, removal is idempotent."""
+    directory = Path(settings.NUBIS_INSTANCE_DIR) / "volumes"
+    try:
+        names = sorted(entry.name for entry in directory.iterdir() if entry.is_file())
+    except FileNotFoundError:
+        return []
+    volumes = Volume.objects.unscoped().exclude(state=VolumeState.DELETED)
+    owned = {str(u) for u in volumes.values_list("uuid", flat=True)}
+    making = {str(u) for u in volumes.filter(state=VolumeState.CREATING).values_list("uuid", flat=True)}
+    removed: list[str] = []
+    for name in names:
+        stem, _, suffix = name.partition(".")
+        try:
+            if str(uuid.UUID(stem)) != stem:
+                continue
+        except ValueError:
+            continue  # not a volume's file
+        if stem in (making if suffix == "partial" else owned):
+            continue
+        if _orphan(host, "volume", name, report):
+            (directory / name).unlink(missing_ok=True)
+            redis_client().delete(_orphan_key(host, "volume", name))
+            removed.append(name)
+    return removed
+
+
 def reconcile_host(host: Host, driver: VmDriver, containers: ContainerDriver | None = None) -> Report:
     """One reconciler pass over this host: its VMs through ``driver``, its containers through runc."""
     from compute.services.containers import container_driver, rootfs_collect
@@ -292,6 +326,7 @@ def reconcile_host(host: Host, driver: VmDriver, containers: ContainerDriver | N
             driver.remove_files(str(root / entry.name))
             redis_client().delete(_orphan_key(host, "disk", entry.name))
             report.orphans_removed.append(f"disk:{entry.name}")
+    report.orphans_removed += [f"volume:{name}" for name in _volume_files_collect(host, report)]
     try:
         report.orphans_removed += [f"rootfs:{name}" for name in rootfs_collect(host.name)]
     except OSError as exc:

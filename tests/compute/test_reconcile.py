@@ -14,7 +14,7 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from compute.models import Host, HostState, Instance, InstanceState, OperationState
+from compute.models import Host, HostState, Instance, InstanceState, OperationState, Volume, VolumeState
 from compute.services.instances import instance_create, instance_delete
 from compute.services.reconcile import reconcile_host
 from compute.services.usage import real_usage
@@ -78,6 +78,44 @@ def test_orphans_are_reported_then_removed_after_the_grace_period(host: Host, se
     assert f"disk:{stray_disk.name}" in second.orphans_removed
     assert name not in domains()
     assert not stray_disk.exists()
+
+
+def test_volume_files_no_volume_owns_are_removed_after_the_grace_period(host: Host, ctx, settings) -> None:
+    """A crash between a volume's file work and its record leaves files: a deleted volume's, one
+    never recorded, and a half-made one whose volume is no longer being created. The files of live
+    volumes, a volume still being made, and files not named like volumes stay."""
+    tenant, _ = ctx
+    directory = Path(settings.NUBIS_INSTANCE_DIR) / "volumes"
+    directory.mkdir(exist_ok=True)
+
+    def volume(state: str) -> Volume:
+        return Volume.objects.create(tenant=tenant, name=f"v-{state}", size_gib=1, state=state)
+
+    live, making, deleted = (
+        volume(VolumeState.AVAILABLE),
+        volume(VolumeState.CREATING),
+        volume(VolumeState.DELETED),
+    )
+    kept = [f"{live.uuid}.qcow2", f"{making.uuid}.partial", f"{making.uuid}.qcow2", "README"]
+    orphans = [f"{deleted.uuid}.qcow2", f"{uuid.uuid4()}.qcow2", f"{live.uuid}.partial"]
+    for name in kept + orphans:
+        (directory / name).write_bytes(b"x")
+    try:
+        settings.NUBIS_ORPHAN_GRACE = 3600
+        first = reconcile_host(host, local_driver())
+        assert sorted(n for n in first.orphans_seen if n.startswith("volume:")) == sorted(
+            f"volume:{n}" for n in orphans
+        )
+        assert all((directory / name).exists() for name in kept + orphans)
+        settings.NUBIS_ORPHAN_GRACE = 0
+        second = reconcile_host(host, local_driver())
+        assert sorted(n for n in second.orphans_removed if n.startswith("volume:")) == sorted(
+            f"volume:{n}" for n in orphans
+        )
+        assert [name for name in kept + orphans if (directory / name).exists()] == kept
+    finally:
+        for name in kept + orphans:
+            (directory / name).unlink(missing_ok=True)
 
 
 def test_probe_guests_left_by_a_dead_agent_are_removed(host: Host) -> None:
