@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 KERNEL_META_PACKAGE = "linux-image-amd64"
@@ -70,16 +71,24 @@ class GuestImage:
     @classmethod
     def load(cls, directory: Path) -> GuestImage | None:
         """The cached build in ``directory``, if it is whole and was made by the current recipe."""
-        manifest = directory / "manifest.json"
-        if not manifest.exists():
-            return None
-        data = json.loads(manifest.read_text())
-        if data.get("recipe") != recipe_digest():
-            return None
-        image = cls(**data)
-        if not all(Path(p).exists() for p in (image.kernel, image.initrd, image.disk)):
-            return None
-        return image
+        data = cached_manifest(directory, recipe_digest())
+        return None if data is None else cls(**data)
+
+
+def cached_manifest(directory: Path, recipe: str) -> dict[str, Any] | None:
+    """A cached build's manifest: None unless it reads whole, names ``recipe`` (the recipe that
+    made it is the current one) and its kernel, initrd and disk are all there."""
+    try:
+        data = json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("recipe") != recipe:
+        return None
+    if not all(
+        isinstance(data.get(key), str) and Path(data[key]).exists() for key in ("kernel", "initrd", "disk")
+    ):
+        return None
+    return data
 
 
 def _run(args: list[str], step: str, cwd: Path | None = None, stdin: bytes | None = None) -> bytes:

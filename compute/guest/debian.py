@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from compute.containers.rootfs import RootfsError, apt_mirror
-from compute.guest.builder import BuildError, _run, files_sha256
+from compute.guest.builder import BuildError, _run, cached_manifest, files_sha256
 
 DEBIAN_NAME = "debian-12-cloud"  # "debian-12" is the container image
 SUITE = "bookworm"
@@ -147,19 +147,11 @@ class DebianImage:
     @classmethod
     def load(cls, directory: Path) -> DebianImage | None:
         """The cached build in ``directory``, if it is whole and was made by the current recipe."""
-        manifest = directory / "manifest.json"
-        if not manifest.exists():
-            return None
+        data = cached_manifest(directory, recipe_digest())
         try:
-            data = json.loads(manifest.read_text())
-            image = cls(**data)
-        except (ValueError, TypeError):
+            return None if data is None else cls(**data)
+        except TypeError:  # a manifest of other fields
             return None
-        if image.recipe != recipe_digest():
-            return None
-        if not all(Path(p).exists() for p in (image.kernel, image.initrd, image.disk)):
-            return None
-        return image
 
 
 def _debootstrap(root: Path, log: Callable[[str], None]) -> None:
