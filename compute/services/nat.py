@@ -14,7 +14,7 @@ import logging
 
 from compute.drivers import network as plumbing
 from compute.drivers.network.overlay import underlay_network
-from compute.models import FloatingIP, Host, Instance, InstanceKind, InstanceState, Network, PortForward
+from compute.models import FloatingIP, Host, Instance, InstanceKind, InstanceState, PortForward
 
 logger = logging.getLogger(__name__)
 
@@ -73,19 +73,10 @@ def instance_nat_apply(instance: Instance, host: Host, owner: str) -> bool:
         return False
     plumbing.instance_nat_set(spec)
     if instance.kind == InstanceKind.CONTAINER and instance.network is not None:
-        # A running container on a network without NAT egress has no default route yet (a VM gets
-        # it from DHCP, at its next lease renewal or boot).
+        # Its port gives a container its default route; one whose port was set up before that
+        # rule (an older Nubis) gets it here, if it has none.
         plumbing.netns_default_route(instance.netns_name, instance.network.gateway)
     return True
-
-
-def network_routed(network: Network) -> bool:
-    """Whether instances of NETWORK have floating addresses or port forwards (their way out)."""
-    ids = nat_instances()
-    return (
-        bool(ids)
-        and Instance.objects.unscoped().filter(pk__in=ids, network=network).exclude(state__in=NO_NAT).exists()
-    )
 
 
 def needs_nat(instance: Instance) -> bool:

@@ -122,7 +122,6 @@ def net_spec(network: Network, host: Host | None = None) -> NetSpec:
         owner=chain_owner(),
         mac=gateway_mac(network),
         overlay=overlay,
-        routed=nat.network_routed(network),
     )
 
 
@@ -187,7 +186,7 @@ def port_attach(instance: Instance, pid: int | None = None, host: Host | None = 
                 instance.port_name,
                 instance.mac_address,
                 f"{instance.ip_address}/{prefix}",
-                network.gateway if network.nat_egress or spec.routed else None,
+                network.gateway,  # as DHCP gives VMs (compute.drivers.network.dhcp)
                 f"{tag_prefix()}{instance.uuid}",
             )
         plumbing.port_rules_set(

@@ -2,9 +2,10 @@
 from the lab's outside to its floating address, a volume written over SSH, and a login on its
 serial console in the browser.
 
-One Debian VM, made through the services and the session's real compute agent with a key pair, a
-user-data script (which also gives the ``debian`` user a password, for the serial console) and a
-floating address from a pool on a lab "outside" (tests/compute/outside.py), boots once under TCG
+One Debian VM, asked for through the API with a key pair and a user-data script (which also gives
+the ``debian`` user a password, for the serial console), run by the session's real compute agent,
+given a floating address from a pool on a lab "outside" (tests/compute/outside.py) once it runs,
+boots once under TCG
 (about a minute and a half) and is shared by the tests of this module: they look inside it through
 the guest agent and over SSH. The last test deletes it. The module's data is committed outside the
 tests' transactions, so the tests here use no database fixture of their own; the module flushes the
@@ -31,9 +32,10 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.core.management import call_command
-from django.db import connection, connections, transaction
+from django.db import connection, connections
 from playwright.sync_api import Browser, Page, expect
 from pytest_django import DjangoDbBlocker
+from rest_framework.test import APIClient
 
 from compute.drivers.base import GuestSpec
 from compute.drivers.domain_xml import domain_xml
@@ -51,11 +53,11 @@ from compute.models import (
     Instance,
     InstanceState,
     IoModel,
+    Operation,
     OperationState,
     SecurityGroup,
     VolumeState,
 )
-from compute.services.floating_ips import floating_ip_allocate, floating_ip_associate
 from compute.services.guests import seed_contents
 from compute.services.images import image_register, image_register_debian
 from compute.services.instances import instance_action, instance_create, instance_delete
@@ -210,23 +212,23 @@ def vm(
         network_create(actor=actor, tenant=tenant, name="lan", cidr=str(cidr))
         ssh_group = group_create(actor=actor, tenant=tenant, name="ssh")
         rule_create(actor=actor, group=ssh_group, protocol="tcp", cidr="0.0.0.0/0", port_min=22)
-        fip = floating_ip_allocate(actor=actor, tenant=tenant)
-        # One transaction: the create's task is sent on commit, so the floating address is the VM's
-        # before its host sets its port up, and DHCP gives the VM a default route.
-        with transaction.atomic():
-            op = instance_create(
-                actor=actor,
-                tenant=tenant,
-                name="deb-1",
-                flavor="t.debian",
-                image=image.name,
-                key_pairs=["laptop"],
-                user_data=USER_DATA,
-                network="lan",
-                security_groups=["ssh"],
-            )
-            instance = Instance.objects.for_tenant(tenant).get(pk=op.instance_id)
-            floating_ip_associate(actor=actor, fip=fip, instance=instance)
+        # Through the API, as a tenant's script would; the floating address comes once it runs.
+        api = APIClient()
+        api.force_authenticate(user)
+        base = f"/api/v1/tenants/{tenant.slug}"
+        body = {
+            "name": "deb-1",
+            "flavor": "t.debian",
+            "image": image.name,
+            "key_pairs": ["laptop"],
+            "user_data": USER_DATA,
+            "network": "lan",
+            "security_groups": ["ssh"],
+        }
+        answer = api.post(f"{base}/instances/", body, format="json")
+        assert answer.status_code == 202, answer.content
+        op = Operation.objects.for_tenant(tenant).get(uuid=answer.json()["id"])
+        instance = Instance.objects.for_tenant(tenant).get(pk=op.instance_id)
         vm = DebianVm(
             instance,
             tenant,
@@ -236,11 +238,22 @@ def vm(
             private_key,
             driver,
             world,
-            str(fip.address),
+            "",
         )
         try:
             op = wait_operation(op, 180)
             assert op.state == OperationState.SUCCEEDED, op.error
+            # Associated with the running VM: DHCP gave it its default route at boot, so the
+            # address answers at once (no lease renewal, no reboot).
+            fip = api.post(f"{base}/floating-ips/", {}, format="json")
+            assert fip.status_code == 201, fip.content
+            done = api.post(
+                f"{base}/floating-ips/{fip.json()['id']}/associate/",
+                {"instance": str(instance.uuid)},
+                format="json",
+            )
+            assert done.status_code == 200, done.content
+            vm.address = fip.json()["address"]
             wait_for(lambda: _agent_ready(driver, instance.domain_name), "the guest agent", BOOT_TIMEOUT)
             wait_for(lambda: _cloud_init_done(driver, instance.domain_name), "cloud-init", BOOT_TIMEOUT)
             yield vm

@@ -59,9 +59,10 @@ def _dnsmasq_argv(spec: NetSpec, net: Subnet) -> list[str]:
         f"--dhcp-hostsfile={_hosts_file(spec)}",
         f"--dhcp-leasefile={_leases_file(spec)}",
         f"--pid-file={_pid_file(spec.state_dir)}",
-        # Without NAT (nor a floating address) there is no way out, so no router is offered at all
-        # (option 3, empty).
-        f"--dhcp-option=option:router,{net.gateway}" if spec.nat or spec.routed else "--dhcp-option=3",
+        # The gateway is always the router, as in other clouds: a floating address or port forward
+        # given to a running VM must work at once, not at its next lease renewal. Without NAT
+        # egress the host's firewall keeps the network in (NUBIS-FWD), whatever the guest's routes.
+        f"--dhcp-option=option:router,{net.gateway}",
         "--dhcp-authoritative",
     ]
 

@@ -61,9 +61,6 @@ class NetSpec:
     # tunnel to the network's other hosts (None: the network stays on this host).
     mac: str = ""
     overlay: Overlay | None = None
-    # Instances of the network have floating addresses or port forwards: DHCP offers the gateway as
-    # router even without NAT egress (their replies and own traffic go out through it).
-    routed: bool = False
 
 
 @dataclass(frozen=True)
