@@ -233,6 +233,8 @@ def _volume_files_collect(host: Host, report: Report) -> list[str]:
         names = sorted(entry.name for entry in directory.iterdir() if entry.is_file())
     except FileNotFoundError:
         return []
+    if not names:
+        return []
     volumes = Volume.objects.unscoped().exclude(state=VolumeState.DELETED)
     owned = {str(u) for u in volumes.values_list("uuid", flat=True)}
     making = {str(u) for u in volumes.filter(state=VolumeState.CREATING).values_list("uuid", flat=True)}
