@@ -70,6 +70,8 @@ ATTACHED_STATES = (VolumeState.IN_USE, VolumeState.DETACHING)
 
 
 def attached_volumes(instance: Instance) -> tuple[VolumeDisk, ...]:
+    if instance.pk is None:
+        return ()  # not saved yet (a benchmark's raw twin, a what-if): nothing can be attached
     rows = Volume.objects.for_tenant(instance.tenant_id).filter(
         instance=instance, state__in=ATTACHED_STATES, deleted_at__isnull=True
     )
