@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -29,8 +29,8 @@ pytest_plugins = ["tests.compute_fixtures"]
 _flush_tables = TransactionTestCase._fixture_teardown  # type: ignore[attr-defined]
 
 
-def _flush_tables_retrying_deadlocks(self: TransactionTestCase) -> None:
-    """Empty the tables after a transactional test; again if PostgreSQL aborted it in a deadlock.
+def flush_retrying_deadlocks(flush: Callable[[], object]) -> None:
+    """Run ``flush`` (Django's flush command); again if PostgreSQL aborted it in a deadlock.
 
     The session's compute agent and Celery workers write to the test database while a test's
     teardown truncates it. TRUNCATE locks its tables one after another, so a background transaction
@@ -39,13 +39,18 @@ def _flush_tables_retrying_deadlocks(self: TransactionTestCase) -> None:
     """
     for attempt in range(5):
         try:
-            _flush_tables(self)
+            flush()
             return
         except CommandError as exc:
             deadlock = isinstance(exc.__cause__, OperationalError) and "deadlock" in str(exc.__cause__)
             if attempt == 4 or not deadlock:
                 raise
             time.sleep(0.2 * (attempt + 1))
+
+
+def _flush_tables_retrying_deadlocks(self: TransactionTestCase) -> None:
+    """Empty the tables after a transactional test (see flush_retrying_deadlocks)."""
+    flush_retrying_deadlocks(lambda: _flush_tables(self))
 
 
 TransactionTestCase._fixture_teardown = _flush_tables_retrying_deadlocks  # type: ignore[attr-defined]

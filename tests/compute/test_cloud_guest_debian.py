@@ -71,6 +71,7 @@ from tests.compute.netlab import sh
 from tests.compute.outside import Outside
 from tests.compute.test_volumes import SHELL_PORT, guest_blocks, guest_ip, guest_sh, volume_file
 from tests.compute.test_volumes import Member as VolumeClient
+from tests.conftest import flush_retrying_deadlocks
 from tests.e2e.conftest import ARTIFACTS, log_in, screenshot
 from tests.e2e.conftest import browser as browser
 from tests.e2e.conftest import no_csp_violations as no_csp_violations
@@ -262,7 +263,7 @@ def vm(
             if instance.state != InstanceState.DELETED:
                 delete = instance_delete(actor=actor, instance=instance)
                 wait_operation(delete, 120)
-            call_command("flush", interactive=False, stdout=io.StringIO())
+            flush_retrying_deadlocks(lambda: call_command("flush", interactive=False, stdout=io.StringIO()))
             driver.close()
 
 
