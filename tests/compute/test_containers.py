@@ -237,22 +237,30 @@ def test_fork_bomb_stops_at_pids_max_and_the_host_stays_responsive(
     client.force_authenticate(user)
     # A fork bomb that keeps trying (the classic one dies out once forks fail); exec returns at once.
     api_exec(client, tenant, instance, "sh", "-c", "(f() { while :; do f & done; }; f) >/dev/null 2>&1 &")
-    deadline = time.monotonic() + 5
+    # Watched until it has pressed on the limit for 3 s (a loaded machine ramps it up slower: in
+    # one CI run it had 53 processes after 5 s), 60 s at most.
+    deadline = time.monotonic() + 60
     peak = 0
     slowest = 0.0
-    while time.monotonic() < deadline:
-        peak = max(peak, int(cgroup(instance, "pids", "pids.current")))
-        started = time.monotonic()
-        subprocess.run(["true"], check=True)
-        slowest = max(slowest, time.monotonic() - started)
-        time.sleep(0.1)
-    assert peak == 64, peak  # it hit the limit and never went past it
-    assert int(cgroup(instance, "pids", "pids.events").split()[-1]) > 0  # forks were refused
-    assert slowest < 1.0, slowest
-    assert (
-        wait_operation(instance_delete(actor=actor, instance=instance), timeout=60).state
-        == OperationState.SUCCEEDED
-    )
+    full_since: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            current = int(cgroup(instance, "pids", "pids.current"))
+            peak = max(peak, current)
+            started = time.monotonic()
+            subprocess.run(["true"], check=True)
+            slowest = max(slowest, time.monotonic() - started)
+            if current == 64 and full_since is None:
+                full_since = started
+            if full_since is not None and started - full_since > 3:
+                break
+            time.sleep(0.1)
+        assert peak == 64, peak  # it hit the limit and never went past it
+        assert int(cgroup(instance, "pids", "pids.events").split()[-1]) > 0  # forks were refused
+        assert slowest < 1.0, slowest
+    finally:
+        done = wait_operation(instance_delete(actor=actor, instance=instance), timeout=60)
+    assert done.state == OperationState.SUCCEEDED
     assert container_traces(instance) == []
 
 
