@@ -117,7 +117,7 @@ def test_a_floating_address_follows_its_vm_across_a_live_move(
     rule_create(actor=blue.actor, group=shell, protocol="tcp", cidr="0.0.0.0/0", port_min=SHELL_PORT)
     fip = floating_ip_allocate(actor=blue.actor, tenant=blue.tenant, pool="lab-ext")
     address = str(fip.address)
-    # Associated in the create's transaction: the VM's first DHCP answer carries its default route.
+    # Associated in the create's transaction: the address is the VM's from its first port set-up.
     with transaction.atomic():
         vm = create_on(
             blue,

@@ -49,7 +49,6 @@ from compute.models import (
     FloatingPool,
     Host,
     HostState,
-    Image,
     Instance,
     InstanceState,
     IoModel,
@@ -69,8 +68,8 @@ from tenants.models import Role, Tenant
 from tests.compute.conftest import Agent, domains, instance_dir_of, serial_text, wait_for, wait_operation
 from tests.compute.netlab import sh
 from tests.compute.outside import Outside
-from tests.compute.test_volumes import SHELL_PORT, guest_blocks, guest_ip, guest_sh, volume_file
 from tests.compute.test_volumes import Member as VolumeClient
+from tests.compute.test_volumes import guest_blocks, guest_ip, guest_sh, shell_image_of, volume_file
 from tests.conftest import flush_retrying_deadlocks
 from tests.e2e.conftest import ARTIFACTS, log_in, screenshot
 from tests.e2e.conftest import browser as browser
@@ -566,19 +565,7 @@ def test_a_volume_written_over_ssh_outlives_the_vm(
     assert client.get(created)["state"] == VolumeState.AVAILABLE
 
     # A tiny VM (a shell on a TCP port, on the host's NAT network) mounts it and finds the file.
-    tiny = image_register(built_image)
-    shell_image = Image.objects.create(
-        name="tiny-shell",
-        kind=tiny.kind,
-        os_name=tiny.os_name,
-        kernel_path=tiny.kernel_path,
-        initrd_path=tiny.initrd_path,
-        disk_path=tiny.disk_path,
-        cmdline=f"{tiny.cmdline} nubis.shell={SHELL_PORT}",
-        sha256=tiny.sha256,
-        size_bytes=tiny.size_bytes,
-        virtual_size_bytes=tiny.virtual_size_bytes,
-    )
+    shell_image = shell_image_of(image_register(built_image))
     Flavor.objects.create(
         name="t.virtio",
         vcpus=1,

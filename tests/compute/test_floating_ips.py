@@ -420,7 +420,7 @@ def test_floating_ip_reaches_a_vm_through_its_security_group(
     fip = floating_ip_allocate(actor=a.actor, tenant=a.tenant)
     address = str(fip.address)
     # One transaction: the create's task is sent on commit, so the address is the VM's before its
-    # host sets its port up (and its DHCP server up to give the VM a default route).
+    # host sets its port up (the Debian module associates one with a running VM instead).
     with transaction.atomic():
         op = instance_create(
             actor=a.actor,

@@ -45,6 +45,11 @@ OFFSET_BLOCKS = 4096  # 512-byte blocks into the disk: 2 MiB
 @pytest.fixture
 def shell_image(built_image: GuestImage, image: Image) -> Image:
     """The test guest with a shell on TCP 2323 (nubis.shell)."""
+    return shell_image_of(image)
+
+
+def shell_image_of(image: Image) -> Image:
+    """A copy of the registered tiny image ``image`` whose guest opens a shell on SHELL_PORT."""
     return Image.objects.create(
         name="tiny-shell",
         kind=image.kind,
