@@ -30,9 +30,11 @@ from compute.models import (
     UsageSample,
     Volume,
 )
+from compute.services.drs import instance_drs_pin
 from compute.services.hosts import host_maintenance_set
 from core.errors import ServiceError
 from security.audit import Actor
+from security.models import Source
 from tenants.admin import TenantOwnedAdmin
 
 
@@ -282,10 +284,28 @@ class InstanceAdmin(ReadOnlyMixin, TenantOwnedAdmin):
     # owner's only (it may carry secrets): not even staff read it here.
     exclude = ["security_groups", "user_data"]
     readonly_fields = ["security_group_names"]
+    actions = ["drs_pin", "drs_unpin"]
 
     @admin.display(description="security groups")
     def security_group_names(self, obj: Instance) -> str:
         return ", ".join(g.name for g in obj.groups()) or "-"
+
+    def _pin(self, request: HttpRequest, queryset: Any, pinned: bool) -> None:
+        if not request.user.has_perm("compute.change_host"):
+            self.message_user(request, "Pinning instances needs the change_host permission.", messages.ERROR)
+            return
+        actor = Actor.from_request(request, source=Source.ADMIN)
+        for instance in queryset:
+            instance_drs_pin(actor=actor, instance=instance, pinned=pinned)
+        self.message_user(request, f"{len(queryset)} instance(s) {'pinned' if pinned else 'unpinned'}.")
+
+    @admin.action(description="Pin: DRS does not move them")
+    def drs_pin(self, request: HttpRequest, queryset: Any) -> None:
+        self._pin(request, queryset, True)
+
+    @admin.action(description="Unpin: DRS may move them")
+    def drs_unpin(self, request: HttpRequest, queryset: Any) -> None:
+        self._pin(request, queryset, False)
 
 
 @admin.register(Operation)

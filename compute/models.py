@@ -406,6 +406,12 @@ class Instance(TenantOwned):
     )
     # Restarted on another host when its host dies (compute.services.ha).
     ha = models.BooleanField("HA restart", default=False)
+    # DRS leaves it where it is (vSphere's per-VM "disabled" level); maintenance still moves it.
+    drs_pinned = models.BooleanField(
+        "do not move (DRS)",
+        default=False,
+        help_text="The balancer never moves it; maintenance and HA still do.",
+    )
     priority = models.PositiveSmallIntegerField(choices=PriorityClass.choices, default=PriorityClass.NORMAL)
     allocation = models.CharField(max_length=8, choices=Allocation.choices, default=Allocation.STATIC)
     server_group = models.ForeignKey(

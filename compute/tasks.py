@@ -13,7 +13,7 @@ from django.conf import settings
 from compute import metrics
 from compute.drivers.libvirt import LibvirtDriver
 from compute.models import Host
-from compute.services import admission, agent, evacuation, ha, image_upload, memory
+from compute.services import admission, agent, drs, evacuation, ha, image_upload, memory
 from compute.services.allocation import allocation_adjust_all
 from compute.services.hosts import hosts_mark_down
 from compute.services.outbox import dispatcher_loop
@@ -44,6 +44,21 @@ def hosts_check() -> list[str]:
 def ha_check() -> dict[str, list[str]]:
     """Periodic (control queue): fence hosts silent past NUBIS_HA_GRACE, restart their HA instances."""
     return ha.ha_check()
+
+
+@shared_task(name="compute.drs_pass")
+def drs_pass() -> int | None:
+    """Periodic (control queue): a DRS pass when its interval has passed; then start approved moves."""
+    done = drs.drs_pass_run()
+    if done is None:
+        drs.drs_execute()
+    return done.pk if done is not None else None
+
+
+@shared_task(name="compute.drs_execute")
+def drs_execute() -> list[int]:
+    """Control queue, after a move ends: settle DRS's moves and start the next approved ones."""
+    return drs.drs_execute()
 
 
 @shared_task(name="compute.evacuate")

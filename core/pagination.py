@@ -38,7 +38,7 @@ MAX_PAGE_SIZE = 200
 RESERVED = frozenset({"cursor", "page_size", "ordering"})
 _KEY = "page_key_{}"  # annotation names carrying the ordering values read back for the cursor
 
-FilterKind = Literal["str", "uuid", "bool", "ip"]
+FilterKind = Literal["str", "uuid", "bool", "ip", "int"]
 _TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
 
 
@@ -78,6 +78,10 @@ class Filter:
                     values.append(str(ipaddress.ip_address(value)))
                 except ValueError:
                     raise invalid(self.param, f"{value!r} is not an IP address") from None
+            elif self.kind == "int":  # the database would refuse a non-number (integer column)
+                if not value.isdigit() or len(value) > 18:
+                    raise invalid(self.param, f"{value!r} is not a whole number")
+                values.append(int(value))
             else:
                 values.append(value)
         return Q(**{path: values[0]}) if len(values) == 1 else Q(**{f"{path}__in": values})
@@ -86,7 +90,7 @@ class Filter:
         """Its OpenAPI declaration."""
         if self.kind == "bool":
             return OpenApiParameter(self.param, bool, description=self.help or f"Only where {self.param} is.")
-        kind = OpenApiTypes.UUID if self.kind == "uuid" else str
+        kind = OpenApiTypes.UUID if self.kind == "uuid" else int if self.kind == "int" else str
         help_text = self.help or f"Only rows with this {self.param.replace('_', ' ')}"
         return OpenApiParameter(
             self.param,

@@ -349,6 +349,7 @@ SPECTACULAR_SETTINGS = {
         "ImageStateEnum": "compute.models.ImageState",
         "VolumeStateEnum": "compute.models.VolumeState",
         "DiskFormatEnum": "compute.models.DiskFormat",
+        "DrsPassKindEnum": "scheduler.models.DrsPassKind",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
@@ -396,6 +397,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "compute.evacuate",
         "schedule": 5.0,
         "options": {"queue": "control", "expires": 5.0},
+    },
+    # A tick: the task runs a pass when DrsSettings.interval_seconds (editable) has passed.
+    "drs": {
+        "task": "compute.drs_pass",
+        "schedule": 15.0,
+        "options": {"queue": "control", "expires": 15.0},
     },
     "uploads-sweep": {
         "task": "compute.uploads_sweep",

@@ -1,4 +1,4 @@
-"""Django admin for host aggregates and the placement decision records."""
+"""Django admin for host aggregates, the placement decision records, the queue and DRS."""
 
 from __future__ import annotations
 
@@ -6,18 +6,31 @@ import json
 from contextvars import ContextVar
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.utils.html import format_html
 
 from compute.admin import ReadOnlyMixin
+from compute.services.drs import drs_apply, drs_apply_all
+from core.errors import ServiceError
 from scheduler.admission import queue_statuses
-from scheduler.models import Aggregate, PlacementDecision, QueueEntry, QueueState
+from scheduler.models import (
+    Aggregate,
+    DrsPass,
+    DrsRecommendation,
+    DrsSettings,
+    PlacementDecision,
+    QueueEntry,
+    QueueState,
+    RecommendationState,
+)
+from security.audit import Actor, audit_log
+from security.models import Source
 from tenants.admin import TenantOwnedAdmin
 
 
 @admin.register(Aggregate)
 class AggregateAdmin(admin.ModelAdmin):
-    list_display = ["name", "tenant", "cpu_ratio", "ram_ratio", "disk_ratio"]
+    list_display = ["name", "tenant", "cpu_ratio", "ram_ratio", "disk_ratio", "drs_automation"]
     list_select_related = ["tenant"]
     search_fields = ["name"]
     filter_horizontal = ["hosts"]
@@ -62,3 +75,91 @@ class QueueEntryAdmin(ReadOnlyMixin, TenantOwnedAdmin):
     def position(self, obj: QueueEntry) -> Any:
         status = _STATUSES.get().get(obj.instance_id)
         return status["position"] if status else "-"
+
+
+# -- DRS -------------------------------------------------------------------------------------------
+@admin.register(DrsSettings)
+class DrsSettingsAdmin(admin.ModelAdmin):
+    """The cluster's balancer: automation level, threshold, pass interval, cooldown, concurrency."""
+
+    list_display = ["__str__", "enabled", "automation", "threshold", "interval_seconds", "last_pass_at"]
+    readonly_fields = ["last_pass_at"]
+
+    def has_add_permission(self, request: Any) -> bool:
+        return not DrsSettings.objects.exists()  # one row: the cluster's
+
+    def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: Any, obj: DrsSettings, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        audit_log(
+            actor=Actor.from_request(request, source=Source.ADMIN),
+            action="drs.settings",
+            target=obj,
+            detail={name: getattr(obj, name) for name in form.changed_data},
+        )
+
+
+class RecommendationInline(admin.TabularInline):
+    model = DrsRecommendation
+    fields = ("order", "instance", "source", "target", "live", "cost", "automatic", "state", "reason")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(DrsPass)
+class DrsPassAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["pk", "kind", "automation", "threshold", "moves", "std_before", "std_after", "created"]
+    list_filter = ["kind", "automation"]
+    readonly_fields = ["details"]
+    exclude = ["summary"]
+    inlines = [RecommendationInline]
+    actions = ["apply_all"]
+
+    @admin.display(description="summary")
+    def details(self, obj: DrsPass) -> Any:
+        return format_html("<pre>{}</pre>", json.dumps(obj.summary, indent=2))
+
+    @admin.action(description="Apply every waiting recommendation of the selected passes")
+    def apply_all(self, request: Any, queryset: Any) -> None:
+        if not request.user.has_perm("compute.change_host"):
+            self.message_user(request, "Applying moves needs the change_host permission.", messages.ERROR)
+            return
+        actor = Actor.from_request(request, source=Source.ADMIN)
+        approved = sum(drs_apply_all(actor=actor, drs_pass=p, user=request.user) for p in queryset)
+        self.message_user(request, f"{approved} recommendation(s) approved; they start a few at a time.")
+
+
+@admin.register(DrsRecommendation)
+class DrsRecommendationAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["pk", "drs_pass", "instance", "source", "target", "live", "automatic", "state", "created"]
+    list_filter = ["state", "automatic", "live"]
+    list_select_related = ["instance", "source", "target", "drs_pass"]
+    search_fields = ["instance__name", "instance__uuid"]
+    readonly_fields = ["why"]
+    exclude = ["explanation"]
+    actions = ["apply"]
+
+    @admin.display(description="explanation")
+    def why(self, obj: DrsRecommendation) -> Any:
+        return format_html("<pre>{}</pre>", json.dumps(obj.explanation, indent=2))
+
+    @admin.action(description="Apply the selected recommendations")
+    def apply(self, request: Any, queryset: Any) -> None:
+        if not request.user.has_perm("compute.change_host"):
+            self.message_user(request, "Applying moves needs the change_host permission.", messages.ERROR)
+            return
+        actor = Actor.from_request(request, source=Source.ADMIN)
+        for rec in queryset.filter(state__in=[RecommendationState.PROPOSED, RecommendationState.APPROVED]):
+            try:
+                done = drs_apply(actor=actor, recommendation=rec, user=request.user)
+            except ServiceError as exc:
+                self.message_user(request, f"{rec}: {exc.message}", messages.ERROR)
+                continue
+            self.message_user(request, f"{rec.instance}: {done.get_state_display()} {done.reason}".strip())

@@ -49,7 +49,7 @@ def _incoming() -> Any:
     return Instance.objects.unscoped().exclude(state__in=FREE_STATES).exclude(migration_host=None)
 
 
-def _reserved_use() -> dict[int, dict[str, float]]:
+def reserved_use() -> dict[int, dict[str, float]]:
     """What the instances on each host, and those moving to it, reserved (two queries)."""
     sums = {"v": Sum("vcpus"), "r": Sum(HELD_RAM), "d": Sum("disk_gib")}
     used: dict[int, dict[str, float]] = {
@@ -98,7 +98,7 @@ def _measured_use(now: datetime) -> dict[int, dict[str, float]]:
 
 
 def _used(now: datetime) -> dict[int, dict[str, float]]:
-    return _measured_use(now) if settings.NUBIS_ADMISSION_MODE == "demand" else _reserved_use()
+    return _measured_use(now) if settings.NUBIS_ADMISSION_MODE == "demand" else reserved_use()
 
 
 def _loads(now: datetime) -> dict[int, float]:

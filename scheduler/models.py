@@ -1,9 +1,11 @@
-"""Host aggregates (overcommit and tenant-dedicated hosts) and the record of every placement."""
+"""Host aggregates (overcommit and tenant-dedicated hosts), the record of every placement, the
+admission queue, and DRS (its settings, its passes and their recommendations)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -47,6 +49,14 @@ class Aggregate(models.Model):
     cpu_ratio = ratio_field("CPU overcommit", "cpu_ratio")
     ram_ratio = ratio_field("RAM overcommit", "ram_ratio")
     disk_ratio = ratio_field("disk overcommit", "disk_ratio")
+    drs_automation = models.CharField(
+        "DRS automation",
+        max_length=8,
+        blank=True,
+        default="",
+        choices=[("manual", "Manual"), ("partial", "Partially automated"), ("full", "Fully automated")],
+        help_text="Empty: the cluster's level. A move takes the strictest level of its two hosts.",
+    )
     # Counts saves and changes of its hosts (scheduler.signals): the scheduler's cached host
     # table rebuilds when it moves.
     version = models.PositiveIntegerField(default=0, editable=False)
@@ -118,3 +128,139 @@ class QueueEntry(TenantOwned):
 
     def __str__(self) -> str:
         return f"{self.instance} ({self.state})"
+
+
+# -- DRS -------------------------------------------------------------------------------------------
+class Automation(models.TextChoices):
+    MANUAL = "manual", "Manual: recommendations only, staff apply them"
+    PARTIAL = "partial", "Partially automated: initial placement automatic, migrations recommended"
+    FULL = "full", "Fully automated: migrations run"
+
+
+class DrsSettings(models.Model):
+    """The cluster's balancer settings: one row (``DrsSettings.current()``), edited in admin and the
+    staff API. Aggregates may override the automation level for their hosts."""
+
+    enabled = models.BooleanField(default=True, help_text="Run periodic passes at all.")
+    automation = models.CharField(max_length=8, choices=Automation.choices, default=Automation.MANUAL)
+    threshold = models.PositiveSmallIntegerField(
+        "migration threshold",
+        default=3,
+        validators=[MinValueValidator(1), MaxValueValidator(5)],
+        help_text="1 (only relieve hosts above 90%) to 5 (aggressive).",
+    )
+    interval_seconds = models.PositiveIntegerField(
+        "pass interval (s)", default=300, validators=[MinValueValidator(30), MaxValueValidator(86400)]
+    )
+    cooldown_seconds = models.PositiveIntegerField(
+        "cooldown (s)",
+        default=3600,
+        validators=[MinValueValidator(0), MaxValueValidator(7 * 86400)],
+        help_text="An instance that moved (for any reason) stays put this long: no ping-pong.",
+    )
+    max_concurrent = models.PositiveSmallIntegerField(
+        "concurrent migrations",
+        default=2,
+        validators=[MinValueValidator(1), MaxValueValidator(64)],
+        help_text="Moves DRS runs at once (other migrations in flight count too).",
+    )
+    max_moves = models.PositiveSmallIntegerField(
+        "moves per pass", default=20, validators=[MinValueValidator(1), MaxValueValidator(1000)]
+    )
+    window_seconds = models.PositiveIntegerField(
+        "demand window (s)",
+        default=300,
+        validators=[MinValueValidator(10), MaxValueValidator(86400)],
+        help_text="Demand is each instance's mean over this window of its samples.",
+    )
+    last_pass_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = "DRS settings"
+        verbose_name_plural = "DRS settings"
+
+    def __str__(self) -> str:
+        return f"DRS: {self.automation}, threshold {self.threshold}"
+
+    @classmethod
+    def current(cls) -> DrsSettings:
+        settings, _ = cls.objects.get_or_create(pk=1)
+        return settings
+
+
+class DrsPassKind(models.TextChoices):
+    PERIODIC = "periodic", "Periodic"
+    REQUESTED = "requested", "Requested by staff"
+    WHAT_IF = "what_if", "What-if (nothing moves)"
+
+
+class DrsPass(models.Model):
+    """One balancing pass: the cluster it saw, the plan it made and why it stopped."""
+
+    kind = models.CharField(max_length=10, choices=DrsPassKind.choices, default=DrsPassKind.PERIODIC)
+    automation = models.CharField(max_length=8, choices=Automation.choices)
+    threshold = models.PositiveSmallIntegerField()
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    changes = models.JSONField(default=dict, blank=True, help_text="What-if: the changes simulated.")
+    summary = models.JSONField(default=dict, blank=True)
+    std_before = models.FloatField(default=0.0)
+    std_after = models.FloatField(default=0.0)
+    moves = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created", "-pk"]
+        verbose_name = "DRS pass"
+        verbose_name_plural = "DRS passes"
+
+    def __str__(self) -> str:
+        return f"DRS pass {self.pk} ({self.kind}, {self.moves} moves)"
+
+
+class RecommendationState(models.TextChoices):
+    PROPOSED = "proposed", "Proposed (waits for staff)"
+    APPROVED = "approved", "Approved (starts when a slot frees)"
+    STARTED = "started", "Migration under way"
+    SUCCEEDED = "succeeded", "Done"
+    FAILED = "failed", "Failed"
+    SUPERSEDED = "superseded", "Superseded by a later pass"
+    EXPIRED = "expired", "No longer valid"
+
+
+class DrsRecommendation(models.Model):
+    """One move a pass recommends: its instance(s), the two hosts, and why (``explanation``).
+
+    A hard-affinity group moves together: ``instance`` is its first member and ``instance_ids``
+    all of them. ``operations`` are the migrations it started (they carry the explanation too).
+    """
+
+    drs_pass = models.ForeignKey(DrsPass, on_delete=models.CASCADE, related_name="recommendations")
+    order = models.PositiveIntegerField()
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="drs_recommendations")
+    instance_ids = models.JSONField(default=list)
+    source = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="+")
+    target = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="+")
+    live = models.BooleanField(default=True)
+    cost = models.FloatField(default=0.0)
+    automatic = models.BooleanField(default=False, help_text="Runs without staff (fully automated hosts).")
+    state = models.CharField(
+        max_length=10, choices=RecommendationState.choices, default=RecommendationState.PROPOSED
+    )
+    reason = models.TextField(blank=True, default="", help_text="Why it failed, expired or was superseded.")
+    explanation = models.JSONField(default=dict)
+    operations = models.JSONField(default=list, blank=True, help_text="uuids of the migrations it started.")
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created = models.DateTimeField(default=timezone.now)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-drs_pass_id", "order"]
+        indexes = [models.Index(fields=["state"], name="drs_rec_state")]
+
+    def __str__(self) -> str:
+        return f"{self.instance} {self.source} -> {self.target} ({self.state})"

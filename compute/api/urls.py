@@ -1,4 +1,4 @@
-"""Routes of the compute API: the tenant's resources and the staff's hosts, queue and quotas."""
+"""Routes of the compute API: the tenant's resources and the staff's hosts, queue, quotas and DRS."""
 
 from django.urls import include, path
 
@@ -6,6 +6,7 @@ from compute.api.views import (
     admin,
     catalog,
     consoles,
+    drs,
     floating,
     groups,
     images,
@@ -128,6 +129,21 @@ admin_urlpatterns = [
     path("queue/", admin.AdminQueueView.as_view(), name="api-admin-queue"),
     path("quotas/", admin.AdminQuotaListView.as_view(), name="api-admin-quotas"),
     path("tenants/<slug:tenant>/quota/", admin.AdminQuotaView.as_view(), name="api-admin-quota"),
+    path("drs/", drs.AdminDrsView.as_view(), name="api-admin-drs"),
+    path("drs/passes/", drs.AdminDrsPassListView.as_view(), name="api-admin-drs-passes"),
+    path("drs/passes/<int:pk>/", drs.AdminDrsPassView.as_view(), name="api-admin-drs-pass"),
+    path("drs/passes/<int:pk>/apply/", drs.AdminDrsPassApplyView.as_view(), name="api-admin-drs-pass-apply"),
+    path(
+        "drs/recommendations/",
+        drs.AdminDrsRecommendationListView.as_view(),
+        name="api-admin-drs-recommendations",
+    ),
+    path(
+        "drs/recommendations/<int:pk>/apply/",
+        drs.AdminDrsRecommendationApplyView.as_view(),
+        name="api-admin-drs-recommendation-apply",
+    ),
+    path("instances/<uuid:uuid>/drs-pin/", drs.AdminInstancePinView.as_view(), name="api-admin-instance-pin"),
 ]
 
 urlpatterns = [

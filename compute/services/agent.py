@@ -41,6 +41,7 @@ from compute.models import (
 )
 from compute.services import host_rpc, ports
 from compute.services.containers import container_config, container_driver, limits_of, prepared_rootfs
+from compute.services.drs import drs_kick
 from compute.services.evacuation import evacuate_kick
 from compute.services.guests import disk_size_gib, guest_spec, instance_dir, seed_contents
 from compute.services.images import ImageCorrupt, verify_image
@@ -566,9 +567,10 @@ def _moved(
 
 
 def _next_move(source: Host) -> None:
-    """A move off a host entering maintenance ended: the next one may start."""
+    """A move ended: the next one off a host entering maintenance, or the balancer's next, may start."""
     if Host.objects.filter(pk=source.pk, state=HostState.ENTERING_MAINTENANCE).exists():
         evacuate_kick()
+    drs_kick()
 
 
 def _cold_migrate(operation: Operation, instance: Instance, driver: GuestDriver) -> str | None:

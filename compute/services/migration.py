@@ -137,6 +137,7 @@ def instance_migrate(
     reason: str = "",
     timeout: int | None = None,
     bandwidth_mib: int | None = None,
+    drs: dict[str, Any] | None = None,
 ) -> Operation:
     """Move the instance to another host: live for a VM, cold for a container.
 
@@ -144,7 +145,8 @@ def instance_migrate(
     placement to choose. The target's capacity is claimed now; the Operation goes to the agent of
     the instance's host. ``reason`` is kept on the Operation ("maintenance of h1", "requested").
     ``timeout``: seconds a live move may take before it is aborted (default NUBIS_MIGRATION_TIMEOUT);
-    ``bandwidth_mib``: a cap on what it sends, in MiB/s (default: none).
+    ``bandwidth_mib``: a cap on what it sends, in MiB/s (default: none). ``drs``: the balancer's
+    recommendation that asked for the move (its pass, id and explanation), kept in the params.
     """
     if timeout is not None and not 1 <= int(timeout) <= 3600:
         raise ServiceError("timeout", "range", "timeout must be from 1 to 3600 seconds")
@@ -165,7 +167,7 @@ def instance_migrate(
     locked.state = InstanceState.MIGRATING
     locked.state_deadline = migration_deadline(timeout)
     locked.save(update_fields=["state", "state_deadline", "updated"])
-    params = {
+    params: dict[str, Any] = {
         "source": source.name,
         "target": claimed.name,
         "live": live,
@@ -174,8 +176,16 @@ def instance_migrate(
         "timeout": timeout,
         "bandwidth_mib": int(bandwidth_mib or 0),
     }
+    if drs is not None:
+        params["drs"] = drs
     operation = operation_record(locked, OperationKind.MIGRATE, actor, params=params)
-    audit_log(actor=actor, action="instance.migrate", target=locked, detail=params)
+    audit_log(
+        actor=actor,
+        action="instance.migrate",
+        target=locked,
+        detail={k: v for k, v in params.items() if k != "drs"}
+        | ({"drs_recommendation": drs.get("recommendation")} if drs else {}),
+    )
     instance_event(locked, host=source.name, migration_host=claimed.name)
     operation_enqueue(operation)
     return operation

@@ -475,6 +475,10 @@ ADMIN_MODELS: dict[str, dict[str, bool]] = {
     "scheduler.aggregate": {"add": True, "delete": True},
     "scheduler.placementdecision": {"add": False, "delete": False},
     "scheduler.queueentry": {"add": False, "delete": False},
+    # The settings are one row (the world makes it): nobody adds a second or deletes it.
+    "scheduler.drssettings": {"add": False, "delete": False},
+    "scheduler.drspass": {"add": False, "delete": False},
+    "scheduler.drsrecommendation": {"add": False, "delete": False},
     "compute.servergroup": {"add": False, "delete": False},
     "compute.securitygroup": {"add": False, "delete": False},
     "compute.floatingpool": {"add": True, "delete": True, "protected": True},

@@ -15,6 +15,25 @@ STAFF_PAGE = exp(302, 403, 403, 403, 403, 200, 200)
 HOST_CHANGE = exp(302, 403, 403, 403, 403, 403, 302)
 
 
+def drs_recommendation_id(w: World) -> int:
+    """A fresh recommendation to move tenant A's VM (each persona's call applies its own)."""
+    from scheduler.models import DrsPass, DrsRecommendation
+
+    vm = w.vms["a-vm"]
+    drs_pass = DrsPass.objects.create(automation="manual", threshold=3)
+    host = Host.objects.get(name="harness-host")
+    rec = DrsRecommendation.objects.create(
+        drs_pass=drs_pass, order=0, instance=vm, instance_ids=[vm.pk], source=host, target=host
+    )
+    return rec.pk
+
+
+def drs_pass_id(w: World) -> int:
+    from scheduler.models import DrsRecommendation
+
+    return DrsRecommendation.objects.get(pk=drs_recommendation_id(w)).drs_pass_id
+
+
 def _maintenance(w: World) -> str:
     return f"/staff/hosts/{Host.objects.get(name='harness-host').pk}/maintenance/"
 
@@ -22,6 +41,26 @@ def _maintenance(w: World) -> str:
 ROUTES: dict[str, list[Case]] = {
     "staff-hosts": [Case("GET", const("/staff/hosts/"), STAFF_PAGE, json=False)],
     "staff-queue": [Case("GET", const("/staff/queue/"), STAFF_PAGE, json=False)],
+    "staff-drs": [Case("GET", const("/staff/drs/"), STAFF_PAGE, json=False)],
+    "staff-drs-run": [Case("POST", const("/staff/drs/run/"), HOST_CHANGE, json=False, action="drs.pass")],
+    "staff-drs-apply": [
+        Case(
+            "POST",
+            lambda w: f"/staff/drs/recommendations/{drs_recommendation_id(w)}/apply/",
+            HOST_CHANGE,
+            json=False,
+            action="drs.apply",
+        )
+    ],
+    "staff-drs-apply-all": [
+        Case(
+            "POST",
+            lambda w: f"/staff/drs/passes/{drs_pass_id(w)}/apply/",
+            HOST_CHANGE,
+            json=False,
+            action="drs.apply_all",
+        )
+    ],
     "staff-host-maintenance": [
         Case(
             "POST",

@@ -269,6 +269,18 @@ def _schedules() -> None:
     )  # fmt: skip
 
 
+def _drs(vm: Instance) -> None:
+    """The cluster's DRS settings, and a pass that recommends moving A's VM (admin shows them)."""
+    from scheduler.models import DrsPass, DrsRecommendation, DrsSettings
+
+    DrsSettings.current()
+    drs_pass = DrsPass.objects.create(automation="manual", threshold=3, summary={"hosts": []})
+    host = Host.objects.get(pk=vm.host_id or 0)
+    DrsRecommendation.objects.create(
+        drs_pass=drs_pass, order=0, instance=vm, instance_ids=[vm.pk], source=host, target=host
+    )
+
+
 def _placements(vms: dict[str, Instance]) -> dict[str, ServerGroup]:
     """A placement record for each VM, an aggregate of the hosts, server groups and a queued
     instance per tenant (the API and the admin show them all)."""
@@ -283,6 +295,7 @@ def _placements(vms: dict[str, Instance]) -> dict[str, ServerGroup]:
         name="harness-aggregate", cpu_ratio=2.0, tenant_id=vms["a-vm"].tenant_id
     )
     aggregate.hosts.add(vms["a-vm"].host_id or 0)
+    _drs(vms["a-vm"])
     groups = {}
     for prefix in ("a", "b"):
         vm = vms[f"{prefix}-vm"]

@@ -27,6 +27,7 @@ from rest_framework.test import APIClient
 
 from compute.api.views import admin as api_admin
 from compute.api.views import catalog, groups, images, instances, networks, operations, snapshots
+from compute.api.views import drs as drs_api
 from compute.api.views import floating as floating_api
 from compute.api.views import keypairs as keypairs_api
 from compute.api.views import volumes as volumes_api
@@ -59,7 +60,14 @@ from compute.models import (
 )
 from compute.selectors import flavors_for, images_for, networks_for
 from core.pagination import MAX_PAGE_SIZE, PAGE_SIZE, ListSpec
-from scheduler.models import QueueEntry, QueueState
+from scheduler.models import (
+    DrsPass,
+    DrsPassKind,
+    DrsRecommendation,
+    QueueEntry,
+    QueueState,
+    RecommendationState,
+)
 from security.audit import Actor, audit_log
 from security.models import AuditRecord, Outcome
 from tenants.api import views as tenant_api
@@ -169,6 +177,33 @@ def make_some_instances(w: World, n: int, tag: str) -> None:
 
 def make_queued(w: World, n: int, tag: str) -> None:
     make_instances(w, n, tag, states=(InstanceState.QUEUED,))
+
+
+def make_drs_passes(w: World, n: int, tag: str) -> None:
+    kinds = list(DrsPassKind.values)
+    DrsPass.objects.bulk_create(
+        DrsPass(kind=kinds[i % len(kinds)], automation="manual", threshold=3, created=_when(i))
+        for i in range(n)
+    )
+
+
+def make_drs_recommendations(w: World, n: int, tag: str) -> None:
+    host = Host.objects.create(name=f"drs-{tag}-{uuid.uuid4().hex[:6]}", uri="test:///default")
+    drs_pass = DrsPass.objects.create(automation="manual", threshold=3)
+    states = list(RecommendationState.values)
+    DrsRecommendation.objects.bulk_create(
+        DrsRecommendation(
+            drs_pass=drs_pass,
+            order=i,
+            instance=w.instance if i % 2 else w.other,
+            instance_ids=[w.instance.pk],
+            source=host,
+            target=host,
+            state=states[i % len(states)],
+            created=_when(i),
+        )
+        for i in range(n)
+    )
 
 
 def make_operations(w: World, n: int, tag: str) -> None:
@@ -623,6 +658,22 @@ CASES.update(
             lambda w: QueueEntry.objects.unscoped().filter(state=QueueState.WAITING),
             make_queued,
             lambda w: [(f"tenant={w.tenant.slug}", Q(tenant=w.tenant))],
+            staff=True,
+        ),
+        "api-admin-drs-passes": ListCase(
+            drs_api.PASSES,
+            lambda w: "/api/v1/admin/drs/passes/",
+            lambda w: DrsPass.objects.all(),
+            make_drs_passes,
+            lambda w: [("kind=what_if", Q(kind="what_if"))],
+            staff=True,
+        ),
+        "api-admin-drs-recommendations": ListCase(
+            drs_api.RECOMMENDATIONS,
+            lambda w: "/api/v1/admin/drs/recommendations/",
+            lambda w: DrsRecommendation.objects.all(),
+            make_drs_recommendations,
+            lambda w: [("state=proposed,failed", Q(state__in=["proposed", "failed"]))],
             staff=True,
         ),
         "api-admin-quotas": ListCase(

@@ -1,0 +1,269 @@
+"""The staff API of DRS: its settings, its passes with their recommendations, applying them, pins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from compute.api.views.admin import StaffOnly
+from compute.models import Instance
+from compute.services.drs import drs_apply, drs_apply_all, drs_pass_run, drs_settings_update, instance_drs_pin
+from core.pagination import Filter, ListSchema, ListSpec, paginated
+from scheduler.drs import LEVELS
+from scheduler.models import (
+    Automation,
+    DrsPass,
+    DrsPassKind,
+    DrsRecommendation,
+    DrsSettings,
+    RecommendationState,
+)
+from security.audit import Actor
+from tenants.access import require_model_permission
+
+MOVE_PERMISSION = "compute.change_host"  # a recommendation applied is a migration
+SETTINGS_PERMISSION = "scheduler.change_drssettings"
+
+
+class DrsSettingsSerializer(serializers.ModelSerializer[DrsSettings]):
+    threshold_name = serializers.SerializerMethodField()
+
+    class Meta:
+        model = DrsSettings
+        fields = [
+            "enabled",
+            "automation",
+            "threshold",
+            "threshold_name",
+            "interval_seconds",
+            "cooldown_seconds",
+            "max_concurrent",
+            "max_moves",
+            "window_seconds",
+            "last_pass_at",
+        ]
+        read_only_fields = ["last_pass_at", "threshold_name"]
+
+    def get_threshold_name(self, obj: DrsSettings) -> str:
+        level = LEVELS.get(obj.threshold)
+        return level.name if level else ""
+
+
+class DrsSettingsUpdateSerializer(serializers.Serializer[Any]):
+    enabled = serializers.BooleanField(required=False)
+    automation = serializers.ChoiceField(choices=Automation.choices, required=False)
+    threshold = serializers.IntegerField(min_value=1, max_value=5, required=False)
+    interval_seconds = serializers.IntegerField(min_value=30, max_value=86400, required=False)
+    cooldown_seconds = serializers.IntegerField(min_value=0, max_value=7 * 86400, required=False)
+    max_concurrent = serializers.IntegerField(min_value=1, max_value=64, required=False)
+    max_moves = serializers.IntegerField(min_value=1, max_value=1000, required=False)
+    window_seconds = serializers.IntegerField(min_value=10, max_value=86400, required=False)
+
+
+class RecommendationSerializer(serializers.ModelSerializer[DrsRecommendation]):
+    drs_pass = serializers.IntegerField(source="drs_pass_id", read_only=True)
+    instance = serializers.UUIDField(  # type: ignore[assignment]  # the API's name for it
+        source="instance.uuid", read_only=True
+    )
+    instance_name = serializers.CharField(source="instance.name", read_only=True)
+    tenant = serializers.CharField(source="instance.tenant.slug", read_only=True)
+    source = serializers.CharField(  # type: ignore[assignment]  # the API's name for it
+        source="source.name", read_only=True
+    )
+    target = serializers.CharField(source="target.name", read_only=True)
+
+    class Meta:
+        model = DrsRecommendation
+        fields = [
+            "id",
+            "drs_pass",
+            "order",
+            "instance",
+            "instance_name",
+            "tenant",
+            "instance_ids",
+            "source",
+            "target",
+            "live",
+            "cost",
+            "automatic",
+            "state",
+            "reason",
+            "explanation",
+            "operations",
+            "created",
+            "updated",
+        ]
+        read_only_fields = fields
+
+
+class DrsPassSerializer(serializers.ModelSerializer[DrsPass]):
+    requested_by = serializers.CharField(source="requested_by.username", read_only=True, default=None)
+
+    class Meta:
+        model = DrsPass
+        fields = [
+            "id",
+            "kind",
+            "automation",
+            "threshold",
+            "requested_by",
+            "std_before",
+            "std_after",
+            "moves",
+            "summary",
+            "changes",
+            "error",
+            "created",
+        ]
+        read_only_fields = fields
+
+
+class DrsPassDetailSerializer(DrsPassSerializer):
+    recommendations = RecommendationSerializer(many=True, read_only=True)
+
+    class Meta(DrsPassSerializer.Meta):
+        fields = [*DrsPassSerializer.Meta.fields, "recommendations"]
+        read_only_fields = fields
+
+
+class PinSerializer(serializers.Serializer[Any]):
+    pinned = serializers.BooleanField()
+
+
+def _recommendations() -> Any:
+    return DrsRecommendation.objects.select_related("instance__tenant", "source", "target")
+
+
+class AdminDrsView(APIView):
+    """Staff: the cluster's DRS settings (GET; PATCH with change_drssettings) and the latest pass."""
+
+    permission_classes = [StaffOnly]
+
+    @extend_schema(responses=DrsSettingsSerializer)
+    def get(self, request: Request) -> Response:
+        data = dict(DrsSettingsSerializer(DrsSettings.current()).data)
+        latest = DrsPass.objects.exclude(kind=DrsPassKind.WHAT_IF).first()
+        data["latest_pass"] = DrsPassSerializer(latest).data if latest else None
+        return Response(data)
+
+    @extend_schema(request=DrsSettingsUpdateSerializer, responses=DrsSettingsSerializer)
+    def patch(self, request: Request) -> Response:
+        require_model_permission(request, SETTINGS_PERMISSION)
+        body = DrsSettingsUpdateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        changed = drs_settings_update(actor=Actor.from_request(request), **body.validated_data)
+        return Response(DrsSettingsSerializer(changed).data)
+
+
+PASSES = ListSpec(
+    orderings={"created": ("created", "pk")},
+    default="-created",
+    filters=(Filter("kind", choices=DrsPassKind.values),),
+)
+
+
+class AdminDrsPassListView(APIView):
+    """Staff: the passes, newest first (GET); run one now (POST, with change_host)."""
+
+    permission_classes = [StaffOnly]
+    schema = ListSchema()
+
+    @extend_schema(parameters=PASSES.parameters(), responses=paginated(DrsPassSerializer))
+    def get(self, request: Request) -> Response:
+        page = PASSES.page(request, DrsPass.objects.select_related("requested_by"))
+        return page.response(DrsPassSerializer(page.rows, many=True).data)
+
+    @extend_schema(request=None, responses={201: DrsPassDetailSerializer})
+    def post(self, request: Request) -> Response:
+        require_model_permission(request, MOVE_PERMISSION)
+        done = drs_pass_run(
+            kind=DrsPassKind.REQUESTED, actor=Actor.from_request(request), requested_by=request.user
+        )
+        if done is None:  # a requested pass always runs; never reached
+            raise RuntimeError("the requested DRS pass did not run")
+        return Response(DrsPassDetailSerializer(done).data, status=status.HTTP_201_CREATED)
+
+
+class AdminDrsPassView(APIView):
+    """Staff: one pass with its recommendations and their explanations."""
+
+    permission_classes = [StaffOnly]
+
+    @extend_schema(responses=DrsPassDetailSerializer)
+    def get(self, request: Request, pk: int) -> Response:
+        drs_pass = get_object_or_404(
+            DrsPass.objects.prefetch_related("recommendations__instance__tenant"), pk=pk
+        )
+        return Response(DrsPassDetailSerializer(drs_pass).data)
+
+
+class AdminDrsPassApplyView(APIView):
+    """Staff with change_host: apply every waiting recommendation of a pass (they start a few at a time)."""
+
+    permission_classes = [StaffOnly]
+
+    @extend_schema(request=None, responses=DrsPassDetailSerializer)
+    def post(self, request: Request, pk: int) -> Response:
+        drs_pass = get_object_or_404(DrsPass, pk=pk)
+        require_model_permission(request, MOVE_PERMISSION)
+        drs_apply_all(actor=Actor.from_request(request), drs_pass=drs_pass, user=request.user)
+        return Response(DrsPassDetailSerializer(drs_pass).data)
+
+
+RECOMMENDATIONS = ListSpec(
+    orderings={"created": ("created", "pk")},
+    default="-created",
+    filters=(
+        Filter("state", choices=RecommendationState.values),
+        Filter("drs_pass", path="drs_pass_id", kind="int"),
+    ),
+)
+
+
+class AdminDrsRecommendationListView(APIView):
+    """Staff: recommendations, newest first, by state or pass."""
+
+    permission_classes = [StaffOnly]
+    schema = ListSchema()
+
+    @extend_schema(parameters=RECOMMENDATIONS.parameters(), responses=paginated(RecommendationSerializer))
+    def get(self, request: Request) -> Response:
+        page = RECOMMENDATIONS.page(request, _recommendations())
+        return page.response(RecommendationSerializer(page.rows, many=True).data)
+
+
+class AdminDrsRecommendationApplyView(APIView):
+    """Staff with change_host: apply one recommendation: it starts now (or when a slot frees)."""
+
+    permission_classes = [StaffOnly]
+
+    @extend_schema(request=None, responses=RecommendationSerializer)
+    def post(self, request: Request, pk: int) -> Response:
+        rec = get_object_or_404(_recommendations(), pk=pk)
+        require_model_permission(request, MOVE_PERMISSION)
+        done = drs_apply(actor=Actor.from_request(request), recommendation=rec, user=request.user)
+        return Response(RecommendationSerializer(done).data)
+
+
+class AdminInstancePinView(APIView):
+    """Staff with change_host: pin an instance (DRS never moves it) or unpin it."""
+
+    permission_classes = [StaffOnly]
+
+    @extend_schema(request=PinSerializer, responses=PinSerializer)
+    def put(self, request: Request, uuid: str) -> Response:
+        instance = get_object_or_404(Instance.objects.unscoped(), uuid=uuid)
+        require_model_permission(request, MOVE_PERMISSION)
+        body = PinSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        done = instance_drs_pin(
+            actor=Actor.from_request(request), instance=instance, pinned=body.validated_data["pinned"]
+        )
+        return Response({"pinned": done.drs_pinned})

@@ -1,0 +1,100 @@
+"""The staff DRS page: the balancer's settings, the latest pass with each host's load before and
+after, and its recommendations with their explanations, to apply one by one or all at once.
+
+Reads are the models' (the pass keeps its summary); the writes go through compute.services.drs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from compute.services.drs import drs_apply, drs_apply_all, drs_pass_run
+from core.errors import ServiceError
+from portal.staff_views import staff_required
+from scheduler.drs import LEVELS
+from scheduler.models import DrsPass, DrsPassKind, DrsRecommendation, DrsSettings, RecommendationState
+from security.audit import Actor
+
+MOVE_PERMISSION = "compute.change_host"
+RECENT = 30
+
+
+def drs_overview() -> dict[str, Any]:
+    settings = DrsSettings.current()
+    latest = DrsPass.objects.exclude(kind=DrsPassKind.WHAT_IF).first()
+    hosts = []
+    if latest is not None:
+        for line in latest.summary.get("hosts", []):
+            hosts.append(
+                {
+                    **line,
+                    "before_pct": round(line["before"] * 100),
+                    "after_pct": round(line["after"] * 100),
+                    "automation": latest.summary.get("automation", {}).get(line["host"], ""),
+                }
+            )
+    recommendations = DrsRecommendation.objects.select_related("instance__tenant", "source", "target")
+    return {
+        "settings": settings,
+        "level": LEVELS.get(settings.threshold),
+        "latest": latest,
+        "hosts": hosts,
+        "plan": list(recommendations.filter(drs_pass=latest)) if latest else [],
+        "recent": list(recommendations.exclude(drs_pass=latest)[:RECENT]) if latest else [],
+        "waiting": (RecommendationState.PROPOSED, RecommendationState.APPROVED),
+    }
+
+
+@staff_required
+@require_GET
+def drs(request: HttpRequest) -> HttpResponse:
+    context = drs_overview()
+    context["can_move"] = request.user.has_perm(MOVE_PERMISSION)
+    return render(request, "staff/drs.html", context)
+
+
+def _may_move(request: HttpRequest) -> None:
+    if not request.user.has_perm(MOVE_PERMISSION):
+        raise PermissionDenied("applying DRS moves needs the change_host permission")
+
+
+@staff_required
+@require_POST
+def drs_run(request: HttpRequest) -> HttpResponse:
+    _may_move(request)
+    done = drs_pass_run(
+        kind=DrsPassKind.REQUESTED, actor=Actor.from_request(request), requested_by=request.user
+    )
+    if done is not None:
+        messages.success(request, f"Pass {done.pk}: {done.moves} move(s) recommended.")
+    return redirect("staff-drs")
+
+
+@staff_required
+@require_POST
+def drs_apply_one(request: HttpRequest, pk: int) -> HttpResponse:
+    _may_move(request)
+    rec = get_object_or_404(DrsRecommendation, pk=pk)
+    try:
+        done = drs_apply(actor=Actor.from_request(request), recommendation=rec, user=request.user)
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("staff-drs")
+    messages.success(request, f"{done.instance.name}: {done.get_state_display()}. {done.reason}".strip())
+    return redirect("staff-drs")
+
+
+@staff_required
+@require_POST
+def drs_apply_pass(request: HttpRequest, pk: int) -> HttpResponse:
+    _may_move(request)
+    drs_pass = get_object_or_404(DrsPass, pk=pk)
+    count = drs_apply_all(actor=Actor.from_request(request), drs_pass=drs_pass, user=request.user)
+    messages.success(request, f"{count} recommendation(s) approved; they start a few at a time.")
+    return redirect("staff-drs")
