@@ -141,6 +141,8 @@ class Allocation(models.TextChoices):
 # Below this a VM's kernel does not boot; below the other runc's own init cannot start.
 VM_MIN_RAM_MIB = 64
 CONTAINER_MIN_RAM_MIB = 8
+# The floor of dynamic CPU of a flavor that names none, per vCPU (in % of one CPU).
+MIN_CPU_PCT_PER_VCPU = 10
 
 
 class Flavor(models.Model):
@@ -163,6 +165,14 @@ class Flavor(models.Model):
         null=True,
         blank=True,
         help_text="Floor of dynamic memory (the balloon of a VM, the memory limit of a container).",
+    )
+    min_cpu_pct = models.PositiveIntegerField(
+        "minimum CPU (% of one CPU)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text=f"Floor of dynamic CPU (the CPU quota of a container, the CPU shares of a VM); empty: "
+        f"{MIN_CPU_PCT_PER_VCPU}% per vCPU.",
     )
     allocation = models.CharField(
         max_length=8,
@@ -252,6 +262,10 @@ class Flavor(models.Model):
         if self.allocation == Allocation.DYNAMIC and self.min_ram_mib == self.ram_mib:
             raise ValidationError(
                 {"min_ram_mib": "Dynamic allocation needs a minimum below the RAM (they are equal)."}
+            )
+        if self.min_cpu_pct is not None and self.vcpus is not None and self.min_cpu_pct > self.cpu_cap_pct:
+            raise ValidationError(
+                {"min_cpu_pct": f"The minimum CPU cannot be above the flavor's CPU ({self.cpu_cap_pct}%)."}
             )
 
 
@@ -421,6 +435,9 @@ class Instance(TenantOwned):
     vcpus = models.PositiveIntegerField(default=1)
     ram_mib = models.PositiveIntegerField(default=64)
     current_ram_mib = models.PositiveIntegerField(default=64)
+    # Dynamic CPU grant in % of one CPU (a container's CPU quota, a VM's CPU shares); empty: all of
+    # its CPU (static, or not moved by the adjuster yet): see cpu_grant_pct.
+    current_cpu_pct = models.PositiveIntegerField(null=True, blank=True)
     disk_gib = models.PositiveIntegerField(default=1)
     fault = models.TextField(blank=True, default="")
     fault_at = models.DateTimeField(null=True, blank=True)
@@ -481,6 +498,24 @@ class Instance(TenantOwned):
     def port_name(self) -> str:
         """Host-side interface on the network's bridge: a VM's tap or a container's veth end."""
         return f"{'nt' if self.kind == InstanceKind.VM else 'nv'}{self.uuid.hex[:12]}"
+
+    @property
+    def cpu_bounds_pct(self) -> tuple[int, int]:
+        """Floor and ceiling of its CPU grant, in % of one CPU. The ceiling: a container's CPU cap
+        (its flavor's), a VM's vCPUs; the floor: its flavor's ``min_cpu_pct``, else
+        ``MIN_CPU_PCT_PER_VCPU`` per vCPU, never above the ceiling."""
+        ceiling = self.flavor.cpu_cap_pct if self.kind == InstanceKind.CONTAINER else self.vcpus * 100
+        floor = self.flavor.min_cpu_pct or MIN_CPU_PCT_PER_VCPU * self.vcpus
+        return min(floor, ceiling), ceiling
+
+    @property
+    def cpu_grant_pct(self) -> int:
+        """The CPU it has now, in % of one CPU: the adjuster's grant if dynamic (at most the
+        ceiling), else all of it."""
+        ceiling = self.cpu_bounds_pct[1]
+        if self.allocation != Allocation.DYNAMIC or self.current_cpu_pct is None:
+            return ceiling
+        return min(self.current_cpu_pct, ceiling)
 
     def groups(self) -> list[SecurityGroup]:
         """Its security groups (the tenant-scoped way: the M2M manager itself is not scoped)."""

@@ -83,7 +83,7 @@ def admission_run() -> list[str]:
 
 @shared_task(name="compute.allocation_adjust")
 def allocation_adjust() -> dict[str, Any]:
-    """Periodic (control queue): move dynamic instances' memory toward their measured demand."""
+    """Periodic (control queue): move dynamic instances' memory and CPU toward their measured demand."""
     return allocation_adjust_all()
 
 
@@ -100,10 +100,16 @@ def metrics_rollup() -> dict[str, int]:
 
 
 @shared_task(name="compute.memory_apply", acks_late=True, reject_on_worker_lost=True)
-def memory_apply(host_name: str) -> dict[str, str]:
-    """On a host's queue: bring its dynamic instances' live memory to the grants in the database."""
+def memory_apply(host_name: str) -> dict[str, dict[str, str]]:
+    """On a host's queue: bring its dynamic instances' live memory and CPU to the grants in the
+    database; {"memory": {instance uuid: what happened}, "cpu": {...}}."""
     host = Host.objects.filter(name=host_name).first()
-    return memory.memory_apply(host, local_driver()) if host is not None else {}
+    if host is None:
+        return {}
+    return {
+        "memory": memory.memory_apply(host, local_driver()),
+        "cpu": memory.cpu_apply(host, local_driver()),
+    }
 
 
 @worker_ready.connect

@@ -48,6 +48,7 @@ class FlavorSerializer(serializers.ModelSerializer[Flavor]):
             "io_model",
             "balloon",
             "min_ram_mib",
+            "min_cpu_pct",
             "public",
         ]
 
@@ -94,6 +95,12 @@ class InstanceSerializer(serializers.ModelSerializer[Instance]):
     volumes = serializers.SerializerMethodField(
         help_text="Its attached volumes: id, name, device, size, state."
     )
+    current_cpu_pct = serializers.IntegerField(
+        source="cpu_grant_pct",
+        read_only=True,
+        help_text="Its CPU now, in % of one CPU: a dynamic instance's grant (a container's quota, a "
+        "VM's shares), else all of its CPU.",
+    )
     queue = serializers.SerializerMethodField(
         help_text="While queued: its place in the admission queue, the wait so far and the estimate."
     )
@@ -127,6 +134,7 @@ class InstanceSerializer(serializers.ModelSerializer[Instance]):
             "vcpus",
             "ram_mib",
             "current_ram_mib",
+            "current_cpu_pct",
             "allocation",
             "disk_gib",
             "network",

@@ -324,6 +324,9 @@ def _resources(
     return resources
 
 
+CPU_PERIOD = 100_000  # microseconds of a CFS period: a quota of CPU_PERIOD is one whole CPU
+
+
 def cgroups_path(parent: str, name: str) -> str:
     """linux.cgroupsPath of container ``name`` under ``parent`` (one host's containers)."""
     return f"/{parent.strip('/')}/{name}"
@@ -338,7 +341,7 @@ def oci_config(
     memory_bytes: int,
     swap_bytes: int = 0,
     cpu_quota: int,
-    cpu_period: int = 100_000,
+    cpu_period: int = CPU_PERIOD,
     cpu_shares: int = 1024,
     pids_max: int,
     blkio_weight: int | None = None,

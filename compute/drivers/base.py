@@ -181,6 +181,18 @@ class GuestDriver(abc.ABC):
     def set_memory(self, name: str, mib: int) -> None: ...
 
     @abc.abstractmethod
+    def set_cpu(self, name: str, pct: int) -> None:
+        """Give the guest ``pct``% of one CPU, live and for its next start: a container's CFS quota
+        (a hard cap), a VM's CPU shares (a weight in proportion to ``pct``, that counts only under
+        contention)."""
+
+    @abc.abstractmethod
+    def cpu_pct(self, name: str) -> int | None:
+        """The CPU the running guest holds now as ``set_cpu`` gives it, in % of one CPU (read from
+        the host: the quota of its cgroup, the shares of its domain); None when it does not run or
+        has no limit."""
+
+    @abc.abstractmethod
     def power_state(self, name: str) -> str | None:
         """'running', 'stopped', 'paused', 'crashed', or None when no such guest exists."""
 

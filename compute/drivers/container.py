@@ -15,6 +15,7 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
+from compute.containers.oci_spec import CPU_PERIOD
 from compute.drivers.base import ContainerDriver, Counters, DriverError, LogChunk, read_log
 from compute.drivers.oci import CGROUP_ROOT, OciDriver
 
@@ -56,6 +57,18 @@ class RuncDriver(ContainerDriver):
 
     def set_memory(self, name: str, mib: int) -> None:
         self.oci.update(name, memory_bytes=mib << 20)
+
+    def set_cpu(self, name: str, pct: int) -> None:
+        """The container's CFS quota: ``pct``% of one CPU per period, a hard cap (the bundle, which
+        the next start runs with, is the caller's: ``save_config``)."""
+        self.oci.update(name, cpu_quota=pct * CPU_PERIOD // 100, cpu_period=CPU_PERIOD)
+
+    def cpu_pct(self, name: str) -> int | None:
+        """The CFS quota the kernel holds for the container, in % of one CPU; None without one."""
+        if self.oci.state(name) != "running":
+            return None
+        limit = self.oci.cpu_quota(name)
+        return None if limit is None else round(limit[0] * 100 / limit[1])
 
     def memory_limit_mib(self, name: str) -> int | None:
         """The memory limit the kernel holds for the container (cgroup v1, or v2's memory.max)."""

@@ -311,6 +311,32 @@ class LibvirtDriver(VmDriver):
         flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0)
         self._call("set memory", dom.setMemoryFlags, mib * 1024, flags)
 
+    def set_cpu(self, name: str, pct: int) -> None:
+        """The domain's CPU shares in proportion to ``pct`` (``cpu_shares_of``), live and in its
+        definition (so a restart keeps them)."""
+        dom = self._lookup(name)
+        if dom is None:
+            raise DriverError(f"set cpu: no domain {name}")
+        params = {libvirt.VIR_DOMAIN_SCHEDULER_CPU_SHARES: cpu_shares_of(pct)}
+        # One call per side: the Python binding reads the parameters' types with the same flags,
+        # and libvirt refuses that read for LIVE | CONFIG ("mutually exclusive").
+        if dom.isActive():
+            self._call(
+                "set cpu shares", dom.setSchedulerParametersFlags, params, libvirt.VIR_DOMAIN_AFFECT_LIVE
+            )
+        self._call(
+            "set cpu shares", dom.setSchedulerParametersFlags, params, libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        )
+
+    def cpu_pct(self, name: str) -> int | None:
+        """The running domain's CPU shares as % of one CPU (the inverse of ``cpu_shares_of``)."""
+        dom = self._lookup(name)
+        if dom is None or not dom.isActive():
+            return None
+        params = self._call("cpu shares", dom.schedulerParametersFlags, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        shares = params.get(libvirt.VIR_DOMAIN_SCHEDULER_CPU_SHARES)
+        return None if shares is None else round(int(shares) * 100 / _shares_per_cpu())
+
     def memory_stats(self, name: str) -> dict[str, int]:
         dom = self._lookup(name)
         if dom is None or not dom.isActive():
@@ -774,6 +800,21 @@ def domain_counters(stats: dict[str, Any], taken: float) -> Counters:
         balloon_kib=balloon_kib,
         guest_report_at=None if balloon_kib is None else int(stats.get("balloon.last-update", 0)),
     )
+
+
+def _shares_per_cpu() -> int:
+    """The CPU weight of one CPU's worth: cgroup v1's default cpu.shares (1024, what runc gives a
+    container per vCPU), or cgroup v2's default cpu.weight (100), which libvirt's cpu_shares sets
+    there. The host's agent talks to its own daemon, so the host's hierarchy is the daemon's."""
+    return 100 if Path("/sys/fs/cgroup/cgroup.controllers").exists() else 1024
+
+
+def cpu_shares_of(pct: int) -> int:
+    """A VM's CPU grant (% of one CPU) as libvirt's cpu_shares: in proportion, within the range the
+    host's cgroups take (v1: 2 to 262144, v2: 1 to 10000)."""
+    per_cpu = _shares_per_cpu()
+    low, high = (1, 10_000) if per_cpu == 100 else (2, 262_144)
+    return min(max(round(pct * per_cpu / 100), low), high)
 
 
 def _ver(value: int) -> str:

@@ -289,6 +289,22 @@ class OciDriver:
             raise DriverError(f"{name}: no such container")
         return _cgroup_dir(controller, config)
 
+    def cpu_quota(self, name: str) -> tuple[int, int] | None:
+        """The container's CFS (quota, period) in microseconds as the kernel holds them; None when
+        it has no quota (or no cgroup any more)."""
+        directory = self.cgroup_dir(name, "cpu")
+        try:
+            if (directory / "cpu.max").exists():  # v2: "quota period", or "max period"
+                quota, period = (directory / "cpu.max").read_text().split()
+            else:
+                quota = (directory / "cpu.cfs_quota_us").read_text().strip()
+                period = (directory / "cpu.cfs_period_us").read_text().strip()
+        except (FileNotFoundError, ValueError):
+            return None
+        if quota in ("max", "-1"):
+            return None
+        return int(quota), int(period)
+
     def oom_killed(self, name: str) -> bool:
         """True once the kernel's OOM killer has killed a process of this container's cgroup."""
         count = self.oom_kills(name)

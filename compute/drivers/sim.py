@@ -7,7 +7,7 @@ Constructing it for any other host raises ``NotSimulated``; ``driver_for_host`` 
 simulated hosts only and gives real hosts their real driver.
 
 Nothing here touches the machine: no libvirt, no files, no processes. A "domain" is a record
-(its spec, power state, memory target and snapshots) kept in a dict of the driver object.
+(its spec, power state, memory target, CPU grant and snapshots) kept in a dict of the driver object.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ class SimDomain:
     spec: GuestSpec
     state: str = "stopped"
     memory_mib: int = 0
+    cpu_pct: int | None = None  # the CPU grant set_cpu gave it (% of one CPU); None: never set
     boots: int = 0
     snapshots: dict[str, tuple[str, int]] = field(default_factory=dict)  # name -> (state, memory)
 
@@ -170,6 +171,18 @@ class SimulatorDriver(VmDriver):
             raise DriverError(f"set memory: {mib} MiB is outside 1..{domain.spec.ram_mib} MiB for {name}")
         domain.memory_mib = mib
         domain.spec = replace(domain.spec, current_ram_mib=mib)
+
+    def set_cpu(self, name: str, pct: int) -> None:
+        domain = self._domain("set cpu", name)
+        if pct < 1:
+            raise DriverError(f"set cpu: {pct}% of a CPU is below 1% for {name}")
+        domain.cpu_pct = pct  # recorded only: a simulated guest burns no CPU to share
+
+    def cpu_pct(self, name: str) -> int | None:
+        domain = self.domains.get(name)
+        if domain is None or domain.state != "running":
+            return None
+        return domain.cpu_pct
 
     def power_state(self, name: str) -> str | None:
         domain = self.domains.get(name)

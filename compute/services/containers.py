@@ -178,12 +178,12 @@ def rootfs_collect(host_name: str, grace: int | None = None) -> list[str]:
 
 
 def limits_of(instance: Instance) -> dict[str, Any]:
-    """The cgroup limits an instance's flavor and its current memory give its container."""
+    """The cgroup limits an instance's flavor and its current memory and CPU give its container."""
     flavor = instance.flavor
     return {
         "memory_bytes": instance.current_ram_mib << 20,
         "swap_bytes": flavor.swap_mib << 20,
-        "cpu_quota": flavor.cpu_cap_pct * CPU_PERIOD // 100,
+        "cpu_quota": instance.cpu_grant_pct * CPU_PERIOD // 100,  # the flavor's cap, unless dynamic
         "cpu_period": CPU_PERIOD,
         "cpu_shares": 1024 * instance.vcpus,
         "pids_max": flavor.pids_max,

@@ -87,7 +87,7 @@
       if ("fault" in ev) {
         for (const el of scope.querySelectorAll('[data-live="fault"]')) el.textContent = ev.fault || "none";
       }
-      for (const key of ["ip_address", "current_ram_mib", "oom_kills", "host"]) {
+      for (const key of ["ip_address", "current_ram_mib", "current_cpu_pct", "oom_kills", "host"]) {
         if (key in ev && ev[key] !== null && ev[key] !== undefined) {
           for (const el of scope.querySelectorAll('[data-live="' + key + '"]')) el.textContent = ev[key];
         }
@@ -198,7 +198,7 @@
           .then(function (i) {
             if (!i || stale(i.id)) return;
             onInstance({instance: i.id, state: i.state, fault: i.fault, ip_address: i.ip_address,
-              current_ram_mib: i.current_ram_mib, oom_kills: i.oom_kills});
+              current_ram_mib: i.current_ram_mib, current_cpu_pct: i.current_cpu_pct, oom_kills: i.oom_kills});
           })
           .catch(function () {});
       }));
