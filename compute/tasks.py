@@ -13,7 +13,7 @@ from django.conf import settings
 from compute import metrics
 from compute.drivers.libvirt import LibvirtDriver
 from compute.models import Host
-from compute.services import admission, agent, drs, evacuation, ha, image_upload, memory
+from compute.services import admission, agent, drs, drs_whatif, evacuation, ha, image_upload, memory
 from compute.services.allocation import allocation_adjust_all
 from compute.services.hosts import hosts_mark_down
 from compute.services.outbox import dispatcher_loop
@@ -53,6 +53,12 @@ def drs_pass() -> int | None:
     if done is None:
         drs.drs_execute()
     return done.pk if done is not None else None
+
+
+@shared_task(name="compute.drs_what_if")
+def drs_what_if(pass_id: int) -> int:
+    """Control queue: compute a what-if pass staff asked for (the simulator runs here, not in the web)."""
+    return drs_whatif.drs_what_if_run(pass_id).moves
 
 
 @shared_task(name="compute.drs_execute")

@@ -12,9 +12,11 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from compute.services.drs import drs_apply, drs_apply_all, drs_pass_run
+from compute.models import Flavor, Host
+from compute.services.drs import drs_apply, drs_apply_all, drs_pass_run, drs_what_if
 from core.errors import ServiceError
 from portal.staff_views import staff_required
 from scheduler.drs import LEVELS
@@ -25,7 +27,19 @@ MOVE_PERMISSION = "compute.change_host"
 RECENT = 30
 
 
-def drs_overview() -> dict[str, Any]:
+def what_if_view(drs_pass: DrsPass | None) -> dict[str, Any] | None:
+    """A what-if pass as the page shows it: its changes, each host's three loads, its moves."""
+    if drs_pass is None:
+        return None
+    summary = drs_pass.summary
+    hosts = [
+        {**h, **{f"{k}_pct": round(h[k] * 100) for k in ("today", "changed", "after")}}
+        for h in summary.get("hosts", [])
+    ]
+    return {"pass": drs_pass, "hosts": hosts, "summary": summary}
+
+
+def drs_overview(what_if_id: str | None = None) -> dict[str, Any]:
     settings = DrsSettings.current()
     latest = DrsPass.objects.exclude(kind=DrsPassKind.WHAT_IF).first()
     hosts = []
@@ -40,6 +54,7 @@ def drs_overview() -> dict[str, Any]:
                 }
             )
     recommendations = DrsRecommendation.objects.select_related("instance__tenant", "source", "target")
+    real = Host.objects.filter(simulated=False)
     return {
         "settings": settings,
         "level": LEVELS.get(settings.threshold),
@@ -48,13 +63,20 @@ def drs_overview() -> dict[str, Any]:
         "plan": list(recommendations.filter(drs_pass=latest)) if latest else [],
         "recent": list(recommendations.exclude(drs_pass=latest)[:RECENT]) if latest else [],
         "waiting": (RecommendationState.PROPOSED, RecommendationState.APPROVED),
+        "what_if": what_if_view(
+            DrsPass.objects.filter(kind=DrsPassKind.WHAT_IF, pk=int(what_if_id)).first()
+            if what_if_id and what_if_id.isdigit()
+            else None
+        ),
+        "host_names": list(real.order_by("name").values_list("name", flat=True)[:500]),
+        "flavors": list(Flavor.objects.order_by("name").values_list("name", flat=True)),
     }
 
 
 @staff_required
 @require_GET
 def drs(request: HttpRequest) -> HttpResponse:
-    context = drs_overview()
+    context = drs_overview(request.GET.get("what_if"))
     context["can_move"] = request.user.has_perm(MOVE_PERMISSION)
     return render(request, "staff/drs.html", context)
 
@@ -98,3 +120,38 @@ def drs_apply_pass(request: HttpRequest, pk: int) -> HttpResponse:
     count = drs_apply_all(actor=Actor.from_request(request), drs_pass=drs_pass, user=request.user)
     messages.success(request, f"{count} recommendation(s) approved; they start a few at a time.")
     return redirect("staff-drs")
+
+
+@staff_required
+@require_POST
+def drs_what_if_run(request: HttpRequest) -> HttpResponse:
+    """Staff: a what-if pass with the form's changes (nothing moves); the page then shows it."""
+    post = request.POST
+
+    def number(name: str, default: str, kind: type = int) -> Any:
+        raw = post.get(name, "").strip() or default
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ServiceError(name, "number", f"{name}: {raw!r} is not a number") from None
+
+    try:
+        capacity: dict[str, dict[str, int]] = {}
+        if post.get("capacity_host"):
+            sizes = {"cpus": number("capacity_cpus", "0"), "ram_mib": number("capacity_ram_mib", "0")}
+            capacity[post["capacity_host"]] = {k: v for k, v in sizes.items() if v}
+        done = drs_what_if(
+            actor=Actor.from_request(request),
+            requested_by=request.user,
+            maintenance=[post["maintenance"]] if post.get("maintenance") else [],
+            capacity=capacity,
+            add_flavor=post.get("add_flavor", ""),
+            add_count=number("add_count", "0"),
+            add_kind=post.get("add_kind", "vm"),
+            busy=number("busy", "1", float),
+            threshold_level=number("threshold", "0") or None,
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("staff-drs")
+    return redirect(f"{reverse('staff-drs')}?what_if={done.pk}#what-if")

@@ -10,6 +10,7 @@ urlpatterns = [
     path("queue/", staff_views.queue, name="staff-queue"),
     path("drs/", staff_drs.drs, name="staff-drs"),
     path("drs/run/", staff_drs.drs_run, name="staff-drs-run"),
+    path("drs/what-if/", staff_drs.drs_what_if_run, name="staff-drs-what-if"),
     path("drs/recommendations/<int:pk>/apply/", staff_drs.drs_apply_one, name="staff-drs-apply"),
     path("drs/passes/<int:pk>/apply/", staff_drs.drs_apply_pass, name="staff-drs-apply-all"),
 ]

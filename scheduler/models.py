@@ -170,7 +170,7 @@ class DrsSettings(models.Model):
     window_seconds = models.PositiveIntegerField(
         "demand window (s)",
         default=300,
-        validators=[MinValueValidator(10), MaxValueValidator(86400)],
+        validators=[MinValueValidator(5), MaxValueValidator(86400)],
         help_text="Demand is each instance's mean over this window of its samples.",
     )
     last_pass_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -210,6 +210,8 @@ class DrsPass(models.Model):
     moves = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True, default="")
     created = models.DateTimeField(default=timezone.now)
+    # When its plan was made (a what-if is computed by the control worker after it is asked).
+    finished = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created", "-pk"]

@@ -131,6 +131,7 @@ admin_urlpatterns = [
     path("tenants/<slug:tenant>/quota/", admin.AdminQuotaView.as_view(), name="api-admin-quota"),
     path("drs/", drs.AdminDrsView.as_view(), name="api-admin-drs"),
     path("drs/passes/", drs.AdminDrsPassListView.as_view(), name="api-admin-drs-passes"),
+    path("drs/what-if/", drs.AdminDrsWhatIfView.as_view(), name="api-admin-drs-what-if"),
     path("drs/passes/<int:pk>/", drs.AdminDrsPassView.as_view(), name="api-admin-drs-pass"),
     path("drs/passes/<int:pk>/apply/", drs.AdminDrsPassApplyView.as_view(), name="api-admin-drs-pass-apply"),
     path(

@@ -147,10 +147,23 @@ def execute(operation_id: int, driver: VmDriver) -> str:
     if not lock.acquire():
         return "busy"  # another delivery is running it right now
     try:
-        return _execute_through_outages(operation_id, driver)
+        result = _execute_through_outages(operation_id, driver)
     finally:
         with contextlib.suppress(LockError):
             lock.release()
+    if result == HANDED_OVER:
+        # Sent only now that the lock is free: the other host's agent takes it at once, and one
+        # sent while this delivery still held the lock would find it "busy" and be dropped.
+        _hand_over(operation_id)
+    return result
+
+
+def _hand_over(operation_id: int) -> None:
+    """Send the operation on to the agent of its instance's host (the target, once the source's
+    part is recorded); if the broker refuses, the outbox sends it again."""
+    operation = Operation.objects.unscoped().select_related("instance__host").get(pk=operation_id)
+    if operation.instance.host is not None:
+        operation_send(operation.pk, operation.instance.host.queue)
 
 
 def _execute_through_outages(operation_id: int, driver: VmDriver) -> str:
@@ -602,9 +615,8 @@ def _cold_migrate(operation: Operation, instance: Instance, driver: GuestDriver)
         operation.params["phase"] = "arrive"
         operation.state = OperationState.PENDING
         operation.save(update_fields=["params", "state"])
-    operation_send(operation.pk, target.queue)
     _next_move(source)
-    return HANDED_OVER
+    return HANDED_OVER  # execute() sends it to the target once this delivery lets go of it
 
 
 def _arrive(operation: Operation, instance: Instance, driver: GuestDriver) -> None:

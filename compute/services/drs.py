@@ -119,6 +119,7 @@ def drs_pass_run(
             std_after=result.std_after,
             moves=len(result.moves),
             created=now,
+            finished=timezone.now(),
         )
         superseded = DrsRecommendation.objects.filter(state__in=WAITING).update(
             state=RecommendationState.SUPERSEDED, reason=f"superseded by pass {drs_pass.pk}"
@@ -235,22 +236,26 @@ def drs_execute() -> list[int]:
     """Settle ended moves, then start approved recommendations while the concurrency cap allows.
 
     Returns the ids of the recommendations started. A hard-affinity group counts as its members.
+    Executors run one at a time (the settings row is their lock): two of them (a move's end and the
+    periodic tick) would otherwise both see a free slot, or both start one recommendation.
     """
     _settle()
-    cap = DrsSettings.current().max_concurrent
     started: list[int] = []
-    approved = DrsRecommendation.objects.filter(state=RecommendationState.APPROVED).select_related(
-        "source", "target", "decided_by"
-    )
-    for rec in approved.order_by("drs_pass_id", "order"):
-        if _in_flight() + len(rec.instance_ids) > cap and _in_flight() > 0:
-            break
-        user = rec.decided_by
-        actor = Actor.system("drs")
-        if user is not None:  # staff approved it: the move is theirs
-            actor = Actor(name=user.get_username(), source=Source.TASK, user_id=user.pk)
-        if _start(rec, actor):
-            started.append(rec.pk)
+    with transaction.atomic():
+        settings = DrsSettings.objects.select_for_update().get(pk=DrsSettings.current().pk)
+        approved = DrsRecommendation.objects.filter(state=RecommendationState.APPROVED).select_related(
+            "source", "target", "decided_by"
+        )
+        for rec in approved.order_by("drs_pass_id", "order"):
+            moving = _in_flight()
+            if moving > 0 and moving + len(rec.instance_ids) > settings.max_concurrent:
+                break
+            user = rec.decided_by
+            actor = Actor.system("drs")
+            if user is not None:  # staff approved it: the move is theirs
+                actor = Actor(name=user.get_username(), source=Source.TASK, user_id=user.pk)
+            if _start(rec, actor):
+                started.append(rec.pk)
     return started
 
 
@@ -288,3 +293,77 @@ def instance_drs_pin(*, actor: Actor, instance: Instance, pinned: bool) -> Insta
         instance.drs_pinned = pinned
         audit_log(actor=actor, action="instance.drs_pin", target=instance, detail={"pinned": pinned})
     return instance
+
+
+DRS_WHAT_IF_TASK = "compute.drs_what_if"
+
+
+def drs_what_if(
+    *,
+    actor: Actor,
+    requested_by: Any = None,
+    maintenance: list[str] | None = None,
+    capacity: dict[str, dict[str, int]] | None = None,
+    add_flavor: str = "",
+    add_count: int = 0,
+    add_kind: str = "vm",
+    busy: float = 1.0,
+    threshold_level: int | None = None,
+    hosts: Any = None,
+) -> DrsPass:
+    """Staff ask a what-if: checked here (every error names its field), kept as a ``what_if`` pass,
+    and computed by the control worker (``compute.drs_what_if``: the simulator runs there, never in
+    the web process), which fills in the predicted loads and moves. Nothing moves.
+
+    ``maintenance``: host names to empty; ``capacity``: {host name: {"cpus": n, "ram_mib": n}};
+    ``add_flavor``/``add_count``/``add_kind``: instances of that flavor to place (VMs or containers,
+    their demand ``busy`` x their size); ``threshold_level``: 1..5 instead of the cluster's;
+    ``hosts``: a queryset narrowing the cluster (a lab inside the tests).
+    """
+    from compute.models import Flavor, Host, InstanceKind
+
+    scope = hosts if hosts is not None else Host.objects.filter(simulated=False)
+    names = set(scope.values_list("name", flat=True))
+    if not 0 < busy <= 1:
+        raise ServiceError("busy", "range", "busy: the added instances' demand, a share of their size (0-1]")
+    if threshold_level is not None and not 1 <= threshold_level <= 5:
+        raise ServiceError("threshold", "range", "threshold: a level from 1 to 5")
+    if not 0 <= add_count <= 10000:
+        raise ServiceError("add_count", "range", "add_count: from 0 to 10000 instances")
+    if add_kind not in InstanceKind.values:
+        raise ServiceError("add_kind", "choice", f"add_kind: one of {', '.join(InstanceKind.values)}")
+    for name in maintenance or []:
+        if name not in names:
+            raise ServiceError("maintenance", "exists", f"maintenance: no host named {name!r}")
+    for name, sizes in (capacity or {}).items():
+        if name not in names:
+            raise ServiceError("capacity", "exists", f"capacity: no host named {name!r}")
+        for key in ("cpus", "ram_mib"):
+            value = sizes.get(key)
+            if value is not None and not (isinstance(value, int) and 1 <= value <= 1 << 30):
+                raise ServiceError("capacity", "range", f"capacity: {name}'s {key} must be a number >= 1")
+    if add_count and not Flavor.objects.filter(name=add_flavor).exists():
+        raise ServiceError("add_flavor", "exists", f"add_flavor: no flavor named {add_flavor!r}")
+    settings = DrsSettings.current()
+    request = {
+        "maintenance": maintenance or [],
+        "capacity": capacity or {},
+        "add_flavor": add_flavor,
+        "add_count": add_count,
+        "add_kind": add_kind,
+        "busy": busy,
+        "threshold": threshold_level,
+        "hosts": sorted(scope.values_list("pk", flat=True)) if hosts is not None else None,
+    }
+    with transaction.atomic():
+        drs_pass = DrsPass.objects.create(
+            kind=DrsPassKind.WHAT_IF,
+            automation=settings.automation,
+            threshold=threshold_level or settings.threshold,
+            requested_by=requested_by,
+            changes=request,
+            finished=None,
+        )
+        audit_log(actor=actor, action="drs.what_if", target=drs_pass, detail=request)
+        send_task_after_commit(DRS_WHAT_IF_TASK, queue=CONTROL_QUEUE, args=(drs_pass.pk,), expires=600)
+    return drs_pass

@@ -160,13 +160,16 @@ class Cluster:
         whose measured demand is above its physical CPUs or RAM."""
         reasons = list(self.contention or [""] * self.m)
         shares = self.shares()
-        for i in range(self.m):
+        over: Mask = np.asarray((shares > 1.0).any(axis=0))
+        if not over.any() or not self.m:
+            return reasons
+        for i in np.flatnonzero(over[self.host]).tolist():
             h = int(self.host[i])
-            over = [
-                f"host {self.host_names[h]} {what} demand is {share:.0%} of its capacity"
-                for what, share in (("CPU", shares[0, h]), ("memory", shares[1, h]))
+            what = [
+                f"host {self.host_names[h]} {name} demand is {share:.0%} of its capacity"
+                for name, share in (("CPU", shares[0, h]), ("memory", shares[1, h]))
                 if share > 1.0
             ]
-            if over and not reasons[i]:
-                reasons[i] = "; ".join(over)
+            if not reasons[i]:
+                reasons[i] = "; ".join(what)
         return reasons

@@ -40,7 +40,8 @@ from scheduler.drs.model import Cluster
 
 GAIN_SHARE = 0.8  # pairs within this share of the best gain compete on cost
 SCAN = 16  # cold hosts looked at, coldest first, before a full scan for a unit that fits none of them
-TARGETS = 3  # feasible targets scored per unit (the coldest ones)
+TARGETS = 3  # feasible targets scored per shortlisted unit (the coldest ones)
+SHORTLIST = 4  # units scored against more than their coldest target
 SOFT_PENALTY = 0.5  # a soft (anti-)affinity rule broken halves a pair's score
 SKIPPED_SHOWN = 3  # colder hosts named, with the reason, in a move's explanation
 
@@ -364,20 +365,20 @@ class _Pass:
             heapq.heappush(self.cold, entry)
         return out
 
-    def targets(self, u: _Unit, cold: list[int]) -> tuple[list[int], list[tuple[int, str]]]:
-        """The coldest TARGETS hosts that may take ``u``, and the colder ones skipped, with why."""
+    def targets(self, u: _Unit, cold: list[int], want: int) -> tuple[list[int], list[tuple[int, str]]]:
+        """The coldest ``want`` hosts that may take ``u``, and the colder ones skipped, with why."""
         found: list[int] = []
         skipped: list[tuple[int, str]] = []
         for t in cold:
             why = self.refusal(u, t)
             if not why:
                 found.append(t)
-                if len(found) == TARGETS:
+                if len(found) == want:
                     return found, skipped
             elif t != u.host and len(skipped) < SKIPPED_SHOWN and not found:
                 skipped.append((t, why))
-        if len(found) < TARGETS and len(cold) >= SCAN:  # the scanned hosts were not enough
-            found += self._scan(u, set(cold), TARGETS - len(found))
+        if len(found) < want and len(cold) >= SCAN:  # the scanned hosts were not enough
+            found += self._scan(u, set(cold), want - len(found))
         return found, skipped
 
     def _scan(self, u: _Unit, seen: set[int], want: int) -> list[int]:
@@ -411,27 +412,43 @@ class _Pass:
                 return "takes it away from its soft-affinity group"
         return ""
 
+    def _pair(
+        self, spread: float, k: int, s: int, t: int, skipped: list[tuple[int, str]]
+    ) -> tuple[float, float, int, int, float, float, str, list[tuple[int, str]]] | None:
+        """Unit ``k`` from ``s`` to ``t`` scored: (score, gain, k, t, loads after, soft rule, skipped)."""
+        u = self.unit(k)
+        ls, lt = self.after(u, s, t)
+        if self.load[s] - self.load[t] - abs(ls - lt) < self.t.min_gain - 1e-12:
+            return None
+        gain = spread - self.spread_after(s, t, ls, lt)
+        if gain <= 1e-12:
+            return None
+        soft = self.soft_broken(u, s, t)
+        return (gain * (SOFT_PENALTY if soft else 1.0), gain, k, t, ls, lt, soft, skipped)
+
     def best_from(self, s: int) -> tuple[Any, ...] | None:
-        """The move to make off host ``s`` (None: nothing on it is worth moving)."""
+        """The move to make off host ``s`` (None: nothing on it is worth moving).
+
+        Every unit is scored against the coldest host that may take it; the SHORTLIST best are
+        scored against the next TARGETS - 1 too (on hosts of different sizes the coldest is not
+        always the best target), so a host of many units costs one fit check per unit.
+        """
         spread = self.s2 - self.s1 * self.s1 / self.nb
         cold = self.coldest()
-        pairs: list[tuple[float, float, int, int, float, float, str, list[tuple[int, str]]]] = []
+        pairs = []
         for k in self.on_host.get(s, []):
-            u = self.unit(k)
-            found, skipped = self.targets(u, cold)
-            for rank, t in enumerate(found):
-                ls, lt = self.after(u, s, t)
-                gap = self.load[s] - self.load[t]
-                if gap - abs(ls - lt) < self.t.min_gain - 1e-12:
-                    continue
-                gain = spread - self.spread_after(s, t, ls, lt)
-                if gain <= 1e-12:
-                    continue
-                soft = self.soft_broken(u, s, t)
-                score = gain * (SOFT_PENALTY if soft else 1.0)
-                pairs.append((score, gain, k, t, ls, lt, soft, skipped if rank == 0 else []))
+            found, skipped = self.targets(self.unit(k), cold, 1)
+            if found and (pair := self._pair(spread, k, s, found[0], skipped)) is not None:
+                pairs.append(pair)
         if not pairs:
             return None
+        pairs.sort(key=lambda p: -p[0])
+        for first in pairs[:SHORTLIST]:
+            k = first[2]
+            found, _skipped = self.targets(self.unit(k), cold, TARGETS)
+            for t in found[1:]:
+                if (pair := self._pair(spread, k, s, t, [])) is not None:
+                    pairs.append(pair)
         best = max(p[0] for p in pairs)
         near = [p for p in pairs if p[0] >= GAIN_SHARE * best]
         chosen = min(near, key=lambda p: (self.unit(p[2]).cost, -p[0], p[2], p[3]))

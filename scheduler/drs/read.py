@@ -59,6 +59,7 @@ class Read:
     automation: list[str]
     instances: Sequence[Instance]
     estimated: list[int]  # instance ids counted at their size (too few samples)
+    group_names: list[str]  # each cluster group index's name in a recorded trace ("sg-<pk>")
 
 
 def moved_recently(cooldown: timedelta, now: Any = None) -> frozenset[int]:
@@ -230,4 +231,5 @@ def read_cluster(*, window: timedelta, cluster_level: str, hosts: Any = None, no
         automation=[levels[h.pk] for h in host_objs],
         instances=instances,
         estimated=estimated,
+        group_names=[f"sg-{g}" for g in group_ids],
     )

@@ -12,6 +12,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from compute.models import (
+    Flavor,
     Host,
     Instance,
     InstanceState,
@@ -20,9 +21,14 @@ from compute.models import (
     OperationState,
     UsageSample,
 )
-from compute.services.drs import drs_apply, drs_execute, drs_pass_run, instance_drs_pin
+from compute.services.drs import drs_apply, drs_execute, drs_pass_run, drs_what_if, instance_drs_pin
+from compute.services.drs_whatif import drs_what_if_run
+from compute.services.evacuation import evacuate
+from compute.services.hosts import host_maintenance_set
+from core.errors import ServiceError
 from scheduler.models import (
     Aggregate,
+    DrsPass,
     DrsPassKind,
     DrsRecommendation,
     DrsSettings,
@@ -236,3 +242,102 @@ def test_staff_api_shows_settings_passes_and_explanations_and_validates_each_fie
     again = client.post(f"/api/v1/admin/drs/recommendations/{rec['id']}/apply/")
     assert again.status_code == 409
     assert "started" in again.content.decode()
+
+
+def test_what_if_maintenance_predicts_the_moves_the_real_evacuation_then_claims() -> None:
+    tenant = make_tenant("drs-whatif", instances=20)
+    hosts = [cluster_host(f"w{k}", k + 1, cpus=8, ram_mib=16384) for k in range(3)]
+    # w1 already holds a big instance: the spread weighers send the first moves to w2, then share.
+    running_on(hosts[1], tenant, "big", vcpus=4, ram_mib=4096)
+    vms = [running_on(hosts[0], tenant, f"m{k}", priority=k % 3) for k in range(5)]
+    for vm in vms:
+        busy(vm, 50.0)
+    only = Host.objects.filter(pk__in=[h.pk for h in hosts])
+    configure(automation="manual", threshold=3)
+    asked = drs_what_if(actor=STAFF, maintenance=["w0"], hosts=only)
+    assert asked.finished is None  # the control worker computes it
+    predicted = drs_what_if_run(asked.pk)
+    assert predicted.kind == DrsPassKind.WHAT_IF
+    assert predicted.finished is not None
+    evacuation = predicted.summary["evacuations"]["w0"]
+    assert evacuation["blocked"] == []
+    assert len(evacuation["moves"]) == 5
+    assert not migrations()  # nothing moved
+    assert not DrsRecommendation.objects.exists()
+    hosts_after = {h["host"]: h for h in predicted.summary["hosts"]}
+    assert hosts_after["w0"]["changed"] == 0.0
+    assert hosts_after["w0"]["today"] > 0.3
+    # The real maintenance pass moves each instance where the what-if said, in its order.
+    host_maintenance_set(actor=STAFF, host=hosts[0], on=True)
+    evacuate(Host.objects.get(pk=hosts[0].pk))
+    claimed = {
+        i.name: i.migration_host.name
+        for i in Instance.objects.unscoped()
+        .filter(pk__in=[v.pk for v in vms])
+        .select_related("migration_host")
+        if i.migration_host is not None
+    }
+    started = [m["name"] for m in evacuation["moves"]][: len(claimed)]
+    assert sorted(claimed) == sorted(started)
+    assert claimed == {m["name"]: m["target"] for m in evacuation["moves"] if m["name"] in claimed}
+    assert len(claimed) >= 2  # NUBIS_EVACUATE_PARALLEL at a time
+
+
+def test_what_if_adds_instances_changes_capacity_and_the_level_and_validates_each_field() -> None:
+    hosts, _vms = lopsided(make_tenant("drs-whatif-add"))
+    only = Host.objects.filter(pk__in=[h.pk for h in hosts])
+    configure(automation="manual", threshold=3)
+    Flavor.objects.create(name="w.two", vcpus=2, ram_mib=1024, disk_gib=5, cpu_mode="emulated")
+    asked = drs_what_if(
+        actor=STAFF,
+        add_flavor="w.two",
+        add_count=3,
+        busy=0.5,
+        capacity={"d1": {"cpus": 8}},
+        threshold_level=5,
+        hosts=only,
+    )
+    done = drs_what_if_run(asked.pk)
+    assert done.threshold == 5
+    assert done.error == ""
+    assert [a["host"] is not None for a in done.summary["added"]] == [True, True, True]
+    assert done.summary["threshold"]["level"] == 5
+    lines = {h["host"]: h for h in done.summary["hosts"]}
+    assert lines["d1"]["changed"] >= 0.0
+    assert not migrations()
+    for kwargs, field in (
+        ({"maintenance": ["nowhere"]}, "maintenance"),
+        ({"add_flavor": "nope", "add_count": 1}, "add_flavor"),
+        ({"threshold_level": 9}, "threshold"),
+        ({"busy": 0.0}, "busy"),
+        ({"add_kind": "pod"}, "add_kind"),
+        ({"capacity": {"d1": {"cpus": 0}}}, "capacity"),
+    ):
+        with pytest.raises(ServiceError) as caught:
+            drs_what_if(actor=STAFF, hosts=only, **kwargs)
+        assert caught.value.field == field
+
+
+def test_the_staff_page_shows_the_plan_applies_a_move_and_predicts_a_maintenance(client: Any) -> None:
+    lopsided(make_tenant("drs-page"))
+    configure(automation="manual", threshold=3)
+    admin = make_user("drs-page-admin", is_staff=True, is_superuser=True)
+    client.force_login(admin)
+    assert client.post("/staff/drs/run/").status_code == 302
+    page = client.get("/staff/drs/").content.decode()
+    drs_pass = DrsPass.objects.get(kind=DrsPassKind.REQUESTED)
+    recs = list(drs_pass.recommendations.order_by("order"))
+    assert f'data-recommendation="{recs[0].pk}" data-state="proposed"' in page
+    assert 'data-host="d0"' in page
+    assert recs[0].explanation["why_instance"] in page.replace("&#x27;", "'")
+    assert client.post(f"/staff/drs/recommendations/{recs[0].pk}/apply/").status_code == 302
+    assert [op.instance_id for op in migrations()] == [recs[0].instance_id]
+    done = client.post("/staff/drs/what-if/", {"maintenance": "d0"})
+    assert done.status_code == 302
+    assert 'data-what-if="pending"' in client.get(done["Location"]).content.decode()
+    drs_what_if_run(DrsPass.objects.get(kind=DrsPassKind.WHAT_IF).pk)
+    predicted = client.get(done["Location"]).content.decode()
+    assert "Evacuation of d0" in predicted
+    assert predicted.count("data-move=") == 5  # the five others still on d0; the moving one is busy
+    bad = client.post("/staff/drs/what-if/", {"maintenance": "nowhere"}, follow=True)
+    assert "no host named" in bad.content.decode()

@@ -42,6 +42,15 @@ ROUTES: dict[str, list[Case]] = {
         Case("GET", const("/api/v1/admin/drs/passes/"), STAFF_READ),
         Case("POST", const("/api/v1/admin/drs/passes/"), SUPERUSER_CREATE, action="drs.pass"),
     ],
+    "api-admin-drs-what-if": [
+        Case(
+            "POST",
+            const("/api/v1/admin/drs/what-if/"),
+            exp(401, 403, 403, 403, 403, 202, 202),
+            data=lambda w: {"maintenance": ["harness-host"]},
+            action="drs.what_if",
+        )
+    ],
     "api-admin-drs-pass": [Case("GET", lambda w: f"/api/v1/admin/drs/passes/{drs_pass_id(w)}/", STAFF_READ)],
     "api-admin-drs-pass-apply": [
         Case(

@@ -43,6 +43,16 @@ ROUTES: dict[str, list[Case]] = {
     "staff-queue": [Case("GET", const("/staff/queue/"), STAFF_PAGE, json=False)],
     "staff-drs": [Case("GET", const("/staff/drs/"), STAFF_PAGE, json=False)],
     "staff-drs-run": [Case("POST", const("/staff/drs/run/"), HOST_CHANGE, json=False, action="drs.pass")],
+    "staff-drs-what-if": [
+        Case(
+            "POST",
+            const("/staff/drs/what-if/"),
+            exp(302, 403, 403, 403, 403, 302, 302),
+            json=False,
+            data=lambda w: {"maintenance": "harness-host"},
+            action="drs.what_if",
+        )
+    ],
     "staff-drs-apply": [
         Case(
             "POST",

@@ -13,7 +13,14 @@ from rest_framework.views import APIView
 
 from compute.api.views.admin import StaffOnly
 from compute.models import Instance
-from compute.services.drs import drs_apply, drs_apply_all, drs_pass_run, drs_settings_update, instance_drs_pin
+from compute.services.drs import (
+    drs_apply,
+    drs_apply_all,
+    drs_pass_run,
+    drs_settings_update,
+    drs_what_if,
+    instance_drs_pin,
+)
 from core.pagination import Filter, ListSchema, ListSpec, paginated
 from scheduler.drs import LEVELS
 from scheduler.models import (
@@ -63,7 +70,7 @@ class DrsSettingsUpdateSerializer(serializers.Serializer[Any]):
     cooldown_seconds = serializers.IntegerField(min_value=0, max_value=7 * 86400, required=False)
     max_concurrent = serializers.IntegerField(min_value=1, max_value=64, required=False)
     max_moves = serializers.IntegerField(min_value=1, max_value=1000, required=False)
-    window_seconds = serializers.IntegerField(min_value=10, max_value=86400, required=False)
+    window_seconds = serializers.IntegerField(min_value=5, max_value=86400, required=False)
 
 
 class RecommendationSerializer(serializers.ModelSerializer[DrsRecommendation]):
@@ -121,6 +128,7 @@ class DrsPassSerializer(serializers.ModelSerializer[DrsPass]):
             "changes",
             "error",
             "created",
+            "finished",
         ]
         read_only_fields = fields
 
@@ -131,6 +139,30 @@ class DrsPassDetailSerializer(DrsPassSerializer):
     class Meta(DrsPassSerializer.Meta):
         fields = [*DrsPassSerializer.Meta.fields, "recommendations"]
         read_only_fields = fields
+
+
+class CapacitySerializer(serializers.Serializer[Any]):
+    cpus = serializers.IntegerField(min_value=1, max_value=1 << 24, required=False)
+    ram_mib = serializers.IntegerField(min_value=1, max_value=1 << 30, required=False)
+
+
+class WhatIfSerializer(serializers.Serializer[Any]):
+    maintenance = serializers.ListField(
+        child=serializers.CharField(max_length=100),
+        required=False,
+        max_length=100,
+        help_text="Hosts to empty.",
+    )
+    capacity = serializers.DictField(
+        child=CapacitySerializer(), required=False, help_text="{host name: {cpus, ram_mib}}: a new size."
+    )
+    add_flavor = serializers.CharField(max_length=64, required=False, default="")
+    add_count = serializers.IntegerField(min_value=0, max_value=10000, required=False, default=0)
+    add_kind = serializers.ChoiceField(choices=["vm", "container"], required=False, default="vm")
+    busy = serializers.FloatField(min_value=0.01, max_value=1.0, required=False, default=1.0)
+    threshold = serializers.IntegerField(
+        min_value=1, max_value=5, required=False, allow_null=True, default=None
+    )
 
 
 class PinSerializer(serializers.Serializer[Any]):
@@ -250,6 +282,33 @@ class AdminDrsRecommendationApplyView(APIView):
         require_model_permission(request, MOVE_PERMISSION)
         done = drs_apply(actor=Actor.from_request(request), recommendation=rec, user=request.user)
         return Response(RecommendationSerializer(done).data)
+
+
+class AdminDrsWhatIfView(APIView):
+    """Staff: a pass on a copy of today's cluster in the simulator, with changes; nothing moves.
+
+    202: the control worker computes it; ``GET …/drs/passes/<id>/`` has the prediction once
+    ``finished`` is set (or the ``error``)."""
+
+    permission_classes = [StaffOnly]
+
+    @extend_schema(request=WhatIfSerializer, responses={202: DrsPassSerializer})
+    def post(self, request: Request) -> Response:
+        body = WhatIfSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        done = drs_what_if(
+            actor=Actor.from_request(request),
+            requested_by=request.user,
+            maintenance=data.get("maintenance") or [],
+            capacity={name: dict(sizes) for name, sizes in (data.get("capacity") or {}).items()},
+            add_flavor=data["add_flavor"],
+            add_count=data["add_count"],
+            add_kind=data["add_kind"],
+            busy=data["busy"],
+            threshold_level=data["threshold"],
+        )
+        return Response(DrsPassSerializer(done).data, status=status.HTTP_202_ACCEPTED)
 
 
 class AdminInstancePinView(APIView):
