@@ -327,28 +327,29 @@ class _Pass:
         for g in u.groups:
             if self.group_policy[g] == "anti-affinity" and self.members[g].get(t):
                 return "runs a member of its anti-affinity group"
-        if self._ha_worse(u, u.host, t):
-            return "would eat into the HA failover reserve"
         return ""
 
     def _shortfall(self, h: int, ha: list[float], free_h: list[float]) -> float:
         return sum(max(0.0, ha[r] - (self.free_total[r] - free_h[r])) / self.scale[r] for r in range(3))
 
-    def _ha_worse(self, u: _Unit, s: int, t: int) -> bool:
-        """Whether the move leaves ``s`` or ``t`` with less failover room for its HA instances than
-        before (a host's HA instances must fit in the free room of the other hosts)."""
-        if not self.any_ha:
+    def ha_blocks(self, u: _Unit) -> bool:
+        """Whether moving ``u`` off its host would leave that host's HA instances less room to
+        restart on the other hosts (they must fit in the free room of the rest of the cluster).
+
+        Wherever ``u`` goes, the rest of the cluster loses the room its non-HA part takes; the
+        target never gets worse (its HA instances gain what it takes from the others). So the rule
+        is the source's alone, and the same for every target.
+        """
+        s = u.host
+        if not self.any_ha or not any(self.ha[s]):
             return False
-        for h, sign in ((s, -1.0), (t, 1.0)):
-            if not any(self.ha[h]) and not (sign > 0 and any(u.ha_size)):
-                continue  # no HA instance on it before or after: nothing to keep room for
-            free = [self.cap[h][r] - self.res[h][r] for r in range(3)]
-            before = self._shortfall(h, self.ha[h], free)
-            ha_after = [self.ha[h][r] + sign * u.ha_size[r] for r in range(3)]
-            free_after = [free[r] - sign * u.size[r] for r in range(3)]
-            if self._shortfall(h, ha_after, free_after) > before + 1e-12:
-                return True
-        return False
+        if all(u.size[r] - u.ha_size[r] <= 1e-12 for r in range(3)):
+            return False
+        free = [self.cap[s][r] - self.res[s][r] for r in range(3)]
+        before = self._shortfall(s, self.ha[s], free)
+        ha_after = [self.ha[s][r] - u.ha_size[r] for r in range(3)]
+        free_after = [free[r] + u.size[r] for r in range(3)]
+        return self._shortfall(s, ha_after, free_after) > before + 1e-12
 
     def coldest(self) -> list[int]:
         """Up to SCAN usable hosts, coldest first (popped from the lazy heap and pushed back)."""
@@ -437,6 +438,8 @@ class _Pass:
         cold = self.coldest()
         pairs = []
         for k in self.on_host.get(s, []):
+            if self.ha_blocks(self.unit(k)):
+                continue  # leaving would eat into the failover room of its host's HA instances
             found, skipped = self.targets(self.unit(k), cold, 1)
             if found and (pair := self._pair(spread, k, s, found[0], skipped)) is not None:
                 pairs.append(pair)
