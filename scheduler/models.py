@@ -29,6 +29,12 @@ def ratio_field(label: str, field: str) -> models.FloatField:
     )
 
 
+class Automation(models.TextChoices):
+    MANUAL = "manual", "Manual: recommendations only, staff apply them"
+    PARTIAL = "partial", "Partially automated: initial placement automatic, migrations recommended"
+    FULL = "full", "Fully automated: migrations run"
+
+
 class AggregateQuerySet(VersionedQuerySet):
     """Every update moves ``version`` (the scheduler's cached host table rebuilds on it)."""
 
@@ -54,7 +60,7 @@ class Aggregate(models.Model):
         max_length=8,
         blank=True,
         default="",
-        choices=[("manual", "Manual"), ("partial", "Partially automated"), ("full", "Fully automated")],
+        choices=Automation.choices,
         help_text="Empty: the cluster's level. A move takes the strictest level of its two hosts.",
     )
     # Counts saves and changes of its hosts (scheduler.signals): the scheduler's cached host
@@ -131,12 +137,6 @@ class QueueEntry(TenantOwned):
 
 
 # -- DRS -------------------------------------------------------------------------------------------
-class Automation(models.TextChoices):
-    MANUAL = "manual", "Manual: recommendations only, staff apply them"
-    PARTIAL = "partial", "Partially automated: initial placement automatic, migrations recommended"
-    FULL = "full", "Fully automated: migrations run"
-
-
 class DrsSettings(models.Model):
     """The cluster's balancer settings: one row (``DrsSettings.current()``), edited in admin and the
     staff API. Aggregates may override the automation level for their hosts."""
