@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from compute.models import Host, HostState, Instance, Operation, OperationKind
+from compute.models import Flavor, Host, HostState, Instance, Operation, OperationKind
 from compute.services.drs import drs_apply, drs_execute, drs_pass_run, drs_what_if, instance_drs_pin
 from compute.services.drs_whatif import drs_what_if_run
 from compute.services.evacuation import evacuate_all
@@ -56,7 +56,7 @@ def settled(drs_pass: DrsPass, what: str, timeout: float = 300) -> None:
 
 def measured(instances: list[Instance], timeout: float = 120) -> None:
     """Wait until each busy instance's last five samples show it burning at least 4% of a CPU
-    (its limit is 20%, which it gets on a quiet machine; the lab agents sample each second)."""
+    (its limit is 10%; the lab agents sample each second)."""
     from compute.models import UsageSample
 
     deadline = time.monotonic() + timeout
@@ -82,10 +82,14 @@ def test_drs_balances_a_lab_with_everything_on_one_host_manually_then_automatica
     cloud.lan(blue, 8)
     server_group_create(actor=blue.actor, tenant=blue.tenant, name="apart", policy="anti-affinity")
     # The pair's other member runs on h2 (idle): x may move, but never onto h2.
+    # Burners of 10% of a CPU each, seven of them: 5% of a lab host (2 CPUs) a piece, fine enough
+    # that the level's target is reachable beside the emulated VM (TCG: its idle guest alone can
+    # use a third of a host), and 0.7 of a CPU in all. With the VM they fill h1's 8 vCPUs.
+    Flavor.objects.create(name="c.burn", vcpus=1, ram_mib=64, disk_gib=1, cpu_limit_pct=10, pids_max=64)
     other = cloud.box(h2, "y", flavor="c.small", server_group="apart")
-    made = [cloud.box(h1, f"b{k}", flavor="c.small") for k in range(4)]
-    x = cloud.box(h1, "x", flavor="c.small", server_group="apart")
-    pinned = cloud.box(h1, "stay", flavor="c.small")
+    made = [cloud.box(h1, f"b{k}", flavor="c.burn") for k in range(5)]
+    x = cloud.box(h1, "x", flavor="c.burn", server_group="apart")
+    pinned = cloud.box(h1, "stay", flavor="c.burn")
     vm = cloud.vm(h1, "vm1")
     busy = [*made, x, pinned]
     for instance in [*busy, other, vm]:
@@ -97,9 +101,8 @@ def test_drs_balances_a_lab_with_everything_on_one_host_manually_then_automatica
     measured(busy)
     DrsSettings.objects.update_or_create(
         pk=1,
-        # Level 4 (a deviation under 0.05): six burners on one host of three stand well above it
-        # even when a busy machine gives each only a few percent of a CPU.
-        defaults={"automation": "manual", "threshold": 4, "window_seconds": 10, "max_concurrent": 2},
+        # Level 3 (a deviation under 0.10): everything on one host of three stands well above it.
+        defaults={"automation": "manual", "threshold": 3, "window_seconds": 10, "max_concurrent": 2},
     )
     before = {i.pk: host_of(i) for i in Instance.objects.unscoped().filter(tenant=blue.tenant)}
 
@@ -141,7 +144,7 @@ def test_drs_balances_a_lab_with_everything_on_one_host_manually_then_automatica
     DrsSettings.objects.filter(pk=1).update(automation="full")
     auto = lab_pass(cloud)
     assert auto.moves > 0, auto.summary
-    assert auto.std_after <= (LEVELS[4].target_std or 0.0), auto.summary
+    assert auto.std_after <= (LEVELS[3].target_std or 0.0), auto.summary
     settled(auto, "the automated moves")
     for rec in auto.recommendations.select_related("target"):
         assert rec.state == RecommendationState.SUCCEEDED, (rec.instance.name, rec.reason)
