@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 DRS_EXECUTE_TASK = "compute.drs_execute"
 WAITING = (RecommendationState.PROPOSED, RecommendationState.APPROVED)
+PASS_KEEP = timedelta(days=30)
 
 
 def drs_kick() -> None:
@@ -121,6 +122,10 @@ def drs_pass_run(
             created=now,
             finished=timezone.now(),
         )
+        # Passes are kept PASS_KEEP (each migration a pass started keeps its explanation anyway).
+        DrsPass.objects.filter(created__lt=now - PASS_KEEP).exclude(
+            recommendations__state__in=[*WAITING, RecommendationState.STARTED]
+        ).delete()
         superseded = DrsRecommendation.objects.filter(state__in=WAITING).update(
             state=RecommendationState.SUPERSEDED, reason=f"superseded by pass {drs_pass.pk}"
         )

@@ -194,6 +194,11 @@ def test_periodic_passes_run_when_due_and_a_new_plan_supersedes_the_old() -> Non
     assert set(first.recommendations.values_list("state", flat=True)) == {RecommendationState.SUPERSEDED}
     configure(enabled=False, last_pass_at=None)
     assert drs_pass_run(hosts=only) is None
+    # Passes older than 30 days go with the next pass (their migrations keep the explanations).
+    DrsPass.objects.filter(pk=first.pk).update(created=timezone.now() - timedelta(days=31))
+    assert drs_pass_run(kind=DrsPassKind.REQUESTED, hosts=only) is not None
+    assert not DrsPass.objects.filter(pk=first.pk).exists()
+    assert DrsPass.objects.filter(pk=second.pk).exists()
 
 
 def test_a_recommendation_that_no_longer_holds_expires_with_the_reason() -> None:
