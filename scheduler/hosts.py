@@ -101,15 +101,17 @@ def _used(now: datetime) -> dict[int, dict[str, float]]:
     return _measured_use(now) if settings.NUBIS_ADMISSION_MODE == "demand" else reserved_use()
 
 
-def _loads(now: datetime) -> dict[int, float]:
-    """Each host's measured CPU load over the last minute, 0..1."""
+def host_loads(now: datetime, window: timedelta = LOAD_WINDOW, hosts: Any = None) -> dict[int, float]:
+    """Each host's measured CPU load over ``window`` (default the last minute), 0..1; ``hosts``
+    narrows it to a queryset or list of hosts."""
+    samples = UsageSample.objects.filter(
+        host__isnull=False, resolution=SampleResolution.RAW, at__gte=now - window
+    )
+    if hosts is not None:
+        samples = samples.filter(host__in=hosts)
     return {
         row["host_id"]: min(max(float(row["cpu"] or 0.0) / 100.0, 0.0), 1.0)
-        for row in UsageSample.objects.filter(
-            host__isnull=False, resolution=SampleResolution.RAW, at__gte=now - LOAD_WINDOW
-        )
-        .values("host_id")
-        .annotate(cpu=Avg("cpu_pct"))
+        for row in samples.values("host_id").annotate(cpu=Avg("cpu_pct"))
     }
 
 
@@ -126,7 +128,7 @@ def host_rows(hosts: Any = None) -> list[HostRow]:
         (hosts if hosts is not None else Host.objects.filter(simulated=False)).prefetch_related("aggregates")
     )
     used = _used(now)
-    load = _loads(now)
+    load = host_loads(now)
     rows = []
     for host in hosts:
         aggregates = list(host.aggregates.all())
@@ -231,7 +233,7 @@ class CachedTable:
                 enabled[i] = state == HostState.ENABLED
                 alive[i] = _alive(heartbeat_at, now)
         load = np.zeros(n)
-        for host_id, value in _loads(now).items():
+        for host_id, value in host_loads(now).items():
             i = table.index.get(host_id)
             if i is not None:
                 load[i] = value

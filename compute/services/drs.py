@@ -21,6 +21,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -49,8 +50,6 @@ def drs_kick() -> None:
 
 def drs_settings_update(*, actor: Actor, **fields: Any) -> DrsSettings:
     """Change the cluster's DRS settings (validated: every error names its field)."""
-    from django.core.exceptions import ValidationError
-
     with transaction.atomic():
         current = DrsSettings.objects.select_for_update().get(pk=DrsSettings.current().pk)
         for name, value in fields.items():
@@ -101,8 +100,7 @@ def drs_pass_run(
             max_moves=settings.max_moves,
             moved_recently=moved_recently(timedelta(seconds=settings.cooldown_seconds), now),
         )
-        summary = result.as_dict()
-        summary.pop("moves")
+        summary = result.as_dict(moves=False)
         summary["estimated"] = read.estimated
         measured = read.cluster.host_measured
         if measured is not None:

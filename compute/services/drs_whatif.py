@@ -95,10 +95,15 @@ def drs_what_if_run(pass_id: int) -> DrsPass:
             read.group_names,
             moved_recently(timedelta(seconds=settings.cooldown_seconds), now),
         )
-    except ValueError as exc:
+    except ValueError as exc:  # a host or flavor gone since it was asked: the answer says which
         drs_pass.error, drs_pass.finished = str(exc), timezone.now()
         drs_pass.save(update_fields=["error", "finished"])
         return drs_pass
+    except Exception as exc:  # anything else: recorded, so the page stops waiting, then raised
+        logger.exception("DRS what-if %s failed", drs_pass.pk)
+        drs_pass.error, drs_pass.finished = f"the simulation failed: {exc}"[:4000], timezone.now()
+        drs_pass.save(update_fields=["error", "finished"])
+        raise
     drs_pass.summary = summary
     drs_pass.std_before, drs_pass.std_after = summary["std_before"], summary["std_after"]
     drs_pass.moves = len(summary["moves"])

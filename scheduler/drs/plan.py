@@ -101,10 +101,11 @@ class Plan:
         target = self.threshold.target_std
         return (target is None or self.std_after <= target + 1e-12) and self.max_after <= self.ceiling + 1e-12
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, moves: bool = True) -> dict[str, Any]:
+        """The plan as JSON; ``moves=False`` leaves the moves out (kept elsewhere, one row each)."""
         return {
             "threshold": self.threshold.as_dict(),
-            "moves": [m.as_dict() for m in self.moves],
+            **({"moves": [m.as_dict() for m in self.moves]} if moves else {}),
             "hosts": [
                 {"host": name, "before": round(b, 4), "after": round(a, 4)}
                 for name, b, a in zip(self.host_names, self.loads_before, self.loads_after, strict=True)
@@ -148,7 +149,8 @@ class _Pass:
 
     def __init__(self, c: Cluster, t: Threshold, moved_recently: frozenset[int]) -> None:
         self.c, self.t = c, t
-        self.ceiling = t.ceiling(c.bound())
+        self.bound = c.bound()
+        self.ceiling = t.ceiling(self.bound)
         n = c.n
         demand = c.demand()
         self.dcpu, self.dram = demand[0].tolist(), demand[1].tolist()
@@ -566,8 +568,7 @@ def plan(
     p = _Pass(cluster, threshold, moved_recently)
     loads_before = list(p.load)
     std_before, max_before = p.std(), p.max_load()
-    bound = cluster.bound()
-    ceiling = threshold.ceiling(bound)
+    bound, ceiling = p.bound, p.ceiling
     target = threshold.target_std
     moves: list[Move] = []
     stopped = "balanced: the deviation and every host are within the level's goals"

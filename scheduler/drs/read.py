@@ -42,7 +42,7 @@ from scheduler.allocation import DEFAULT_POLICY
 from scheduler.drs.levels import AUTOMATION, strictest
 from scheduler.drs.model import Cluster, move_cost
 from scheduler.engine import HostTable
-from scheduler.hosts import FREE_STATES, HELD_RAM, host_rows, reserved_use
+from scheduler.hosts import FREE_STATES, HELD_RAM, host_loads, host_rows, reserved_use
 from scheduler.models import Aggregate
 
 MIB = float(1 << 20)
@@ -98,15 +98,6 @@ def _demand(ids: list[int], since: Any) -> dict[int, tuple[float, float, int]]:
         r["instance_id"]: (float(r["cpu"] or 0) / 100.0, float(r["mem"] or 0) / MIB, int(r["n"]))
         for r in rows
     }
-
-
-def _host_cpu(hosts: list[Host], since: Any) -> dict[int, float]:
-    rows = (
-        UsageSample.objects.filter(host__in=hosts, resolution=SampleResolution.RAW, at__gte=since)
-        .values("host_id")
-        .annotate(cpu=Avg("cpu_pct"))
-    )
-    return {r["host_id"]: float(r["cpu"] or 0) / 100.0 for r in rows}
 
 
 def _why_fixed(i: Instance, busy: set[int], snapshots: set[int], host: Host) -> str:
@@ -189,7 +180,7 @@ def read_cluster(*, window: timedelta, cluster_level: str, hosts: Any = None, no
     shared = settings.NUBIS_SHARED_INSTANCE_STORE
     live = [i.kind == InstanceKind.VM for i in instances]
     size = np.array([[i.vcpus, i.held, i.disk_gib] for i in instances], dtype=np.float64).T.reshape(3, m)
-    host_cpu = _host_cpu(host_objs, now - window)
+    host_cpu = host_loads(now, window, host_objs)
     cluster = Cluster(
         host_ids=np.array([h.pk for h in host_objs], dtype=np.int64),
         host_names=[h.name for h in host_objs],
