@@ -17,8 +17,10 @@ class Threshold:
     - ``target_std``: the standard deviation of host load the pass brings the cluster under
       (None: no imbalance goal, only hot hosts are relieved).
     - ``hot``: a host above this load is relieved even when the deviation is under its target.
-    - ``slack``: a host above ``slack`` times the lower bound of the maximum load (the average load,
-      or the largest instance on its host) is relieved too (None: no such goal).
+    - ``slack``: a host above ``slack`` times the level evening out can reach is relieved too (None:
+      no such goal). That level is the lower bound of the maximum load (the average load per
+      resource, or the largest instance on its host), or the hosts' average load when that is
+      higher (hosts of different shapes, see ``Cluster.even``).
     - ``min_gain``: a move must lower the load gap it works on by at least this much (a share of
       a host): smaller moves are not worth a migration, and refusing them is a hysteresis.
     """
@@ -31,7 +33,8 @@ class Threshold:
     min_gain: float
 
     def ceiling(self, bound: float) -> float:
-        """The highest host load this level accepts, for a cluster whose max-load bound is ``bound``."""
+        """The highest host load this level accepts, for a cluster that evening out brings to
+        ``bound`` at best."""
         ceilings = [max(self.hot, bound)]
         if self.slack is not None:
             ceilings.append(bound * self.slack)

@@ -163,6 +163,50 @@ def test_level_one_only_relieves_hosts_above_ninety_percent() -> None:
     assert result.max_after <= 0.9
 
 
+def test_no_move_makes_its_target_a_host_above_the_ceiling() -> None:
+    # Level 4: a runs 3.9 of 4 CPUs, h1 and h2 a little that may not move, h0 nothing; the ceiling
+    # is 1.1 x the largest instance's 30%. A move that evens a out with the coldest host would leave
+    # that host above the ceiling, and what moved in stays there for the pass (it would need a second
+    # move): the planner prefers to fill each target up to the ceiling, and balances the cluster.
+    instances = [I(f"i{k}", "a", cpu) for k, cpu in enumerate((1.2, 0.9, 1.2, 0.3, 0.3))]
+    instances += [I("p1", "h1", 0.2, fixed="pinned"), I("p2", "h2", 0.3, fixed="pinned")]
+    c = cluster([H("a"), H("h0"), H("h1"), H("h2")], instances)
+    result = plan(c, threshold(4))
+    assert result.ceiling == pytest.approx(0.33)
+    for move in result.moves:
+        assert move.explanation["target"]["after"]["load"] <= result.ceiling + 1e-9
+    assert result.balanced, result.stopped
+
+
+def test_once_the_deviation_is_met_only_hosts_above_the_ceiling_are_relieved() -> None:
+    # a is above level 4's ceiling with nothing that may move (pinned); the others run 30% and 35%,
+    # within the deviation target. Evening them out (15 moves of 0.1 CPU) would not bring a down:
+    # no move at all.
+    hosts = [H("a"), *(H(f"h{k}") for k in range(30))]
+    instances = [I(f"stuck{k}", "a", 0.5, fixed="pinned: do not move (DRS)") for k in range(4)]
+    instances += [I(f"w{k}", f"h{k}", 1.2) for k in range(30)]
+    instances += [I(f"x{k}{n}", f"h{k}", 0.1) for k in range(1, 30, 2) for n in range(2)]
+    c = cluster(hosts, instances)
+    result = plan(c, threshold(4))
+    assert result.std_before <= (LEVELS[4].target_std or 0.0)
+    assert result.max_before > result.ceiling
+    assert result.moves == []
+    assert "above the ceiling" in result.stopped
+
+
+def test_the_ceiling_is_set_from_the_level_evening_out_reaches_on_hosts_of_two_shapes() -> None:
+    # CPU-heavy work on a CPU-poor host and memory-heavy work on a memory-poor one: the capacity-
+    # weighted averages (the bound) are lower than what moving whole instances can even out to.
+    hosts = [H("cpu-poor", cpus=2.0, ram=16384.0, ram_cap=16384.0), H("ram-poor", cpus=8.0, ram=4096.0)]
+    instances = [I(f"c{k}", "cpu-poor", 0.5, ram=128.0) for k in range(3)]
+    instances += [I(f"m{k}", "ram-poor", 0.1, ram=1000.0, ram_size=1024.0) for k in range(3)]
+    c = cluster(hosts, instances)
+    assert float(c.loads().mean()) > c.bound()
+    result = plan(c, threshold(5))
+    assert result.even == pytest.approx(float(c.loads().mean()))
+    assert result.ceiling == pytest.approx(1.05 * result.even)
+
+
 def test_the_pass_stops_at_its_move_cap_and_says_so() -> None:
     c = cluster([H("a"), *(H(f"h{k}") for k in range(5))], _all_on_one(8, 0.45))
     result = plan(c, threshold(5), max_moves=2)
