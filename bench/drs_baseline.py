@@ -1,14 +1,14 @@
 """The Watcher-style greedy baseline of the DRS benchmark (bench/drs.py).
 
 Repeat: take the most loaded host, move its biggest instance (by demand: its dominant share of that
-host) to the least loaded host it fits on, until the standard deviation of host load is under the
-target. "Fits" is the planner's room rule (each of vCPUs, RAM and disk reservations under the
-target's capacity after overcommit) plus its other hard rules that the generated clusters use
-(usable hosts only, the tenant's dedicated hosts, KVM and IOMMU). When the biggest instance fits
-nowhere, the next biggest is tried; when nothing on the hottest host fits anywhere, it stops. It
-has no memory: the same instance may move again, and a move may make the target the new hottest
-host. Load and deviation are the planner's: each host's dominant-resource share of its physical
-capacity, the population standard deviation over usable hosts.
+host; or by size, its flavor's share) to the least loaded host it fits on, until the standard
+deviation of host load is under the target. "Fits" is the planner's room rule (each of vCPUs, RAM
+and disk reservations under the target's capacity after overcommit) plus its other hard rules that
+the generated clusters use (usable hosts only, the tenant's dedicated hosts, KVM and IOMMU). When
+the biggest instance fits nowhere, the next biggest is tried; when nothing on the hottest host fits
+anywhere, it stops. It has no memory: the same instance may move again, and a move may make the
+target the new hottest host. Load and deviation are the planner's: each host's dominant-resource
+share of its physical capacity, the population standard deviation over usable hosts.
 """
 
 from __future__ import annotations
@@ -70,11 +70,15 @@ class GreedyResult:
         }
 
 
-def greedy(cluster: Cluster, target: float, max_moves: int | None = None) -> GreedyResult:
+def greedy(cluster: Cluster, target: float, max_moves: int | None = None, by: str = "demand") -> GreedyResult:
     """The Watcher-style pass on ``cluster`` until the deviation is at most ``target``.
 
     ``max_moves`` caps it (default: the number of instances; ``cap_hit`` says when it stopped there).
+    ``by``: what "biggest" means: "demand" (its measured share of the host, the stronger baseline)
+    or "size" (its flavor's share: vCPUs or RAM reserved, the issue's words taken literally).
     """
+    if by not in ("demand", "size"):
+        raise ValueError(f"by is demand or size, not {by!r}")
     started = time.perf_counter()
     c = cluster
     n = c.n
@@ -118,7 +122,10 @@ def greedy(cluster: Cluster, target: float, max_moves: int | None = None) -> Gre
             stopped = "the most loaded host has nothing that may move"
             break
         idx = np.array(rows)
-        share = np.maximum(c.cpu[idx] / cpus[s], c.ram_demand[idx] / ram[s])
+        if by == "demand":
+            share = np.maximum(c.cpu[idx] / cpus[s], c.ram_demand[idx] / ram[s])
+        else:
+            share = np.maximum(c.size[0, idx] / cpus[s], c.size[1, idx] / ram[s])
         order = idx[np.argsort(-share, kind="stable")]
         chosen, target_host = -1, -1
         for i in order.tolist():

@@ -112,7 +112,7 @@ def solve(c: Cluster, threshold: Threshold, kind: str, time_limit: float = 60.0)
     share = c.cpu / c.cpus[0]  # each instance's load on any host
     mean = float(share.sum() / n)
     target = float(threshold.target_std)
-    ceiling = float(threshold.ceiling(c.bound()))
+    ceiling = float(threshold.ceiling(c.even()))  # the planner's (one host shape: the bound)
     b = breakpoints(mean, target, ceiling)
     if kind == "relaxation":  # tangents at each breakpoint: s >= 2(a - mean) L + mean^2 - a^2
         slopes = 2.0 * (b - mean)

@@ -108,6 +108,22 @@ def test_greedy_moves_the_biggest_instance_off_the_most_loaded_host() -> None:
     assert not result.cap_hit
 
 
+def test_greedy_by_size_takes_the_biggest_flavor_even_when_it_is_idle() -> None:
+    c = hand_cluster()
+    c.size[0] = [2.0, 2.0, 16.0, 2.0]  # the 2-CPU instance has the biggest flavor (16 vCPUs)
+    c.reserved[0, 0] = 22.0
+    by_size = greedy(c, 0.10, by="size")
+    by_demand = greedy(c, 0.10)
+    assert by_demand.moves == 1
+    assert by_demand.host_after.tolist() == [1, 0, 0, 0]
+    # By size: the idle 16-vCPU one first (loads 10/16 and 2/16, std 0.25), then the 6-CPU one (4 and
+    # 8), then the 16-vCPU one back from what is now the most loaded host: three moves for one.
+    assert by_size.trajectory == pytest.approx([0.25, 0.125, 0.0])
+    assert by_size.host_after.tolist() == [1, 0, 0, 0]
+    with pytest.raises(ValueError, match="demand or size"):
+        greedy(c, 0.10, by="age")
+
+
 def test_greedy_respects_room_and_stops_when_nothing_fits() -> None:
     c = hand_cluster()
     c.capacity[0, 1] = 4.0  # h1 takes 4 vCPUs only: no 8-vCPU instance fits
