@@ -56,7 +56,7 @@ def settled(drs_pass: DrsPass, what: str, timeout: float = 300) -> None:
 
 def measured(instances: list[Instance], timeout: float = 120) -> None:
     """Wait until each busy instance's last five samples show it burning at least 4% of a CPU
-    (its limit is 10%; the lab agents sample each second)."""
+    (its limit is 25%; the lab agents sample each second)."""
     from compute.models import UsageSample
 
     deadline = time.monotonic() + timeout
@@ -82,12 +82,14 @@ def test_drs_balances_a_lab_with_everything_on_one_host_manually_then_automatica
     cloud.lan(blue, 8)
     server_group_create(actor=blue.actor, tenant=blue.tenant, name="apart", policy="anti-affinity")
     # The pair's other member runs on h2 (idle): x may move, but never onto h2.
-    # Burners of 10% of a CPU each, seven of them: 5% of a lab host (2 CPUs) a piece, fine enough
-    # that the level's target is reachable beside the emulated VM (TCG: its idle guest alone can
-    # use a third of a host), and 0.7 of a CPU in all. With the VM they fill h1's 8 vCPUs.
-    Flavor.objects.create(name="c.burn", vcpus=1, ram_mib=64, disk_gib=1, cpu_limit_pct=10, pids_max=64)
+    # Burners of up to 25% of a CPU each, five of them. The emulated VM (TCG) draws a third of a
+    # lab host (2 CPUs) or so on its own; on a host of its own beside two that share the burners,
+    # the deviation is 0.47 x the gap between its load and theirs, so the burners together must
+    # draw about as much as the VM: on this busy machine they do (0.33 to 0.38 of a host in all
+    # against the VM's 0.34 to 0.36 in four runs; 10% burners drew 0.25 and left 0.11 at best).
+    Flavor.objects.create(name="c.burn", vcpus=1, ram_mib=64, disk_gib=1, cpu_limit_pct=25, pids_max=64)
     other = cloud.box(h2, "y", flavor="c.small", server_group="apart")
-    made = [cloud.box(h1, f"b{k}", flavor="c.burn") for k in range(5)]
+    made = [cloud.box(h1, f"b{k}", flavor="c.burn") for k in range(3)]
     x = cloud.box(h1, "x", flavor="c.burn", server_group="apart")
     pinned = cloud.box(h1, "stay", flavor="c.burn")
     vm = cloud.vm(h1, "vm1")
@@ -111,7 +113,8 @@ def test_drs_balances_a_lab_with_everything_on_one_host_manually_then_automatica
     recs = list(manual.recommendations.order_by("order"))
     assert recs, manual.summary
     assert {r.state for r in recs} == {RecommendationState.PROPOSED}
-    assert manual.summary["hosts"][0]["host"] == h1
+    # (The summary lists hosts in the order the lab's agents registered them, which varies.)
+    assert max(manual.summary["hosts"], key=lambda h: h["before"])["host"] == h1
     assert manual.summary["fixed"].get("pinned: do not move (DRS)") == 1
     time.sleep(3)
     drs_execute()
