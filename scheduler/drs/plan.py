@@ -160,6 +160,9 @@ class _Pass:
         self.bound = c.bound()
         self.even = c.even()
         self.ceiling = t.ceiling(self.even)
+        usable_any = c.usable if c.usable.any() else np.ones(c.n, dtype=np.bool_)
+        self.least_cpus = float(np.maximum(c.cpus[usable_any], 1e-9).min()) if c.n else 1.0
+        self.least_ram = float(np.maximum(c.ram[usable_any], 1e-9).min()) if c.n else 1.0
         n = c.n
         demand = c.demand()
         self.dcpu, self.dram = demand[0].tolist(), demand[1].tolist()
@@ -475,14 +478,15 @@ class _Pass:
         spread = self.s2 - self.s1 * self.s1 / self.nb
         cold = self.coldest()
         pairs = []
-        # A unit closes a gap by at most twice its share of its host: smaller ones cannot give
-        # the level's min_gain, whatever the target.
-        least = self.t.min_gain / 2 - 1e-12
+        # A move closes the gap between two hosts by at most the unit's share of the source plus
+        # its share of the target (at most its share of the smallest host): a unit too small for
+        # the level's min_gain that way is not worth scoring, whatever the target.
+        least = self.t.min_gain - 1e-12
         ccpu, cram = self.ccpu[s], self.cram[s]
         coldest = cold[0] if cold else -1
         for k in self.on_host.get(s, []):
             u = self.unit(k)
-            if u.cpu / ccpu < least and u.ram / cram < least:
+            if max(u.cpu / ccpu, u.ram / cram) + max(u.cpu / self.least_cpus, u.ram / self.least_ram) < least:
                 continue
             if self.ha_blocks(u):
                 continue  # leaving would eat into the failover room of its host's HA instances

@@ -207,6 +207,17 @@ def test_the_ceiling_is_set_from_the_level_evening_out_reaches_on_hosts_of_two_s
     assert result.ceiling == pytest.approx(1.05 * result.even)
 
 
+def test_instances_small_on_a_big_host_still_move_to_a_small_one_where_they_weigh_more() -> None:
+    # a: 8 CPUs, forty instances of 0.1 CPU (each 1.25% of a, too little for level 3's min_gain of
+    # 3% between two hosts of its size); b: 1 CPU, empty, where each is 10%.
+    hosts = [H("a", cpus=8.0, vcpus_cap=64.0, ram=65536.0, ram_cap=65536.0), H("b", cpus=1.0)]
+    c = cluster(hosts, [I(f"i{k}", "a", 0.1, ram=64.0, ram_size=128.0) for k in range(40)])
+    result = plan(c, threshold(3))
+    assert result.moves
+    assert all(m.target_name == "b" for m in result.moves)
+    assert result.std_after < result.std_before
+
+
 def test_the_pass_stops_at_its_move_cap_and_says_so() -> None:
     c = cluster([H("a"), *(H(f"h{k}") for k in range(5))], _all_on_one(8, 0.45))
     result = plan(c, threshold(5), max_moves=2)
