@@ -85,8 +85,8 @@ def test_drs_balances_a_lab_with_everything_on_one_host_manually_then_automatica
     # Burners of up to 25% of a CPU each, five of them. The emulated VM (TCG) draws a third of a
     # lab host (2 CPUs) or so on its own; on a host of its own beside two that share the burners,
     # the deviation is 0.47 x the gap between its load and theirs, so the burners together must
-    # draw about as much as the VM: on this busy machine they do (0.33 to 0.38 of a host in all
-    # against the VM's 0.34 to 0.36 in four runs; 10% burners drew 0.25 and left 0.11 at best).
+    # draw about as much as the VM: on this busy machine they do (0.25 to 0.38 of a host in all
+    # against the VM's 0.28 to 0.36 in four runs; with 10% burners a run ended at 0.113).
     Flavor.objects.create(name="c.burn", vcpus=1, ram_mib=64, disk_gib=1, cpu_limit_pct=25, pids_max=64)
     other = cloud.box(h2, "y", flavor="c.small", server_group="apart")
     made = [cloud.box(h1, f"b{k}", flavor="c.burn") for k in range(3)]
