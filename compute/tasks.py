@@ -48,7 +48,9 @@ def ha_check() -> dict[str, list[str]]:
 
 @shared_task(name="compute.drs_pass")
 def drs_pass() -> int | None:
-    """Periodic (control queue): a DRS pass when its interval has passed; then start approved moves."""
+    """Periodic (control queue): a DRS pass when its interval has passed; then start approved moves.
+    What-ifs left unfinished too long are ended with why."""
+    drs_whatif.drs_what_if_expire()
     done = drs.drs_pass_run()
     if done is None:
         drs.drs_execute()

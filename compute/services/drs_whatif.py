@@ -57,6 +57,22 @@ def _changes(request: dict[str, Any], by_name: dict[str, Host]) -> Changes:
     return changes
 
 
+# A what-if takes seconds even at thousands of hosts; one unfinished after this was lost (its
+# control worker stopped mid-way, or the task never ran) and the page would wait for ever.
+WHAT_IF_TIMEOUT = timedelta(minutes=15)
+
+
+def drs_what_if_expire(now: Any = None) -> int:
+    """End the what-ifs still unfinished after WHAT_IF_TIMEOUT, with why; how many (periodic)."""
+    now = now or timezone.now()
+    lost = DrsPass.objects.filter(
+        kind=DrsPassKind.WHAT_IF, finished__isnull=True, created__lt=now - WHAT_IF_TIMEOUT
+    )
+    minutes = int(WHAT_IF_TIMEOUT.total_seconds() // 60)
+    why = f"not computed within {minutes} minutes (the control worker stopped or never took it): ask again"
+    return lost.update(finished=now, error=why)
+
+
 def drs_what_if_run(pass_id: int) -> DrsPass:
     """Compute the what-if pass ``pass_id`` (once: a repeated delivery finds it finished)."""
     drs_pass = DrsPass.objects.get(pk=pass_id, kind=DrsPassKind.WHAT_IF)

@@ -22,7 +22,7 @@ from compute.models import (
     UsageSample,
 )
 from compute.services.drs import drs_apply, drs_execute, drs_pass_run, drs_what_if, instance_drs_pin
-from compute.services.drs_whatif import drs_what_if_run
+from compute.services.drs_whatif import WHAT_IF_TIMEOUT, drs_what_if_expire, drs_what_if_run
 from compute.services.evacuation import evacuate
 from compute.services.hosts import host_maintenance_set
 from core.errors import ServiceError
@@ -321,6 +321,26 @@ def test_what_if_adds_instances_changes_capacity_and_the_level_and_validates_eac
         with pytest.raises(ServiceError) as caught:
             drs_what_if(actor=STAFF, hosts=only, **kwargs)
         assert caught.value.field == field
+
+
+def test_a_what_if_left_unfinished_is_ended_with_why_and_a_late_worker_leaves_it() -> None:
+    hosts, _vms = lopsided(make_tenant("drs-whatif-lost"))
+    only = Host.objects.filter(pk__in=[h.pk for h in hosts])
+    configure(automation="manual", threshold=3)
+    lost = drs_what_if(actor=STAFF, maintenance=["d0"], hosts=only)
+    fresh = drs_what_if(actor=STAFF, maintenance=["d0"], hosts=only)
+    DrsPass.objects.filter(pk=lost.pk).update(created=timezone.now() - WHAT_IF_TIMEOUT - timedelta(seconds=1))
+    assert drs_what_if_expire() == 1
+    lost.refresh_from_db()
+    fresh.refresh_from_db()
+    assert lost.finished is not None
+    assert "not computed within 15 minutes" in lost.error
+    assert fresh.finished is None
+    # The worker that had it, back late, finds it ended and leaves it so.
+    assert drs_what_if_run(lost.pk).summary == {}
+    lost.refresh_from_db()
+    assert "not computed" in lost.error
+    assert drs_what_if_run(fresh.pk).error == ""
 
 
 def test_the_staff_page_shows_the_plan_applies_a_move_and_predicts_a_maintenance(client: Any) -> None:
