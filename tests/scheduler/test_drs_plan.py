@@ -163,7 +163,7 @@ def test_level_one_only_relieves_hosts_above_ninety_percent() -> None:
     assert result.max_after <= 0.9
 
 
-def test_no_move_makes_its_target_a_host_above_the_ceiling() -> None:
+def test_targets_are_filled_up_to_the_ceiling_not_past_it_when_moves_allow() -> None:
     # Level 4: a runs 3.9 of 4 CPUs, h1 and h2 a little that may not move, h0 nothing; the ceiling
     # is 1.1 x the largest instance's 30%. A move that evens a out with the coldest host would leave
     # that host above the ceiling, and what moved in stays there for the pass (it would need a second
