@@ -9,7 +9,7 @@ imports it (``compute.drs_what_if``): the web process never loads a driver.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
@@ -62,7 +62,7 @@ def _changes(request: dict[str, Any], by_name: dict[str, Host]) -> Changes:
 WHAT_IF_TIMEOUT = timedelta(minutes=15)
 
 
-def drs_what_if_expire(now: Any = None) -> int:
+def drs_what_if_expire(now: datetime | None = None) -> int:
     """End the what-ifs still unfinished after WHAT_IF_TIMEOUT, with why; how many (periodic)."""
     now = now or timezone.now()
     lost = DrsPass.objects.filter(

@@ -155,9 +155,9 @@ class Cluster:
         largest = float(self.instance_share().max()) if self.m else 0.0
         return max(average, largest)
 
-    def even(self) -> float:
-        """The highest host load evening out can bring the cluster to: the bound, or the hosts'
-        average load (dominant resource) when that is higher.
+    def even(self, bound: float | None = None) -> float:
+        """The highest host load evening out can bring the cluster to: the bound (``bound`` when
+        the caller has it), or the hosts' average load (dominant resource) when that is higher.
 
         The bound is reachable only if every host runs the cluster's mix of CPU and memory; hosts
         of other shapes (more memory per CPU) run different mixes, and moves that even out the
@@ -165,7 +165,7 @@ class Cluster:
         hosts = self.usable
         if not hosts.any():
             return 0.0
-        return max(self.bound(), float(self.loads()[hosts].mean()))
+        return max(self.bound() if bound is None else bound, float(self.loads()[hosts].mean()))
 
     def contended(self) -> list[str]:
         """Per instance: why its demand is not met ("" when it is): the reader's reasons, plus a host

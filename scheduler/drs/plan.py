@@ -158,16 +158,15 @@ class _Pass:
     def __init__(self, c: Cluster, t: Threshold, moved_recently: frozenset[int]) -> None:
         self.c, self.t = c, t
         self.bound = c.bound()
-        self.even = c.even()
+        self.even = c.even(self.bound)
         self.ceiling = t.ceiling(self.even)
-        usable_any = c.usable if c.usable.any() else np.ones(c.n, dtype=np.bool_)
-        self.least_cpus = float(np.maximum(c.cpus[usable_any], 1e-9).min()) if c.n else 1.0
-        self.least_ram = float(np.maximum(c.ram[usable_any], 1e-9).min()) if c.n else 1.0
         n = c.n
         demand = c.demand()
         self.dcpu, self.dram = demand[0].tolist(), demand[1].tolist()
         self.ccpu = np.maximum(c.cpus, 1e-9).tolist()
         self.cram = np.maximum(c.ram, 1e-9).tolist()
+        # The smallest host's CPUs and RAM: where an instance weighs most (see ``best_from``).
+        self.least_cpus, self.least_ram = min(self.ccpu, default=1.0), min(self.cram, default=1.0)
         self.res = c.reserved.T.tolist()  # per host [v, r, d]
         self.cap = c.capacity.T.tolist()
         self.usable = c.usable.tolist()
