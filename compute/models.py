@@ -375,6 +375,7 @@ class InstanceKind(models.TextChoices):
 class InstanceState(models.TextChoices):
     REQUESTED = "requested", "Requested"
     QUEUED = "queued", "Waiting for capacity"
+    AWAITING = "awaiting", "Waiting for staff to place it"
     SCHEDULED = "scheduled", "Scheduled"
     BUILDING = "building", "Building"
     RUNNING = "running", "Running"

@@ -13,7 +13,17 @@ from django.conf import settings
 from compute import metrics
 from compute.drivers.libvirt import LibvirtDriver
 from compute.models import Host
-from compute.services import admission, agent, drs, drs_whatif, evacuation, ha, image_upload, memory
+from compute.services import (
+    admission,
+    agent,
+    drs,
+    drs_placement,
+    drs_whatif,
+    evacuation,
+    ha,
+    image_upload,
+    memory,
+)
 from compute.services.allocation import allocation_adjust_all
 from compute.services.hosts import hosts_mark_down
 from compute.services.outbox import dispatcher_loop
@@ -49,8 +59,10 @@ def ha_check() -> dict[str, list[str]]:
 @shared_task(name="compute.drs_pass")
 def drs_pass() -> int | None:
     """Periodic (control queue): a DRS pass when its interval has passed; then start approved moves.
-    What-ifs left unfinished too long are ended with why."""
+    What-ifs left unfinished too long are ended with why, and so are new instances staff did not
+    place in time (manual mode)."""
     drs_whatif.drs_what_if_expire()
+    drs_placement.drs_placement_expire()
     done = drs.drs_pass_run()
     if done is None:
         drs.drs_execute()

@@ -1,5 +1,6 @@
-"""The staff DRS page: the balancer's settings, the latest pass with each host's load before and
-after, and its recommendations with their explanations, to apply one by one or all at once.
+"""The staff DRS page: the balancer's settings, new instances waiting for staff to place them
+(manual mode), the latest pass with each host's load before and after, and its recommendations
+with their explanations, to apply one by one or all at once.
 
 Reads are the models' (the pass keeps its summary); the writes go through compute.services.drs.
 """
@@ -17,10 +18,19 @@ from django.views.decorators.http import require_GET, require_POST
 
 from compute.models import Flavor, Host
 from compute.services.drs import drs_apply, drs_apply_all, drs_pass_run, drs_what_if
+from compute.services.drs_placement import drs_place, drs_place_all, drs_place_reject
 from core.errors import ServiceError
 from portal.staff_views import staff_required
 from scheduler.drs import LEVELS
-from scheduler.models import DrsPass, DrsPassKind, DrsRecommendation, DrsSettings, RecommendationState
+from scheduler.models import (
+    DrsPass,
+    DrsPassKind,
+    DrsPlacement,
+    DrsRecommendation,
+    DrsSettings,
+    PlacementState,
+    RecommendationState,
+)
 from security.audit import Actor
 
 MOVE_PERMISSION = "compute.change_host"
@@ -55,7 +65,10 @@ def drs_overview(what_if_id: str | None = None) -> dict[str, Any]:
             )
     recommendations = DrsRecommendation.objects.select_related("instance__tenant", "source", "target")
     real = Host.objects.filter(simulated=False)
+    placements = DrsPlacement.objects.select_related("instance__tenant", "instance__flavor", "target", "host")
     return {
+        "placements": list(placements.filter(state=PlacementState.WAITING).order_by("created", "pk")),
+        "placed": list(placements.exclude(state=PlacementState.WAITING)[:RECENT]),
         "settings": settings,
         "level": LEVELS.get(settings.threshold),
         "latest": latest,
@@ -155,3 +168,57 @@ def drs_what_if_run(request: HttpRequest) -> HttpResponse:
         messages.error(request, exc.message)
         return redirect("staff-drs")
     return redirect(f"{reverse('staff-drs')}?what_if={done.pk}#what-if")
+
+
+@staff_required
+@require_POST
+def drs_place_one(request: HttpRequest, pk: int) -> HttpResponse:
+    """Place a waiting instance on the recommended host, or on the form's ``host``."""
+    _may_move(request)
+    held = get_object_or_404(DrsPlacement, pk=pk)
+    name = request.POST.get("host", "").strip()
+    try:
+        host = None
+        if name:
+            host = Host.objects.filter(name=name, simulated=False).first()
+            if host is None:
+                raise ServiceError("host", "exists", f"host: no host named {name!r}")
+        done = drs_place(actor=Actor.from_request(request), placement=held, host=host, user=request.user)
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("staff-drs")
+    host_name = done.host.name if done.host else ""
+    messages.success(request, f"{done.instance.name} placed on {host_name}; it is being created.")
+    return redirect("staff-drs")
+
+
+@staff_required
+@require_POST
+def drs_reject_one(request: HttpRequest, pk: int) -> HttpResponse:
+    """Refuse a waiting instance with the form's reason (its owners read it)."""
+    _may_move(request)
+    held = get_object_or_404(DrsPlacement, pk=pk)
+    try:
+        done = drs_place_reject(
+            actor=Actor.from_request(request),
+            placement=held,
+            reason=request.POST.get("reason", ""),
+            user=request.user,
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("staff-drs")
+    messages.success(request, f"{done.instance.name} refused.")
+    return redirect("staff-drs")
+
+
+@staff_required
+@require_POST
+def drs_place_waiting(request: HttpRequest) -> HttpResponse:
+    """Place every waiting instance on its recommended host."""
+    _may_move(request)
+    placed, errors = drs_place_all(actor=Actor.from_request(request), user=request.user)
+    messages.success(request, f"{placed} instance(s) placed.")
+    for error in errors:
+        messages.error(request, error)
+    return redirect("staff-drs")

@@ -13,4 +13,7 @@ urlpatterns = [
     path("drs/what-if/", staff_drs.drs_what_if_run, name="staff-drs-what-if"),
     path("drs/recommendations/<int:pk>/apply/", staff_drs.drs_apply_one, name="staff-drs-apply"),
     path("drs/passes/<int:pk>/apply/", staff_drs.drs_apply_pass, name="staff-drs-apply-all"),
+    path("drs/placements/apply/", staff_drs.drs_place_waiting, name="staff-drs-place-all"),
+    path("drs/placements/<int:pk>/apply/", staff_drs.drs_place_one, name="staff-drs-place"),
+    path("drs/placements/<int:pk>/reject/", staff_drs.drs_reject_one, name="staff-drs-place-reject"),
 ]

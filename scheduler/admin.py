@@ -11,14 +11,17 @@ from django.utils.html import format_html
 
 from compute.admin import ReadOnlyMixin
 from compute.services.drs import drs_apply, drs_apply_all
+from compute.services.drs_placement import drs_place
 from core.errors import ServiceError
 from scheduler.admission import queue_statuses
 from scheduler.models import (
     Aggregate,
     DrsPass,
+    DrsPlacement,
     DrsRecommendation,
     DrsSettings,
     PlacementDecision,
+    PlacementState,
     QueueEntry,
     QueueState,
     RecommendationState,
@@ -163,3 +166,34 @@ class DrsRecommendationAdmin(ReadOnlyMixin, admin.ModelAdmin):
                 self.message_user(request, f"{rec}: {exc.message}", messages.ERROR)
                 continue
             self.message_user(request, f"{rec.instance}: {done.get_state_display()} {done.reason}".strip())
+
+
+@admin.register(DrsPlacement)
+class DrsPlacementAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """New instances held for staff placement (manual mode); the staff DRS page places or refuses them."""
+
+    list_display = ["pk", "instance", "target", "host", "state", "created", "deadline"]
+    list_filter = ["state"]
+    list_select_related = ["instance", "target", "host"]
+    search_fields = ["instance__name", "instance__uuid"]
+    readonly_fields = ["why"]
+    exclude = ["explanation"]
+    actions = ["place"]
+
+    @admin.display(description="decision")
+    def why(self, obj: DrsPlacement) -> Any:
+        return format_html("<pre>{}</pre>", json.dumps(obj.explanation, indent=2))
+
+    @admin.action(description="Place the selected instances on their recommended hosts")
+    def place(self, request: Any, queryset: Any) -> None:
+        if not request.user.has_perm("compute.change_host"):
+            self.message_user(request, "Placing instances needs the change_host permission.", messages.ERROR)
+            return
+        actor = Actor.from_request(request, source=Source.ADMIN)
+        for held in queryset.filter(state=PlacementState.WAITING):
+            try:
+                done = drs_place(actor=actor, placement=held, user=request.user)
+            except ServiceError as exc:
+                self.message_user(request, f"{held.instance}: {exc.message}", messages.ERROR)
+                continue
+            self.message_user(request, f"{held.instance}: placed on {done.host}")

@@ -30,7 +30,7 @@ def ratio_field(label: str, field: str) -> models.FloatField:
 
 
 class Automation(models.TextChoices):
-    MANUAL = "manual", "Manual: recommendations only, staff apply them"
+    MANUAL = "manual", "Manual: new instances' hosts and migrations recommended, staff apply them"
     PARTIAL = "partial", "Partially automated: initial placement automatic, migrations recommended"
     FULL = "full", "Fully automated: migrations run"
 
@@ -141,8 +141,11 @@ class DrsSettings(models.Model):
     """The cluster's balancer settings: one row (``DrsSettings.current()``), edited in admin and the
     staff API. Aggregates may override the automation level for their hosts."""
 
-    enabled = models.BooleanField(default=True, help_text="Run periodic passes at all.")
-    automation = models.CharField(max_length=8, choices=Automation.choices, default=Automation.MANUAL)
+    enabled = models.BooleanField(
+        default=True,
+        help_text="DRS at all: periodic passes, and in manual mode staff placement of new instances.",
+    )
+    automation = models.CharField(max_length=8, choices=Automation.choices, default=Automation.PARTIAL)
     threshold = models.PositiveSmallIntegerField(
         "migration threshold",
         default=3,
@@ -172,6 +175,13 @@ class DrsSettings(models.Model):
         default=300,
         validators=[MinValueValidator(5), MaxValueValidator(86400)],
         help_text="Demand is each instance's mean over this window of its samples.",
+    )
+    placement_timeout_seconds = models.PositiveIntegerField(
+        "staff placement timeout (s)",
+        default=3600,
+        validators=[MinValueValidator(60), MaxValueValidator(7 * 86400)],
+        help_text="Manual mode: a new instance that staff have not placed within this long fails, "
+        "its quota given back.",
     )
     last_pass_at = models.DateTimeField(null=True, blank=True, editable=False)
 
@@ -266,3 +276,43 @@ class DrsRecommendation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.instance} {self.source} -> {self.target} ({self.state})"
+
+
+class PlacementState(models.TextChoices):
+    WAITING = "waiting", "Waiting for staff"
+    PLACED = "placed", "Placed"
+    REJECTED = "rejected", "Refused by staff"
+    EXPIRED = "expired", "Not placed in time"
+    CANCELLED = "cancelled", "Instance deleted"
+
+
+class DrsPlacement(models.Model):
+    """A new instance's initial placement, held for staff (DRS manual mode on the chosen host).
+
+    The scheduler's decision is kept as it was made: ``target`` its best host, ``explanation`` its
+    placement record (the filters, the candidates and their scores). Staff place it there or on
+    another host (the filters check it again then), or refuse it. Its quota stays held meanwhile;
+    no host's room is, so the host is checked again when it is placed.
+    """
+
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="drs_placements")
+    target = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="+")
+    host = models.ForeignKey(
+        Host, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", help_text="Where it went."
+    )
+    state = models.CharField(max_length=10, choices=PlacementState.choices, default=PlacementState.WAITING)
+    reason = models.TextField(blank=True, default="", help_text="Why it was refused or expired.")
+    explanation = models.JSONField(default=dict)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created = models.DateTimeField(default=timezone.now)
+    deadline = models.DateTimeField()
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created", "-pk"]
+        indexes = [models.Index(fields=["state", "deadline"], name="drs_placement_state")]
+
+    def __str__(self) -> str:
+        return f"{self.instance} -> {self.target} ({self.state})"

@@ -144,6 +144,22 @@ admin_urlpatterns = [
         drs.AdminDrsRecommendationApplyView.as_view(),
         name="api-admin-drs-recommendation-apply",
     ),
+    path("drs/placements/", drs.AdminDrsPlacementListView.as_view(), name="api-admin-drs-placements"),
+    path(
+        "drs/placements/apply/",
+        drs.AdminDrsPlacementApplyAllView.as_view(),
+        name="api-admin-drs-placements-apply",
+    ),
+    path(
+        "drs/placements/<int:pk>/apply/",
+        drs.AdminDrsPlacementApplyView.as_view(),
+        name="api-admin-drs-placement-apply",
+    ),
+    path(
+        "drs/placements/<int:pk>/reject/",
+        drs.AdminDrsPlacementRejectView.as_view(),
+        name="api-admin-drs-placement-reject",
+    ),
     path("instances/<uuid:uuid>/drs-pin/", drs.AdminInstancePinView.as_view(), name="api-admin-instance-pin"),
 ]
 

@@ -1,5 +1,6 @@
 """The admission queue's decisions applied: an instance joins or leaves the queue, is admitted
-(placed, its create Operation handed to its host's agent) or gives up (fails).
+(placed, its create Operation handed to its host's agent; or held for staff to place it, in DRS
+manual mode) or gives up (fails).
 
 The scheduler keeps the queue and decides (scheduler.admission); the instance's state, its host
 claim, its Operation and its events are changed here.
@@ -14,16 +15,15 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from compute.models import Instance, InstanceState, Operation, OperationKind, OperationState
+from compute.models import Instance, InstanceState
+from compute.services.drs_placement import instance_place_or_hold
 from compute.services.lifecycle import (
     admission_kick,
-    deadline,
+    create_abandon,
+    create_release,
     instance_event,
     instance_fail,
-    operation_enqueue,
-    operation_finish,
 )
-from compute.services.placement import instance_place
 from scheduler.admission import (
     GiveUp,
     queue_admitted,
@@ -56,10 +56,7 @@ def admission_enqueue(instance: Instance, reason: str) -> QueueEntry:
 def admission_cancel(instance: Instance, reason: str) -> None:
     """Take a queued instance out of the queue (its delete, its give-up); its create Operation fails."""
     queue_leave(instance, reason)
-    for operation in Operation.objects.for_tenant(instance.tenant_id).filter(
-        instance=instance, kind=OperationKind.CREATE, state=OperationState.PENDING
-    ):
-        operation_finish(operation, OperationState.FAILED, reason)
+    create_abandon(instance, reason)
 
 
 def admission_run(now: datetime | None = None, hosts: Any = None) -> list[str]:
@@ -84,19 +81,14 @@ def _admit(entry: QueueEntry, hosts: Any, now: datetime) -> bool:
         queue_dropped(entry, now)
         return False
     try:
-        instance_place(instance, hosts)  # its decision record stays, refused or not: it explains the wait
+        # Its decision record stays, refused or not: it explains the wait.
+        host = instance_place_or_hold(instance, hosts)
     except NoValidHost as exc:
         queue_refused(entry, str(exc))
         return False
-    instance.state = InstanceState.SCHEDULED
-    instance.state_deadline = deadline()
-    instance.save(update_fields=["state", "state_deadline", "updated"])
     queue_admitted(entry, now)
-    instance_event(instance, host=instance.host.name if instance.host else "")
-    for operation in Operation.objects.for_tenant(entry.tenant_id).filter(
-        instance=instance, kind=OperationKind.CREATE, state=OperationState.PENDING
-    ):
-        operation_enqueue(operation)
+    if host is not None:  # else its turn came, and now staff place it (DRS manual mode)
+        create_release(instance)
     return True
 
 

@@ -22,6 +22,7 @@ from compute.models import (
     VM_MIN_RAM_MIB,
     Allocation,
     Flavor,
+    Host,
     Image,
     ImageKind,
     Instance,
@@ -37,6 +38,7 @@ from compute.models import (
 )
 from compute.selectors import flavors_for, images_for, networks_for
 from compute.services.admission import admission_cancel, admission_enqueue
+from compute.services.drs_placement import instance_place_or_hold, placement_withdraw
 from compute.services.floating_ips import instance_unreachable
 from compute.services.keypairs import keypairs_resolve, ssh_keys_of, user_data_check
 from compute.services.lifecycle import (
@@ -53,7 +55,6 @@ from compute.services.lifecycle import (
     release_claims,
 )
 from compute.services.networks import attach_to_network, default_network
-from compute.services.placement import instance_place
 from compute.services.snapshots import snapshot_forget
 from core.errors import Conflict, ServiceError
 from scheduler.admission import admission_precheck
@@ -151,14 +152,14 @@ def instance_create(
     _network_attach(instance, build)
     operation = operation_record(instance, OperationKind.CREATE, actor, idempotency_key=idempotency_key)
     try:
-        _place(instance, wait)
+        host = _place(instance, wait)
     except NoValidHost as exc:
         if wait and not exc.never:
             _queue(actor, instance, str(exc))
         else:
             _refuse(actor, instance, operation, str(exc))
         return operation
-    _schedule(actor, instance, operation, build)
+    _schedule(actor, instance, operation, build, held=host is None)
     return operation
 
 
@@ -363,9 +364,10 @@ def _network_attach(instance: Instance, build: _Build) -> None:
         instance.groups_set(build.security_groups)
 
 
-def _place(instance: Instance, wait: bool) -> None:
-    """The queue goes first (scheduler.admission.admission_precheck), then a host is claimed."""
-    instance_place(instance, held=admission_precheck(instance, wait))
+def _place(instance: Instance, wait: bool) -> Host | None:
+    """The queue goes first (scheduler.admission.admission_precheck), then a host is claimed (None:
+    DRS manual mode, staff place it)."""
+    return instance_place_or_hold(instance, held=admission_precheck(instance, wait))
 
 
 def _queue(actor: Actor, instance: Instance, reason: str) -> None:
@@ -383,10 +385,12 @@ def _refuse(actor: Actor, instance: Instance, operation: Operation, fault: str) 
     )
 
 
-def _schedule(actor: Actor, instance: Instance, operation: Operation, build: _Build) -> None:
-    """Placed: scheduled, audited, and its create handed to its host's agent after commit."""
-    instance.state = InstanceState.SCHEDULED
-    instance.save(update_fields=["state", "updated"])
+def _schedule(actor: Actor, instance: Instance, operation: Operation, build: _Build, held: bool) -> None:
+    """Placed: scheduled, audited, and its create handed to its host's agent after commit. ``held``:
+    it waits for staff to place it instead (compute.services.drs_placement), its create pending."""
+    if not held:
+        instance.state = InstanceState.SCHEDULED
+        instance.save(update_fields=["state", "updated"])
     audit_log(
         actor=actor,
         action="instance.create",
@@ -399,8 +403,11 @@ def _schedule(actor: Actor, instance: Instance, operation: Operation, build: _Bu
             "host": instance.host.name if instance.host else "",
             # The key pairs' names only; the user-data is its owner's, never in the audit log.
             "key_pairs": [key["name"] for key in build.ssh_keys],
+            **({"held": "for staff to place it (DRS manual mode)"} if held else {}),
         },
     )
+    if held:
+        return
     instance_event(instance)
     operation_enqueue(operation)
 
@@ -443,8 +450,8 @@ def instance_action(*, actor: Actor, instance: Instance, kind: str) -> Operation
 @transaction.atomic
 def instance_delete(*, actor: Actor, instance: Instance) -> Operation:
     """Delete an instance: its domain, disk and snapshots on the host, then its claims."""
-    if instance.state == InstanceState.QUEUED:
-        return _delete_queued(actor, instance)
+    if instance.state in (InstanceState.QUEUED, InstanceState.AWAITING):
+        return _delete_waiting(actor, instance)
     locked = instance_lock_idle(instance)
     if locked.state in (InstanceState.DELETING, InstanceState.DELETED):
         raise Conflict("state", "state", f"the instance is already {locked.state}")
@@ -464,12 +471,16 @@ def instance_delete(*, actor: Actor, instance: Instance) -> Operation:
     return operation
 
 
-def _delete_queued(actor: Actor, instance: Instance) -> Operation:
-    """A queued instance has nothing on any host: leave the queue, fail its create, done."""
+def _delete_waiting(actor: Actor, instance: Instance) -> Operation:
+    """A queued instance, or one waiting for staff to place it, has nothing on any host: it leaves
+    the queue (or its placement is withdrawn), its create fails, done."""
     locked = Instance.objects.for_tenant(instance.tenant_id).select_for_update().get(pk=instance.pk)
-    if locked.state != InstanceState.QUEUED:  # admitted meanwhile: delete it the usual way
+    if locked.state == InstanceState.QUEUED:
+        admission_cancel(locked, "deleted while waiting in the admission queue")
+    elif locked.state == InstanceState.AWAITING:
+        placement_withdraw(locked, "deleted while waiting for staff to place it")
+    else:  # admitted or placed meanwhile: delete it the usual way
         return instance_delete(actor=actor, instance=locked)
-    admission_cancel(locked, "deleted while waiting in the admission queue")
     operation = operation_record(locked, OperationKind.DELETE, actor, params={"from_state": locked.state})
     audit_log(actor=actor, action="instance.delete", target=locked)
     instance_deleted(locked)

@@ -17,7 +17,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from compute.models import Instance, InstanceState, Operation, OperationState
+from compute.models import Instance, InstanceState, Operation, OperationKind, OperationState
 from core.errors import Conflict
 from core.events import publish
 from core.queues import CONTROL_QUEUE, send_task, send_task_after_commit
@@ -198,6 +198,29 @@ def instance_fail(instance: Instance, fault: str) -> None:
     instance_event(instance)
     if instance.host_id is not None:
         admission_kick()
+
+
+def _pending_creates(instance: Instance) -> Any:
+    return Operation.objects.for_tenant(instance.tenant_id).filter(
+        instance=instance, kind=OperationKind.CREATE, state=OperationState.PENDING
+    )
+
+
+def create_release(instance: Instance) -> None:
+    """A waiting instance has its host (admitted from the queue, or placed by staff): it is
+    scheduled, and its create Operation goes to the host's agent after commit."""
+    instance.state = InstanceState.SCHEDULED
+    instance.state_deadline = deadline()
+    instance.save(update_fields=["state", "state_deadline", "updated"])
+    instance_event(instance, host=instance.host.name if instance.host else "")
+    for operation in _pending_creates(instance):
+        operation_enqueue(operation)
+
+
+def create_abandon(instance: Instance, reason: str) -> None:
+    """A waiting instance will not be made (deleted, refused, given up): its create Operation fails."""
+    for operation in _pending_creates(instance):
+        operation_finish(operation, OperationState.FAILED, reason)
 
 
 def admission_kick() -> None:

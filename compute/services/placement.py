@@ -25,13 +25,18 @@ def instance_place(instance: Instance, hosts: Any = None, held: frozenset[int] =
     ``hosts`` and ``held`` are those of scheduler.services.decide. NoValidHost when no host can
     take it, or every candidate filled up meanwhile (lost the race).
     """
+    group_lock(instance)
+    return placement_claim(instance, decide(instance, hosts, held))
+
+
+def group_lock(instance: Instance) -> None:
+    """Members of one server group are placed one at a time (its row locked until the caller's
+    transaction ends), so two cannot both take the same host (anti-affinity) or both open a host of
+    their own (affinity)."""
     if instance.server_group_id is not None:
-        # Members of one group are placed one at a time, so two cannot both take the same host
-        # (anti-affinity) or both open a host of their own (affinity).
         ServerGroup.objects.for_tenant(instance.tenant_id).select_for_update().get(
             pk=instance.server_group_id
         )
-    return placement_claim(instance, decide(instance, hosts, held))
 
 
 def placement_claim(instance: Instance, placement: Placement, into: str = "host") -> Host:

@@ -76,6 +76,8 @@ def instance_new(request: HttpRequest, tenant: str) -> HttpResponse:
         messages.error(request, f"{instance.name} could not be placed: {operation.error}")
     elif instance.state == "queued":
         messages.info(request, f"{instance.name} waits for room in the admission queue.")
+    elif instance.state == "awaiting":
+        messages.info(request, f"{instance.name} waits for staff to choose its host.")
     else:
         messages.success(request, f"Creating {instance.name} ({instance.get_kind_display().lower()}).")
     return redirect("ui-instance", tenant=obj.slug, pk=instance.uuid)

@@ -75,7 +75,7 @@ PARTIAL = "partial"
 FULL = "full"
 AUTOMATION = (MANUAL, PARTIAL, FULL)
 AUTOMATION_NAMES = {
-    MANUAL: "manual: recommendations only, staff apply them",
+    MANUAL: "manual: where new instances go and migrations are recommended, staff apply them",
     PARTIAL: "partially automated: initial placement automatic, migrations recommended",
     FULL: "fully automated: migrations run",
 }

@@ -1,7 +1,8 @@
 # ruff: noqa: F811 - the fixtures imported from test_cluster are parameters here
 """DRS on a real lab: guests that burn CPU all on one host, a manual pass that moves nothing until
-staff apply one recommendation, then a fully automated pass that balances the rest, explained,
-with no instance moved twice, a hard anti-affinity pair kept apart and a pinned instance left.
+staff apply one recommendation (and a new container that waits until staff place it), then a
+fully automated pass that balances the rest, explained, with no instance moved twice, a hard
+anti-affinity pair kept apart and a pinned instance left.
 
 The containers burn CPU for real (a shell loop under their flavor's 20% CPU limit) and the lab
 agents measure them every second; the passes read that demand over a short window.
@@ -15,14 +16,32 @@ from typing import Any
 
 import pytest
 
-from compute.models import Flavor, Host, HostState, Instance, Operation, OperationKind
+from compute.models import (
+    Flavor,
+    Host,
+    HostState,
+    Instance,
+    InstanceState,
+    Operation,
+    OperationKind,
+    OperationState,
+)
 from compute.services.drs import drs_apply, drs_execute, drs_pass_run, drs_what_if, instance_drs_pin
+from compute.services.drs_placement import drs_place
 from compute.services.drs_whatif import drs_what_if_run
 from compute.services.evacuation import evacuate_all
 from compute.services.hosts import host_maintenance_set
+from compute.services.instances import instance_delete
 from compute.services.server_groups import server_group_create
 from scheduler.drs import LEVELS
-from scheduler.models import DrsPass, DrsPassKind, DrsRecommendation, DrsSettings, RecommendationState
+from scheduler.models import (
+    DrsPass,
+    DrsPassKind,
+    DrsPlacement,
+    DrsRecommendation,
+    DrsSettings,
+    RecommendationState,
+)
 from tests.cluster.test_cluster import STAFF, Cloud, cloud, host_of, pump, running  # noqa: F401 (fixture)
 from tests.compute.test_tenant_networks import Member, shell_image  # noqa: F401 (fixture)
 from tests.compute_fixtures import wait_operation
@@ -142,6 +161,22 @@ def test_drs_balances_a_lab_with_everything_on_one_host_manually_then_automatica
     assert {r.state for r in DrsRecommendation.objects.filter(drs_pass=manual).exclude(pk=chosen.pk)} == {
         RecommendationState.PROPOSED
     }
+
+    # Manual mode holds a new instance too: nothing is made until staff place it, then it runs
+    # on the host they chose (the recommended one).
+    newcomer = blue.create("late", network="lan", image="busybox", kind="container", flavor="c.small")
+    assert (newcomer.state, newcomer.host_id) == (InstanceState.AWAITING, None)
+    held = DrsPlacement.objects.get(instance=newcomer)
+    assert held.explanation["top"][0]["host"] == held.target.name
+    time.sleep(2)
+    create = Operation.objects.unscoped().get(instance=newcomer, kind=OperationKind.CREATE)
+    assert (create.state, create.claimed_by) == (OperationState.PENDING, "")
+    drs_place(actor=STAFF, placement=held)
+    running(newcomer)
+    assert host_of(newcomer) == held.target.name
+    # (Gone again, so that the balancing below sees the cluster it saw before.)
+    gone = instance_delete(actor=STAFF, instance=newcomer)
+    assert wait_operation(gone, 120).state == OperationState.SUCCEEDED
 
     # Fully automated: one pass balances the rest.
     DrsSettings.objects.filter(pk=1).update(automation="full")

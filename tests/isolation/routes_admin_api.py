@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from tests.isolation.cases import Case, const, exp, tenant_path
-from tests.isolation.routes_staff import drs_pass_id, drs_recommendation_id
+from tests.isolation.routes_staff import drs_pass_id, drs_placement_id, drs_recommendation_id, one_waiting
 from tests.isolation.world import World
 
 STAFF_READ = exp(401, 403, 403, 403, 403, 200, 200)
@@ -67,6 +67,32 @@ ROUTES: dict[str, list[Case]] = {
             lambda w: f"/api/v1/admin/drs/recommendations/{drs_recommendation_id(w)}/apply/",
             SUPERUSER_WRITE,
             action="drs.apply",
+        )
+    ],
+    "api-admin-drs-placements": [Case("GET", const("/api/v1/admin/drs/placements/"), STAFF_READ)],
+    "api-admin-drs-placement-apply": [
+        Case(
+            "POST",
+            lambda w: f"/api/v1/admin/drs/placements/{drs_placement_id(w)}/apply/",
+            SUPERUSER_WRITE,
+            action="drs.place",
+        )
+    ],
+    "api-admin-drs-placement-reject": [
+        Case(
+            "POST",
+            lambda w: f"/api/v1/admin/drs/placements/{drs_placement_id(w)}/reject/",
+            SUPERUSER_WRITE,
+            data=lambda w: {"reason": "not here"},
+            action="drs.place_reject",
+        )
+    ],
+    "api-admin-drs-placements-apply": [
+        Case(
+            "POST",
+            one_waiting("/api/v1/admin/drs/placements/apply/"),
+            SUPERUSER_WRITE,
+            action="drs.place",
         )
     ],
     "api-admin-instance-pin": [

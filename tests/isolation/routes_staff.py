@@ -7,10 +7,14 @@ permissions only) lacks.
 
 from __future__ import annotations
 
+from datetime import timedelta
+from itertools import count
+
 from compute.models import Host
-from tests.isolation.cases import Case, const, exp
+from tests.isolation.cases import Case, Path, const, exp
 from tests.isolation.world import World
 
+_held = count()  # names of the waiting instances the cases make
 STAFF_PAGE = exp(302, 403, 403, 403, 403, 200, 200)
 HOST_CHANGE = exp(302, 403, 403, 403, 403, 403, 302)
 
@@ -26,6 +30,47 @@ def drs_recommendation_id(w: World) -> int:
         drs_pass=drs_pass, order=0, instance=vm, instance_ids=[vm.pk], source=host, target=host
     )
     return rec.pk
+
+
+def drs_placement_id(w: World) -> int:
+    """A fresh instance of tenant A waiting for staff to place it (each persona's call decides its own)."""
+    from django.utils import timezone
+
+    from compute.models import Instance, InstanceState, Operation, OperationKind
+    from scheduler.models import DrsPlacement
+
+    vm = w.vms["a-vm"]
+    n = next(_held)
+    instance = Instance.objects.create(
+        tenant=vm.tenant,
+        name=f"a-held-{n}",
+        flavor=vm.flavor,
+        image=vm.image,
+        state=InstanceState.AWAITING,
+        vcpus=vm.vcpus,
+        ram_mib=vm.ram_mib,
+        current_ram_mib=vm.ram_mib,
+        disk_gib=vm.disk_gib,
+    )
+    Operation.objects.create(tenant=vm.tenant, instance=instance, kind=OperationKind.CREATE)
+    now = timezone.now()
+    held = DrsPlacement.objects.create(
+        instance=instance,
+        target=Host.objects.get(name="harness-host"),
+        explanation={"top": [{"host": "harness-host", "weight": 1.0}]},
+        deadline=now + timedelta(hours=1),
+    )
+    return held.pk
+
+
+def one_waiting(path: str) -> Path:
+    """``path``, once tenant A has an instance waiting for staff to place it (a fresh one per call)."""
+
+    def build(w: World) -> str:
+        drs_placement_id(w)
+        return path
+
+    return build
 
 
 def drs_pass_id(w: World) -> int:
@@ -69,6 +114,34 @@ ROUTES: dict[str, list[Case]] = {
             HOST_CHANGE,
             json=False,
             action="drs.apply_all",
+        )
+    ],
+    "staff-drs-place": [
+        Case(
+            "POST",
+            lambda w: f"/staff/drs/placements/{drs_placement_id(w)}/apply/",
+            HOST_CHANGE,
+            json=False,
+            action="drs.place",
+        )
+    ],
+    "staff-drs-place-reject": [
+        Case(
+            "POST",
+            lambda w: f"/staff/drs/placements/{drs_placement_id(w)}/reject/",
+            HOST_CHANGE,
+            json=False,
+            data=lambda w: {"reason": "not here"},
+            action="drs.place_reject",
+        )
+    ],
+    "staff-drs-place-all": [
+        Case(
+            "POST",
+            one_waiting("/staff/drs/placements/apply/"),
+            HOST_CHANGE,
+            json=False,
+            action="drs.place",
         )
     ],
     "staff-host-maintenance": [

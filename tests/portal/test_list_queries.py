@@ -63,7 +63,9 @@ from core.pagination import MAX_PAGE_SIZE, PAGE_SIZE, ListSpec
 from scheduler.models import (
     DrsPass,
     DrsPassKind,
+    DrsPlacement,
     DrsRecommendation,
+    PlacementState,
     QueueEntry,
     QueueState,
     RecommendationState,
@@ -201,6 +203,22 @@ def make_drs_recommendations(w: World, n: int, tag: str) -> None:
             target=host,
             state=states[i % len(states)],
             created=_when(i),
+        )
+        for i in range(n)
+    )
+
+
+def make_drs_placements(w: World, n: int, tag: str) -> None:
+    host = Host.objects.create(name=f"drsp-{tag}-{uuid.uuid4().hex[:6]}", uri="test:///default")
+    states = list(PlacementState.values)
+    DrsPlacement.objects.bulk_create(
+        DrsPlacement(
+            instance=w.instance if i % 2 else w.other,
+            target=host,
+            state=states[i % len(states)],
+            explanation={"top": [{"host": host.name, "weight": 1.0}]},
+            created=_when(i),
+            deadline=_when(i),
         )
         for i in range(n)
     )
@@ -674,6 +692,14 @@ CASES.update(
             lambda w: DrsRecommendation.objects.all(),
             make_drs_recommendations,
             lambda w: [("state=proposed,failed", Q(state__in=["proposed", "failed"]))],
+            staff=True,
+        ),
+        "api-admin-drs-placements": ListCase(
+            drs_api.PLACEMENTS,
+            lambda w: "/api/v1/admin/drs/placements/",
+            lambda w: DrsPlacement.objects.all(),
+            make_drs_placements,
+            lambda w: [("state=waiting,placed", Q(state__in=["waiting", "placed"]))],
             staff=True,
         ),
         "api-admin-quotas": ListCase(

@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from compute.api.views.admin import StaffOnly
-from compute.models import Instance
+from compute.models import Host, Instance
 from compute.services.drs import (
     drs_apply,
     drs_apply_all,
@@ -21,14 +21,18 @@ from compute.services.drs import (
     drs_what_if,
     instance_drs_pin,
 )
+from compute.services.drs_placement import drs_place, drs_place_all, drs_place_reject
+from core.errors import ServiceError
 from core.pagination import Filter, ListSchema, ListSpec, paginated
 from scheduler.drs import LEVELS
 from scheduler.models import (
     Automation,
     DrsPass,
     DrsPassKind,
+    DrsPlacement,
     DrsRecommendation,
     DrsSettings,
+    PlacementState,
     RecommendationState,
 )
 from security.audit import Actor
@@ -53,6 +57,7 @@ class DrsSettingsSerializer(serializers.ModelSerializer[DrsSettings]):
             "max_concurrent",
             "max_moves",
             "window_seconds",
+            "placement_timeout_seconds",
             "last_pass_at",
         ]
         read_only_fields = ["last_pass_at", "threshold_name"]
@@ -71,6 +76,7 @@ class DrsSettingsUpdateSerializer(serializers.Serializer[Any]):
     max_concurrent = serializers.IntegerField(min_value=1, max_value=64, required=False)
     max_moves = serializers.IntegerField(min_value=1, max_value=1000, required=False)
     window_seconds = serializers.IntegerField(min_value=5, max_value=86400, required=False)
+    placement_timeout_seconds = serializers.IntegerField(min_value=60, max_value=7 * 86400, required=False)
 
 
 class RecommendationSerializer(serializers.ModelSerializer[DrsRecommendation]):
@@ -326,3 +332,140 @@ class AdminInstancePinView(APIView):
             actor=Actor.from_request(request), instance=instance, pinned=body.validated_data["pinned"]
         )
         return Response({"pinned": done.drs_pinned})
+
+
+class PlacementSerializer(serializers.ModelSerializer[DrsPlacement]):
+    instance = serializers.UUIDField(  # type: ignore[assignment]  # the API's name for it
+        source="instance.uuid", read_only=True
+    )
+    instance_name = serializers.CharField(source="instance.name", read_only=True)
+    kind = serializers.CharField(source="instance.kind", read_only=True)
+    flavor = serializers.CharField(source="instance.flavor.name", read_only=True)
+    tenant = serializers.CharField(source="instance.tenant.slug", read_only=True)
+    target = serializers.CharField(source="target.name", read_only=True)
+    host = serializers.CharField(source="host.name", read_only=True, default=None)
+    decided_by = serializers.CharField(source="decided_by.username", read_only=True, default=None)
+    candidates = serializers.SerializerMethodField()
+
+    class Meta:
+        model = DrsPlacement
+        fields = [
+            "id",
+            "instance",
+            "instance_name",
+            "kind",
+            "flavor",
+            "tenant",
+            "target",
+            "candidates",
+            "host",
+            "state",
+            "reason",
+            "explanation",
+            "decided_by",
+            "created",
+            "deadline",
+            "updated",
+        ]
+        read_only_fields = fields
+
+    def get_candidates(self, obj: DrsPlacement) -> list[dict[str, Any]]:
+        """The decision's best hosts with their weights, best first (the target is the first)."""
+        return [{"host": c["host"], "weight": c["weight"]} for c in obj.explanation.get("top", [])]
+
+
+class PlaceSerializer(serializers.Serializer[Any]):
+    host = serializers.CharField(
+        max_length=100, required=False, help_text="A host's name; default: the recommended one."
+    )
+
+
+class PlacedSerializer(serializers.Serializer[Any]):
+    placed = serializers.IntegerField(help_text="How many were placed.")
+    not_placed = serializers.ListField(
+        child=serializers.CharField(), help_text="Why each of the others could not be (they keep waiting)."
+    )
+
+
+class RejectSerializer(serializers.Serializer[Any]):
+    reason = serializers.CharField(max_length=500, help_text="Why; the instance's owners read it.")
+
+
+def _placements() -> Any:
+    return DrsPlacement.objects.select_related(
+        "instance__tenant", "instance__flavor", "target", "host", "decided_by"
+    )
+
+
+PLACEMENTS = ListSpec(
+    orderings={"created": ("created", "pk")},
+    default="-created",
+    filters=(Filter("state", choices=PlacementState.values),),
+)
+
+
+class AdminDrsPlacementListView(APIView):
+    """Staff: new instances held for staff placement (DRS manual mode), newest first, by state."""
+
+    permission_classes = [StaffOnly]
+    schema = ListSchema()
+
+    @extend_schema(parameters=PLACEMENTS.parameters(), responses=paginated(PlacementSerializer))
+    def get(self, request: Request) -> Response:
+        page = PLACEMENTS.page(request, _placements())
+        return page.response(PlacementSerializer(page.rows, many=True).data)
+
+
+class AdminDrsPlacementApplyView(APIView):
+    """Staff with change_host: place a waiting instance on the recommended host or on ``host``
+    (the filters check it again); its create then runs there."""
+
+    permission_classes = [StaffOnly]
+
+    @extend_schema(request=PlaceSerializer, responses=PlacementSerializer)
+    def post(self, request: Request, pk: int) -> Response:
+        held = get_object_or_404(_placements(), pk=pk)
+        require_model_permission(request, MOVE_PERMISSION)
+        body = PlaceSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        host = None
+        name = body.validated_data.get("host")
+        if name:
+            host = Host.objects.filter(name=name, simulated=False).first()
+            if host is None:
+                raise ServiceError("host", "exists", f"host: no host named {name!r}")
+        done = drs_place(actor=Actor.from_request(request), placement=held, host=host, user=request.user)
+        return Response(PlacementSerializer(_placements().get(pk=done.pk)).data)
+
+
+class AdminDrsPlacementRejectView(APIView):
+    """Staff with change_host: refuse a waiting instance; it fails with the reason given."""
+
+    permission_classes = [StaffOnly]
+
+    @extend_schema(request=RejectSerializer, responses=PlacementSerializer)
+    def post(self, request: Request, pk: int) -> Response:
+        held = get_object_or_404(_placements(), pk=pk)
+        require_model_permission(request, MOVE_PERMISSION)
+        body = RejectSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        done = drs_place_reject(
+            actor=Actor.from_request(request),
+            placement=held,
+            reason=body.validated_data["reason"],
+            user=request.user,
+        )
+        return Response(PlacementSerializer(_placements().get(pk=done.pk)).data)
+
+
+class AdminDrsPlacementApplyAllView(APIView):
+    """Staff with change_host: place every waiting instance on its recommended host. Those that no
+    longer fit there keep waiting; ``not_placed`` says why."""
+
+    permission_classes = [StaffOnly]
+
+    @extend_schema(request=None, responses=PlacedSerializer, operation_id="admin_drs_placements_apply_all")
+    def post(self, request: Request) -> Response:
+        require_model_permission(request, MOVE_PERMISSION)
+        placed, errors = drs_place_all(actor=Actor.from_request(request), user=request.user)
+        return Response(PlacedSerializer({"placed": placed, "not_placed": errors}).data)
