@@ -479,6 +479,7 @@ ADMIN_MODELS: dict[str, dict[str, bool]] = {
     "scheduler.drssettings": {"add": False, "delete": False},
     "scheduler.drspass": {"add": False, "delete": False},
     "scheduler.drsrecommendation": {"add": False, "delete": False},
+    "scheduler.drsplacement": {"add": False, "delete": False},
     "compute.servergroup": {"add": False, "delete": False},
     "compute.securitygroup": {"add": False, "delete": False},
     "compute.floatingpool": {"add": True, "delete": True, "protected": True},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from django.contrib.auth.models import Permission, User
+from django.utils import timezone
 
 from compute.models import (
     CpuMode,
@@ -270,14 +271,18 @@ def _schedules() -> None:
 
 
 def _drs(vm: Instance) -> None:
-    """The cluster's DRS settings, and a pass that recommends moving A's VM (admin shows them)."""
-    from scheduler.models import DrsPass, DrsRecommendation, DrsSettings
+    """The cluster's DRS settings, a pass that recommends moving A's VM, and a decided placement
+    of it (admin shows them)."""
+    from scheduler.models import DrsPass, DrsPlacement, DrsRecommendation, DrsSettings, PlacementState
 
     DrsSettings.current()
     drs_pass = DrsPass.objects.create(automation="manual", threshold=3, summary={"hosts": []})
     host = Host.objects.get(pk=vm.host_id or 0)
     DrsRecommendation.objects.create(
         drs_pass=drs_pass, order=0, instance=vm, instance_ids=[vm.pk], source=host, target=host
+    )
+    DrsPlacement.objects.create(
+        instance=vm, target=host, host=host, state=PlacementState.PLACED, deadline=timezone.now()
     )
 
 
