@@ -1,4 +1,5 @@
-"""Publish live events to browsers, after the surrounding transaction commits, to one tenant's group.
+"""Publish live events to browsers, after the surrounding transaction commits, to one tenant's group
+(or to the staff's: ``publish_staff``).
 
 Events leave through one background thread per process that owns an event loop and so keeps its
 Redis connections: the caller does not wait for Redis (a fresh loop and connection per event
@@ -25,6 +26,10 @@ FLUSH_AT_EXIT = 5.0  # seconds a finishing process waits for its last events to 
 def tenant_group(tenant_id: int) -> str:
     """Return the Channels group that every websocket of a member of the tenant joins."""
     return f"tenant.{int(tenant_id)}"
+
+
+# Every websocket of a staff user joins it too: the staff pages' events (DRS), never a tenant's.
+STAFF_GROUP = "staff"
 
 
 class _Sender:
@@ -100,3 +105,8 @@ def publish(tenant_id: int, event: dict[str, Any]) -> None:
     """
     group = tenant_group(tenant_id)
     transaction.on_commit(lambda: send_now(group, event))
+
+
+def publish_staff(event: dict[str, Any]) -> None:
+    """Send the event to the staff's group once the current transaction commits."""
+    transaction.on_commit(lambda: send_now(STAFF_GROUP, event))

@@ -1,4 +1,5 @@
-"""Websocket consumers: the live event stream of the tenants a user belongs to.
+"""Websocket consumers: the live event stream of the tenants a user belongs to (and, for staff,
+the staff pages' events).
 
 Group membership lives in Redis (channels_redis), and Redis may lose it: a FLUSHALL, or a restart
 without persistence. The socket then stays open but hears nothing. So the consumer watches an
@@ -24,7 +25,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from core.events import tenant_group
+from core.events import STAFF_GROUP, tenant_group
 from tenants.selectors import tenant_ids_for_user
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,16 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
             return
         tenant_ids = await database_sync_to_async(tenant_ids_for_user)(user)
         self.groups_joined = [tenant_group(tenant_id) for tenant_id in tenant_ids]
+        if user.is_staff:  # the staff pages' events too (DRS); no tenant's
+            self.groups_joined.append(STAFF_GROUP)
         # The epoch is read before joining: a loss in between changes it, and the watch sees that.
         self.epoch = await self.read_epoch()
         await self.join()
         await self.accept()
-        await self.send_json({"type": "hello", "tenants": sorted(tenant_ids)})
+        hello: dict[str, Any] = {"type": "hello", "tenants": sorted(tenant_ids)}
+        if user.is_staff:
+            hello["staff"] = True
+        await self.send_json(hello)
         self.watch = asyncio.create_task(self.watch_groups())
 
     async def disconnect(self, code: int) -> None:

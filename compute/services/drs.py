@@ -26,6 +26,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from compute.models import Instance, InstanceState, Operation, OperationState
+from compute.services.lifecycle import drs_event
 from compute.services.migration import instance_migrate
 from core.errors import Conflict, ServiceError
 from core.queues import CONTROL_QUEUE, send_task_after_commit
@@ -61,6 +62,7 @@ def drs_settings_update(*, actor: Actor, **fields: Any) -> DrsSettings:
             raise ServiceError(field, "invalid", f"{field}: {'; '.join(messages)}") from None
         current.save()
         audit_log(actor=actor, action="drs.settings", target=current, detail=dict(fields))
+        drs_event("settings", current.pk)
     return current
 
 
@@ -162,6 +164,7 @@ def drs_pass_run(
                 "superseded": superseded,
             },
         )
+        drs_event("pass", drs_pass.pk, moves=len(result.moves))
     logger.info(
         "DRS pass %s: %d moves, deviation %.3f -> %.3f (%s)",
         drs_pass.pk, len(result.moves), result.std_before, result.std_after, result.stopped,
@@ -183,6 +186,7 @@ def _settle() -> None:
         else:
             rec.state = RecommendationState.SUCCEEDED
         rec.save(update_fields=["state", "reason", "updated"])
+        drs_event("recommendation", rec.pk, state=rec.state)
 
 
 def _in_flight() -> int:
@@ -227,11 +231,13 @@ def _start(rec: DrsRecommendation, actor: Actor) -> bool:
     if why:
         rec.state, rec.reason = RecommendationState.EXPIRED, why
         rec.save(update_fields=["state", "reason", "updated"])
+        drs_event("recommendation", rec.pk, state=rec.state)
         logger.info("DRS recommendation %s expired: %s", rec.pk, why)
         return False
     rec.state = RecommendationState.STARTED
     rec.operations = [str(op.uuid) for op in operations]
     rec.save(update_fields=["state", "operations", "updated"])
+    drs_event("recommendation", rec.pk, state=rec.state)
     return True
 
 
@@ -271,6 +277,7 @@ def drs_apply(*, actor: Actor, recommendation: DrsRecommendation, user: Any = No
         rec.state, rec.decided_by = RecommendationState.APPROVED, user
         rec.save(update_fields=["state", "decided_by", "updated"])
         audit_log(actor=actor, action="drs.apply", target=rec.instance, detail={"recommendation": rec.pk})
+        drs_event("recommendation", rec.pk, state=rec.state)
     drs_execute()
     rec.refresh_from_db()
     return rec
@@ -285,6 +292,7 @@ def drs_apply_all(*, actor: Actor, drs_pass: DrsPass, user: Any = None) -> int:
         )
         count = waiting.update(state=RecommendationState.APPROVED, decided_by=user)
         audit_log(actor=actor, action="drs.apply_all", target=drs_pass, detail={"approved": count})
+        drs_event("pass", drs_pass.pk, approved=count)
     drs_execute()
     return count
 
@@ -368,5 +376,6 @@ def drs_what_if(
             finished=None,
         )
         audit_log(actor=actor, action="drs.what_if", target=drs_pass, detail=request)
+        drs_event("what_if", drs_pass.pk)
         send_task_after_commit(DRS_WHAT_IF_TASK, queue=CONTROL_QUEUE, args=(drs_pass.pk,), expires=600)
     return drs_pass

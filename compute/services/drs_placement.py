@@ -25,7 +25,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from compute.models import Host, Instance, InstanceState
-from compute.services.lifecycle import create_abandon, create_release, instance_event, instance_fail
+from compute.services.lifecycle import (
+    create_abandon,
+    create_release,
+    drs_event,
+    instance_event,
+    instance_fail,
+)
 from compute.services.placement import group_lock, placement_claim
 from core.errors import Conflict, ServiceError
 from scheduler.drs import MANUAL
@@ -76,6 +82,7 @@ def _hold(instance: Instance, placement: Placement) -> DrsPlacement:
     instance.state_deadline = None
     instance.save(update_fields=["state", "state_deadline", "updated"])
     instance_event(instance)
+    drs_event("placement", held.pk, state=held.state)
     return held
 
 
@@ -107,6 +114,7 @@ def drs_place(
         rec.state, rec.host, rec.decided_by = PlacementState.PLACED, got, user
         rec.save(update_fields=["state", "host", "decided_by", "updated"])
         create_release(instance)
+        drs_event("placement", rec.pk, state=rec.state)
         audit_log(
             actor=actor,
             action="drs.place",
@@ -137,6 +145,7 @@ def _end(rec: DrsPlacement, instance: Instance, state: str, reason: str) -> None
     rec.save(update_fields=["state", "reason", "decided_by", "updated"])
     create_abandon(instance, reason)
     instance_fail(instance, reason)
+    drs_event("placement", rec.pk, state=state)
 
 
 def drs_place_reject(*, actor: Actor, placement: DrsPlacement, reason: str, user: Any = None) -> DrsPlacement:
@@ -186,7 +195,8 @@ def drs_placement_expire(now: datetime | None = None) -> int:
 
 def placement_withdraw(instance: Instance, reason: str) -> None:
     """The waiting instance is deleted: its placement ends and its create fails (inside the delete)."""
-    DrsPlacement.objects.filter(instance=instance, state=PlacementState.WAITING).update(
-        state=PlacementState.CANCELLED, reason=reason, updated=timezone.now()
-    )
+    withdrawn = DrsPlacement.objects.filter(instance=instance, state=PlacementState.WAITING)
+    for pk in withdrawn.values_list("pk", flat=True):
+        drs_event("placement", pk, state=PlacementState.CANCELLED)
+    withdrawn.update(state=PlacementState.CANCELLED, reason=reason, updated=timezone.now())
     create_abandon(instance, reason)

@@ -15,6 +15,7 @@ from typing import Any
 from django.utils import timezone
 
 from compute.models import Flavor, Host, Instance, InstanceKind
+from compute.services.lifecycle import drs_event
 from compute.services.migration import MOVABLE
 from scheduler.drs.read import moved_recently, read_cluster
 from scheduler.drs.whatif import Changes, what_if
@@ -114,16 +115,19 @@ def drs_what_if_run(pass_id: int) -> DrsPass:
     except ValueError as exc:  # a host or flavor gone since it was asked: the answer says which
         drs_pass.error, drs_pass.finished = str(exc), timezone.now()
         drs_pass.save(update_fields=["error", "finished"])
+        drs_event("what_if", drs_pass.pk, finished=True)
         return drs_pass
     except Exception as exc:  # anything else: recorded, so the page stops waiting, then raised
         logger.exception("DRS what-if %s failed", drs_pass.pk)
         drs_pass.error, drs_pass.finished = f"the simulation failed: {exc}"[:4000], timezone.now()
         drs_pass.save(update_fields=["error", "finished"])
+        drs_event("what_if", drs_pass.pk, finished=True)
         raise
     drs_pass.summary = summary
     drs_pass.std_before, drs_pass.std_after = summary["std_before"], summary["std_after"]
     drs_pass.moves = len(summary["moves"])
     drs_pass.finished = timezone.now()
     drs_pass.save(update_fields=["summary", "std_before", "std_after", "moves", "finished"])
+    drs_event("what_if", drs_pass.pk, finished=True)
     logger.info("DRS what-if %s: %d moves predicted", drs_pass.pk, drs_pass.moves)
     return drs_pass

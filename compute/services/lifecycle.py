@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from compute.models import Instance, InstanceState, Operation, OperationKind, OperationState
 from core.errors import Conflict
-from core.events import publish
+from core.events import publish, publish_staff
 from core.queues import CONTROL_QUEUE, send_task, send_task_after_commit
 from scheduler.admission import queue_waiting
 from security.audit import Actor
@@ -53,6 +53,12 @@ def instance_event(instance: Instance, **extra: Any) -> None:
             **extra,
         },
     )
+
+
+def drs_event(what: str, pk: int | None, **extra: Any) -> None:
+    """Tell the staff's browsers (the DRS page) that a pass, a recommendation, a placement held for
+    them or the settings changed, after commit."""
+    publish_staff({"type": "drs", "what": what, "id": pk, **extra})
 
 
 def operation_event(operation: Operation, instance_uuid: str | None = None) -> None:

@@ -88,6 +88,43 @@ def test_event_from_celery_task_reaches_only_the_tenants_members(celery_worker: 
     assert alice_events[0]["at"] == sent["at"]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_staff_hear_the_drs_page_events_and_tenant_members_do_not() -> None:
+    from compute.services.drs import drs_settings_update
+    from security.audit import Actor
+
+    tenant = Tenant.objects.create(name="Tenant A", slug="tenant-a")
+    owner = member_of(tenant, "olga")
+    Membership.objects.filter(user=owner).update(role=Role.OWNER)
+    staff = User.objects.create_user("sam", password="pw-not-used-12345", is_staff=True)
+    cookies = [session_cookie(user) for user in (staff, owner)]
+
+    async def scenario() -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+        sockets = [
+            WebsocketCommunicator(application, "/ws/events/", headers=[ORIGIN, cookie]) for cookie in cookies
+        ]
+        try:
+            for ws in sockets:
+                connected, _ = await ws.connect(timeout=10)
+                assert connected
+            hello = await sockets[0].receive_json_from(timeout=5)
+            await sockets[1].receive_json_from(timeout=5)
+            change = sync_to_async(
+                lambda: drs_settings_update(actor=Actor("sam", "api", staff.pk), threshold=4),
+                thread_sensitive=False,
+            )
+            await change()
+            return hello, await drain(sockets[0], 2), await drain(sockets[1], 0.5)
+        finally:
+            for ws in sockets:
+                await ws.disconnect()
+
+    hello, heard, owner_heard = asyncio.run(scenario())
+    assert hello == {"type": "hello", "tenants": [], "staff": True}
+    assert heard == [{"type": "drs", "what": "settings", "id": 1}]
+    assert owner_heard == []
+
+
 def test_anonymous_websocket_is_closed_unauthenticated() -> None:
     async def scenario() -> tuple[bool, int | None]:
         ws = WebsocketCommunicator(application, "/ws/events/", headers=[ORIGIN])
