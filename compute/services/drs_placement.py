@@ -87,11 +87,12 @@ def _hold(instance: Instance, placement: Placement) -> DrsPlacement:
 
 
 def _locked(placement: DrsPlacement) -> tuple[DrsPlacement, Instance]:
-    """The placement and its instance, locked; Conflict unless it still waits."""
+    """The placement and its instance, locked (the instance first, as its delete does); Conflict
+    unless it still waits."""
+    instance = Instance.objects.unscoped().select_for_update().get(pk=placement.instance_id)
     rec = DrsPlacement.objects.select_for_update().select_related("target").get(pk=placement.pk)
     if rec.state != PlacementState.WAITING:
         raise Conflict("state", "state", f"the placement is {rec.state}; only a waiting one can be decided")
-    instance = Instance.objects.unscoped().select_for_update().get(pk=rec.instance_id)
     if instance.state != InstanceState.AWAITING:  # never left waiting by another path; said clearly
         raise Conflict("state", "state", f"{instance.name} is {instance.state}, not waiting for a host")
     return rec, instance
@@ -172,14 +173,13 @@ def drs_placement_expire(now: datetime | None = None) -> int:
     """Fail the instances staff did not place in time (the periodic DRS task); returns how many."""
     now = now or timezone.now()
     expired = 0
-    for pk in DrsPlacement.objects.filter(state=PlacementState.WAITING, deadline__lt=now).values_list(
-        "pk", flat=True
-    ):
+    late = DrsPlacement.objects.filter(state=PlacementState.WAITING, deadline__lt=now)
+    for pk, instance_id in late.values_list("pk", "instance_id"):
         with transaction.atomic():
+            instance = Instance.objects.unscoped().select_for_update().get(pk=instance_id)
             rec = DrsPlacement.objects.select_for_update().filter(pk=pk, state=PlacementState.WAITING).first()
             if rec is None:
                 continue
-            instance = Instance.objects.unscoped().select_for_update().get(pk=rec.instance_id)
             waited = int((rec.deadline - rec.created).total_seconds())
             why = f"not placed by staff within {waited} s (DRS manual mode)"
             _end(rec, instance, PlacementState.EXPIRED, why)
