@@ -975,3 +975,20 @@ class VolumeSnapshot(TenantOwned):
 
     def __str__(self) -> str:
         return f"{self.volume}@{self.name}"
+
+
+class InstanceKey(TenantOwned):
+    """An instance's data key (its disks' LUKS passphrase), wrapped by its tenant's key.
+
+    Deleting the instance destroys it (crypto-erase): ``wrapped`` is emptied and ``destroyed`` set,
+    so the row says the key existed and when it went, and no copy of the disks opens again.
+    """
+
+    instance = models.OneToOneField(Instance, on_delete=models.CASCADE, related_name="data_key")
+    wrapped = models.TextField(blank=True, default="")
+    tenant_key_version = models.PositiveIntegerField(default=1)
+    created = models.DateTimeField(default=timezone.now)
+    destroyed = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"data key of {self.instance}" + (" (destroyed)" if self.destroyed else "")

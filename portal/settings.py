@@ -68,6 +68,9 @@ if NUBIS_CLAIM_LEASE_SECONDS < 2 * NUBIS_HOST_HEARTBEAT_SECONDS:
 NUBIS_LIBVIRT_NETWORK = config.env_str("NUBIS_LIBVIRT_NETWORK", "default")
 # Domains this deployment owns are named <prefix><instance uuid>; others on the daemon are left alone.
 NUBIS_DOMAIN_PREFIX = config.env_str("NUBIS_DOMAIN_PREFIX", "nubis-")
+# The master key's provider (security.keys): empty, the file DATA_DIR/keys/master.json; else the
+# dotted path of a class taking no arguments (a KMS client).
+NUBIS_KEY_PROVIDER = config.env_str("NUBIS_KEY_PROVIDER", "")
 NUBIS_SHUTDOWN_TIMEOUT = config.env_int("NUBIS_SHUTDOWN_TIMEOUT", 30, minimum=1)
 # Live migration (compute.services.migration): a move past NUBIS_MIGRATION_TIMEOUT seconds is
 # aborted (the VM stays where it was); the switch-over pause is held under the downtime limit.

@@ -209,3 +209,19 @@ class ApiToken(TenantOwned):
         if self.expires_at is not None and self.expires_at <= timezone.now():
             return "expired"
         return "active"
+
+
+class TenantKey(models.Model):
+    """A tenant's key: it wraps the data keys of the tenant's instances, and is itself wrapped by
+    the master key (security.keys). ``version`` counts its rotations (a data key names the version
+    that wrapped it); ``master_id`` is the master key version that wraps it now."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="key")
+    version = models.PositiveIntegerField(default=1)
+    wrapped = models.TextField()
+    master_id = models.CharField(max_length=32, db_index=True)
+    created = models.DateTimeField(default=timezone.now)
+    rotated = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"key of {self.tenant} (v{self.version}, under {self.master_id})"

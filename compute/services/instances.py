@@ -41,6 +41,7 @@ from compute.services.admission import admission_cancel, admission_enqueue
 from compute.services.drs_placement import instance_place_or_hold, placement_withdraw
 from compute.services.floating_ips import instance_unreachable
 from compute.services.keypairs import keypairs_resolve, ssh_keys_of, user_data_check
+from compute.services.keys import instance_key_destroy
 from compute.services.lifecycle import (
     NAME_RULE,
     admission_kick,
@@ -489,7 +490,8 @@ def _delete_waiting(actor: Actor, instance: Instance) -> Operation:
 
 
 def instance_deleted(instance: Instance) -> None:
-    """The instance is gone (from its host, or it never had one): its snapshots and claims too."""
+    """The instance is gone (from its host, or it never had one): its snapshots, its data key and
+    its claims too."""
     for snapshot in Snapshot.objects.for_tenant(instance.tenant_id).filter(instance=instance):
         snapshot_forget(snapshot, "instance deleted")
     instance.state = InstanceState.DELETED
@@ -497,6 +499,7 @@ def instance_deleted(instance: Instance) -> None:
     instance.state_deadline = None
     instance.save(update_fields=["state", "deleted_at", "state_deadline", "updated"])
     instance_unreachable(instance)  # its floating address stays the tenant's, its forwards go
+    instance_key_destroy(instance)  # crypto-erase: no copy of its disks opens again
     release_claims(instance, "deleted")
     instance_event(instance)
     if instance.host_id is not None:
