@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from compute.models import Flavor, Host
 from compute.services.drs import drs_apply, drs_apply_all, drs_pass_run, drs_what_if
-from compute.services.drs_placement import drs_place, drs_place_all, drs_place_reject
+from compute.services.drs_placement import drs_place, drs_place_all, drs_place_reject, host_named
 from core.errors import ServiceError
 from portal.staff_views import staff_required
 from scheduler.drs import LEVELS
@@ -176,13 +176,8 @@ def drs_place_one(request: HttpRequest, pk: int) -> HttpResponse:
     """Place a waiting instance on the recommended host, or on the form's ``host``."""
     _may_move(request)
     held = get_object_or_404(DrsPlacement, pk=pk)
-    name = request.POST.get("host", "").strip()
     try:
-        host = None
-        if name:
-            host = Host.objects.filter(name=name, simulated=False).first()
-            if host is None:
-                raise ServiceError("host", "exists", f"host: no host named {name!r}")
+        host = host_named(request.POST.get("host", ""))
         done = drs_place(actor=Actor.from_request(request), placement=held, host=host, user=request.user)
     except ServiceError as exc:
         messages.error(request, exc.message)

@@ -126,6 +126,17 @@ def drs_place(
     return rec
 
 
+def host_named(name: str) -> Host | None:
+    """The real host a staff member named for a placement (None for no name: the recommended one)."""
+    name = name.strip()
+    if not name:
+        return None
+    host = Host.objects.filter(name=name, simulated=False).first()
+    if host is None:
+        raise ServiceError("host", "exists", f"host: no host named {name!r}")
+    return host
+
+
 def drs_place_all(*, actor: Actor, user: Any = None) -> tuple[int, list[str]]:
     """Staff place every waiting instance on its recommended host, oldest first. Returns how many
     were placed and, for each that could not be, why (it keeps waiting)."""

@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from compute.api.views.admin import StaffOnly
-from compute.models import Host, Instance
+from compute.models import Instance
 from compute.services.drs import (
     drs_apply,
     drs_apply_all,
@@ -21,8 +21,7 @@ from compute.services.drs import (
     drs_what_if,
     instance_drs_pin,
 )
-from compute.services.drs_placement import drs_place, drs_place_all, drs_place_reject
-from core.errors import ServiceError
+from compute.services.drs_placement import drs_place, drs_place_all, drs_place_reject, host_named
 from core.pagination import Filter, ListSchema, ListSpec, paginated
 from scheduler.drs import LEVELS
 from scheduler.models import (
@@ -428,12 +427,7 @@ class AdminDrsPlacementApplyView(APIView):
         require_model_permission(request, MOVE_PERMISSION)
         body = PlaceSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        host = None
-        name = body.validated_data.get("host")
-        if name:
-            host = Host.objects.filter(name=name, simulated=False).first()
-            if host is None:
-                raise ServiceError("host", "exists", f"host: no host named {name!r}")
+        host = host_named(body.validated_data.get("host", ""))
         done = drs_place(actor=Actor.from_request(request), placement=held, host=host, user=request.user)
         return Response(PlacementSerializer(_placements().get(pk=done.pk)).data)
 
