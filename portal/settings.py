@@ -284,6 +284,19 @@ X_FRAME_OPTIONS = "DENY"
 if not DEBUG:
     SESSION_COOKIE_SECURE = config.env_bool("NUBIS_SECURE_COOKIES", False)
     CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# Production behind the TLS-terminating proxy (NUBIS_HTTPS=1): the proxy says the request came in
+# over HTTPS (X-Forwarded-Proto, which it must set and never pass through from the client), plain
+# HTTP is redirected (but /healthz, which the stack's health checks ask for inside it), browsers
+# are told to use HTTPS only (HSTS), and cookies go over HTTPS only.
+NUBIS_HTTPS = config.env_bool("NUBIS_HTTPS", False)
+if NUBIS_HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SECURE_HSTS_SECONDS = config.env_int("NUBIS_HSTS_SECONDS", 31536000, minimum=1)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = config.env_bool("NUBIS_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = config.env_bool("NUBIS_HSTS_PRELOAD", True)
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
 
 CACHES = {
     "default": {
