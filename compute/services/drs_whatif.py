@@ -71,7 +71,11 @@ def drs_what_if_expire(now: datetime | None = None) -> int:
     )
     minutes = int(WHAT_IF_TIMEOUT.total_seconds() // 60)
     why = f"not computed within {minutes} minutes (the control worker stopped or never took it): ask again"
-    return lost.update(finished=now, error=why)
+    ids = list(lost.values_list("pk", flat=True))
+    ended = DrsPass.objects.filter(pk__in=ids, finished__isnull=True).update(finished=now, error=why)
+    for pk in ids:
+        drs_event("what_if", pk, finished=True)  # the page waiting for it shows why
+    return ended
 
 
 def drs_what_if_run(pass_id: int) -> DrsPass:
