@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from compute.models import InstanceKey
 from compute.services.keys import tenant_key_rotate
 from security.audit import Actor
+from security.ca import ca_pem
 from security.keys import KeyUnavailable, provider
 from tenants.models import Tenant, TenantKey
 from tenants.services.keys import master_key_rewrap, master_key_rotate
@@ -19,11 +20,11 @@ class Command(BaseCommand):
         "status: the master key's versions and how many keys each wraps; "
         "rotate-master: a new master key version, every tenant key re-wrapped, old versions retired; "
         "rewrap: finish a rotation cut short; rotate-tenant SLUG: a new key for one tenant, its "
-        "instances' data keys re-wrapped."
+        "instances' data keys re-wrapped; ca: the hosts' CA certificate (PEM), made on first use."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("action", choices=["status", "rotate-master", "rewrap", "rotate-tenant"])
+        parser.add_argument("action", choices=["status", "rotate-master", "rewrap", "rotate-tenant", "ca"])
         parser.add_argument("tenant", nargs="?", help="rotate-tenant: the tenant's slug")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -36,6 +37,8 @@ class Command(BaseCommand):
                     f"master key {done['previous']} -> {done['current']}: {done['rewrapped']} tenant key(s) "
                     f"re-wrapped; retired: {', '.join(done['retired']) or 'none'}"
                 )
+            elif action == "ca":
+                self.stdout.write(ca_pem().decode(), ending="")
             elif action == "rewrap":
                 self.stdout.write(f"{master_key_rewrap()} tenant key(s) re-wrapped")
             elif action == "rotate-tenant":
