@@ -27,27 +27,29 @@ def _context(instance: Instance) -> str:
 def instance_key(instance: Instance) -> bytes:
     """The instance's data key, made and wrapped by its tenant's key on first use. KeyUnavailable
     once it has been destroyed (the instance was deleted)."""
-    row = InstanceKey.objects.for_tenant(instance.tenant_id).filter(instance=instance).first()
-    version, kek = tenant_key(instance.tenant)
-    if row is None:
-        wrapped = seal(kek, f"t{version}", new_key(), _context(instance))
-        try:
-            with transaction.atomic():
-                row = InstanceKey.objects.create(
-                    tenant_id=instance.tenant_id,
-                    instance=instance,
-                    wrapped=wrapped,
-                    tenant_key_version=version,
-                )
-        except IntegrityError:  # made meanwhile: theirs stands
-            row = InstanceKey.objects.for_tenant(instance.tenant_id).get(instance=instance)
-    if row.destroyed is not None:
-        raise KeyUnavailable(
-            f"the data key of {instance.name} was destroyed {row.destroyed:%Y-%m-%d %H:%M:%S}"
-        )
-    if row.tenant_key_version != version:  # a rotation in progress: not re-wrapped yet
-        raise KeyUnavailable(f"the data key of {instance.name} waits for its tenant key's rotation to finish")
-    return open_sealed(kek, row.wrapped, _context(instance))
+    for _attempt in range(3):
+        version, kek = tenant_key(instance.tenant)
+        row = InstanceKey.objects.for_tenant(instance.tenant_id).filter(instance=instance).first()
+        if row is None:
+            wrapped = seal(kek, f"t{version}", new_key(), _context(instance))
+            try:
+                with transaction.atomic():
+                    row = InstanceKey.objects.create(
+                        tenant_id=instance.tenant_id,
+                        instance=instance,
+                        wrapped=wrapped,
+                        tenant_key_version=version,
+                    )
+            except IntegrityError:  # made meanwhile: theirs stands
+                row = InstanceKey.objects.for_tenant(instance.tenant_id).get(instance=instance)
+        if row.destroyed is not None:
+            raise KeyUnavailable(
+                f"the data key of {instance.name} was destroyed {row.destroyed:%Y-%m-%d %H:%M:%S}"
+            )
+        if row.tenant_key_version == version:
+            return open_sealed(kek, row.wrapped, _context(instance))
+        # The tenant's key rotated between the two reads (a rotation commits both at once): again.
+    raise KeyUnavailable(f"the tenant key of {instance.name} kept rotating while it was read")
 
 
 def instance_key_destroy(instance: Instance, actor: Actor | None = None) -> bool:
