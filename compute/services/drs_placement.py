@@ -43,12 +43,11 @@ from security.audit import Actor, audit_log
 logger = logging.getLogger(__name__)
 
 
-def held_for_staff(host_id: int) -> bool:
+def held_for_staff(host_id: int, settings: DrsSettings) -> bool:
     """Whether a new instance that would go on ``host_id`` waits for staff (DRS on, and manual there)."""
-    settings = DrsSettings.current()
     if not settings.enabled:
         return False
-    return host_automation([Host(pk=host_id)], settings.automation)[host_id] == MANUAL
+    return host_automation([host_id], settings.automation)[host_id] == MANUAL
 
 
 def instance_place_or_hold(
@@ -58,16 +57,16 @@ def instance_place_or_hold(
     can take it), unless its best host is in DRS manual mode: then it waits for staff (None)."""
     group_lock(instance)
     placement = decide(instance, hosts, held)
-    if held_for_staff(placement.candidates[0]):
-        _hold(instance, placement)
+    settings = DrsSettings.current()
+    if held_for_staff(placement.candidates[0], settings):
+        _hold(instance, placement, settings.placement_timeout_seconds)
         return None
     return placement_claim(instance, placement)
 
 
-def _hold(instance: Instance, placement: Placement) -> DrsPlacement:
+def _hold(instance: Instance, placement: Placement, timeout: int) -> DrsPlacement:
     target = Host.objects.get(pk=placement.candidates[0])
     now = timezone.now()
-    timeout = DrsSettings.current().placement_timeout_seconds
     why = f"DRS is in manual mode on {target.name}: staff place new instances (recommended: {target.name})"
     record = {**placement.record, "held": why}
     held = DrsPlacement.objects.create(

@@ -73,17 +73,22 @@ def moved_recently(cooldown: timedelta, now: Any = None) -> frozenset[int]:
     return frozenset(recent.values_list("instance_id", flat=True))
 
 
-def host_automation(hosts: Iterable[Host], cluster_level: str) -> dict[int, str]:
-    """Each host's automation level: the strictest override of its aggregates, else the cluster's."""
-    levels = {h.pk: cluster_level for h in hosts}
-    overrides = Aggregate.objects.exclude(drs_automation="").prefetch_related("hosts")
+def host_automation(host_ids: Iterable[int], cluster_level: str) -> dict[int, str]:
+    """Each host's automation level: the strictest override of its aggregates, else the cluster's.
+    One query, over the aggregate links of these hosts only (a create asks about one host)."""
+    levels = dict.fromkeys(host_ids, cluster_level)
     per_host: dict[int, list[str]] = {}
-    for aggregate in overrides:
-        for host in aggregate.hosts.all():
-            per_host.setdefault(host.pk, []).append(aggregate.drs_automation)
+    links = (
+        Aggregate.hosts.through.objects.filter(host_id__in=list(levels))
+        .exclude(aggregate__drs_automation="")
+        .values_list("host_id", "aggregate__drs_automation")
+    )
+    for host_id, level in links:
+        per_host.setdefault(host_id, []).append(level)
     for pk, found in per_host.items():
-        if pk in levels:
-            levels[pk] = strictest(*[lvl for lvl in found if lvl in AUTOMATION])
+        known = [lvl for lvl in found if lvl in AUTOMATION]
+        if known:
+            levels[pk] = strictest(*known)
     return levels
 
 
@@ -215,7 +220,7 @@ def read_cluster(*, window: timedelta, cluster_level: str, hosts: Any = None, no
         contention=contention,
         host_measured=np.array([host_cpu.get(h.pk, 0.0) for h in host_objs]),
     )
-    levels = host_automation(host_objs, cluster_level)
+    levels = host_automation([h.pk for h in host_objs], cluster_level)
     return Read(
         cluster=cluster,
         hosts=host_objs,
