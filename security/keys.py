@@ -7,7 +7,7 @@ the **master key**. Only the master key lives outside the database, behind a ``K
 - ``FileKeyProvider`` (the default): ``<NUBIS_DATA_DIR>/keys/master.json``, mode 0600, made on
   first use. It keeps every master key version it made; the current one wraps new keys, older
   ones still unwrap what they wrapped until a rotation has re-wrapped it and retired them.
-- A KMS implements the same four methods (for example Vault's transit engine: ``encrypt`` /
+- A KMS implements the same six methods (for example Vault's transit engine: ``encrypt`` /
   ``decrypt`` / ``rotate`` on a named key, its versions kept by Vault); set ``NUBIS_KEY_PROVIDER``
   to its dotted path.
 
@@ -54,6 +54,10 @@ class KeyProvider(Protocol):
 
     def rotate(self) -> str:
         """Make a new current version (returned); older ones still unwrap."""
+        ...
+
+    def versions(self) -> list[str]:
+        """Every version it still keeps, the current one among them."""
         ...
 
     def retire(self, key_id: str) -> None:

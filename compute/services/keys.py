@@ -2,8 +2,8 @@
 (crypto-erase), and re-wrapped when the tenant's key rotates. The master key and the wrapping are
 security.keys'; the tenant keys are tenants.services.keys'.
 
-A data key is the passphrase of the instance's LUKS disks. It leaves the control plane only in
-the Operation that tells a host's agent to define the libvirt secret holding it.
+A data key is meant as the passphrase of the instance's LUKS disks. Nothing hands it to a host yet:
+encrypted disks, and sealing the key to the host that needs it, are still to come (issue 19).
 """
 
 from __future__ import annotations
@@ -75,10 +75,9 @@ def tenant_key_rotate(tenant: Tenant, actor: Actor | None = None) -> dict[str, A
     """A new key for ``tenant``: every live data key of its instances is re-wrapped with it, in one
     transaction with the tenant key's change (so no data key is ever wrapped by a key that is not
     the tenant's). Destroyed keys stay destroyed."""
-    version, old = tenant_key(tenant)
+    tenant_key(tenant)  # made if it was not yet
     row = TenantKey.objects.select_for_update().get(tenant=tenant)
-    if row.version != version:  # rotated meanwhile: start again from it
-        version, old = tenant_key(tenant)
+    version, old = row.version, provider().unwrap(row.wrapped, tenant_context(tenant.pk))
     fresh = new_key()
     rewrapped = 0
     live = InstanceKey.objects.for_tenant(tenant).filter(destroyed__isnull=True).select_related("instance")

@@ -63,16 +63,7 @@ def master_key_rotate() -> dict[str, Any]:
     rewrapped = master_key_rewrap()
     retired = []
     if not TenantKey.objects.exclude(master_id=current).exists():
-        for old in _versions(keys, before):
+        retired = [old for old in keys.versions() if old != current]
+        for old in retired:
             keys.retire(old)
-            retired.append(old)
     return {"previous": before, "current": current, "rewrapped": rewrapped, "retired": retired}
-
-
-def _versions(keys: Any, before: str) -> list[str]:
-    """The versions older than the current one that the provider still keeps (a file provider lists
-    them; a KMS keeps its own and is told only about ``before``)."""
-    listed = getattr(keys, "versions", None)
-    if callable(listed):
-        return [k for k in listed() if k != keys.current_id()]
-    return [before]
