@@ -7,6 +7,7 @@ Reads are the models' (the pass keeps its summary); the writes go through comput
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import messages
@@ -99,6 +100,17 @@ def _may_move(request: HttpRequest) -> None:
         raise PermissionDenied("applying DRS moves needs the change_host permission")
 
 
+def _decide(request: HttpRequest, decision: Callable[[], str]) -> HttpResponse:
+    """A staff decision on the page (change_host first): what it did, or the service's reason for
+    refusing it, as a message; back to the page either way."""
+    _may_move(request)
+    try:
+        messages.success(request, decision())
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    return redirect("staff-drs")
+
+
 @staff_required
 @require_POST
 def drs_run(request: HttpRequest) -> HttpResponse:
@@ -114,15 +126,12 @@ def drs_run(request: HttpRequest) -> HttpResponse:
 @staff_required
 @require_POST
 def drs_apply_one(request: HttpRequest, pk: int) -> HttpResponse:
-    _may_move(request)
-    rec = get_object_or_404(DrsRecommendation, pk=pk)
-    try:
+    def apply() -> str:
+        rec = get_object_or_404(DrsRecommendation, pk=pk)
         done = drs_apply(actor=Actor.from_request(request), recommendation=rec, user=request.user)
-    except ServiceError as exc:
-        messages.error(request, exc.message)
-        return redirect("staff-drs")
-    messages.success(request, f"{done.instance.name}: {done.get_state_display()}. {done.reason}".strip())
-    return redirect("staff-drs")
+        return f"{done.instance.name}: {done.get_state_display()}. {done.reason}".strip()
+
+    return _decide(request, apply)
 
 
 @staff_required
@@ -174,37 +183,31 @@ def drs_what_if_run(request: HttpRequest) -> HttpResponse:
 @require_POST
 def drs_place_one(request: HttpRequest, pk: int) -> HttpResponse:
     """Place a waiting instance on the recommended host, or on the form's ``host``."""
-    _may_move(request)
-    held = get_object_or_404(DrsPlacement, pk=pk)
-    try:
+
+    def place() -> str:
+        held = get_object_or_404(DrsPlacement, pk=pk)
         host = host_named(request.POST.get("host", ""))
         done = drs_place(actor=Actor.from_request(request), placement=held, host=host, user=request.user)
-    except ServiceError as exc:
-        messages.error(request, exc.message)
-        return redirect("staff-drs")
-    host_name = done.host.name if done.host else ""
-    messages.success(request, f"{done.instance.name} placed on {host_name}; it is being created.")
-    return redirect("staff-drs")
+        host_name = done.host.name if done.host else ""
+        return f"{done.instance.name} placed on {host_name}; it is being created."
+
+    return _decide(request, place)
 
 
 @staff_required
 @require_POST
 def drs_reject_one(request: HttpRequest, pk: int) -> HttpResponse:
     """Refuse a waiting instance with the form's reason (its owners read it)."""
-    _may_move(request)
-    held = get_object_or_404(DrsPlacement, pk=pk)
-    try:
+
+    def reject() -> str:
+        held = get_object_or_404(DrsPlacement, pk=pk)
+        reason = request.POST.get("reason", "")
         done = drs_place_reject(
-            actor=Actor.from_request(request),
-            placement=held,
-            reason=request.POST.get("reason", ""),
-            user=request.user,
+            actor=Actor.from_request(request), placement=held, reason=reason, user=request.user
         )
-    except ServiceError as exc:
-        messages.error(request, exc.message)
-        return redirect("staff-drs")
-    messages.success(request, f"{done.instance.name} refused.")
-    return redirect("staff-drs")
+        return f"{done.instance.name} refused."
+
+    return _decide(request, reject)
 
 
 @staff_required
