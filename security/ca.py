@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import threading
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from django.conf import settings
 
+from core.files import write_atomically
 from security.keys import KeyUnavailable, provider
 
 CA_DAYS = 3650
@@ -43,14 +43,6 @@ def _name(common: str) -> x509.Name:
             x509.NameAttribute(NameOID.COMMON_NAME, common),
         ]
     )
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(tmp, path)
 
 
 # A CA key signs certificates (and revocation lists), nothing else.
@@ -90,8 +82,8 @@ def _make() -> None:
     directory = _dir()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     # The wrapped key first: a certificate without its key would be a CA that cannot sign.
-    _write(directory / "ca.key.wrapped", provider().wrap(raw, CONTEXT).encode(), 0o600)
-    _write(directory / "ca.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomically(directory / "ca.key.wrapped", provider().wrap(raw, CONTEXT).encode(), 0o600)
+    write_atomically(directory / "ca.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def ca_certificate() -> x509.Certificate:

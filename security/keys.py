@@ -34,6 +34,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
 from django.utils.module_loading import import_string
 
+from core.files import write_atomically
+
 KEY_BYTES = 32  # AES-256
 NONCE_BYTES = 12
 FORMAT = "v1"
@@ -124,14 +126,7 @@ class FileKeyProvider:
             with os.fdopen(fd, "w") as out:
                 json.dump(data, out)
             return
-        # Replace atomically: a crash mid-write never leaves a half file (the keys would be lost).
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.path)
+        write_atomically(self.path, json.dumps(data).encode(), 0o600)
 
     def _keys(self) -> tuple[str, dict[str, bytes]]:
         data = self._load()

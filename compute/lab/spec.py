@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from core.files import write_atomically
 
 DEFAULT_PREFIX = "labh"
 DEFAULT_BRIDGE = "nubislab0"
@@ -166,8 +167,4 @@ class LabSpec:
 def write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` (mode 0600: the agents' environment holds the database password)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    tmp.replace(path)
+    write_atomically(path, text.encode(), 0o600)
