@@ -137,41 +137,45 @@ def tls_services() -> Iterator[dict[str, str]]:
     """A PostgreSQL taking TLS connections only, and a Redis with a TLS port only (in a directory
     of /tmp the postgres user can reach: pytest's own are root's alone)."""
     base = Path(tempfile.mkdtemp(prefix="nubis-tls-"))
-    base.chmod(0o755)
-    ca, cert, key = certificates(base / "certs")
     pg_bin = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
     data, pg_log = base / "pg", base / "pglog" / "pg.log"
-    data.mkdir()
-    pg_log.parent.mkdir()
-    for path in (data, pg_log.parent, cert, key, base / "certs"):
-        shutil.chown(path, "postgres")
-    run_as = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*run_as, str(pg_bin / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)  # fmt: skip
-    # TLS connections only: a plaintext one from loopback is rejected by pg_hba.
-    (data / "pg_hba.conf").write_text(
-        "hostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\nlocal all all trust\n"
-    )
-    pg_port, redis_port = free_port(), free_port()
-    options = (
-        f"-c listen_addresses=127.0.0.1 -p {pg_port} -k {data} -c fsync=off -c ssl=on "
-        f"-c ssl_cert_file={cert} -c ssl_key_file={key}"
-    )
-    pg_ctl = [*run_as, str(pg_bin / "pg_ctl"), "-D", str(data)]
-    started = subprocess.run(
-        [*pg_ctl, "-l", str(pg_log), "-w", "-o", options, "start"],
-        check=False,
-        capture_output=True,
-        text=True,
-    )
-    assert started.returncode == 0, started.stderr + (pg_log.read_text()[-2000:] if pg_log.exists() else "")
-    redis_log = base / "redis.log"
-    redis = subprocess.Popen(
-        ["redis-server", "--port", "0", "--tls-port", str(redis_port), "--bind", "127.0.0.1",
-         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
-         "--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--logfile", str(redis_log)],
-    )  # fmt: skip
-    try:
+    pg_ctl = ["runuser", "-u", "postgres", "--", str(pg_bin / "pg_ctl"), "-D", str(data)]
+    redis: subprocess.Popen[bytes] | None = None
+    try:  # whatever fails half-way, the servers are stopped and the directory removed
+        base.chmod(0o755)
+        ca, cert, key = certificates(base / "certs")
+        data.mkdir()
+        pg_log.parent.mkdir()
+        for path in (data, pg_log.parent, cert, key, base / "certs"):
+            shutil.chown(path, "postgres")
+        initdb = ["runuser", "-u", "postgres", "--", str(pg_bin / "initdb")]
+        subprocess.run(
+            [*initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True
+        )
+        # TLS connections only: a plaintext one from loopback is rejected by pg_hba.
+        (data / "pg_hba.conf").write_text(
+            "hostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\nlocal all all trust\n"
+        )
+        pg_port, redis_port = free_port(), free_port()
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {pg_port} -k {data} -c fsync=off -c ssl=on "
+            f"-c ssl_cert_file={cert} -c ssl_key_file={key}"
+        )
+        started = subprocess.run(
+            [*pg_ctl, "-l", str(pg_log), "-w", "-o", options, "start"],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+        assert started.returncode == 0, started.stderr + (
+            pg_log.read_text()[-2000:] if pg_log.exists() else ""
+        )
+        redis_log = base / "redis.log"
+        redis = subprocess.Popen(
+            ["redis-server", "--port", "0", "--tls-port", str(redis_port), "--bind", "127.0.0.1",
+             "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+             "--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--logfile", str(redis_log)],
+        )  # fmt: skip
         _wait_port(redis_port, "redis-server", redis_log)
         ca_q = quote(str(ca), safe="")
         yield {
@@ -182,8 +186,9 @@ def tls_services() -> Iterator[dict[str, str]]:
             "dir": str(base),
         }
     finally:
-        redis.terminate()
-        redis.wait(10)
+        if redis is not None:
+            redis.terminate()
+            redis.wait(10)
         subprocess.run([*pg_ctl, "-m", "immediate", "stop"], check=False, capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
 
@@ -232,6 +237,11 @@ def test_plaintext_and_an_unknown_ca_are_refused(tmp_path: Path, tls_services: d
     assert "no encryption" in plain_db.stderr or "rejects connection" in plain_db.stderr, plain_db.stderr[
         -2000:
     ]
+    plain_redis = probe(
+        tmp_path, DATABASE_URL=tls_services["DATABASE_URL"], REDIS_URL=tls_services["plain_redis"]
+    )
+    assert plain_redis.returncode != 0  # the TLS port does not speak plaintext, and no other listens
+    assert "Connection" in plain_redis.stderr, plain_redis.stderr[-2000:]
     other_ca, _cert, _key = certificates(Path(tls_services["dir"]) / "other", "someone else's CA")
     forged = (
         tls_services["REDIS_URL"].split("&ssl_ca_certs=")[0]
